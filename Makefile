@@ -1,0 +1,67 @@
+# bpfstats tracker. "sudo make run" and "sudo make test" are the quick start.
+
+GO        ?= go
+CLANG     ?= clang-19
+BIN       := bin/tracker
+PREFIX    ?= /usr/local
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+RUN_ARGS  ?= --print
+KERNEL    ?= 5.10 6.1 6.12
+
+export BPF2GO_ROOT := $(CURDIR)
+
+.PHONY: all build run test unittest vmtest bench demo generate check-generate vmlinux install uninstall clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tracker
+
+## run: build and start the daemon with an embedded NATS server, printing the table.
+run: build
+	./$(BIN) run $(RUN_ARGS)
+
+## test: everything: unit tests, host kernel tests (as root), the qemu kernel matrix.
+test: unittest vmtest
+
+unittest:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 15m ./...
+
+## vmtest: the fentry source in qemu-booted Debian kernels (KERNEL="5.10 6.1 6.12").
+vmtest:
+	./test/vm/run.sh $(KERNEL)
+
+bench:
+	./test/bench/run.sh
+
+## demo: start the two example gadgets, labelled as in the seed's guide.
+demo:
+	./examples/demo.sh
+
+## generate: rebuild the committed bpf2go output with the pinned clang.
+generate:
+	$(GO) generate ./...
+
+## check-generate: fail when the committed generated files differ from a fresh build.
+check-generate: generate
+	git diff --exit-code -- '*_bpfel.go' '*_bpfel.o'
+
+## vmlinux: regenerate bpf/vmlinux.h from the running kernel's BTF.
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/bpfstats-tracker
+	install -D -m 0644 deploy/systemd/bpfstats-tracker.service $(DESTDIR)/etc/systemd/system/bpfstats-tracker.service
+	test -e $(DESTDIR)/etc/default/bpfstats-tracker || install -D -m 0644 deploy/systemd/bpfstats-tracker.env $(DESTDIR)/etc/default/bpfstats-tracker
+	-systemctl daemon-reload 2>/dev/null
+
+uninstall:
+	-systemctl disable --now bpfstats-tracker.service 2>/dev/null
+	rm -f $(DESTDIR)$(PREFIX)/bin/bpfstats-tracker $(DESTDIR)/etc/systemd/system/bpfstats-tracker.service
+	-systemctl daemon-reload 2>/dev/null
+
+clean:
+	rm -rf bin .cache

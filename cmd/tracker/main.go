@@ -1,0 +1,81 @@
+// Command tracker reports what every eBPF program on a node costs: CPU time,
+// run count and map memory, grouped by the gadget that loaded it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set by the Makefile with -ldflags "-X main.version=...".
+var version = "dev"
+
+// usageError marks bad input: it exits with code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+const mainUsage = `Usage: tracker <command> [flags]
+
+Commands:
+  stats     print the bpfstats table every interval (in-process pipeline)
+  run       the node daemon: track, publish to NATS, serve metrics
+  top       the fleet view: read every tracker's NATS messages
+  version   print the version
+
+Run "tracker <command> --help" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintln(stderr, "tracker:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, mainUsage)
+		return usagef("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "stats":
+		return runStats(ctx, rest, stdout, stderr)
+	case "run":
+		return runDaemon(ctx, rest, stdout, stderr)
+	case "top":
+		return runTop(ctx, rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "tracker %s\n", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, mainUsage)
+		return nil
+	}
+	fmt.Fprint(stderr, mainUsage)
+	return usagef("unknown command %q", cmd)
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+
+	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// commonFlags are shared by stats and run.
+type commonFlags struct {
+	interval time.Duration
+	source   string
+	node     string
+	logLevel string
+	all      bool
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	host, _ := os.Hostname()
+	fs.DurationVar(&c.interval, "interval", time.Second, "time between two stats sweeps")
+	fs.StringVar(&c.source, "source", loader.SourceAuto, "event source: "+strings.Join(loader.SourceNames, "|")+" (auto: the first that works, in that order)")
+	fs.StringVar(&c.node, "node", host, "node name reported in rows and NATS subjects")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug|info|warn|error")
+	fs.BoolVar(&c.all, "all", false, "one row per program, including programs without a gadget")
+}
+
+func (c *commonFlags) validate() error {
+	if c.interval <= 0 {
+		return usagef("--interval must be positive, got %v", c.interval)
+	}
+	if !slices.Contains(loader.SourceNames, c.source) {
+		return usagef("unknown --source %q: want one of %s", c.source, strings.Join(loader.SourceNames, ", "))
+	}
+	if c.node == "" {
+		return usagef("--node must not be empty")
+	}
+	if _, err := zerolog.ParseLevel(c.logLevel); err != nil || c.logLevel == "" {
+		return usagef("unknown --log-level %q: want debug, info, warn or error", c.logLevel)
+	}
+	return nil
+}
+
+// parseFlags parses args after filling unset flags from TRACKER_<FLAG>
+// environment variables: flags win over the environment.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		if v, ok := os.LookupEnv(name); ok && envErr == nil {
+			if err := f.Value.Set(v); err != nil {
+				envErr = usagef("invalid %s=%q: %v", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// envName is the environment variable that can set a flag.
+func envName(flagName string) string {
+	return "TRACKER_" + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToUpper(flagName))
+}
+
+// newLogger logs to stderr: human-readable on a terminal, JSON otherwise.
+func newLogger(stderr io.Writer, level string) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	w := stderr
+	if f, ok := stderr.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// pipeline is the kernel side of the tracker: stats on, an event source
+// attached, and the inventory.
+type pipeline struct {
+	stats   io.Closer
+	source  loader.Source
+	tracker *state.Tracker
+}
+
+// openPipeline checks privileges, enables stats and attaches the event
+// source (before the inventory's snapshot, which Run takes).
+func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
+	if err := loader.CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	kernel, err := loader.NewKernel("")
+	if err != nil {
+		return nil, err
+	}
+	stats, err := loader.EnableStats()
+	if err != nil {
+		return nil, fmt.Errorf("enabling BPF run-time stats: %w", err)
+	}
+	src, err := loader.OpenSource(c.source, loader.SourceOptions{
+		PollInterval: c.interval,
+		Logf: func(format string, args ...any) {
+			log.Info().Msgf(format, args...)
+		},
+	})
+	if err != nil {
+		stats.Close()
+		return nil, err
+	}
+	log.Info().Str("source", src.Name()).Str("node", c.node).Dur("interval", c.interval).Msg("event source attached")
+	tr := state.New(kernel, state.Options{Node: c.node, Source: src.Name()})
+	return &pipeline{stats: stats, source: src, tracker: tr}, nil
+}
+
+// run drives the tracker until ctx ends or count sweeps are done.
+func (p *pipeline) run(ctx context.Context, cfg state.RunConfig) error {
+	cfg.Source = p.source
+	return p.tracker.Run(ctx, cfg)
+}
+
+// Close detaches the source and turns stats off. It is idempotent.
+func (p *pipeline) Close() error {
+	var errs []error
+	if p.source != nil {
+		errs = append(errs, p.source.Close())
+		p.source = nil
+	}
+	if p.stats != nil {
+		errs = append(errs, p.stats.Close())
+		p.stats = nil
+	}
+	return errors.Join(errs...)
+}

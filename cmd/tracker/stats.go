@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/bpfstats/tracker/internal/publish"
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// outputFlags choose how rows are printed.
+type outputFlags struct {
+	output string
+	fields string
+}
+
+func (o *outputFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.output, "o", "table", "output format: table|json")
+	fs.StringVar(&o.fields, "fields", "", "extra columns, comma-separated (see the list below)")
+}
+
+// printer returns a function printing the rows of one snapshot.
+func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) error, error) {
+	cols, err := publish.SelectColumns(strings.Split(o.fields, ","))
+	if err != nil {
+		return nil, usageError{err}
+	}
+	rows := func(s *state.Snapshot) []state.Row {
+		if all {
+			return s.Programs
+		}
+		return s.Gadgets
+	}
+	switch o.output {
+	case "table":
+		return func(s *state.Snapshot) error {
+			fmt.Fprintf(out, "# %s node=%s source=%s programs=%d gadgets=%d\n",
+				s.Time.UTC().Format("2006-01-02T15:04:05Z"), s.Node, s.Source, len(s.Programs), len(s.Gadgets))
+			return publish.WriteTable(out, cols, rows(s))
+		}, nil
+	case "json":
+		return func(s *state.Snapshot) error {
+			r := rows(s)
+			for i := range r {
+				r[i].Source = s.Source
+			}
+			return publish.WriteJSON(out, r)
+		}, nil
+	}
+	return nil, usagef("unknown output format -o %q: want table or json", o.output)
+}
+
+func usageFunc(fs *flag.FlagSet, synopsis string, columns bool) func() {
+	return func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: tracker %s\n\nFlags (each also from the environment as TRACKER_<FLAG>, flags win):\n", synopsis)
+		fs.PrintDefaults()
+		if columns {
+			fmt.Fprintf(w, "\nColumns:\n%s", publish.ColumnHelp())
+		}
+	}
+}
+
+func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	var o outputFlags
+	c.register(fs)
+	o.register(fs)
+	count := fs.Int("count", 0, "number of tables to print; 0 runs until interrupted")
+	fs.Usage = usageFunc(fs, "stats [flags]", true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	if *count < 0 {
+		return usagef("--count must be >= 0, got %d", *count)
+	}
+	print, err := o.printer(stdout, c.all)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, c.logLevel)
+	p, err := openPipeline(&c, log)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	var printErr error
+	err = p.run(ctx, state.RunConfig{
+		Interval: c.interval,
+		Count:    *count,
+		Log:      log,
+		OnSnapshot: func(s *state.Snapshot) {
+			if err := print(s); err != nil && printErr == nil {
+				printErr = err
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	return printErr
+}

@@ -1,0 +1,317 @@
+package loader
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kernel reads programs, maps and processes from the running kernel and
+// /proc. It implements state.Kernel. The zero value is not usable; call NewKernel.
+//
+// Reads use raw bpf(2) calls and reused buffers: one program read is three
+// syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Every fd a read
+// opens is closed before it returns, so the tracker never keeps a program
+// or map alive. A Kernel is safe for concurrent use; reads are serialized
+// because they share buffers (which also keeps Holders from seeing the
+// Kernel's own short-lived fds).
+type Kernel struct {
+	procRoot string
+
+	mu       sync.Mutex
+	progInfo sysProgInfo
+	mapInfo  sysMapInfo
+	mapIDs   []uint32
+	path     []byte
+	fdinfo   []byte
+	walker   procWalker
+}
+
+// NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).
+// procRoot is used for processes and Holders; a map's memlock is always
+// read from this process's own /proc/self/fdinfo.
+func NewKernel(procRoot string) (*Kernel, error) {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	fi, err := os.Stat(procRoot)
+	if err != nil {
+		return nil, fmt.Errorf("opening proc root: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("proc root %s is not a directory", procRoot)
+	}
+	return &Kernel{
+		procRoot: procRoot,
+		mapIDs:   make([]uint32, 64),
+		path:     make([]byte, 0, 64),
+		fdinfo:   make([]byte, 4096),
+		walker:   newProcWalker(),
+	}, nil
+}
+
+// ProgramIDs walks every program ID (BPF_PROG_GET_NEXT_ID), in ascending
+// order. Requires Linux 4.13.
+func (k *Kernel) ProgramIDs() ([]uint32, error) {
+	return k.AppendProgramIDs(nil)
+}
+
+// AppendProgramIDs is ProgramIDs appending to dst, so that a caller can
+// reuse one slice from sweep to sweep. Requires Linux 4.13.
+func (k *Kernel) AppendProgramIDs(dst []uint32) ([]uint32, error) {
+	var id uint32
+	for {
+		next, err := bpfNextID(unix.BPF_PROG_GET_NEXT_ID, id)
+		if err == unix.ENOENT {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, fmt.Errorf("walking program IDs after %d: %w", id, err)
+		}
+		dst = append(dst, next)
+		id = next
+	}
+}
+
+// ReadProgram opens the program by ID, reads its info and closes it again.
+// An error wrapping os.ErrNotExist means the program is gone. Requires
+// Linux 4.15 (map IDs); run time and count need 5.1, recursion misses 5.12.
+func (k *Kernel) ReadProgram(id uint32) (ProgramInfo, error) {
+	var info ProgramInfo
+	err := k.ReadProgramInto(id, &info)
+	return info, err
+}
+
+// ReadProgramInto is ReadProgram filling info in place: the map IDs reuse
+// info.MapIDs' storage and the name string is kept when it did not change,
+// so reading the same program every interval does not allocate.
+func (k *Kernel) ReadProgramInto(id uint32, info *ProgramInfo) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+
+	fd, err := bpfFDByID(unix.BPF_PROG_GET_FD_BY_ID, id)
+	if err != nil {
+		return fmt.Errorf("opening program %d: %w", id, err)
+	}
+	err = k.readProgramFD(fd)
+	unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("reading info of program %d: %w", id, err)
+	}
+
+	pi := &k.progInfo
+	if pi.ID != id {
+		return fmt.Errorf("reading info of program %d: kernel returned ID %d", id, pi.ID)
+	}
+	info.ID = pi.ID
+	info.Type = pi.Type
+	info.Tag = pi.Tag
+	if name := cString(pi.Name[:]); string(name) != info.Name {
+		info.Name = string(name)
+	}
+	info.LoadTime = pi.LoadTime
+	info.RunTime = pi.RunTimeNs
+	info.RunCount = pi.RunCnt
+	info.RecursionMisses = pi.RecursionMisses
+	info.MapIDs = append(info.MapIDs[:0], k.mapIDs[:pi.NrMapIDs]...)
+	return nil
+}
+
+// readProgramFD fills k.progInfo and k.mapIDs for the program fd, growing
+// k.mapIDs when the program uses more maps than it holds.
+func (k *Kernel) readProgramFD(fd int) error {
+	for {
+		k.progInfo = sysProgInfo{
+			NrMapIDs: uint32(len(k.mapIDs)),
+			MapIDs:   uint64(uintptr(unsafe.Pointer(&k.mapIDs[0]))),
+		}
+		if err := bpfObjInfo(fd, unsafe.Pointer(&k.progInfo), unsafe.Sizeof(k.progInfo)); err != nil {
+			return err
+		}
+		if int(k.progInfo.NrMapIDs) <= len(k.mapIDs) {
+			return nil
+		}
+		k.mapIDs = make([]uint32, k.progInfo.NrMapIDs)
+	}
+}
+
+// ReadMap opens the map by ID, reads its info and fdinfo memlock, closes
+// it. An error wrapping os.ErrNotExist means the map is gone. Requires
+// Linux 4.13.
+func (k *Kernel) ReadMap(id uint32) (MapInfo, error) {
+	var info MapInfo
+	err := k.ReadMapInto(id, &info)
+	return info, err
+}
+
+// ReadMapInto is ReadMap filling info in place, keeping the name string
+// when it did not change.
+func (k *Kernel) ReadMapInto(id uint32, info *MapInfo) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+
+	fd, err := bpfFDByID(unix.BPF_MAP_GET_FD_BY_ID, id)
+	if err != nil {
+		return fmt.Errorf("opening map %d: %w", id, err)
+	}
+	defer unix.Close(fd)
+
+	k.mapInfo = sysMapInfo{}
+	if err := bpfObjInfo(fd, unsafe.Pointer(&k.mapInfo), unsafe.Sizeof(k.mapInfo)); err != nil {
+		return fmt.Errorf("reading info of map %d: %w", id, err)
+	}
+	memlock, err := k.selfFdinfoField(fd, "memlock:")
+	if err != nil {
+		return fmt.Errorf("reading memlock of map %d: %w", id, err)
+	}
+
+	mi := &k.mapInfo
+	info.ID = mi.ID
+	info.Type = mi.Type
+	if name := cString(mi.Name[:]); string(name) != info.Name {
+		info.Name = string(name)
+	}
+	info.KeySize = mi.KeySize
+	info.ValueSize = mi.ValueSize
+	info.MaxEntries = mi.MaxEntries
+	info.Flags = mi.MapFlags
+	info.Memlock = memlock
+	return nil
+}
+
+// selfFdinfoField reads the key line of /proc/self/fdinfo/<fd>.
+func (k *Kernel) selfFdinfoField(fd int, key string) (uint64, error) {
+	k.path = append(k.path[:0], "/proc/self/fdinfo/"...)
+	k.path = strconv.AppendInt(k.path, int64(fd), 10)
+	k.path = append(k.path, 0)
+	f, err := openat(unix.AT_FDCWD, k.path, unix.O_RDONLY)
+	if err != nil {
+		return 0, fmt.Errorf("opening %s: %w", k.path[:len(k.path)-1], err)
+	}
+	data, err := readFD(f, k.fdinfo)
+	unix.Close(f)
+	if err != nil {
+		return 0, fmt.Errorf("reading %s: %w", k.path[:len(k.path)-1], err)
+	}
+	v, ok := fdinfoField(data, key)
+	if !ok {
+		return 0, fmt.Errorf("no %q line in %s", key, k.path[:len(k.path)-1])
+	}
+	return v, nil
+}
+
+// ReadProcess reads <procRoot>/<pid>: stat, exe and the gadget labels of
+// environ. An error wrapping os.ErrNotExist means the process has exited.
+// Exe is empty when it cannot be read (kernel threads, zombies); Labels is
+// nil when environ has none or cannot be read.
+func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
+	dir := k.procRoot + "/" + strconv.FormatUint(uint64(pid), 10)
+	stat, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return Process{}, fmt.Errorf("reading process %d: %w", pid, errNotExist(err))
+	}
+	p := Process{PID: pid}
+	if err := parseStat(stat, &p); err != nil {
+		return Process{}, fmt.Errorf("parsing %s/stat: %w", dir, err)
+	}
+	if exe, err := os.Readlink(dir + "/exe"); err == nil {
+		p.Exe = exe
+	}
+	env, err := os.ReadFile(dir + "/environ")
+	switch {
+	case err == nil:
+		p.Labels = parseGadgetLabels(env)
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH):
+		return Process{}, fmt.Errorf("reading process %d: %w", pid, errNotExist(err))
+	}
+	return p, nil
+}
+
+// Holders maps program IDs to the PIDs (thread group IDs, ascending)
+// holding an fd to them, by walking <procRoot>/<pid>/fd and reading the
+// prog_id line of fdinfo for each "anon_inode:bpf-prog" link. Processes
+// that exit or deny access during the walk are skipped. Programs kept
+// alive only by links, pins or attachments have no holder.
+func (k *Kernel) Holders() (map[uint32][]uint32, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	holders := make(map[uint32][]uint32)
+	if err := k.walker.holders(k.procRoot, holders); err != nil {
+		return nil, fmt.Errorf("finding program holders: %w", err)
+	}
+	sortHolders(holders)
+	return holders, nil
+}
+
+// BootTime returns the wall-clock time the system booted (the btime line
+// of <procRoot>/stat), to turn Process.StartTime into a time with
+// TicksToDuration.
+func (k *Kernel) BootTime() (time.Time, error) {
+	data, err := os.ReadFile(k.procRoot + "/stat")
+	if err != nil {
+		return time.Time{}, fmt.Errorf("reading boot time: %w", err)
+	}
+	for line := range bytes.Lines(data) {
+		if v, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
+			sec, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("parsing btime: %w", err)
+			}
+			return time.Unix(sec, 0), nil
+		}
+	}
+	return time.Time{}, errors.New("reading boot time: no btime line in stat")
+}
+
+// EnableStats turns on run-time stats with BPF_ENABLE_STATS for as long as
+// the returned Closer is open (or the process lives). Unlike the sysctl
+// kernel.bpf_stats_enabled, stats go off again if the process dies.
+// Requires Linux 5.8.
+func EnableStats() (io.Closer, error) {
+	attr := sysStatsAttr{Type: unix.BPF_STATS_RUN_TIME}
+	fd, err := bpfSyscall(unix.BPF_ENABLE_STATS, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if err == unix.EINVAL {
+		return nil, fmt.Errorf("enabling BPF run-time stats (requires Linux 5.8): %w", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("enabling BPF run-time stats: %w", err)
+	}
+	s := &statsFD{}
+	s.fd.Store(int64(fd))
+	return s, nil
+}
+
+// statsFD is the fd BPF_ENABLE_STATS returned.
+type statsFD struct {
+	fd atomic.Int64
+}
+
+// Close turns stats off unless another holder keeps them on. It is
+// idempotent.
+func (s *statsFD) Close() error {
+	fd := s.fd.Swap(-1)
+	if fd < 0 {
+		return nil
+	}
+	if err := unix.Close(int(fd)); err != nil {
+		return fmt.Errorf("closing BPF stats fd: %w", err)
+	}
+	return nil
+}
+
+// cString returns b up to its first NUL.
+func cString(b []byte) []byte {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return b[:i]
+	}
+	return b
+}

@@ -1,0 +1,555 @@
+package publish
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// ExpiryIntervals is how many of its intervals a node may stay silent
+// before the fleet view drops it.
+const ExpiryIntervals = 3
+
+// Fleet is the latest state of every node publishing under a subject
+// prefix, built from their interval messages. It is safe for concurrent
+// use.
+type Fleet struct {
+	now             func() time.Time
+	defaultInterval time.Duration
+
+	mu      sync.Mutex
+	nodes   map[string]*fleetNode
+	invalid uint64
+}
+
+type fleetNode struct {
+	// lastSeen is when a message of the node last arrived.
+	lastSeen time.Time
+	// interval is the node's publishing interval.
+	interval time.Duration
+	// latest is the newest snapshot time seen; older messages are stale.
+	latest  time.Time
+	info    *NodeMessage
+	gadgets map[string]*GadgetMessage
+	unowned *UnownedMessage
+}
+
+// NewFleet returns an empty fleet. defaultInterval is assumed for nodes
+// whose messages carry neither interval nor elapsed time; now is time.Now
+// when nil.
+func NewFleet(defaultInterval time.Duration, now func() time.Time) *Fleet {
+	if now == nil {
+		now = time.Now
+	}
+	if defaultInterval <= 0 {
+		defaultInterval = 2 * time.Second
+	}
+	return &Fleet{now: now, defaultInterval: defaultInterval, nodes: make(map[string]*fleetNode)}
+}
+
+// Ingest applies one message as received now. Event messages only mark
+// their node alive. Messages of another schema are an error.
+func (f *Fleet) Ingest(data []byte) error {
+	return f.ingestAt(data, f.now())
+}
+
+// Invalid counts messages Ingest rejected.
+func (f *Fleet) Invalid() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.invalid
+}
+
+func (f *Fleet) ingestAt(data []byte, seen time.Time) error {
+	var probe struct {
+		Schema string `json:"schema"`
+		Type   string `json:"type"`
+		Node   string `json:"node"`
+	}
+	err := json.Unmarshal(data, &probe)
+	if err == nil && probe.Schema != SchemaVersion {
+		err = fmt.Errorf("schema %q, want %q", probe.Schema, SchemaVersion)
+	}
+	if err == nil && probe.Node == "" {
+		err = errors.New("no node")
+	}
+	var (
+		gm *GadgetMessage
+		um *UnownedMessage
+		nm *NodeMessage
+		h  *Header
+	)
+	if err == nil {
+		switch probe.Type {
+		case TypeGadget:
+			gm = new(GadgetMessage)
+			h = &gm.Header
+			err = json.Unmarshal(data, gm)
+		case TypeUnowned:
+			um = new(UnownedMessage)
+			h = &um.Header
+			err = json.Unmarshal(data, um)
+		case TypeNode:
+			nm = new(NodeMessage)
+			h = &nm.Header
+			err = json.Unmarshal(data, nm)
+		case TypeEvent:
+		default:
+			err = fmt.Errorf("unknown message type %q", probe.Type)
+		}
+	}
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		f.invalid++
+		return fmt.Errorf("decoding fleet message: %w", err)
+	}
+	n, ok := f.nodes[probe.Node]
+	if !ok {
+		n = &fleetNode{gadgets: make(map[string]*GadgetMessage)}
+		f.nodes[probe.Node] = n
+	}
+	if seen.After(n.lastSeen) {
+		n.lastSeen = seen
+	}
+	if h == nil {
+		return nil
+	}
+	if h.Interval > 0 {
+		n.interval = h.Interval
+	} else if h.Elapsed > 0 {
+		n.interval = h.Elapsed
+	}
+	if h.Time.Before(n.latest) {
+		// Older than what is shown (a key-value entry read after a live
+		// message, or a late message): drop it.
+		return nil
+	}
+	n.latest = h.Time
+	switch {
+	case gm != nil:
+		n.gadgets[gm.Gadget.ID] = gm
+	case um != nil:
+		n.unowned = um
+	case nm != nil:
+		// The node message closes an interval: gadgets not published in
+		// it have ended.
+		n.info = nm
+		for id, g := range n.gadgets {
+			if g.Seq != nm.Seq {
+				delete(n.gadgets, id)
+			}
+		}
+		if n.unowned != nil && n.unowned.Seq != nm.Seq {
+			n.unowned = nil
+		}
+	}
+	return nil
+}
+
+// Expire drops the nodes silent for more than ExpiryIntervals of their
+// intervals and returns their names.
+func (f *Fleet) Expire() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	var gone []string
+	for name, n := range f.nodes {
+		iv := n.interval
+		if iv <= 0 {
+			iv = f.defaultInterval
+		}
+		if now.Sub(n.lastSeen) > ExpiryIntervals*iv {
+			delete(f.nodes, name)
+			gone = append(gone, name)
+		}
+	}
+	slices.Sort(gone)
+	return gone
+}
+
+// Nodes returns the names of the known nodes, sorted.
+func (f *Fleet) Nodes() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	names := make([]string, 0, len(f.nodes))
+	for name := range f.nodes {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// NodeInfo returns the latest _node message of a node, or nil.
+func (f *Fleet) NodeInfo(node string) *NodeMessage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n, ok := f.nodes[node]; ok {
+		return n.info
+	}
+	return nil
+}
+
+// matching returns the nodes whose name matches glob (all for ""), sorted.
+// The caller holds f.mu.
+func (f *Fleet) matching(glob string) []string {
+	var names []string
+	for name := range f.nodes {
+		if glob != "" {
+			if ok, _ := path.Match(glob, name); !ok {
+				continue
+			}
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// GadgetRows returns one row per gadget of the nodes matching glob, sorted
+// by node, gadget name and ID.
+func (f *Fleet) GadgetRows(glob string) []state.Row {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rows := []state.Row{}
+	for _, name := range f.matching(glob) {
+		n := f.nodes[name]
+		start := len(rows)
+		for _, g := range n.gadgets {
+			rows = append(rows, gadgetRow(name, g))
+		}
+		slices.SortFunc(rows[start:], func(a, b state.Row) int {
+			return cmp.Or(cmp.Compare(a.GadgetName, b.GadgetName), cmp.Compare(a.GadgetID, b.GadgetID))
+		})
+	}
+	return rows
+}
+
+func gadgetRow(node string, g *GadgetMessage) state.Row {
+	t := g.Totals
+	owner := g.Owner
+	r := state.Row{
+		NodeName:        node,
+		GadgetID:        g.Gadget.ID,
+		GadgetName:      g.Gadget.Name,
+		GadgetImage:     g.Gadget.Image,
+		Runtime:         t.Runtime,
+		Runcount:        t.Runcount,
+		MapMemory:       t.MapMemory,
+		MapCount:        t.MapCount,
+		RuntimeDelta:    t.RuntimeDelta,
+		RuncountDelta:   t.RuncountDelta,
+		CPUPercent:      t.CPUPercent,
+		RecursionMisses: t.RecursionMisses,
+		ProgramCount:    t.ProgramCount,
+		Loader:          &owner,
+		PIDs:            []uint32{},
+		Comms:           []string{},
+	}
+	pids := make(map[uint32]string)
+	for _, p := range g.Programs {
+		for i, pid := range p.PIDs {
+			if _, ok := pids[pid]; !ok {
+				pids[pid] = ""
+				if i < len(p.Comms) {
+					pids[pid] = p.Comms[i]
+				}
+			}
+		}
+	}
+	for pid := range pids {
+		r.PIDs = append(r.PIDs, pid)
+	}
+	slices.Sort(r.PIDs)
+	for _, pid := range r.PIDs {
+		r.Comms = append(r.Comms, pids[pid])
+	}
+	return r
+}
+
+// ProgramRows returns one row per program of the nodes matching glob,
+// unowned ones included, sorted by node and program ID.
+func (f *Fleet) ProgramRows(glob string) []state.Row {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rows := []state.Row{}
+	for _, name := range f.matching(glob) {
+		n := f.nodes[name]
+		start := len(rows)
+		for _, g := range n.gadgets {
+			for _, p := range g.Programs {
+				p.NodeName = name
+				rows = append(rows, p)
+			}
+		}
+		if n.unowned != nil {
+			for _, p := range n.unowned.Programs {
+				p.NodeName = name
+				rows = append(rows, p)
+			}
+		}
+		slices.SortFunc(rows[start:], func(a, b state.Row) int { return cmp.Compare(a.ProgID, b.ProgID) })
+	}
+	return rows
+}
+
+// ImageRow is the rollup of the gadgets of one image across the fleet.
+type ImageRow struct {
+	// GadgetImage is empty for the unowned programs.
+	GadgetImage string `json:"gadgetImage"`
+	// Nodes counts the nodes running the image; NodeNames lists them.
+	Nodes     int      `json:"nodes"`
+	NodeNames []string `json:"nodeNames"`
+	Gadgets   int      `json:"gadgets"`
+	Totals
+}
+
+// ImageRows sums the gadgets of the nodes matching glob per image, sorted
+// by image. With unowned, the unowned programs of every node are one more
+// row with an empty image.
+func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	byImage := make(map[string]*ImageRow)
+	add := func(image, node string, t Totals, gadgets int) {
+		r, ok := byImage[image]
+		if !ok {
+			r = &ImageRow{GadgetImage: image, NodeNames: []string{}}
+			byImage[image] = r
+		}
+		if !slices.Contains(r.NodeNames, node) {
+			r.NodeNames = append(r.NodeNames, node)
+		}
+		r.Gadgets += gadgets
+		r.Runtime += t.Runtime
+		r.Runcount += t.Runcount
+		r.RuntimeDelta += t.RuntimeDelta
+		r.RuncountDelta += t.RuncountDelta
+		r.CPUPercent += t.CPUPercent
+		r.RecursionMisses += t.RecursionMisses
+		r.MapMemory += t.MapMemory
+		r.MapCount += t.MapCount
+		r.ProgramCount += t.ProgramCount
+	}
+	for _, name := range f.matching(glob) {
+		n := f.nodes[name]
+		for _, g := range n.gadgets {
+			add(g.Gadget.Image, name, g.Totals, 1)
+		}
+		if unowned && n.unowned != nil && len(n.unowned.Programs) > 0 {
+			add("", name, n.unowned.Totals, 0)
+		}
+	}
+	rows := make([]ImageRow, 0, len(byImage))
+	for _, r := range byImage {
+		slices.Sort(r.NodeNames)
+		r.Nodes = len(r.NodeNames)
+		rows = append(rows, *r)
+	}
+	slices.SortFunc(rows, func(a, b ImageRow) int { return cmp.Compare(a.GadgetImage, b.GadgetImage) })
+	return rows
+}
+
+// TopOptions configures RunTop and Fleet.Render.
+type TopOptions struct {
+	// SubjectPrefix defaults to DefaultSubjectPrefix.
+	SubjectPrefix string
+	// All shows program rows, unowned programs included, instead of
+	// gadget rows.
+	All bool
+	// By is "" or "image" (one row per gadget image across nodes).
+	By string
+	// NodeGlob keeps the nodes whose name matches (path.Match); "" keeps all.
+	NodeGlob string
+	// JSON prints one JSON array per print instead of a table.
+	JSON bool
+	// Interval between prints (default 2s); also the assumed interval of
+	// nodes whose messages carry none.
+	Interval time.Duration
+	// Count stops after that many prints; 0 runs until ctx ends.
+	Count int
+	// KV reads the key-value bucket first so that the first print shows
+	// the whole fleet, without waiting an interval.
+	KV bool
+	// KVBucket defaults to DefaultKVBucket.
+	KVBucket string
+	// Now is the clock for node expiry; time.Now when nil.
+	Now    func() time.Time
+	Logger zerolog.Logger
+}
+
+func (o *TopOptions) setDefaults() error {
+	if o.SubjectPrefix == "" {
+		o.SubjectPrefix = DefaultSubjectPrefix
+	}
+	if err := validatePrefix(o.SubjectPrefix); err != nil {
+		return err
+	}
+	if o.Interval <= 0 {
+		o.Interval = 2 * time.Second
+	}
+	if o.KVBucket == "" {
+		o.KVBucket = DefaultKVBucket
+	}
+	switch o.By {
+	case "", "image":
+	default:
+		return fmt.Errorf("invalid rollup %q: want \"image\" or nothing", o.By)
+	}
+	if _, err := path.Match(o.NodeGlob, ""); err != nil {
+		return fmt.Errorf("invalid node pattern %q: %w", o.NodeGlob, err)
+	}
+	return nil
+}
+
+// Render writes the view opts selects: a table like the seed's with a
+// NODENAME first column, or one JSON array on one line.
+func (f *Fleet) Render(w io.Writer, opts TopOptions) error {
+	var v any
+	switch {
+	case opts.By == "image":
+		v = f.ImageRows(opts.NodeGlob, opts.All)
+	case opts.All:
+		v = f.ProgramRows(opts.NodeGlob)
+	default:
+		v = f.GadgetRows(opts.NodeGlob)
+	}
+	if opts.JSON {
+		data, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encoding fleet rows: %w", err)
+		}
+		_, err = w.Write(append(data, '\n'))
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	switch rows := v.(type) {
+	case []ImageRow:
+		fmt.Fprintln(tw, "GADGETIMAGE\tNODES\tGADGETS\tPROGRAMS\tRUNTIME\tRUNCOUNT\tMAPMEMORY\tMAPCOUNT\tCPU%")
+		for _, r := range rows {
+			image := r.GadgetImage
+			if image == "" {
+				image = "(unowned)"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.2f\n", image, r.Nodes, r.Gadgets,
+				r.ProgramCount, r.Runtime, r.Runcount, r.MapMemory, r.MapCount, r.CPUPercent)
+		}
+	case []state.Row:
+		fmt.Fprintln(tw, "NODENAME\tGADGETID\tGADGETNAME\tGADGETIMAGE\tPROGID\tPROGNAME\tRUNTIME\tRUNCOUNT\tMAPMEMORY\tMAPCOUNT\tCPU%")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%.2f\n", r.NodeName, r.GadgetID,
+				r.GadgetName, r.GadgetImage, r.ProgID, r.ProgName, r.Runtime, r.Runcount,
+				r.MapMemory, r.MapCount, r.CPUPercent)
+		}
+	}
+	fmt.Fprintln(tw)
+	return tw.Flush()
+}
+
+// LoadKV reads every entry of the key-value bucket into the fleet, each as
+// seen when it was written.
+func (f *Fleet) LoadKV(ctx context.Context, nc *nats.Conn, bucket string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("opening JetStream: %w", err)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return fmt.Errorf("opening key-value bucket %s (do the trackers run with key-value enabled?): %w", bucket, err)
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("reading key-value bucket %s: %w", bucket, err)
+	}
+	defer w.Stop() //nolint:errcheck // nothing to do about a failed unsubscribe
+	// Entries arrive in write order, so each node's _node entry follows the
+	// gadget entries of its interval; a nil entry ends the initial values.
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok || e == nil {
+				return nil
+			}
+			// A bad entry does not hide the others; Invalid counts it.
+			_ = f.ingestAt(e.Value(), e.Created())
+		case <-ctx.Done():
+			return fmt.Errorf("reading key-value bucket %s: %w", bucket, ctx.Err())
+		}
+	}
+}
+
+// RunTop shows the fleet publishing under opts.SubjectPrefix: it
+// subscribes to <prefix>.>, optionally loads the key-value bucket first,
+// and prints the view once per opts.Interval (at once after loading the
+// bucket) until ctx ends or opts.Count prints are done. Nodes silent for
+// ExpiryIntervals of their intervals are dropped.
+func RunTop(ctx context.Context, nc *nats.Conn, opts TopOptions, out io.Writer) error {
+	if err := opts.setDefaults(); err != nil {
+		return err
+	}
+	log := opts.Logger
+	f := NewFleet(opts.Interval, opts.Now)
+	subject := opts.SubjectPrefix + ".>"
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		if err := f.Ingest(m.Data); err != nil {
+			log.Debug().Err(err).Str("subject", m.Subject).Msg("ignoring message")
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribing to %s: %w", subject, err)
+	}
+	defer sub.Unsubscribe() //nolint:errcheck // the connection's owner closes it
+	if err := sub.SetPendingLimits(65536, 256<<20); err != nil {
+		return fmt.Errorf("subscribing to %s: %w", subject, err)
+	}
+
+	prints := 0
+	print := func() (done bool, err error) {
+		for _, node := range f.Expire() {
+			log.Info().Str("node", node).Msg("node stopped publishing, dropped")
+		}
+		if err := f.Render(out, opts); err != nil {
+			return true, err
+		}
+		prints++
+		return opts.Count > 0 && prints >= opts.Count, nil
+	}
+	if opts.KV {
+		kvCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := f.LoadKV(kvCtx, nc, opts.KVBucket)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if done, err := print(); done || err != nil {
+			return err
+		}
+	}
+	ticker := time.NewTicker(opts.Interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+			if done, err := print(); done || err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -1,0 +1,649 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// deadline bounds every wait for a message or a log line.
+const deadline = 15 * time.Second
+
+// runServer starts a NATS server on loopback (random port unless set) and
+// shuts it down at the end of the test.
+func runServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = server.RANDOM_PORT
+	}
+	opts.NoSigs = true
+	opts.NoLog = true
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("configuring server: %v", err)
+	}
+	srv.Start()
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	if !srv.ReadyForConnections(deadline) {
+		t.Fatalf("server on port %d not ready", opts.Port)
+	}
+	return srv
+}
+
+// freePort returns a loopback port nobody listens on.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// logWatch is a zerolog writer that lets a test wait for a log message.
+type logWatch struct {
+	mu      sync.Mutex
+	lines   []map[string]any
+	raw     []string
+	changed chan struct{}
+}
+
+func newLogWatch(t *testing.T) (*logWatch, zerolog.Logger) {
+	w := &logWatch{changed: make(chan struct{})}
+	t.Cleanup(func() {
+		if t.Failed() {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			for _, l := range w.raw {
+				t.Log("log: " + strings.TrimSpace(l))
+			}
+		}
+	})
+	return w, zerolog.New(w).Level(zerolog.DebugLevel)
+}
+
+func (w *logWatch) Write(p []byte) (int, error) {
+	var m map[string]any
+	_ = json.Unmarshal(p, &m)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lines = append(w.lines, m)
+	w.raw = append(w.raw, string(p))
+	close(w.changed)
+	w.changed = make(chan struct{})
+	return len(p), nil
+}
+
+// wait returns the first log line from index from on with that message,
+// and the index after it.
+func (w *logWatch) wait(t *testing.T, from int, message string) (map[string]any, int) {
+	t.Helper()
+	timeout := time.After(deadline)
+	for {
+		w.mu.Lock()
+		for i := from; i < len(w.lines); i++ {
+			if w.lines[i]["message"] == message {
+				line := w.lines[i]
+				w.mu.Unlock()
+				return line, i + 1
+			}
+		}
+		changed := w.changed
+		w.mu.Unlock()
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("no log message %q within %s", message, deadline)
+		}
+	}
+}
+
+func (w *logWatch) len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.lines)
+}
+
+// collector subscribes to a subject on its own connection.
+type collector struct {
+	ch chan *nats.Msg
+}
+
+func newCollector(t *testing.T, url, subject string) *collector {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatalf("subscriber connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	c := &collector{ch: make(chan *nats.Msg, 4096)}
+	if _, err := nc.ChanSubscribe(subject, c.ch); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// next returns the next message whose subject is subject.
+func (c *collector) next(t *testing.T, subject string) *nats.Msg {
+	t.Helper()
+	timeout := time.After(deadline)
+	for {
+		select {
+		case m := <-c.ch:
+			if m.Subject == subject {
+				return m
+			}
+		case <-timeout:
+			t.Fatalf("no message on %s within %s", subject, deadline)
+		}
+	}
+}
+
+var testTime = time.Date(2025, 11, 26, 6, 0, 0, 123456789, time.UTC)
+
+// testSnapshot is a sweep with one unowned program and a gadget of two
+// programs sharing a map, as the inventory builds it.
+func testSnapshot(node, gadgetID string, at time.Time) *state.Snapshot {
+	owner := state.ProcessRef{PID: 4242, Comm: "trace_open", Exe: "/usr/local/bin/trace_open"}
+	gadget := state.Gadget{ID: gadgetID, Name: "mytraceopen", Image: "trace_open:latest", Owner: owner}
+	prog := func(id uint32, name string, runtime, runcount, mem uint64, maps []uint32) state.Row {
+		return state.Row{
+			NodeName: node, GadgetID: gadget.ID, GadgetName: gadget.Name, GadgetImage: gadget.Image,
+			ProgID: id, ProgName: name, ProgType: "tracepoint",
+			Runtime: runtime, Runcount: runcount, MapMemory: mem, MapCount: len(maps),
+			PIDs: []uint32{4242}, Comms: []string{"trace_open"},
+			RuntimeDelta: runtime / 10, RuncountDelta: runcount / 10, CPUPercent: 0.5,
+			Loader: &owner, MapIDs: maps, Tag: fmt.Sprintf("%016x", id),
+		}
+	}
+	p1 := prog(1260, "ig_openat_x", 14944051, 83160, 1615904, []uint32{7, 8})
+	p2 := prog(1262, "ig_openat_e", 33097520, 83005, 1098240, []uint32{7})
+	unowned := state.Row{
+		NodeName: node, ProgID: 2, ProgName: "hid_tail_call", ProgType: "tracing",
+		MapMemory: 8512, MapCount: 1, PIDs: []uint32{}, Comms: []string{}, MapIDs: []uint32{1},
+		Tag: "0000000000000002",
+	}
+	g := state.Row{
+		NodeName: node, GadgetID: gadget.ID, GadgetName: gadget.Name, GadgetImage: gadget.Image,
+		Runtime: p1.Runtime + p2.Runtime, Runcount: p1.Runcount + p2.Runcount,
+		RuntimeDelta: p1.RuntimeDelta + p2.RuntimeDelta, RuncountDelta: p1.RuncountDelta + p2.RuncountDelta,
+		CPUPercent: 1, MapMemory: 1615904, MapCount: 2, ProgramCount: 2,
+		PIDs: []uint32{4242}, Comms: []string{"trace_open"}, Loader: &owner, MapIDs: []uint32{7, 8},
+	}
+	return &state.Snapshot{
+		Time:          at,
+		Elapsed:       time.Second,
+		Source:        "perf",
+		Programs:      []state.Row{unowned, p1, p2},
+		Gadgets:       []state.Row{g},
+		GadgetInfo:    map[string]state.Gadget{gadget.ID: gadget},
+		Counters:      state.Counters{EventsLoad: 5, EventsRelease: 2, EventsLost: 1, Resyncs: 2, Sweeps: 7},
+		SweepDuration: 3 * time.Millisecond,
+	}
+}
+
+func newTestSink(t *testing.T, url, node string, log zerolog.Logger, mod func(*NATSOptions)) *NATSSink {
+	t.Helper()
+	opts := NATSOptions{
+		Conn: ConnOptions{
+			URLs: url, Logger: log,
+			ReconnectWait: 20 * time.Millisecond, MaxReconnectWait: 200 * time.Millisecond,
+		},
+		Node:     node,
+		Version:  "v0.0.0-test",
+		Interval: time.Second,
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	s, err := NewNATSSink(opts)
+	if err != nil {
+		t.Fatalf("NewNATSSink: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func decode[T any](t *testing.T, m *nats.Msg) T {
+	t.Helper()
+	var v T
+	dec := json.NewDecoder(bytes.NewReader(m.Data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("decoding %s: %v\n%s", m.Subject, err, m.Data)
+	}
+	return v
+}
+
+func logSample(t *testing.T, m *nats.Msg) {
+	var buf bytes.Buffer
+	json.Indent(&buf, m.Data, "", "  ")
+	t.Logf("sample %s:\n%s", m.Subject, buf.String())
+}
+
+func TestNATSNodeToken(t *testing.T) {
+	for in, want := range map[string]string{
+		"node-1":              "node-1",
+		"web1.example.com":    "web1_example_com",
+		"a*b>c":               "a_b_c",
+		"with space\tand\nnl": "with_space_and_nl",
+		"":                    "_",
+		"ünïcode":             "ünïcode",
+	} {
+		if got := NodeToken(in); got != want {
+			t.Errorf("NodeToken(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := gadgetToken("_node"); got != "g_node" {
+		t.Errorf("gadget ID %q must not collide with a reserved token, got %q", "_node", got)
+	}
+	if got := kvToken("ünï:x"); got != "___x" {
+		t.Errorf("kvToken = %q", got)
+	}
+}
+
+func TestNATSBadURL(t *testing.T) {
+	for _, url := range []string{
+		"http://127.0.0.1:4222",
+		"nats://:4222",
+		"nats://127.0.0.1:notaport",
+		"nats://127.0.0.1:99999",
+		"nats://127.0.0.1:",
+		"nats://a:4222,,nats://b:4222",
+		"nats://a b:4222",
+	} {
+		_, err := NewNATSSink(NATSOptions{Conn: ConnOptions{URLs: url}, Node: "n"})
+		if err == nil {
+			t.Errorf("URL %q accepted", url)
+			continue
+		}
+		if strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "NATS URL") {
+			t.Errorf("URL %q: error is not one clear line: %q", url, err)
+		}
+	}
+	got, err := ParseURLs("127.0.0.1:4222, tls://h:1,ws://h:8080,wss://h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"nats://127.0.0.1:4222", "tls://h:1", "ws://h:8080", "wss://h"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ParseURLs = %q, want %q", got, want)
+	}
+	if _, err := NewNATSSink(NATSOptions{Conn: ConnOptions{URLs: "nats://127.0.0.1:1"}, SubjectPrefix: "a.*"}); err == nil {
+		t.Error("wildcard subject prefix accepted")
+	}
+}
+
+func TestEmbeddedPortTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = StartEmbedded(EmbeddedOptions{Listen: l.Addr().String()})
+	if err == nil {
+		t.Fatal("embedded server started on a port in use")
+	}
+	if !strings.Contains(err.Error(), "address already in use") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("unclear error: %v", err)
+	}
+}
+
+// TestEmbeddedNATSSinkMessages publishes a hand-built snapshot and event
+// through an embedded server and checks what a plain subscriber receives.
+func TestEmbeddedNATSSinkMessages(t *testing.T) {
+	_, log := newLogWatch(t)
+	es, err := StartEmbedded(EmbeddedOptions{Listen: "127.0.0.1:0", Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(es.Shutdown)
+	sub := newCollector(t, es.ClientURL(), "bpfstats.>")
+	sink := newTestSink(t, es.ClientURL(), "node a.example", log, nil)
+	if !sink.Connected() {
+		t.Fatal("not connected to the embedded server")
+	}
+	node := "node_a_example"
+	if sink.Node() != node {
+		t.Fatalf("node token %q", sink.Node())
+	}
+
+	snap := testSnapshot(node, "6bcfcca7a12", testTime)
+	if err := sink.Publish(snap); err != nil {
+		t.Fatal(err)
+	}
+	owner := snap.GadgetInfo["6bcfcca7a12"].Owner
+	hdr := Header{Schema: SchemaVersion, Node: node, Seq: 1, Time: testTime, Elapsed: time.Second, Interval: time.Second}
+
+	m := sub.next(t, "bpfstats.node_a_example.6bcfcca7a12")
+	logSample(t, m)
+	gotG := decode[GadgetMessage](t, m)
+	wantG := GadgetMessage{
+		Header: hdr,
+		Gadget: GadgetIdentity{ID: "6bcfcca7a12", Name: "mytraceopen", Image: "trace_open:latest"},
+		Owner:  owner,
+		Totals: Totals{
+			Runtime: 14944051 + 33097520, Runcount: 83160 + 83005,
+			RuntimeDelta: 1494405 + 3309752, RuncountDelta: 8316 + 8300,
+			CPUPercent: 1, MapMemory: 1615904, MapCount: 2, ProgramCount: 2,
+		},
+		Programs: snap.Programs[1:],
+	}
+	wantG.Type = TypeGadget
+	if !reflect.DeepEqual(gotG, wantG) {
+		t.Errorf("gadget message:\n got %+v\nwant %+v", gotG, wantG)
+	}
+
+	m = sub.next(t, "bpfstats.node_a_example._unowned")
+	logSample(t, m)
+	gotU := decode[UnownedMessage](t, m)
+	wantU := UnownedMessage{
+		Header:   hdr,
+		Totals:   Totals{MapMemory: 8512, MapCount: 1, ProgramCount: 1},
+		Programs: snap.Programs[:1],
+	}
+	wantU.Type = TypeUnowned
+	if !reflect.DeepEqual(gotU, wantU) {
+		t.Errorf("unowned message:\n got %+v\nwant %+v", gotU, wantU)
+	}
+
+	m = sub.next(t, "bpfstats.node_a_example._node")
+	logSample(t, m)
+	gotN := decode[NodeMessage](t, m)
+	wantN := NodeMessage{
+		Header:  hdr,
+		Version: "v0.0.0-test",
+		Kernel:  unameRelease(),
+		Source:  "perf",
+		Counts: NodeCounts{
+			Programs: 3, Gadgets: 1, Unowned: 1, EventsLoad: 5, EventsRelease: 2, EventsLost: 1,
+		},
+		Resyncs:       2,
+		Sweeps:        7,
+		SweepDuration: 3 * time.Millisecond,
+		// The publisher's counters as of before this interval.
+		Publisher: PublisherStats{},
+	}
+	wantN.Type = TypeNode
+	if wantN.Kernel == "" || !reflect.DeepEqual(gotN, wantN) {
+		t.Errorf("node message:\n got %+v\nwant %+v", gotN, wantN)
+	}
+
+	ev := &state.Event{
+		Kind: "load", ProgID: 1262, ProgName: "ig_openat_e", ProgType: "tracepoint", Tag: "a04f5eef06a7f555",
+		Loader: &owner, Gadget: &state.Gadget{ID: "6bcfcca7a12", Name: "mytraceopen", Image: "trace_open:latest", Owner: owner},
+		KernelTime: 123456789012, Time: testTime,
+	}
+	if err := sink.PublishEvent(ev); err != nil {
+		t.Fatal(err)
+	}
+	m = sub.next(t, "bpfstats.node_a_example._events")
+	logSample(t, m)
+	gotE := decode[EventMessage](t, m)
+	wantE := EventMessage{Schema: SchemaVersion, Type: TypeEvent, Node: node, Event: *ev}
+	if !reflect.DeepEqual(gotE, wantE) {
+		t.Errorf("event message:\n got %+v\nwant %+v", gotE, wantE)
+	}
+	if n := sink.PublishErrors(); n != 0 {
+		t.Errorf("%d publish errors", n)
+	}
+	if st := sink.Stats(); st.Published != 4 {
+		t.Errorf("published %d messages, want 4", st.Published)
+	}
+	if err := sink.Close(); err != nil || sink.Connected() {
+		t.Errorf("Close: %v, connected %v", err, sink.Connected())
+	}
+	if err := sink.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestNATSReconnectAfterServerRestart kills the sink's server and starts
+// another on the same port.
+func TestNATSReconnectAfterServerRestart(t *testing.T) {
+	watch, log := newLogWatch(t)
+	srv := runServer(t, &server.Options{})
+	port := srv.Addr().(*net.TCPAddr).Port
+	url := srv.ClientURL()
+	sub := newCollector(t, url, "bpfstats.>")
+	sink := newTestSink(t, url, "node-r", log, nil)
+
+	if err := sink.Publish(testSnapshot("node-r", "g1", testTime)); err != nil {
+		t.Fatal(err)
+	}
+	before := decode[GadgetMessage](t, sub.next(t, "bpfstats.node-r.g1"))
+
+	mark := watch.len()
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	watch.wait(t, mark, "NATS disconnected, reconnecting")
+	if sink.Connected() {
+		t.Fatal("Connected() with the server down")
+	}
+	if err := sink.Publish(testSnapshot("node-r", "g1", testTime.Add(time.Second))); err != nil {
+		t.Fatalf("Publish while disconnected: %v", err)
+	}
+	if st := sink.Stats(); st.SkippedIntervals != 1 || st.PublishErrors != 0 {
+		t.Fatalf("while disconnected: %+v, want one skipped interval and no errors", st)
+	}
+
+	runServer(t, &server.Options{Port: port})
+	watch.wait(t, mark, "NATS reconnected")
+	if !sink.Connected() {
+		t.Fatal("not Connected() after the reconnect handler ran")
+	}
+	// Publish once per tick, as the tracker does, until the subscriber
+	// (reconnecting on its own) receives an interval after the restart.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(deadline)
+	at := testTime.Add(2 * time.Second)
+	for {
+		select {
+		case m := <-sub.ch:
+			if m.Subject != "bpfstats.node-r.g1" {
+				continue
+			}
+			got := decode[GadgetMessage](t, m)
+			if got.Seq > before.Seq && !got.Time.Before(at) {
+				if st := sink.Stats(); st.Reconnects != 1 || st.PublishErrors != 0 {
+					t.Errorf("after reconnect: %+v", st)
+				}
+				return
+			}
+		case <-tick.C:
+			at = at.Add(time.Second)
+			if err := sink.Publish(testSnapshot("node-r", "g1", at)); err != nil {
+				t.Fatalf("Publish after reconnect: %v", err)
+			}
+		case <-timeout:
+			t.Fatal("no message after the server restarted")
+		}
+	}
+}
+
+// TestNATSUnreachableAtStart starts the sink before its server.
+func TestNATSUnreachableAtStart(t *testing.T) {
+	watch, log := newLogWatch(t)
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	sink := newTestSink(t, url, "node-u", log, nil)
+	watch.wait(t, 0, "NATS server unreachable at start, retrying in the background")
+	if sink.Connected() {
+		t.Fatal("Connected() without a server")
+	}
+	if err := sink.Publish(testSnapshot("node-u", "g1", testTime)); err != nil {
+		t.Fatalf("Publish before connecting: %v", err)
+	}
+	if st := sink.Stats(); st.SkippedIntervals != 1 || st.Published != 0 {
+		t.Fatalf("before connecting: %+v", st)
+	}
+
+	runServer(t, &server.Options{Port: port})
+	watch.wait(t, 0, "NATS connected")
+	if !sink.Connected() {
+		t.Fatal("not Connected() after the connect handler ran")
+	}
+	sub := newCollector(t, url, "bpfstats.node-u.>")
+	if err := sink.Publish(testSnapshot("node-u", "g1", testTime.Add(time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	got := decode[GadgetMessage](t, sub.next(t, "bpfstats.node-u.g1"))
+	if !got.Time.Equal(testTime.Add(time.Second)) {
+		t.Errorf("got the interval of %s", got.Time)
+	}
+}
+
+// TestNATSBadCredentials connects to a server with password auth.
+func TestNATSBadCredentials(t *testing.T) {
+	srv := runServer(t, &server.Options{Username: "tracker", Password: "s3cret"})
+	for _, pw := range []string{"wrong", ""} {
+		_, log := newLogWatch(t)
+		_, err := NewNATSSink(NATSOptions{
+			Conn: ConnOptions{URLs: srv.ClientURL(), User: "tracker", Password: pw, Logger: log},
+			Node: "node-c",
+		})
+		if !errors.Is(err, nats.ErrAuthorization) || !strings.Contains(err.Error(), "authorization violation") {
+			t.Errorf("password %q: error %v, want an authorization violation", pw, err)
+		}
+	}
+	_, log := newLogWatch(t)
+	sink := newTestSink(t, srv.ClientURL(), "node-c", log, func(o *NATSOptions) {
+		o.Conn.User, o.Conn.Password = "tracker", "s3cret"
+	})
+	if !sink.Connected() {
+		t.Fatal("right password: not connected")
+	}
+	if _, err := NewNATSSink(NATSOptions{Conn: ConnOptions{URLs: srv.ClientURL(), CredsFile: "/nonexistent.creds"}}); err == nil ||
+		!strings.Contains(err.Error(), "credentials file") {
+		t.Errorf("missing creds file: %v", err)
+	}
+	if _, err := NewNATSSink(NATSOptions{Conn: ConnOptions{URLs: srv.ClientURL(), TLSCertFile: "/nonexistent.pem"}}); err == nil {
+		t.Error("client certificate without key accepted")
+	}
+}
+
+// TestEmbeddedNATSKV checks that a top started after the trackers sees the
+// whole fleet in its first print, from the key-value bucket alone.
+func TestEmbeddedNATSKV(t *testing.T) {
+	_, log := newLogWatch(t)
+	es, err := StartEmbedded(EmbeddedOptions{Listen: "127.0.0.1:0", JetStream: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(es.Shutdown)
+	sink := newTestSink(t, es.ClientURL(), "node-kv", log, func(o *NATSOptions) { o.KV = true })
+
+	snap := testSnapshot("node-kv", "g1", testTime)
+	second := testSnapshot("node-kv", "g2", testTime)
+	snap.Gadgets = append(snap.Gadgets, second.Gadgets...)
+	snap.Programs = append(snap.Programs, second.Programs[1:]...)
+	snap.GadgetInfo["g2"] = second.GadgetInfo["g2"]
+	if err := sink.Publish(snap); err != nil {
+		t.Fatal(err)
+	}
+
+	nc, err := ConnectNATS(ConnOptions{URLs: es.ClientURL(), Name: "bpfstats-top", FailFast: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	top := func() []state.Row {
+		t.Helper()
+		var out bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), deadline)
+		defer cancel()
+		// An hour-long interval: only the print after reading the bucket
+		// can happen.
+		if err := RunTop(ctx, nc, TopOptions{KV: true, JSON: true, Count: 1, Interval: time.Hour}, &out); err != nil {
+			t.Fatalf("RunTop: %v", err)
+		}
+		var rows []state.Row
+		if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+			t.Fatalf("top output %q: %v", out.String(), err)
+		}
+		return rows
+	}
+	rows := top()
+	if len(rows) != 2 || rows[0].GadgetID != "g1" || rows[1].GadgetID != "g2" || rows[0].NodeName != "node-kv" {
+		t.Fatalf("first print: %+v, want gadgets g1 and g2 of node-kv", rows)
+	}
+
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), DefaultKVBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := kv.Status(context.Background()); err != nil || st.TTL() != 3*time.Second {
+		t.Errorf("bucket status %v, %v; want TTL of three intervals", st, err)
+	}
+	e, err := kv.Get(context.Background(), "node-kv.g2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := decode[GadgetMessage](t, &nats.Msg{Subject: e.Key(), Data: e.Value()}); g.Gadget.Name != "mytraceopen" {
+		t.Errorf("key node-kv.g2 holds %+v", g)
+	}
+
+	// g2 ends: its key goes, and the view shows g1 alone.
+	if err := sink.Publish(testSnapshot("node-kv", "g1", testTime.Add(time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(context.Background(), "node-kv.g2"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("key of an ended gadget: %v", err)
+	}
+	if rows := top(); len(rows) != 1 || rows[0].GadgetID != "g1" {
+		t.Fatalf("after g2 ended: %+v", rows)
+	}
+	if n := sink.PublishErrors(); n != 0 {
+		t.Errorf("%d publish errors", n)
+	}
+}
+
+func TestNATSKVWithoutJetStream(t *testing.T) {
+	watch, log := newLogWatch(t)
+	srv := runServer(t, &server.Options{})
+	sink := newTestSink(t, srv.ClientURL(), "node-nojs", log, func(o *NATSOptions) {
+		o.KV = true
+		o.KVTimeout = 500 * time.Millisecond
+	})
+	sub := newCollector(t, srv.ClientURL(), "bpfstats.>")
+	// The plain messages still go out; the bucket error is returned,
+	// counted and logged once.
+	if err := sink.Publish(testSnapshot("node-nojs", "g1", testTime)); err == nil {
+		t.Error("no error without JetStream")
+	}
+	sub.next(t, "bpfstats.node-nojs._node")
+	watch.wait(t, 0, "NATS key-value bucket unavailable, retrying every interval")
+	if sink.PublishErrors() != 1 {
+		t.Errorf("PublishErrors = %d, want 1", sink.PublishErrors())
+	}
+}

@@ -1,0 +1,145 @@
+package publish
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// Column is one column of the bpfstats table.
+type Column struct {
+	// Name is the column's field name, as in the seed's --help list.
+	Name string
+	// Help is the meaning of the column.
+	Help string
+	// Default columns are shown without --fields.
+	Default bool
+	// Right aligns numbers.
+	Right bool
+	value func(r *state.Row) string
+}
+
+// Columns lists every column in table order: the seed's, then the extras.
+var Columns = []Column{
+	{Name: "nodeName", Help: "Name of the node the row comes from", value: func(r *state.Row) string { return r.NodeName }},
+	{Name: "gadgetID", Help: "Unique ID assigned to each Gadget instance", Default: true, value: func(r *state.Row) string { return r.GadgetID }},
+	{Name: "gadgetName", Help: "Name of the Gadget instance", Default: true, value: func(r *state.Row) string { return r.GadgetName }},
+	{Name: "gadgetImage", Help: "Name of the Gadget image (like trace_open, trace_exec, etc.)", Default: true, value: func(r *state.Row) string { return r.GadgetImage }},
+	{Name: "progID", Help: "eBPF program ID assigned by the Linux kernel", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(uint64(r.ProgID), 10) }},
+	{Name: "progName", Help: "Name of the eBPF program", Default: true, value: func(r *state.Row) string { return r.ProgName }},
+	{Name: "progType", Help: "Type of the eBPF program", value: func(r *state.Row) string { return r.ProgType }},
+	{Name: "runtime", Help: "Time that the eBPF program or Gadget has run in nanoseconds", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.Runtime, 10) }},
+	{Name: "runcount", Help: "Number of times the eBPF program or Gadget has run", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.Runcount, 10) }},
+	{Name: "mapMemory", Help: "Memory used by maps in bytes", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.MapMemory, 10) }},
+	{Name: "mapCount", Help: "Number of maps used by the eBPF program or Gadget", Default: true, Right: true, value: func(r *state.Row) string { return strconv.Itoa(r.MapCount) }},
+	{Name: "pids", Help: "List of PIDs using the eBPF program", value: func(r *state.Row) string { return joinUints(r.PIDs) }},
+	{Name: "comms", Help: "List of processes using the eBPF program", value: func(r *state.Row) string { return strings.Join(r.Comms, ",") }},
+	{Name: "cpuPercent", Help: "Run time since the previous interval, in percent of one CPU", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.CPUPercent, 'f', 2, 64) }},
+	{Name: "runtimeDelta", Help: "Run time in nanoseconds since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuntimeDelta, 10) }},
+	{Name: "runcountDelta", Help: "Runs since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuncountDelta, 10) }},
+	{Name: "tag", Help: "eBPF program tag (hash of its instructions)", value: func(r *state.Row) string { return r.Tag }},
+}
+
+func joinUints(v []uint32) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.FormatUint(uint64(x), 10)
+	}
+	return strings.Join(s, ",")
+}
+
+// SelectColumns returns the default columns plus the named extra ones, in
+// table order. Names match case-insensitively.
+func SelectColumns(extra []string) ([]Column, error) {
+	want := make(map[string]bool)
+	for _, name := range extra {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		i := slices.IndexFunc(Columns, func(c Column) bool { return strings.EqualFold(c.Name, name) })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown field %q (see --help for the list)", name)
+		}
+		want[Columns[i].Name] = true
+	}
+	var cols []Column
+	for _, c := range Columns {
+		if c.Default || want[c.Name] {
+			cols = append(cols, c)
+		}
+	}
+	return cols, nil
+}
+
+// WriteTable writes rows as a table with upper-case headers, numbers
+// aligned right as in the seed's output.
+func WriteTable(w io.Writer, cols []Column, rows []state.Row) error {
+	cells := make([][]string, len(rows)+1)
+	width := make([]int, len(cols))
+	cells[0] = make([]string, len(cols))
+	for j, c := range cols {
+		cells[0][j] = strings.ToUpper(c.Name)
+		width[j] = len(cells[0][j])
+	}
+	for i := range rows {
+		cells[i+1] = make([]string, len(cols))
+		for j, c := range cols {
+			v := c.value(&rows[i])
+			cells[i+1][j] = v
+			width[j] = max(width[j], len(v))
+		}
+	}
+	var b strings.Builder
+	for _, line := range cells {
+		for j, v := range line {
+			pad := strings.Repeat(" ", width[j]-len(v))
+			switch {
+			case cols[j].Right:
+				b.WriteString(pad + v)
+			case j == len(cols)-1:
+				b.WriteString(v)
+			default:
+				b.WriteString(v + pad)
+			}
+			if j < len(cols)-1 {
+				b.WriteString(" ")
+			}
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJSON writes rows as one JSON array on one line.
+func WriteJSON(w io.Writer, rows []state.Row) error {
+	if rows == nil {
+		rows = []state.Row{}
+	}
+	b, err := json.Marshal(rows)
+	if err != nil {
+		return fmt.Errorf("encoding rows: %w", err)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// ColumnHelp returns the column list as --help prints it: each name, then
+// its meaning indented on the next line, like the seed.
+func ColumnHelp() string {
+	var b strings.Builder
+	for _, c := range Columns {
+		fmt.Fprintf(&b, "  %s\n        %s", c.Name, c.Help)
+		if !c.Default {
+			b.WriteString(" (with --fields)")
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,125 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/bpfstats/tracker/internal/loader"
+)
+
+// RunConfig wires a Tracker to its event source and consumers.
+type RunConfig struct {
+	// Source delivers load and release events. Run reads it until it is
+	// closed or ctx ends; the caller closes it.
+	Source loader.Source
+	// Interval between sweeps; the first sweep runs at once.
+	Interval time.Duration
+	// Count stops Run after that many sweeps; 0 runs until ctx ends.
+	Count int
+	// OnSnapshot receives every sweep's snapshot.
+	OnSnapshot func(*Snapshot)
+	// OnEvent receives each applied load or release as it arrives.
+	OnEvent func(*Event)
+	Log     zerolog.Logger
+}
+
+// eventBuffer is how many events may wait between the source's reader and
+// the loop; the kernel-side rings hold far more.
+const eventBuffer = 4096
+
+// Run takes the start-up snapshot of the kernel's programs, then applies
+// events as they arrive and sweeps every cfg.Interval until ctx ends or
+// cfg.Count sweeps are done. The source must already be attached, so that
+// nothing loaded between the snapshot and the first event is missed.
+func (t *Tracker) Run(ctx context.Context, cfg RunConfig) error {
+	// The reader goroutine outlives Run only until the caller closes the source.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := make(chan loader.ProgramEvent, eventBuffer)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			ev, err := cfg.Source.Read()
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case events <- ev:
+			case <-ctx.Done():
+				readErr <- ctx.Err()
+				return
+			}
+		}
+	}()
+
+	added, _, err := t.Resync()
+	if err != nil {
+		return err
+	}
+	cfg.Log.Debug().Int("programs", added).Msg("snapshot of existing programs taken")
+
+	ticker := time.NewTicker(cfg.Interval)
+	defer ticker.Stop()
+	sweeps := 0
+	sweep := func() bool {
+		// Apply what already arrived, so the sweep sees the latest inventory.
+		for drained := false; !drained; {
+			select {
+			case ev := <-events:
+				t.handle(ev, cfg)
+			default:
+				drained = true
+			}
+		}
+		snap, err := t.Sweep()
+		if err != nil {
+			cfg.Log.Warn().Err(err).Msg("sweep incomplete")
+		}
+		if cfg.OnSnapshot != nil {
+			cfg.OnSnapshot(snap)
+		}
+		sweeps++
+		return cfg.Count > 0 && sweeps >= cfg.Count
+	}
+	if sweep() {
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-events:
+			t.handle(ev, cfg)
+		case err := <-readErr:
+			if errors.Is(err, loader.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		case <-ticker.C:
+			if sweep() {
+				return nil
+			}
+		}
+	}
+}
+
+func (t *Tracker) handle(ev loader.ProgramEvent, cfg RunConfig) {
+	out := t.Apply(ev)
+	if ev.Kind == loader.EventLost {
+		added, removed, err := t.Resync()
+		if err != nil {
+			cfg.Log.Error().Err(err).Msg("resync after lost events failed")
+			return
+		}
+		cfg.Log.Warn().Uint64("lost", ev.Lost).Int("added", added).Int("removed", removed).
+			Msg("events lost, inventory resynced from the kernel")
+		return
+	}
+	if out != nil && cfg.OnEvent != nil {
+		cfg.OnEvent(out)
+	}
+}

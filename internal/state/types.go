@@ -1,0 +1,127 @@
+package state
+
+import (
+	"time"
+
+	"github.com/bpfstats/tracker/internal/loader"
+)
+
+// Kernel is everything the tracker reads from the kernel. loader.Kernel
+// implements it; unit tests use a fake.
+type Kernel interface {
+	// ProgramIDs walks every program ID the kernel has (snapshot, resync).
+	ProgramIDs() ([]uint32, error)
+	// ReadProgram reads one program's info and stats. An error wrapping
+	// os.ErrNotExist means the program is gone.
+	ReadProgram(id uint32) (loader.ProgramInfo, error)
+	// ReadMap reads one map. An error wrapping os.ErrNotExist means it is gone.
+	ReadMap(id uint32) (loader.MapInfo, error)
+	// ReadProcess reads a live process; os.ErrNotExist when it has exited.
+	ReadProcess(pid uint32) (loader.Process, error)
+	// Holders maps program IDs to the PIDs (thread group IDs) holding an fd to them.
+	Holders() (map[uint32][]uint32, error)
+}
+
+// Gadget is one running instance of an eBPF tool: the programs owned by
+// one process instance.
+type Gadget struct {
+	// ID is BPFSTATS_GADGET_ID or an 11-hex-digit hash of the owner instance.
+	ID string `json:"id"`
+	// Name is BPFSTATS_GADGET_NAME or the owner's comm.
+	Name string `json:"name"`
+	// Image is BPFSTATS_GADGET_IMAGE or the owner's executable path.
+	Image string `json:"image"`
+	// Owner is the process instance that owns the gadget's programs.
+	Owner ProcessRef `json:"owner"`
+}
+
+// ProcessRef is a process as reported to users.
+type ProcessRef struct {
+	PID  uint32 `json:"pid"`
+	Comm string `json:"comm"`
+	Exe  string `json:"exe"`
+}
+
+// Row is one line of the bpfstats table: a gadget (ProgID 0) or a program.
+// JSON names are the seed's column names; the rest are additions.
+type Row struct {
+	NodeName    string `json:"nodeName,omitempty"`
+	GadgetID    string `json:"gadgetID"`
+	GadgetName  string `json:"gadgetName"`
+	GadgetImage string `json:"gadgetImage"`
+	ProgID      uint32 `json:"progID"`
+	ProgName    string `json:"progName"`
+	ProgType    string `json:"progType"`
+	// Runtime is cumulative run time in nanoseconds.
+	Runtime   uint64   `json:"runtime"`
+	Runcount  uint64   `json:"runcount"`
+	MapMemory uint64   `json:"mapMemory"`
+	MapCount  int      `json:"mapCount"`
+	PIDs      []uint32 `json:"pids"`
+	Comms     []string `json:"comms"`
+
+	// RuntimeDelta and RuncountDelta are the growth since the previous
+	// sweep; zero on a row's first sweep.
+	RuntimeDelta  uint64 `json:"runtimeDelta"`
+	RuncountDelta uint64 `json:"runcountDelta"`
+	// CPUPercent is RuntimeDelta over the real elapsed time between the
+	// two reads, in percent of one CPU.
+	CPUPercent      float64     `json:"cpuPercent"`
+	RecursionMisses uint64      `json:"recursionMisses"`
+	ProgramCount    int         `json:"programCount,omitempty"`
+	Loader          *ProcessRef `json:"loader,omitempty"`
+	// MapIDs are the distinct maps the row accounts for.
+	MapIDs []uint32 `json:"mapIDs,omitempty"`
+	// Tag is the program tag in hex (programs only).
+	Tag string `json:"tag,omitempty"`
+	// Source is the event source of the tracker that made the row, set
+	// by "tracker stats -o json" as the output's metadata.
+	Source string `json:"source,omitempty"`
+}
+
+// Snapshot is the result of one sweep.
+type Snapshot struct {
+	// Node is the tracker's node name.
+	Node string
+	Time time.Time
+	// Elapsed since the previous sweep; zero on the first.
+	Elapsed time.Duration
+	// Source is the event source in use.
+	Source string
+	// Programs has one row per program, owned or not, sorted by ProgID.
+	Programs []Row
+	// Gadgets has one row per gadget, sorted by name then ID.
+	Gadgets []Row
+	// GadgetInfo holds each gadget's identity, keyed by gadget ID.
+	GadgetInfo map[string]Gadget
+	Counters   Counters
+	// SweepDuration is how long the sweep's kernel reads took.
+	SweepDuration time.Duration
+}
+
+// Counters are the tracker's own running totals.
+type Counters struct {
+	EventsLoad    uint64 `json:"eventsLoad"`
+	EventsRelease uint64 `json:"eventsRelease"`
+	EventsLost    uint64 `json:"eventsLost"`
+	Resyncs       uint64 `json:"resyncs"`
+	Sweeps        uint64 `json:"sweeps"`
+}
+
+// Event is one program load or release after the inventory applied it, as
+// published to consumers the moment it arrives.
+type Event struct {
+	// Kind is "load" or "release".
+	Kind     string `json:"kind"`
+	ProgID   uint32 `json:"progID"`
+	ProgName string `json:"progName"`
+	ProgType string `json:"progType"`
+	Tag      string `json:"tag"`
+	// Loader is the process that loaded the program, when known.
+	Loader *ProcessRef `json:"loader,omitempty"`
+	// Gadget the program belongs (belonged) to; nil when unowned.
+	Gadget *Gadget `json:"gadget,omitempty"`
+	// KernelTime is the event source's kernel timestamp in nanoseconds.
+	KernelTime uint64    `json:"kernelTime"`
+	Time       time.Time `json:"time"`
+}

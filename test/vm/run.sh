@@ -1,0 +1,186 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# run.sh KERNEL... : run the VM tests of internal/loader (TestVM*: the fentry
+# source) in Debian cloud kernels booted with qemu (TCG), one boot per kernel.
+#
+#   ./test/vm/run.sh 5.10 6.1 6.12
+#
+# KERNEL is 5.10 (bullseye), 6.1 (bookworm) or 6.12 (bookworm-backports).
+# Kernels are downloaded once with apt-get through a private sources list and
+# lists directory (the system's apt configuration is not touched) into
+# .cache/vm/, which also keeps one console log per kernel in .cache/vm/logs/.
+#
+# Prints one line per kernel:
+#   vmtest kernel=6.1 source=fentry hooks=load:X,release:Y passed=N failed=M seconds=S uname=...
+# and, for a kernel that fails, its console log. Exits non-zero if any kernel
+# fails or prints no result marker.
+#
+# Needs (Debian packages): qemu-system-x86, busybox-static, cpio, apt,
+# dpkg, debian-archive-keyring; and go.
+#
+# Environment:
+#   VMTEST_RUN      -test.run pattern inside the VM (default ^TestVM)
+#   VMTEST_TIMEOUT  seconds per boot before qemu is killed (default 300)
+#   DEBIAN_MIRROR   default http://deb.debian.org/debian
+#   GO              go command (default go)
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=$ROOT/.cache/vm
+LOGS=$CACHE/logs
+BUILD=$CACHE/build
+RUN_PATTERN=${VMTEST_RUN:-^TestVM}
+BOOT_TIMEOUT=${VMTEST_TIMEOUT:-300}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+GO=${GO:-go}
+
+die() {
+	echo "vmtest: $*" >&2
+	exit 2
+}
+
+[ $# -gt 0 ] || die "usage: $0 KERNEL... (5.10 6.1 6.12)"
+
+suite_for() {
+	case $1 in
+	5.10) echo bullseye ;;
+	6.1) echo bookworm ;;
+	6.12) echo bookworm-backports ;;
+	*) return 1 ;;
+	esac
+}
+
+for k in "$@"; do
+	suite_for "$k" >/dev/null || die "unknown kernel $k (known: 5.10 6.1 6.12)"
+done
+for cmd in qemu-system-x86_64 cpio apt-get apt-cache dpkg-deb timeout "$GO"; do
+	command -v "$cmd" >/dev/null || die "$cmd not found (apt-get install qemu-system-x86 cpio)"
+done
+BUSYBOX=/bin/busybox
+[ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" = "install ok installed" ] ||
+	die "busybox-static is not installed (apt-get install busybox-static)"
+[ -r "$KEYRING" ] || die "$KEYRING missing (apt-get install debian-archive-keyring)"
+
+mkdir -p "$LOGS" "$BUILD"
+
+# apt_private SUITE ARGS...: apt-get/apt-cache options for a private apt
+# state under .cache/vm/apt/SUITE: its own sources list (Packages indexes
+# only), lists, caches, no status file and no preferences.
+apt_opts() {
+	local dir=$CACHE/apt/$1
+	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+	echo "deb [signed-by=$KEYRING target=Packages] $MIRROR $1 main" >"$dir/sources.list"
+	APT_OPTS=(
+		-o "Dir::Etc::SourceList=$dir/sources.list"
+		-o "Dir::Etc::SourceParts=/dev/null"
+		-o "Dir::Etc::Preferences=/dev/null"
+		-o "Dir::Etc::PreferencesParts=/dev/null"
+		-o "Dir::State::Lists=$dir/lists"
+		-o "Dir::State::status=/dev/null"
+		-o "Dir::Cache=$dir/cache"
+		-o "APT::Architecture=amd64"
+		-o "APT::Architectures=amd64"
+		-o "APT::Sandbox::User=root"
+		-o "Acquire::Languages=none"
+	)
+}
+
+# fetch_kernel K: leaves the kernel image at .cache/vm/kernel/K/vmlinuz.
+fetch_kernel() {
+	local k=$1 dir=$CACHE/kernel/$1 suite pkg deb
+	[ -s "$dir/vmlinuz" ] && return 0
+	suite=$(suite_for "$k")
+	apt_opts "$suite"
+	apt-get "${APT_OPTS[@]}" -qq update >/dev/null
+	# The metapackage depends on the versioned image package.
+	pkg=$(apt-cache "${APT_OPTS[@]}" show --no-all-versions linux-image-cloud-amd64 |
+		sed -n 's/^Depends: *//p' | tr ',' '\n' | sed -n 's/^ *\(linux-image-[0-9][^ ]*\).*/\1/p' | head -n1)
+	case $pkg in
+	linux-image-"$k"*) ;;
+	*) die "kernel $k: linux-image-cloud-amd64 in $suite depends on '${pkg}', not a $k kernel" ;;
+	esac
+	rm -rf "$dir.tmp"
+	mkdir -p "$dir.tmp"
+	(cd "$dir.tmp" && apt-get "${APT_OPTS[@]}" -qq download "$pkg" >/dev/null)
+	deb=$(ls "$dir.tmp"/*.deb)
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir.tmp" --wildcards './boot/vmlinuz-*'
+	mv "$dir.tmp"/boot/vmlinuz-* "$dir.tmp/vmlinuz"
+	dpkg-deb -f "$deb" Package Version >"$dir.tmp/package"
+	rm -rf "$dir.tmp/boot" "$deb"
+	rm -rf "$dir"
+	mv "$dir.tmp" "$dir"
+}
+
+# build_initramfs: a static test binary, busybox and an /init that runs the
+# tests and prints VMTEST-RESULT rc=N.
+build_initramfs() {
+	local root=$BUILD/root
+	rm -rf "$root"
+	mkdir -p "$root"/{bin,dev,proc,sys,tmp,run}
+	(cd "$ROOT" && CGO_ENABLED=0 "$GO" test -c -trimpath -o "$root/loader.test" ./internal/loader)
+	cp "$BUSYBOX" "$root/bin/busybox"
+	cat >"$root/init" <<EOF
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs dev /dev
+exec </dev/console >/dev/console 2>&1
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /tmp
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+echo "VMTEST-KERNEL \$(uname -r)"
+cd /tmp
+TRACKER_VM=1 /loader.test -test.v -test.count=1 -test.timeout=$((BOOT_TIMEOUT - 30))s -test.run '$RUN_PATTERN'
+echo "VMTEST-RESULT rc=\$?"
+poweroff -f
+EOF
+	chmod 0755 "$root/init"
+	(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$BUILD/initramfs.cpio"
+}
+
+# run_kernel K: boots K, writes its log and prints the summary line.
+run_kernel() {
+	local k=$1 start log raw rc hooks load release passed failed uname
+	start=$(date +%s)
+	log=$LOGS/$k.log
+	raw=$LOGS/$k.raw
+	if ! fetch_kernel "$k" >"$LOGS/$k.fetch" 2>&1; then
+		echo "vmtest kernel=$k source=? hooks=? passed=0 failed=0 seconds=$(($(date +%s) - start)) error=download"
+		cat "$LOGS/$k.fetch" >&2
+		return 1
+	fi
+	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg -m 1G -smp 2 -nographic -serial stdio \
+		-monitor none -no-reboot -kernel "$CACHE/kernel/$k/vmlinuz" -initrd "$BUILD/initramfs.cpio" \
+		-append "console=ttyS0 panic=-1 quiet" </dev/null >"$raw" 2>&1 || true
+	tr -d '\r' <"$raw" >"$log"
+	rm -f "$raw"
+
+	rc=$(grep -ao 'VMTEST-RESULT rc=[0-9]*' "$log" | tail -n1 | cut -d= -f2 || true)
+	hooks=$(grep -ao 'VMTEST-HOOKS source=[a-z]* load=[a-z_0-9]* release=[a-z_0-9]*' "$log" | head -n1 || true)
+	load=$(sed -n 's/.* load=\([^ ]*\).*/\1/p' <<<"$hooks")
+	release=$(sed -n 's/.* release=\([^ ]*\).*/\1/p' <<<"$hooks")
+	passed=$(grep -ac -- '--- PASS: ' "$log" || true)
+	failed=$(grep -ac -- '--- FAIL: ' "$log" || true)
+	uname=$(sed -n 's/.*VMTEST-KERNEL \([^ ]*\).*/\1/p' "$log" | head -n1)
+	echo "vmtest kernel=$k source=$(sed -n 's/.*source=\([^ ]*\).*/\1/p' <<<"$hooks") hooks=load:${load:-?},release:${release:-?} passed=$passed failed=$failed seconds=$(($(date +%s) - start)) uname=${uname:-?}"
+	if [ "$rc" != 0 ]; then
+		echo "vmtest: kernel $k failed (rc=${rc:-no marker}); console log $log:" >&2
+		cat "$log" >&2
+		return 1
+	fi
+}
+
+build_initramfs
+
+status=0
+for k in "$@"; do
+	run_kernel "$k" || status=1
+done
+exit $status
