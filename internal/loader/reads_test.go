@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"bufio"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -451,35 +452,56 @@ func TestReadProcessSelfChildAndKernelThread(t *testing.T) {
 		t.Errorf("self labels %v without BPFSTATS_GADGET_* in the environment", self.Labels)
 	}
 
-	sleep, err := exec.LookPath("sleep")
+	// A shell that says "ready" once it runs, i.e. once its exec is
+	// complete (before that, comm, exe and environ may still be in flux),
+	// then blocks reading stdin.
+	sh, err := exec.LookPath("sh")
 	if err != nil {
-		t.Skip("no sleep binary: " + err.Error())
+		t.Skip("no sh: " + err.Error())
 	}
-	cmd := exec.Command(sleep, "30")
-	cmd.Env = []string{"PATH=/usr/bin", "BPFSTATS_GADGET_NAME=x", "BPFSTATS_GADGET_IMAGE=ghcr.io/x:1",
-		"BPFSTATS_GADGET_ID=abc", "BPFSTATS_GADGET_OTHER=no", "BPFSTATS_GADGET_NAME=second"}
+	cmd := exec.Command(sh, "-c", "echo ready; read x")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "BPFSTATS_GADGET_NAME=x", "BPFSTATS_GADGET_IMAGE=ghcr.io/x:1",
+		"BPFSTATS_GADGET_ID=abc", "BPFSTATS_GADGET_OTHER=no"}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	// Until exec completes the child's comm and exe are still ours; wait for it.
-	var child Process
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		child, err = k.ReadProcess(uint32(cmd.Process.Pid))
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("child said %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
 		if err != nil {
-			t.Fatal(err)
+			t.Fatal("waiting for child: ", err)
 		}
-		if child.Comm == "sleep" || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
+	case <-time.After(10 * time.Second):
+		t.Fatal("child not ready after 10s")
 	}
-	realSleep, _ := filepath.EvalSymlinks(sleep)
+	child, err := k.ReadProcess(uint32(cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	realSh, err := filepath.EvalSymlinks(sh)
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := map[string]string{"NAME": "x", "IMAGE": "ghcr.io/x:1", "ID": "abc"}
-	if child.Comm != "sleep" || child.Exe != realSleep || child.PPID != uint32(os.Getpid()) ||
+	if child.Comm != filepath.Base(sh) || child.Exe != realSh || child.PPID != uint32(os.Getpid()) ||
 		child.StartTime < self.StartTime || child.Kernel || !maps.Equal(child.Labels, want) {
-		t.Errorf("child: %+v, want comm sleep exe %s labels %v", child, realSleep, want)
+		t.Errorf("child: %+v, want comm %s exe %s labels %v", child, filepath.Base(sh), realSh, want)
 	}
 
 	// PID 2 is kthreadd in the initial PID namespace.
@@ -615,5 +637,26 @@ func BenchmarkReadProcess(b *testing.B) {
 		if _, err := k.ReadProcess(uint32(os.Getpid())); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkReadProgramCilium is the same read done the way Inspektor
+// Gadget does it, for comparison: open by ID, Info(), Stats(), close.
+func BenchmarkReadProgramCilium(b *testing.B) {
+	f := readsLoad(b)
+	readsStats(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(f.progID))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := p.Info(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := p.Stats(); err != nil {
+			b.Fatal(err)
+		}
+		p.Close()
 	}
 }

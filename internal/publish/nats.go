@@ -336,6 +336,9 @@ func connect(opts ConnOptions, hooks connHooks) (*nats.Conn, error) {
 		// The connect handler logs it.
 		return nc, nil
 	}
+	if authErr := authError(err); authErr != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: credentials rejected: %w", servers, authErr)
+	}
 	if opts.FailFast || !retryable(err) {
 		return nil, fmt.Errorf("connecting to NATS at %s: %w", servers, err)
 	}
@@ -346,6 +349,20 @@ func connect(opts ConnOptions, hooks connHooks) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connecting to NATS at %s: %w", servers, err)
 	}
 	return nc, nil
+}
+
+// authError returns the nats.go sentinel for a server's authentication
+// error, which the initial connect returns as the server's text only.
+func authError(err error) error {
+	for _, sentinel := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
+		if errors.Is(err, sentinel) {
+			return sentinel
+		}
+		if strings.Contains(strings.ToLower(err.Error()), strings.TrimPrefix(sentinel.Error(), "nats: ")) {
+			return sentinel
+		}
+	}
+	return nil
 }
 
 // retryable tells whether an initial connect error may go away by itself
@@ -359,9 +376,7 @@ func retryable(err error) bool {
 		alert            tls.AlertError
 	)
 	switch {
-	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired),
-		errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrAccountAuthExpired),
-		errors.Is(err, nats.ErrPermissionViolation),
+	case authError(err) != nil, errors.Is(err, nats.ErrPermissionViolation),
 		errors.Is(err, nats.ErrSecureConnRequired), errors.Is(err, nats.ErrSecureConnWanted),
 		errors.As(err, &unknownAuthority), errors.As(err, &certInvalid), errors.As(err, &hostname),
 		errors.As(err, &verify), errors.As(err, &alert):

@@ -262,7 +262,7 @@ func TestNATSNodeToken(t *testing.T) {
 	if got := gadgetToken("_node"); got != "g_node" {
 		t.Errorf("gadget ID %q must not collide with a reserved token, got %q", "_node", got)
 	}
-	if got := kvToken("ünï:x"); got != "___x" {
+	if got := kvToken("ünï:x"); got != "_n__x" {
 		t.Errorf("kvToken = %q", got)
 	}
 }

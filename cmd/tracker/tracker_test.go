@@ -1,0 +1,482 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/state"
+	"github.com/bpfstats/tracker/internal/testgadget"
+)
+
+// childEnv makes the test binary act as the tracker command itself, so
+// that tests can run it with other privileges.
+const childEnv = "TRACKER_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	testgadget.RunIfChild()
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(exitCode(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr), os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// waitTimeout bounds every wait on the tracker; sweeps run every 100 ms.
+const waitTimeout = 20 * time.Second
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if err := loader.CheckPrivileges(); err != nil {
+		t.Skip("needs root: ", err)
+	}
+}
+
+// statsRun is "tracker stats -o json" running in-process.
+type statsRun struct {
+	tables chan []state.Row
+	stderr *syncBuffer
+	done   chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startStats runs "tracker stats -o json --interval 100ms args..." until the
+// test ends, and waits for its first table so that the source is attached.
+func startStats(t *testing.T, args ...string) *statsRun {
+	t.Helper()
+	requireRoot(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	r := &statsRun{tables: make(chan []state.Row, 1024), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	args = append([]string{"stats", "-o", "json", "--interval", "100ms"}, args...)
+	go func() {
+		err := run(ctx, args, pw, r.stderr)
+		pw.CloseWithError(io.EOF)
+		r.done <- err
+	}()
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(nil, 64<<20)
+		for sc.Scan() {
+			var rows []state.Row
+			if err := json.Unmarshal(sc.Bytes(), &rows); err != nil {
+				t.Errorf("output line is not a JSON array of rows: %v: %q", err, sc.Text())
+				continue
+			}
+			select {
+			case r.tables <- rows:
+			default: // the test is not reading: drop the oldest view
+				<-r.tables
+				r.tables <- rows
+			}
+		}
+		close(r.tables)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Errorf("tracker stats: %v\n%s", err, r.stderr)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("tracker stats did not stop within 5s of cancel")
+		}
+	})
+	r.next(t)
+	return r
+}
+
+// next returns the next table.
+func (r *statsRun) next(t *testing.T) []state.Row {
+	t.Helper()
+	select {
+	case rows, ok := <-r.tables:
+		if !ok {
+			t.Fatalf("tracker stopped: %s", r.stderr)
+		}
+		return rows
+	case <-time.After(waitTimeout):
+		t.Fatalf("no table within %v; stderr:\n%s", waitTimeout, r.stderr)
+	}
+	return nil
+}
+
+// waitFor returns the first table for which cond holds.
+func (r *statsRun) waitFor(t *testing.T, what string, cond func([]state.Row) bool) []state.Row {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		if rows := r.next(t); cond(rows) {
+			return rows
+		}
+	}
+	t.Fatalf("no table with %s within %v; stderr:\n%s", what, waitTimeout, r.stderr)
+	return nil
+}
+
+func findProg(rows []state.Row, id uint32) (state.Row, bool) {
+	for _, r := range rows {
+		if r.ProgID == id {
+			return r, true
+		}
+	}
+	return state.Row{}, false
+}
+
+func TestStatsSeesLoadAndRelease(t *testing.T) {
+	r := startStats(t, "--all")
+	prog := testgadget.LoadSocketFilter(t, "bpfstats_t_load")
+	id := testgadget.ProgramID(t, prog)
+
+	rows := r.waitFor(t, fmt.Sprintf("program %d", id), func(rows []state.Row) bool {
+		_, ok := findProg(rows, id)
+		return ok
+	})
+	row, _ := findProg(rows, id)
+	if row.Source == loader.SourcePoll || row.Source == "" {
+		t.Fatalf("source %q: the event path must be what found the program", row.Source)
+	}
+	// Only an event names the loader: a snapshot or resync cannot.
+	if row.Loader == nil || row.Loader.PID != uint32(os.Getpid()) {
+		t.Fatalf("program %d was not found by a load event (loader %+v)", id, row.Loader)
+	}
+	if row.ProgName != "bpfstats_t_load" || row.ProgType != "socket_filter" {
+		t.Fatalf("row: %+v", row)
+	}
+	if strings.Contains(r.stderr.String(), "resynced") {
+		t.Fatalf("a resync happened, so the event path is not proven:\n%s", r.stderr)
+	}
+
+	prog.Close()
+	r.waitFor(t, fmt.Sprintf("program %d gone", id), func(rows []state.Row) bool {
+		_, ok := findProg(rows, id)
+		return !ok
+	})
+}
+
+// bpftoolProg reads one program with bpftool, the independent check.
+type bpftoolProg struct {
+	ID        uint32   `json:"id"`
+	Name      string   `json:"name"`
+	RunTimeNs uint64   `json:"run_time_ns"`
+	RunCnt    uint64   `json:"run_cnt"`
+	MapIDs    []uint32 `json:"map_ids"`
+}
+
+func bpftool(t *testing.T, v any, args ...string) {
+	t.Helper()
+	path, err := exec.LookPath("bpftool")
+	if err != nil {
+		t.Skip("bpftool not installed: ", err)
+	}
+	out, err := exec.Command(path, append(args, "-j")...).Output()
+	if err != nil {
+		t.Fatalf("bpftool %v: %v", args, err)
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		t.Fatalf("bpftool %v output: %v", args, err)
+	}
+}
+
+// passingSocketFilter loads a socket filter that keeps every packet, so
+// that the sender can wait for each datagram to arrive.
+func passingSocketFilter(t *testing.T, name string) *ebpf.Program {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:    name,
+		Type:    ebpf.SocketFilter,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.LoadImm(asm.R0, 0xffff, asm.DWord),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		t.Fatalf("loading socket filter: %v", err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// attachToSocket runs prog on every datagram a loopback UDP socket
+// receives, and returns a function sending n datagrams to it.
+func attachToSocket(t *testing.T, prog *ebpf.Program) func(n int) {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_BPF, prog.FD())
+	}); err != nil || serr != nil {
+		t.Fatalf("attaching socket filter: %v %v", err, serr)
+	}
+	sender, err := net.DialUDP("udp4", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sender.Close() })
+	return func(n int) {
+		buf := make([]byte, 64)
+		for range n {
+			if _, err := sender.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := conn.Read(buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// The tracker's runtime and runcount are the kernel's: once the program
+// stops running, they equal bpftool's exactly.
+func TestStatsMatchBpftool(t *testing.T) {
+	r := startStats(t, "--all")
+	prog := passingSocketFilter(t, "bpfstats_t_run")
+	id := testgadget.ProgramID(t, prog)
+	send := attachToSocket(t, prog)
+	send(500)
+
+	var want bpftoolProg
+	bpftool(t, &want, "prog", "show", "id", fmt.Sprint(id))
+	if want.RunCnt < 500 || want.RunTimeNs == 0 {
+		t.Fatalf("bpftool: program did not run 500 times with stats on: %+v", want)
+	}
+	r.waitFor(t, fmt.Sprintf("program %d at runcount %d runtime %d", id, want.RunCnt, want.RunTimeNs),
+		func(rows []state.Row) bool {
+			row, ok := findProg(rows, id)
+			if ok && (row.Runcount > want.RunCnt || row.Runtime > want.RunTimeNs) {
+				t.Fatalf("tracker is ahead of bpftool on an idle program: %+v vs %+v", row, want)
+			}
+			return ok && row.Runcount == want.RunCnt && row.Runtime == want.RunTimeNs
+		})
+
+	// Deltas follow: another 200 runs show up as a delta of 200 in one
+	// table, or spread over consecutive ones.
+	send(200)
+	var sum uint64
+	r.waitFor(t, "deltas adding up to 200 runs", func(rows []state.Row) bool {
+		row, _ := findProg(rows, id)
+		sum += row.RuncountDelta
+		return sum >= 200
+	})
+	if sum != 200 {
+		t.Fatalf("runcount deltas add up to %d, want 200", sum)
+	}
+}
+
+// A labelled process with two programs sharing one of three maps is one
+// gadget row, whose map memory counts each of the three maps once.
+func TestGadgetRowDistinctMaps(t *testing.T) {
+	r := startStats(t)
+	g := testgadget.StartGadget(t, map[string]string{
+		"BPFSTATS_GADGET_NAME":  "mytestgadget",
+		"BPFSTATS_GADGET_IMAGE": "test_gadget:latest",
+	}, testgadget.TwoProgramsThreeMaps(false))
+
+	var wantMem uint64
+	for _, mid := range g.MapIDs {
+		var m struct {
+			BytesMemlock uint64 `json:"bytes_memlock"`
+		}
+		bpftool(t, &m, "map", "show", "id", fmt.Sprint(mid))
+		wantMem += m.BytesMemlock
+	}
+	rows := r.waitFor(t, "the labelled gadget", func(rows []state.Row) bool {
+		for _, row := range rows {
+			if row.GadgetName == "mytestgadget" && row.ProgramCount == 2 {
+				return true
+			}
+		}
+		return false
+	})
+	var got []state.Row
+	for _, row := range rows {
+		if row.GadgetName == "mytestgadget" {
+			got = append(got, row)
+		}
+	}
+	if len(got) != 1 {
+		t.Fatalf("want one gadget row, got %+v", got)
+	}
+	row := got[0]
+	if row.GadgetImage != "test_gadget:latest" || row.ProgID != 0 || row.ProgName != "" {
+		t.Fatalf("gadget row: %+v", row)
+	}
+	if row.MapCount != 3 || row.MapMemory != wantMem {
+		t.Fatalf("MAPCOUNT %d MAPMEMORY %d, want 3 and %d (bpftool)", row.MapCount, row.MapMemory, wantMem)
+	}
+	if len(row.GadgetID) != 11 {
+		t.Fatalf("gadget ID %q is not 11 characters", row.GadgetID)
+	}
+	if row.Loader == nil || row.Loader.PID != g.PID {
+		t.Fatalf("owner %+v, want pid %d", row.Loader, g.PID)
+	}
+	for _, pid := range row.PIDs {
+		if pid != g.PID {
+			t.Fatalf("pids %v: only the gadget holds its programs", row.PIDs)
+		}
+	}
+
+	// The gadget goes away with its process.
+	g.Stop()
+	r.waitFor(t, "the gadget gone", func(rows []state.Row) bool {
+		for _, row := range rows {
+			if row.GadgetName == "mytestgadget" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// The tracker never keeps a program alive: once its owner closes it, the
+// kernel frees it while the tracker keeps sweeping.
+func TestTrackerHoldsNoProgramAlive(t *testing.T) {
+	r := startStats(t, "--all")
+	prog := testgadget.LoadSocketFilter(t, "bpfstats_t_free")
+	id := testgadget.ProgramID(t, prog)
+	r.waitFor(t, fmt.Sprintf("program %d", id), func(rows []state.Row) bool {
+		_, ok := findProg(rows, id)
+		return ok
+	})
+	prog.Close()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		r.next(t) // at least one more sweep ran meanwhile
+		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+		if errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if err == nil {
+			p.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("program %d still alive %v after its owner closed it", id, waitTimeout)
+		}
+	}
+}
+
+// runChild runs the tracker command in a child process, optionally under
+// a wrapper (such as setpriv), and returns its exit code and stderr.
+func runChild(t *testing.T, wrapper []string, args ...string) (int, string) {
+	t.Helper()
+	argv := append(append(wrapper, os.Args[0]), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("running %v: %v", argv, err)
+	}
+	return cmd.ProcessState.ExitCode(), stderr.String()
+}
+
+func TestBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"stats", "--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"stats", "--interval", "0s"}, 2, "--interval must be positive"},
+		{[]string{"stats", "--interval", "-1s"}, 2, "--interval must be positive"},
+		{[]string{"stats", "--source", "kprobe"}, 2, `unknown --source "kprobe"`},
+		{[]string{"stats", "-o", "yaml"}, 2, `unknown output format`},
+		{[]string{"stats", "--fields", "nope"}, 2, `unknown field "nope"`},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{}, 2, "no command given"},
+	} {
+		code, stderr := runChild(t, nil, tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.msg) {
+			t.Errorf("tracker %v: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.msg)
+		}
+		// The error is one line (help text aside, which flag errors print).
+		if !strings.Contains(stderr, "tracker: ") {
+			t.Errorf("tracker %v: no 'tracker: ' error line in %q", tc.args, stderr)
+		}
+	}
+}
+
+func TestEnvironmentSetsFlags(t *testing.T) {
+	t.Setenv("TRACKER_INTERVAL", "0s")
+	code, stderr := runChild(t, nil, "stats")
+	if code != 2 || !strings.Contains(stderr, "--interval must be positive") {
+		t.Fatalf("TRACKER_INTERVAL=0s: exit %d %q", code, stderr)
+	}
+	// Flags win over the environment.
+	t.Setenv("TRACKER_SOURCE", "nope")
+	code, stderr = runChild(t, nil, "stats", "--source", "poll", "--interval", "50ms", "--count", "1", "-o", "json")
+	if code != 0 {
+		t.Fatalf("flags must override TRACKER_*: exit %d %q", code, stderr)
+	}
+}
+
+func TestMissingPrivileges(t *testing.T) {
+	requireRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not installed: ", err)
+	}
+	code, stderr := runChild(t, []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"},
+		"stats", "--count", "1")
+	if code != 1 || !strings.Contains(stderr, "missing privileges") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Fatalf("without privileges: exit %d, stderr %q; want exit 1 and one line naming the missing privileges", code, stderr)
+	}
+}
+
+func TestStatsHelpListsColumns(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"stats", "--help"}, io.Discard, &out)
+	if code := exitCode(err, io.Discard); code != 0 {
+		t.Fatalf("--help exit %d", code)
+	}
+	for _, col := range []string{"comms", "gadgetID", "gadgetImage", "gadgetName", "mapCount", "mapMemory",
+		"pids", "progID", "progName", "progType", "runcount", "runtime"} {
+		if !strings.Contains(out.String(), "\n  "+col+"\n") {
+			t.Errorf("--help does not list column %s:\n%s", col, out.String())
+		}
+	}
+}
