@@ -38,10 +38,15 @@ Run "tracker <command> --help" for a command's flags.
 `
 
 func main() {
+	os.Exit(runMain())
+}
+
+// runMain runs the command line until it is done or SIGINT/SIGTERM, and
+// returns the exit code.
+func runMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(exitCode(err, os.Stderr))
+	defer stop()
+	return exitCode(run(ctx, os.Args[1:], os.Stdout, os.Stderr), os.Stderr)
 }
 
 func exitCode(err error, stderr io.Writer) int {

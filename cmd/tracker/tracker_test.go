@@ -32,7 +32,7 @@ const childEnv = "TRACKER_TEST_RUN_MAIN"
 func TestMain(m *testing.M) {
 	testgadget.RunIfChild()
 	if os.Getenv(childEnv) == "1" {
-		os.Exit(exitCode(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr), os.Stderr))
+		os.Exit(runMain())
 	}
 	os.Exit(m.Run())
 }
@@ -477,6 +477,66 @@ func TestStatsHelpListsColumns(t *testing.T) {
 		"pids", "progID", "progName", "progType", "runcount", "runtime"} {
 		if !strings.Contains(out.String(), "\n  "+col+"\n") {
 			t.Errorf("--help does not list column %s:\n%s", col, out.String())
+		}
+	}
+}
+
+// startDaemon starts "tracker run args..." as a child process and waits
+// until its stdout shows a line containing ready.
+func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	requireRoot(t)
+	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if found != nil && strings.Contains(sc.Text(), ready) {
+				close(found)
+				found = nil
+			}
+		}
+	}()
+	select {
+	case <-found:
+	case <-time.After(waitTimeout):
+		t.Fatalf("tracker run printed no %q within %v; stderr:\n%s", ready, waitTimeout, stderr)
+	}
+	return cmd, stderr
+}
+
+// SIGTERM and SIGINT stop the daemon cleanly: exit 0, everything detached.
+func TestRunStopsOnSignal(t *testing.T) {
+	for _, sig := range []os.Signal{unix.SIGTERM, unix.SIGINT} {
+		cmd, stderr := startDaemon(t, "GADGETID", daemonTestArgs(t, "--print", "--interval", "100ms")...)
+		if err := cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("after %v: %v; stderr:\n%s", sig, err, stderr)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("tracker run still running 10s after %v; stderr:\n%s", sig, stderr)
 		}
 	}
 }

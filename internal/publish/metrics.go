@@ -235,8 +235,8 @@ type metricsCollector struct {
 
 	mapCount, mapMemory, runcount, runtime *prometheus.Desc
 
-	events, eventsLost, resyncs, sweeps   *prometheus.Desc
-	programs, gadgets, lastSweep, source  *prometheus.Desc
+	events, eventsLost, resyncs, sweeps  *prometheus.Desc
+	programs, gadgets, lastSweep, source *prometheus.Desc
 	natsConnected, natsErrors, buildInfo *prometheus.Desc
 }
 

@@ -1,0 +1,230 @@
+package publish
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// fakeClock is the fleet's injected clock.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time          { return c.t }
+func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+type fleetGadget struct {
+	id, image string
+	runtime   uint64
+	programs  []uint32
+}
+
+// interval encodes one interval of a node as a tracker publishes it.
+func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed time.Duration, gadgets []fleetGadget, unowned []uint32) [][]byte {
+	t.Helper()
+	h := Header{Schema: SchemaVersion, Node: node, Seq: seq, Time: at, Elapsed: elapsed, Interval: iv}
+	var out [][]byte
+	add := func(v any) {
+		data, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, data)
+	}
+	for _, g := range gadgets {
+		h.Type = TypeGadget
+		m := GadgetMessage{
+			Header: h,
+			Gadget: GadgetIdentity{ID: g.id, Name: "name-" + g.id, Image: g.image},
+			Owner:  state.ProcessRef{PID: 100, Comm: "owner"},
+			Totals: Totals{Runtime: g.runtime, Runcount: 10, MapMemory: 1000, MapCount: 2, ProgramCount: len(g.programs), CPUPercent: 0.25},
+		}
+		for _, id := range g.programs {
+			m.Programs = append(m.Programs, state.Row{
+				GadgetID: g.id, GadgetName: "name-" + g.id, GadgetImage: g.image, ProgID: id,
+				PIDs: []uint32{100, 200}, Comms: []string{"owner", "holder"},
+			})
+		}
+		add(m)
+	}
+	h.Type = TypeUnowned
+	u := UnownedMessage{Header: h, Totals: Totals{ProgramCount: len(unowned), MapMemory: 5}}
+	for _, id := range unowned {
+		u.Programs = append(u.Programs, state.Row{ProgID: id})
+	}
+	add(u)
+	h.Type = TypeNode
+	add(NodeMessage{Header: h, Version: "test"})
+	return out
+}
+
+func ingestAll(t *testing.T, f *Fleet, msgs [][]byte) {
+	t.Helper()
+	for _, m := range msgs {
+		if err := f.Ingest(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func gadgetIDs(rows []state.Row) []string {
+	var ids []string
+	for _, r := range rows {
+		ids = append(ids, r.NodeName+"/"+r.GadgetID)
+	}
+	return ids
+}
+
+func TestFleetDropsSilentNodeAfterThreeIntervals(t *testing.T) {
+	clock := &fakeClock{t: testTime}
+	f := NewFleet(time.Second, clock.now)
+	g := []fleetGadget{{id: "g1", image: "img"}}
+	ingestAll(t, f, interval(t, "fast", 1, testTime, time.Second, 0, g, nil))
+	ingestAll(t, f, interval(t, "slow", 1, testTime, 10*time.Second, 0, g, nil))
+	// No interval field: the elapsed time stands in for it.
+	ingestAll(t, f, interval(t, "old", 1, testTime, 0, 2*time.Second, g, nil))
+
+	clock.advance(3 * time.Second)
+	if gone := f.Expire(); len(gone) != 0 {
+		t.Fatalf("dropped %v after exactly three intervals", gone)
+	}
+	clock.advance(time.Millisecond)
+	if gone := f.Expire(); !reflect.DeepEqual(gone, []string{"fast"}) {
+		t.Fatalf("dropped %v, want [fast]", gone)
+	}
+	if got := gadgetIDs(f.GadgetRows("")); !reflect.DeepEqual(got, []string{"old/g1", "slow/g1"}) {
+		t.Fatalf("rows %v", got)
+	}
+	// A message keeps a node alive.
+	ingestAll(t, f, interval(t, "old", 2, testTime.Add(2*time.Second), 0, 2*time.Second, g, nil))
+	clock.advance(6 * time.Second)
+	if gone := f.Expire(); len(gone) != 0 {
+		t.Fatalf("dropped %v", gone)
+	}
+	clock.advance(24 * time.Second)
+	if gone := f.Expire(); !reflect.DeepEqual(gone, []string{"old", "slow"}) {
+		t.Fatalf("dropped %v, want [old slow]", gone)
+	}
+	if len(f.Nodes()) != 0 {
+		t.Fatalf("nodes left: %v", f.Nodes())
+	}
+}
+
+func TestFleetEndedGadgetsAndStaleMessages(t *testing.T) {
+	f := NewFleet(time.Second, nil)
+	t1 := testTime
+	ingestAll(t, f, interval(t, "n", 1, t1, time.Second, 0,
+		[]fleetGadget{{id: "g1", runtime: 1}, {id: "g2", runtime: 1}}, []uint32{5}))
+	if got := gadgetIDs(f.GadgetRows("")); !reflect.DeepEqual(got, []string{"n/g1", "n/g2"}) {
+		t.Fatalf("rows %v", got)
+	}
+	// g2 ends: the node message of the next interval drops it.
+	t2 := t1.Add(time.Second)
+	second := interval(t, "n", 2, t2, time.Second, time.Second, []fleetGadget{{id: "g1", runtime: 2}}, nil)
+	ingestAll(t, f, second)
+	if got := gadgetIDs(f.GadgetRows("")); !reflect.DeepEqual(got, []string{"n/g1"}) {
+		t.Fatalf("rows after g2 ended %v", got)
+	}
+	// The first interval arriving late (a key-value entry) changes nothing.
+	ingestAll(t, f, interval(t, "n", 1, t1, time.Second, 0, []fleetGadget{{id: "g1", runtime: 1}, {id: "g3"}}, nil))
+	rows := f.GadgetRows("")
+	if got := gadgetIDs(rows); !reflect.DeepEqual(got, []string{"n/g1"}) || rows[0].Runtime != 2 {
+		t.Fatalf("stale interval applied: %+v", rows)
+	}
+	// A restarted tracker counts from 1 again, with newer times.
+	ingestAll(t, f, interval(t, "n", 1, t2.Add(time.Second), time.Second, 0, []fleetGadget{{id: "g4"}}, nil))
+	if got := gadgetIDs(f.GadgetRows("")); !reflect.DeepEqual(got, []string{"n/g4"}) {
+		t.Fatalf("rows after restart %v", got)
+	}
+	if info := f.NodeInfo("n"); info == nil || info.Version != "test" {
+		t.Fatalf("node info %+v", info)
+	}
+
+	for _, bad := range []string{`{"schema":"bpfstats/v2","type":"gadget","node":"n"}`, `not json`, `{"schema":"bpfstats/v1","type":"x","node":"n"}`} {
+		if err := f.Ingest([]byte(bad)); err == nil {
+			t.Errorf("accepted %s", bad)
+		}
+	}
+	if f.Invalid() != 3 {
+		t.Errorf("Invalid() = %d", f.Invalid())
+	}
+}
+
+func TestFleetViews(t *testing.T) {
+	f := NewFleet(time.Second, nil)
+	open := func(id string, progs ...uint32) fleetGadget {
+		return fleetGadget{id: id, image: "trace_open:latest", runtime: 100, programs: progs}
+	}
+	ingestAll(t, f, interval(t, "web-1", 1, testTime, time.Second, 0, []fleetGadget{open("a", 10, 11)}, []uint32{2}))
+	ingestAll(t, f, interval(t, "web-2", 1, testTime, time.Second, 0, []fleetGadget{open("b", 20)}, nil))
+	ingestAll(t, f, interval(t, "db-1", 1, testTime, time.Second, 0,
+		[]fleetGadget{open("c", 30), {id: "d", image: "trace_exec:latest", runtime: 7, programs: []uint32{31}}}, []uint32{3}))
+
+	if got := gadgetIDs(f.GadgetRows("web-*")); !reflect.DeepEqual(got, []string{"web-1/a", "web-2/b"}) {
+		t.Errorf("glob web-*: %v", got)
+	}
+	rows := f.GadgetRows("web-1")
+	if len(rows) != 1 || !reflect.DeepEqual(rows[0].PIDs, []uint32{100, 200}) ||
+		!reflect.DeepEqual(rows[0].Comms, []string{"owner", "holder"}) || rows[0].ProgramCount != 2 {
+		t.Errorf("gadget row %+v", rows)
+	}
+
+	var progs []uint32
+	for _, r := range f.ProgramRows("") {
+		progs = append(progs, r.ProgID)
+	}
+	// Sorted by node, then program: db-1, web-1, web-2.
+	if want := []uint32{3, 30, 31, 2, 10, 11, 20}; !reflect.DeepEqual(progs, want) {
+		t.Errorf("program rows %v, want %v", progs, want)
+	}
+
+	images := f.ImageRows("", false)
+	if len(images) != 2 {
+		t.Fatalf("images %+v", images)
+	}
+	o := images[1]
+	if o.GadgetImage != "trace_open:latest" || o.Nodes != 3 || o.Gadgets != 3 || o.Runtime != 300 ||
+		o.MapMemory != 3000 || o.ProgramCount != 4 || !reflect.DeepEqual(o.NodeNames, []string{"db-1", "web-1", "web-2"}) {
+		t.Errorf("trace_open rollup %+v", o)
+	}
+	if e := images[0]; e.GadgetImage != "trace_exec:latest" || e.Nodes != 1 || e.Runtime != 7 {
+		t.Errorf("trace_exec rollup %+v", e)
+	}
+	if all := f.ImageRows("", true); len(all) != 3 || all[0].GadgetImage != "" || all[0].Nodes != 2 || all[0].ProgramCount != 2 {
+		t.Errorf("rollup with unowned %+v", all)
+	}
+
+	var table bytes.Buffer
+	if err := f.Render(&table, TopOptions{NodeGlob: "web-*"}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(table.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NODENAME  GADGETID  GADGETNAME  GADGETIMAGE") ||
+		!strings.HasPrefix(lines[1], "web-1") || !strings.HasPrefix(lines[2], "web-2") {
+		t.Errorf("table:\n%s", table.String())
+	}
+	t.Logf("table:\n%s", table.String())
+	var js bytes.Buffer
+	if err := f.Render(&js, TopOptions{By: "image", JSON: true}); err != nil {
+		t.Fatal(err)
+	}
+	var decoded []ImageRow
+	if strings.Count(js.String(), "\n") != 1 || json.Unmarshal(js.Bytes(), &decoded) != nil || len(decoded) != 2 {
+		t.Errorf("JSON print %q", js.String())
+	}
+	var byImage bytes.Buffer
+	if err := f.Render(&byImage, TopOptions{By: "image", All: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("by image:\n%s", byImage.String())
+
+	for _, bad := range []TopOptions{{By: "node"}, {NodeGlob: "["}, {SubjectPrefix: "a.>"}} {
+		if err := bad.setDefaults(); err == nil {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
+}
