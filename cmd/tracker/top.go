@@ -2,9 +2,70 @@ package main
 
 import (
 	"context"
+	"flag"
 	"io"
+	"strings"
+	"time"
+
+	"github.com/bpfstats/tracker/internal/publish"
 )
 
 func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return usagef("top: not implemented yet")
+	fs := flag.NewFlagSet("top", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var n natsFlags
+	var o outputFlags
+	n.register(fs, "comma-separated NATS server URLs")
+	o.register(fs)
+	fs.Lookup("nats-url").DefValue = "nats://127.0.0.1:4222"
+	n.url = "nats://127.0.0.1:4222"
+	all := fs.Bool("all", false, "one row per program, unowned programs included")
+	nodeGlob := fs.String("node", "", "only nodes whose name matches this shell pattern")
+	by := fs.String("by", "", `"image": one row per gadget image, summed across nodes`)
+	interval := fs.Duration("interval", 2*time.Second, "time between two prints")
+	count := fs.Int("count", 0, "number of prints; 0 runs until interrupted")
+	logLevel := fs.String("log-level", "warn", "log level: debug|info|warn|error")
+	fs.Usage = usageFunc(fs, "top [flags]", true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *interval <= 0 {
+		return usagef("--interval must be positive, got %v", *interval)
+	}
+	if *count < 0 {
+		return usagef("--count must be >= 0, got %d", *count)
+	}
+	if *by != "" && *by != "image" {
+		return usagef(`unknown --by %q: want "image"`, *by)
+	}
+	if o.output != "table" && o.output != "json" {
+		return usagef("unknown output format -o %q: want table or json", o.output)
+	}
+	if _, err := publish.ParseURLs(n.url); err != nil {
+		return usageError{err}
+	}
+	cols, err := publish.SelectColumns(strings.Split(o.fields, ","))
+	if err != nil {
+		return usageError{err}
+	}
+	log := newLogger(stderr, *logLevel)
+	opts := n.conn(n.url, "bpfstats-top", log)
+	opts.FailFast = true
+	nc, err := publish.ConnectNATS(opts)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return publish.RunTop(ctx, nc, publish.TopOptions{
+		SubjectPrefix: n.prefix,
+		All:           *all,
+		By:            *by,
+		NodeGlob:      *nodeGlob,
+		JSON:          o.output == "json",
+		Columns:       cols,
+		Interval:      *interval,
+		Count:         *count,
+		KV:            n.kv,
+		Logger:        log,
+	}, stdout)
 }

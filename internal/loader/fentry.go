@@ -147,7 +147,7 @@ func openFentry(opts SourceOptions, loads, releases []fentryHook) (_ *fentrySour
 	var loadErrs, releaseErrs []error
 	for {
 		if !s.load.attached() {
-			if loads, err = s.attachNext(spec, &s.load, loads, &loadErrs); err != nil {
+			if loads, err = s.attachNext(spec, &s.load, loads, &loadErrs, logf); err != nil {
 				return nil, err
 			}
 			if !s.load.attached() {
@@ -155,7 +155,7 @@ func openFentry(opts SourceOptions, loads, releases []fentryHook) (_ *fentrySour
 			}
 		}
 		if !s.release.attached() {
-			if releases, err = s.attachNext(spec, &s.release, releases, &releaseErrs); err != nil {
+			if releases, err = s.attachNext(spec, &s.release, releases, &releaseErrs, logf); err != nil {
 				return nil, err
 			}
 			if !s.release.attached() {
@@ -199,7 +199,7 @@ func openFentry(opts SourceOptions, loads, releases []fentryHook) (_ *fentrySour
 // attachNext loads and attaches the first candidate that works into h and
 // returns the candidates after it. A refusal that no other candidate can
 // avoid (EPERM: lockdown or missing capability) is returned as an error.
-func (s *fentrySource) attachNext(spec *ebpf.CollectionSpec, h *attachedHook, candidates []fentryHook, errs *[]error) ([]fentryHook, error) {
+func (s *fentrySource) attachNext(spec *ebpf.CollectionSpec, h *attachedHook, candidates []fentryHook, errs *[]error, logf func(string, ...any)) ([]fentryHook, error) {
 	for len(candidates) > 0 {
 		c := candidates[0]
 		candidates = candidates[1:]
@@ -211,12 +211,14 @@ func (s *fentrySource) attachNext(spec *ebpf.CollectionSpec, h *attachedHook, ca
 			return nil, fmt.Errorf("loading fentry program %s: %w (kernel lockdown?)", c.Program, unix.EPERM)
 		}
 		if err != nil {
+			logf("fentry: hook %s unavailable: %v", c.Function, err)
 			*errs = append(*errs, fmt.Errorf("%s: %w", c.Function, err))
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceFEntry})
 		if err != nil {
 			prog.Close()
+			logf("fentry: hook %s unavailable: attaching: %v", c.Function, err)
 			*errs = append(*errs, fmt.Errorf("attaching fentry to %s: %w", c.Function, err))
 			continue
 		}

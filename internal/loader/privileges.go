@@ -55,3 +55,15 @@ func effectiveCaps(statusPath string) (uint64, error) {
 	}
 	return 0, fmt.Errorf("reading capabilities: no CapEff line in %s", statusPath)
 }
+
+// vmlinuxBTF is where the kernel exposes its own BTF (CONFIG_DEBUG_INFO_BTF).
+const vmlinuxBTF = "/sys/kernel/btf/vmlinux"
+
+// CheckBTF returns an error when the kernel exposes no BTF, which the
+// fentry source needs (CO-RE). Requires Linux 5.4.
+func CheckBTF() error {
+	if _, err := os.Stat(vmlinuxBTF); err != nil {
+		return fmt.Errorf("kernel BTF: %w", err)
+	}
+	return nil
+}

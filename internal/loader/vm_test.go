@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,6 +31,10 @@ func requireVM(t *testing.T) {
 	t.Helper()
 	if os.Getenv("TRACKER_VM") != "1" {
 		t.Skip("vm: runs inside qemu only (TRACKER_VM=1, set by test/vm/run.sh)")
+	}
+	// Before Linux 5.11 every program the tests load is charged to it.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatalf("removing memlock rlimit: %v", err)
 	}
 }
 

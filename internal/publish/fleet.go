@@ -9,8 +9,9 @@ import (
 	"io"
 	"path"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -378,6 +379,9 @@ type TopOptions struct {
 	NodeGlob string
 	// JSON prints one JSON array per print instead of a table.
 	JSON bool
+	// Columns of the row tables (see SelectColumns); nil means the
+	// default columns. NODENAME always comes first.
+	Columns []Column
 	// Interval between prints (default 2s); also the assumed interval of
 	// nodes whose messages carry none.
 	Interval time.Duration
@@ -417,48 +421,101 @@ func (o *TopOptions) setDefaults() error {
 	return nil
 }
 
-// Render writes the view opts selects: a table like the seed's with a
+// Render writes the view opts selects: the table of WriteTable with a
 // NODENAME first column, or one JSON array on one line.
 func (f *Fleet) Render(w io.Writer, opts TopOptions) error {
-	var v any
-	switch {
-	case opts.By == "image":
-		v = f.ImageRows(opts.NodeGlob, opts.All)
-	case opts.All:
-		v = f.ProgramRows(opts.NodeGlob)
-	default:
-		v = f.GadgetRows(opts.NodeGlob)
+	if opts.By == "image" {
+		rows := f.ImageRows(opts.NodeGlob, opts.All)
+		if opts.JSON {
+			data, err := json.Marshal(rows)
+			if err != nil {
+				return fmt.Errorf("encoding fleet rows: %w", err)
+			}
+			_, err = w.Write(append(data, '\n'))
+			return err
+		}
+		return writeImageTable(w, rows)
+	}
+	var rows []state.Row
+	if opts.All {
+		rows = f.ProgramRows(opts.NodeGlob)
+	} else {
+		rows = f.GadgetRows(opts.NodeGlob)
 	}
 	if opts.JSON {
-		data, err := json.Marshal(v)
-		if err != nil {
-			return fmt.Errorf("encoding fleet rows: %w", err)
-		}
-		_, err = w.Write(append(data, '\n'))
+		return WriteJSON(w, rows)
+	}
+	cols, err := fleetColumns(opts.Columns)
+	if err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	switch rows := v.(type) {
-	case []ImageRow:
-		fmt.Fprintln(tw, "GADGETIMAGE\tNODES\tGADGETS\tPROGRAMS\tRUNTIME\tRUNCOUNT\tMAPMEMORY\tMAPCOUNT\tCPU%")
-		for _, r := range rows {
-			image := r.GadgetImage
-			if image == "" {
-				image = "(unowned)"
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.2f\n", image, r.Nodes, r.Gadgets,
-				r.ProgramCount, r.Runtime, r.Runcount, r.MapMemory, r.MapCount, r.CPUPercent)
-		}
-	case []state.Row:
-		fmt.Fprintln(tw, "NODENAME\tGADGETID\tGADGETNAME\tGADGETIMAGE\tPROGID\tPROGNAME\tRUNTIME\tRUNCOUNT\tMAPMEMORY\tMAPCOUNT\tCPU%")
-		for _, r := range rows {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%.2f\n", r.NodeName, r.GadgetID,
-				r.GadgetName, r.GadgetImage, r.ProgID, r.ProgName, r.Runtime, r.Runcount,
-				r.MapMemory, r.MapCount, r.CPUPercent)
+	if err := WriteTable(w, cols, rows); err != nil {
+		return err
+	}
+	// A blank line between prints.
+	_, err = io.WriteString(w, "\n")
+	return err
+}
+
+// fleetColumns puts the nodeName column first, before cols or the default
+// columns.
+func fleetColumns(cols []Column) ([]Column, error) {
+	if cols == nil {
+		var err error
+		if cols, err = SelectColumns(nil); err != nil {
+			return nil, err
 		}
 	}
-	fmt.Fprintln(tw)
-	return tw.Flush()
+	i := slices.IndexFunc(Columns, func(c Column) bool { return c.Name == "nodeName" })
+	if i < 0 {
+		return cols, nil
+	}
+	out := []Column{Columns[i]}
+	for _, c := range cols {
+		if c.Name != "nodeName" {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// writeImageTable writes the image rollup aligned like WriteTable.
+func writeImageTable(w io.Writer, rows []ImageRow) error {
+	header := []string{"GADGETIMAGE", "NODES", "GADGETS", "PROGRAMS", "RUNTIME", "RUNCOUNT", "MAPMEMORY", "MAPCOUNT", "CPUPERCENT"}
+	cells := [][]string{header}
+	for _, r := range rows {
+		image := r.GadgetImage
+		if image == "" {
+			image = "(unowned)"
+		}
+		cells = append(cells, []string{
+			image, strconv.Itoa(r.Nodes), strconv.Itoa(r.Gadgets), strconv.Itoa(r.ProgramCount),
+			strconv.FormatUint(r.Runtime, 10), strconv.FormatUint(r.Runcount, 10),
+			strconv.FormatUint(r.MapMemory, 10), strconv.Itoa(r.MapCount),
+			strconv.FormatFloat(r.CPUPercent, 'f', 2, 64),
+		})
+	}
+	width := make([]int, len(header))
+	for _, line := range cells {
+		for j, v := range line {
+			width[j] = max(width[j], len(v))
+		}
+	}
+	var b strings.Builder
+	for _, line := range cells {
+		for j, v := range line {
+			pad := strings.Repeat(" ", width[j]-len(v))
+			if j == 0 {
+				b.WriteString(v + pad)
+			} else {
+				b.WriteString(" " + pad + v)
+			}
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 // LoadKV reads every entry of the key-value bucket into the fleet, each as

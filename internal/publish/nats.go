@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -486,6 +485,11 @@ func backoff(base, ceiling time.Duration, attempts int) time.Duration {
 	return half + rand.N(half+1)
 }
 
+var (
+	_ Sink      = (*NATSSink)(nil)
+	_ EventSink = (*NATSSink)(nil)
+)
+
 // NATSOptions configures a NATSSink.
 type NATSOptions struct {
 	// Conn says how to reach the servers; Conn.Name defaults to
@@ -786,7 +790,7 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot) ([]outMsg, error) {
 	if unowned == nil {
 		unowned = []state.Row{}
 	}
-	if err := add(TokenUnowned, UnownedMessage{Header: h, Totals: programTotals(unowned), Programs: unowned}); err != nil {
+	if err := add(TokenUnowned, UnownedMessage{Header: h, Totals: gadgetTotals(snap.Unowned, unowned), Programs: unowned}); err != nil {
 		return nil, err
 	}
 
@@ -833,48 +837,6 @@ func gadgetTotals(g state.Row, progs []state.Row) Totals {
 	}
 	if t.ProgramCount == 0 {
 		t.ProgramCount = len(progs)
-	}
-	return t
-}
-
-// programTotals sums program rows. Maps are counted once by ID. A row's
-// MapMemory is the sum over its maps; a map's own size is only known when
-// some row uses it alone, so memory is summed per distinct set of maps: exact
-// when programs share all or none of their maps, an upper bound otherwise.
-func programTotals(rows []state.Row) Totals {
-	var t Totals
-	maps := make(map[uint32]struct{})
-	sets := make(map[string]struct{})
-	for _, r := range rows {
-		t.Runtime += r.Runtime
-		t.Runcount += r.Runcount
-		t.RuntimeDelta += r.RuntimeDelta
-		t.RuncountDelta += r.RuncountDelta
-		t.CPUPercent += r.CPUPercent
-		t.RecursionMisses += r.RecursionMisses
-		t.ProgramCount++
-		ids := slices.Clone(r.MapIDs)
-		slices.Sort(ids)
-		ids = slices.Compact(ids)
-		for _, id := range ids {
-			maps[id] = struct{}{}
-		}
-		set := fmt.Sprint(ids)
-		if len(ids) == 0 {
-			// Without map IDs nothing can be deduplicated.
-			set = fmt.Sprintf("row %d", r.ProgID)
-		}
-		if _, ok := sets[set]; ok {
-			continue
-		}
-		sets[set] = struct{}{}
-		t.MapMemory += r.MapMemory
-	}
-	t.MapCount = len(maps)
-	if t.MapCount == 0 {
-		for _, r := range rows {
-			t.MapCount += r.MapCount
-		}
 	}
 	return t
 }

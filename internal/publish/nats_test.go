@@ -196,11 +196,13 @@ func testSnapshot(node, gadgetID string, at time.Time) *state.Snapshot {
 		PIDs: []uint32{4242}, Comms: []string{"trace_open"}, Loader: &owner, MapIDs: []uint32{7, 8},
 	}
 	return &state.Snapshot{
-		Time:          at,
-		Elapsed:       time.Second,
-		Source:        "perf",
-		Programs:      []state.Row{unowned, p1, p2},
-		Gadgets:       []state.Row{g},
+		Time:     at,
+		Elapsed:  time.Second,
+		Source:   "perf",
+		Programs: []state.Row{unowned, p1, p2},
+		Gadgets:  []state.Row{g},
+		Unowned: state.Row{NodeName: node, MapMemory: 8512, MapCount: 1, ProgramCount: 1,
+			PIDs: []uint32{}, Comms: []string{}, MapIDs: []uint32{1}},
 		GadgetInfo:    map[string]state.Gadget{gadget.ID: gadget},
 		Counters:      state.Counters{EventsLoad: 5, EventsRelease: 2, EventsLost: 1, Resyncs: 2, Sweeps: 7},
 		SweepDuration: 3 * time.Millisecond,
@@ -647,3 +649,17 @@ func TestNATSKVWithoutJetStream(t *testing.T) {
 		t.Errorf("PublishErrors = %d, want 1", sink.PublishErrors())
 	}
 }
+
+func TestNATSBackoff(t *testing.T) {
+	base, ceiling := 250*time.Millisecond, 4*time.Second
+	for attempts := 0; attempts < 100; attempts++ {
+		d := backoff(base, ceiling, attempts)
+		lo := min(base<<min(max(attempts-1, 0), 5), ceiling) / 2
+		if d < lo || d > ceiling {
+			t.Fatalf("attempt %d: delay %s outside [%s, %s]", attempts, d, lo, ceiling)
+		}
+	}
+}
+
+// The metrics read the sink's state at scrape time.
+var _ NATSStatus = (*NATSSink)(nil)

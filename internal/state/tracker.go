@@ -54,8 +54,9 @@ type Tracker struct {
 
 	counters  Counters
 	lastSweep time.Time
-	// mapBuf and seen are reused by every sweep to avoid allocations.
+	// seen and ids are reused by every sweep to avoid allocations.
 	seen map[uint32]struct{}
+	ids  []uint32
 }
 
 // instance names one process instance: a PID alone can be reused.
@@ -169,6 +170,13 @@ func (t *Tracker) load(ev loader.ProgramEvent) *Event {
 		t.remove(p)
 	}
 	p := &program{id: ev.ProgramID, tag: ev.Tag, name: ev.Name, progType: ev.Type}
+	if p.name == "" || p.progType == 0 {
+		// The perf side-band carries neither: one read names the program
+		// for the event's consumers. Its stats wait for the sweep.
+		if info, err := t.kernel.ReadProgram(p.id); err == nil && (p.tag == info.Tag || p.tag == ([8]byte{})) {
+			p.name, p.progType, p.tag = info.Name, info.Type, info.Tag
+		}
+	}
 	t.programs[p.id] = p
 	if ev.PID != 0 {
 		t.attribute(p, ev.PID, ev.Comm)
@@ -345,18 +353,31 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 func (t *Tracker) Sweep() (*Snapshot, error) {
 	start := t.opts.Now()
 	var errs []error
-	for id, p := range t.programs {
-		info, err := t.kernel.ReadProgram(id)
-		now := t.opts.Now()
-		if err != nil {
-			if !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("reading program %d: %w", id, err))
-				continue
-			}
+	each := func(id uint32, info *loader.ProgramInfo, err error) {
+		p, ok := t.programs[id]
+		switch {
+		case !ok:
+		case errors.Is(err, os.ErrNotExist):
 			t.remove(p)
-			continue
+		case err != nil:
+			errs = append(errs, fmt.Errorf("reading program %d: %w", id, err))
+		default:
+			t.merge(p, *info, t.opts.Now())
 		}
-		t.merge(p, info, now)
+	}
+	if br, ok := t.kernel.(BatchReader); ok {
+		t.ids = t.ids[:0]
+		for id := range t.programs {
+			t.ids = append(t.ids, id)
+		}
+		if err := br.ReadPrograms(t.ids, each); err != nil {
+			errs = append(errs, fmt.Errorf("reading programs: %w", err))
+		}
+	} else {
+		for id := range t.programs {
+			info, err := t.kernel.ReadProgram(id)
+			each(id, &info, err)
+		}
 	}
 	for _, m := range t.maps {
 		m.used = false
@@ -515,12 +536,8 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		Programs:   make([]Row, 0, len(t.programs)),
 		GadgetInfo: make(map[string]Gadget, len(t.gadgets)),
 	}
-	type acc struct {
-		row  Row
-		maps map[uint32]struct{}
-		pids map[uint32]struct{}
-	}
-	byGadget := make(map[*gadget]*acc, len(t.gadgets))
+	byGadget := make(map[*gadget]*rowSum, len(t.gadgets))
+	unowned := newRowSum(Row{NodeName: t.opts.Node})
 	for _, p := range t.programs {
 		if !p.read {
 			// Listed by a snapshot or an event but never read: it vanished
@@ -550,58 +567,32 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		}
 		row.MapCount = len(row.MapIDs)
 		row.Comms = t.comms(row.PIDs)
+		sum := unowned
 		if g := p.gadget; g != nil {
 			row.GadgetID, row.GadgetName, row.GadgetImage = g.info.ID, g.info.Name, g.info.Image
-			a, ok := byGadget[g]
-			if !ok {
-				a = &acc{
-					row: Row{
-						NodeName:    t.opts.Node,
-						GadgetID:    g.info.ID,
-						GadgetName:  g.info.Name,
-						GadgetImage: g.info.Image,
-						Loader:      &g.info.Owner,
-					},
-					maps: make(map[uint32]struct{}),
-					pids: make(map[uint32]struct{}),
-				}
-				byGadget[g] = a
-			}
-			a.row.Runtime += row.Runtime
-			a.row.Runcount += row.Runcount
-			a.row.RuntimeDelta += row.RuntimeDelta
-			a.row.RuncountDelta += row.RuncountDelta
-			a.row.CPUPercent += row.CPUPercent
-			a.row.RecursionMisses += row.RecursionMisses
-			a.row.ProgramCount++
-			for _, mid := range row.MapIDs {
-				a.maps[mid] = struct{}{}
-			}
-			for _, pid := range row.PIDs {
-				a.pids[pid] = struct{}{}
+			var ok bool
+			if sum, ok = byGadget[g]; !ok {
+				sum = newRowSum(Row{
+					NodeName:    t.opts.Node,
+					GadgetID:    g.info.ID,
+					GadgetName:  g.info.Name,
+					GadgetImage: g.info.Image,
+					Loader:      &g.info.Owner,
+				})
+				byGadget[g] = sum
 			}
 		}
+		sum.add(&row)
 		snap.Programs = append(snap.Programs, row)
 	}
 	sort.Slice(snap.Programs, func(i, j int) bool { return snap.Programs[i].ProgID < snap.Programs[j].ProgID })
 
 	snap.Gadgets = make([]Row, 0, len(byGadget))
-	for g, a := range byGadget {
-		// A map shared by two programs of the gadget counts once.
-		for mid := range a.maps {
-			a.row.MapIDs = append(a.row.MapIDs, mid)
-			a.row.MapMemory += t.maps[mid].info.Memlock
-		}
-		slices.Sort(a.row.MapIDs)
-		a.row.MapCount = len(a.row.MapIDs)
-		for pid := range a.pids {
-			a.row.PIDs = append(a.row.PIDs, pid)
-		}
-		slices.Sort(a.row.PIDs)
-		a.row.Comms = t.comms(a.row.PIDs)
-		snap.Gadgets = append(snap.Gadgets, a.row)
+	for g, sum := range byGadget {
+		snap.Gadgets = append(snap.Gadgets, t.total(sum))
 		snap.GadgetInfo[g.info.ID] = g.info
 	}
+	snap.Unowned = t.total(unowned)
 	sort.Slice(snap.Gadgets, func(i, j int) bool {
 		a, b := snap.Gadgets[i], snap.Gadgets[j]
 		if a.GadgetName != b.GadgetName {
@@ -610,6 +601,49 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		return a.GadgetID < b.GadgetID
 	})
 	return snap
+}
+
+// rowSum accumulates program rows into one gadget-level row.
+type rowSum struct {
+	row  Row
+	maps map[uint32]struct{}
+	pids map[uint32]struct{}
+}
+
+func newRowSum(head Row) *rowSum {
+	return &rowSum{row: head, maps: make(map[uint32]struct{}), pids: make(map[uint32]struct{})}
+}
+
+func (s *rowSum) add(r *Row) {
+	s.row.Runtime += r.Runtime
+	s.row.Runcount += r.Runcount
+	s.row.RuntimeDelta += r.RuntimeDelta
+	s.row.RuncountDelta += r.RuncountDelta
+	s.row.CPUPercent += r.CPUPercent
+	s.row.RecursionMisses += r.RecursionMisses
+	s.row.ProgramCount++
+	for _, mid := range r.MapIDs {
+		s.maps[mid] = struct{}{}
+	}
+	for _, pid := range r.PIDs {
+		s.pids[pid] = struct{}{}
+	}
+}
+
+// total finishes a sum: a map shared by two of its programs counts once.
+func (t *Tracker) total(s *rowSum) Row {
+	for mid := range s.maps {
+		s.row.MapIDs = append(s.row.MapIDs, mid)
+		s.row.MapMemory += t.maps[mid].info.Memlock
+	}
+	slices.Sort(s.row.MapIDs)
+	s.row.MapCount = len(s.row.MapIDs)
+	for pid := range s.pids {
+		s.row.PIDs = append(s.row.PIDs, pid)
+	}
+	slices.Sort(s.row.PIDs)
+	s.row.Comms = t.comms(s.row.PIDs)
+	return s.row
 }
 
 // comms returns the distinct command names of pids, in PID order.
@@ -622,3 +656,5 @@ func (t *Tracker) comms(pids []uint32) []string {
 	}
 	return out
 }
+
+var _ Kernel = (*loader.Kernel)(nil)

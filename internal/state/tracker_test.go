@@ -310,6 +310,9 @@ func TestGadgetAggregationDistinctMaps(t *testing.T) {
 	if len(snap.Programs) != 3 {
 		t.Fatalf("programs: %d", len(snap.Programs))
 	}
+	if u := snap.Unowned; u.ProgramCount != 1 || u.MapCount != 1 || u.MapMemory != 30 || u.GadgetID != "" {
+		t.Fatalf("unowned totals: %+v", u)
+	}
 
 	// Maps are read once and cached across sweeps.
 	reads := k.mapReads

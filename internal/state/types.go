@@ -22,6 +22,15 @@ type Kernel interface {
 	Holders() (map[uint32][]uint32, error)
 }
 
+// BatchReader is implemented by kernels that read many programs in one go
+// (a BPF iterator); Sweep prefers it to one ReadProgram per program.
+type BatchReader interface {
+	// ReadPrograms calls fn once for every ID of ids, with its info or an
+	// error (wrapping os.ErrNotExist when the program is gone). info is
+	// only valid during the call.
+	ReadPrograms(ids []uint32, fn func(id uint32, info *loader.ProgramInfo, err error)) error
+}
+
 // Gadget is one running instance of an eBPF tool: the programs owned by
 // one process instance.
 type Gadget struct {
@@ -92,6 +101,9 @@ type Snapshot struct {
 	Programs []Row
 	// Gadgets has one row per gadget, sorted by name then ID.
 	Gadgets []Row
+	// Unowned sums the programs without a gadget like a gadget row:
+	// distinct maps counted once, empty gadget columns.
+	Unowned Row
 	// GadgetInfo holds each gadget's identity, keyed by gadget ID.
 	GadgetInfo map[string]Gadget
 	Counters   Counters

@@ -156,7 +156,7 @@ run_kernel() {
 		cat "$LOGS/$k.fetch" >&2
 		return 1
 	fi
-	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg -m 1G -smp "${VMTEST_SMP:-1}" -nographic -serial stdio \
+	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg -cpu qemu64,-cx16 -m 1G -smp "${VMTEST_SMP:-1}" -nographic -serial stdio \
 		-monitor none -no-reboot -kernel "$CACHE/kernel/$k/vmlinuz" -initrd "$BUILD/initramfs.cpio" \
 		-append "console=ttyS0 panic=-1 quiet" </dev/null >"$raw" 2>&1 || true
 	tr -d '\r' <"$raw" >"$log"
