@@ -289,5 +289,3 @@ func TestDaemonLeavesNothingBehind(t *testing.T) {
 	}
 	t.Logf("daemon had loaded %d programs of its own; all gone", len(loaded))
 }
-
-
