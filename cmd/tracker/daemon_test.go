@@ -176,7 +176,7 @@ func TestDaemonMetrics(t *testing.T) {
 	deadline := time.Now().Add(waitTimeout)
 	for {
 		families = scrape(t, "http://"+metricsAddr+"/metrics")
-		if _, ok := families["mapMemory"].byGadget["metricsgadget"]; ok {
+		if _, ok := families["mapMemory"].value("metricsgadget"); ok {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -184,10 +184,10 @@ func TestDaemonMetrics(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // polling an HTTP endpoint: nothing to wait on
 	}
-	if got := families["mapMemory"].byGadget["metricsgadget"]; got != float64(wantMem) {
+	if got, _ := families["mapMemory"].value("metricsgadget"); got != float64(wantMem) {
 		t.Fatalf("mapMemory %v, want %d (bpftool)", got, wantMem)
 	}
-	if got := families["mapCount"].byGadget["metricsgadget"]; got != 3 {
+	if got, _ := families["mapCount"].value("metricsgadget"); got != 3 {
 		t.Fatalf("mapCount %v, want 3", got)
 	}
 	for _, name := range []string{"runcount_total", "runtime_total", "tracker_build_info", "tracker_event_source_info", "tracker_programs"} {
@@ -195,7 +195,7 @@ func TestDaemonMetrics(t *testing.T) {
 			t.Errorf("no %s series", name)
 		}
 	}
-	if _, ok := families["runcount_total"].byGadget["metricsgadget"]; !ok {
+	if _, ok := families["runcount_total"].value("metricsgadget"); !ok {
 		t.Errorf("no runcount_total series for the gadget")
 	}
 }
@@ -203,6 +203,15 @@ func TestDaemonMetrics(t *testing.T) {
 type dtoFamily struct {
 	// byGadget maps gadgetName to the value of the series with an empty progName.
 	byGadget map[string]float64
+}
+
+// value returns the gadget-level series of gadget; a missing family has none.
+func (d *dtoFamily) value(gadget string) (float64, bool) {
+	if d == nil {
+		return 0, false
+	}
+	v, ok := d.byGadget[gadget]
+	return v, ok
 }
 
 func scrape(t *testing.T, url string) map[string]*dtoFamily {

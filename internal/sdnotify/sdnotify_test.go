@@ -65,7 +65,13 @@ func TestNotifyPath(t *testing.T) {
 }
 
 func TestNotifyAbstract(t *testing.T) {
-	testSocket(t, fmt.Sprintf("@bpfstats-sdnotify-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	name := fmt.Sprintf("@bpfstats-sdnotify-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Chdir(t.TempDir())
+	testSocket(t, name)
+	// Abstract sockets have no file: "@" was not taken literally.
+	if _, err := os.Lstat(name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a file %q exists: %v", name, err)
+	}
 }
 
 func TestNotifyUnset(t *testing.T) {
