@@ -21,8 +21,13 @@ func runCheck(out io.Writer, d *daemonFlags) error {
 		}
 	}
 	privErr := loader.CheckPrivileges()
-	line("privileges", privErr, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)")
+	line("privileges", privErr, "CAP_SYS_ADMIN")
 	failed = failed || privErr != nil
+	if w := loader.AttributionWarning(); w != "" {
+		fmt.Fprintf(out, "%-14s warn %s\n", "attribution", w)
+	} else {
+		line("attribution", nil, "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+	}
 
 	if err := loader.CheckBTF(); err != nil {
 		fmt.Fprintf(out, "%-14s warn %v (the fentry source needs it)\n", "btf", err)

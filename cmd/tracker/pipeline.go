@@ -111,6 +111,9 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 	if err := loader.CheckPrivileges(); err != nil {
 		return nil, err
 	}
+	if w := loader.AttributionWarning(); w != "" {
+		log.Warn().Msg(w)
+	}
 	kernel, err := loader.NewKernel("")
 	if err != nil {
 		return nil, err

@@ -10,31 +10,46 @@ import (
 
 // Capability numbers from linux/capability.h.
 const (
-	capSysAdmin = 21
-	capPerfmon  = 38 // Linux 5.8
-	capBPF      = 39 // Linux 5.8
+	capDacReadSearch = 2
+	capSysPtrace     = 19
+	capSysAdmin      = 21
 )
 
 // CheckPrivileges returns an error naming what is missing when the process
-// cannot read BPF programs and open perf events: CAP_BPF and CAP_PERFMON, or
-// CAP_SYS_ADMIN on kernels before 5.8.
+// cannot run the tracker. CAP_SYS_ADMIN is needed: BPF_ENABLE_STATS and the
+// program ID walk (BPF_PROG_GET_NEXT_ID, GET_FD_BY_ID) require it even where
+// CAP_BPF exists; CAP_PERFMON (or CAP_SYS_ADMIN) opens perf events.
 func CheckPrivileges() error {
 	eff, err := effectiveCaps("/proc/self/status")
 	if err != nil {
 		return err
 	}
-	has := func(c uint) bool { return eff&(1<<c) != 0 }
-	if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) {
-		return nil
+	if eff&(1<<capSysAdmin) == 0 {
+		return fmt.Errorf("missing privileges: need CAP_SYS_ADMIN (BPF stats and program IDs); run as root or grant it")
+	}
+	return nil
+}
+
+// AttributionWarning returns a non-empty text when the process cannot read
+// other processes' fds and environment, so programs cannot be attributed
+// to their owners: CAP_SYS_PTRACE for /proc/<pid>/fd and environ, and
+// CAP_DAC_READ_SEARCH for processes of other users.
+func AttributionWarning() string {
+	eff, err := effectiveCaps("/proc/self/status")
+	if err != nil {
+		return err.Error()
 	}
 	var missing []string
-	if !has(capBPF) {
-		missing = append(missing, "CAP_BPF")
+	if eff&(1<<capSysPtrace) == 0 {
+		missing = append(missing, "CAP_SYS_PTRACE")
 	}
-	if !has(capPerfmon) {
-		missing = append(missing, "CAP_PERFMON")
+	if eff&(1<<capDacReadSearch) == 0 {
+		missing = append(missing, "CAP_DAC_READ_SEARCH")
 	}
-	return fmt.Errorf("missing privileges: need %s (or CAP_SYS_ADMIN); run as root or grant the capabilities", strings.Join(missing, " and "))
+	if len(missing) == 0 {
+		return ""
+	}
+	return "without " + strings.Join(missing, " and ") + " programs of other processes cannot be attributed to gadgets"
 }
 
 func effectiveCaps(statusPath string) (uint64, error) {
