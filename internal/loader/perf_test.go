@@ -427,16 +427,18 @@ func BenchmarkPerfSourceLoadToEvent(b *testing.B) {
 		Instructions: asm.Instructions{asm.LoadImm(asm.R0, 0, asm.DWord), asm.Return()},
 		License:      "MIT",
 	}
+	pid := uint32(os.Getpid())
 	for b.Loop() {
 		prog, err := ebpf.NewProgram(spec)
 		if err != nil {
 			b.Fatal(err)
 		}
+		load := srcWaitFor(b, events, "load", func(ev ProgramEvent) bool {
+			return ev.Kind == EventLoad && ev.PID == pid
+		})
 		prog.Close()
-		for seen := 0; seen < 2; {
-			if ev := <-events; ev.PID == uint32(os.Getpid()) {
-				seen++
-			}
-		}
+		srcWaitFor(b, events, "release", func(ev ProgramEvent) bool {
+			return ev.Kind == EventRelease && ev.ProgramID == load.ProgramID
+		})
 	}
 }

@@ -120,7 +120,7 @@ build_initramfs() {
 	local root=$BUILD/root
 	rm -rf "$root"
 	mkdir -p "$root"/{bin,dev,proc,sys,tmp,run}
-	(cd "$ROOT" && CGO_ENABLED=0 "$GO" test -c -trimpath -o "$root/loader.test" ./internal/loader)
+	(cd "$ROOT" && CGO_ENABLED=0 "$GO" test -c -o "$root/loader.test" ./internal/loader)
 	cp "$BUSYBOX" "$root/bin/busybox"
 	cat >"$root/init" <<EOF
 #!/bin/busybox sh
