@@ -76,10 +76,18 @@ func (s *syncBuffer) String() string {
 func startStats(t *testing.T, args ...string) *statsRun {
 	t.Helper()
 	requireRoot(t)
+	r := startJSON(t, append([]string{"stats", "-o", "json", "--interval", "100ms"}, args...)...)
+	r.next(t)
+	return r
+}
+
+// startJSON runs a tracker command printing one JSON array of rows per line,
+// in-process, until the test ends.
+func startJSON(t *testing.T, args ...string) *statsRun {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	r := &statsRun{tables: make(chan []state.Row, 1024), stderr: &syncBuffer{}, done: make(chan error, 1)}
-	args = append([]string{"stats", "-o", "json", "--interval", "100ms"}, args...)
 	go func() {
 		err := run(ctx, args, pw, r.stderr)
 		pw.CloseWithError(io.EOF)
@@ -108,13 +116,12 @@ func startStats(t *testing.T, args ...string) *statsRun {
 		select {
 		case err := <-r.done:
 			if err != nil {
-				t.Errorf("tracker stats: %v\n%s", err, r.stderr)
+				t.Errorf("tracker %v: %v\n%s", args, err, r.stderr)
 			}
 		case <-time.After(5 * time.Second):
-			t.Errorf("tracker stats did not stop within 5s of cancel")
+			t.Errorf("tracker %v did not stop within 5s of cancel", args)
 		}
 	})
-	r.next(t)
 	return r
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -291,6 +292,46 @@ func srcCheckCloseUnblocksRead(t *testing.T, src Source) {
 	}
 	if err := src.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestPerfSourceUnprivileged drops CAP_PERFMON and CAP_SYS_ADMIN on one
+// thread (credentials are per thread) and checks the refusal names them.
+func TestPerfSourceUnprivileged(t *testing.T) {
+	if raw, err := os.ReadFile("/proc/sys/kernel/perf_event_paranoid"); err != nil || string(raw) < "1" {
+		t.Skipf("perf: perf_event_paranoid %q lets anyone open CPU-wide events", raw)
+	}
+	result := make(chan error, 1)
+	go func() {
+		// No UnlockOSThread: the thread with the dropped capabilities
+		// exits with this goroutine instead of serving others.
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			result <- fmt.Errorf("capget: %w", err)
+			return
+		}
+		data[unix.CAP_PERFMON/32].Effective &^= 1 << (unix.CAP_PERFMON % 32)
+		data[unix.CAP_SYS_ADMIN/32].Effective &^= 1 << (unix.CAP_SYS_ADMIN % 32)
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			result <- fmt.Errorf("capset: %w", err)
+			return
+		}
+		src, err := newPerfSource(SourceOptions{})
+		if err == nil {
+			src.Close()
+			result <- errors.New("opened without CAP_PERFMON and CAP_SYS_ADMIN")
+			return
+		}
+		result <- err
+	}()
+	err := <-result
+	if !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) {
+		t.Fatalf("error %v, want EACCES or EPERM", err)
+	}
+	if !strings.Contains(err.Error(), "CAP_PERFMON") {
+		t.Errorf("error %q does not name the missing capability", err)
 	}
 }
 

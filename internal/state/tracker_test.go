@@ -409,3 +409,40 @@ func TestProgTypeName(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// batchKernel reads programs in one call, like the iterator.
+type batchKernel struct {
+	*fakeKernel
+	batches int
+}
+
+func (k *batchKernel) ReadPrograms(ids []uint32, fn func(uint32, *loader.ProgramInfo, error)) error {
+	k.batches++
+	for _, id := range ids {
+		info, err := k.ReadProgram(id)
+		fn(id, &info, err)
+	}
+	return nil
+}
+
+func TestSweepPrefersBatchReader(t *testing.T) {
+	fk := newFakeKernel()
+	fk.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1, RunTime: 10, RunCount: 1}
+	fk.progs[2] = loader.ProgramInfo{ID: 2, LoadTime: 1}
+	k := &batchKernel{fakeKernel: fk}
+	c := newClock()
+	tr := New(k, Options{Now: c.now})
+	tr.Apply(load(1, 0))
+	tr.Apply(load(2, 0))
+	delete(fk.progs, 2)
+	snap, err := tr.Sweep()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.batches != 1 {
+		t.Fatalf("batch reads: %d, want 1", k.batches)
+	}
+	if len(snap.Programs) != 1 || snap.Programs[0].Runtime != 10 || tr.Len() != 1 {
+		t.Fatalf("batch sweep: %+v", snap.Programs)
+	}
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/bpfstats/tracker/internal/publish"
+	"github.com/bpfstats/tracker/internal/state"
+	"github.com/bpfstats/tracker/internal/testgadget"
+)
+
+// runNATSServer starts a real nats-server on loopback for the test.
+func runNATSServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host = "127.0.0.1"
+	if opts.Port == 0 {
+		opts.Port = server.RANDOM_PORT
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+// Three servers clustered on loopback, three trackers each on its own
+// server: the fleet view on a fourth connection sees all three nodes.
+func TestFleetTopSeesThreeNodes(t *testing.T) {
+	requireRoot(t)
+	testgadget.StartGadget(t, map[string]string{"BPFSTATS_GADGET_NAME": "fleetgadget"}, testgadget.TwoProgramsThreeMaps(false))
+	cluster := server.ClusterOpts{Name: "bpfstats-fleet", Host: "127.0.0.1", Port: server.RANDOM_PORT}
+	a := runNATSServer(t, &server.Options{ServerName: "a", Cluster: cluster})
+	routes := server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d", a.ClusterAddr().Port))
+	b := runNATSServer(t, &server.Options{ServerName: "b", Cluster: cluster, Routes: routes})
+	c := runNATSServer(t, &server.Options{ServerName: "c", Cluster: cluster, Routes: routes})
+	d := runNATSServer(t, &server.Options{ServerName: "d", Cluster: cluster, Routes: routes})
+
+	nodes := []string{"node-a", "node-b", "node-c"}
+	for i, srv := range []*server.Server{a, b, c} {
+		startDaemon(t, "GADGETID", "--nats-url", srv.ClientURL(), "--node", nodes[i],
+			"--metrics-addr", "", "--interval", "200ms", "--print")
+	}
+	top := startJSON(t, "top", "--nats-url", d.ClientURL(), "-o", "json", "--interval", "200ms")
+	top.waitFor(t, "all three nodes with the gadget", func(rows []state.Row) bool {
+		var seen []string
+		for _, r := range rows {
+			if r.GadgetName == "fleetgadget" && r.MapCount == 3 && !slices.Contains(seen, r.NodeName) {
+				seen = append(seen, r.NodeName)
+			}
+		}
+		slices.Sort(seen)
+		return slices.Equal(seen, nodes)
+	})
+}
+
+// The daemon survives its NATS server going away and publishes again,
+// with counters that kept increasing, once it is back.
+func TestDaemonSurvivesNATSRestart(t *testing.T) {
+	requireRoot(t)
+	addr := freeAddr(t)
+	var port int
+	fmt.Sscanf(addr[strings.LastIndex(addr, ":")+1:], "%d", &port)
+	srv := runNATSServer(t, &server.Options{Port: port})
+	url := srv.ClientURL()
+	cmd, stderr := startDaemon(t, "GADGETID", "--nats-url", url, "--node", "restart", "--metrics-addr", "",
+		"--interval", "100ms", "--print")
+
+	before := decodeMsg[publish.NodeMessage](t, subscribe(t, url, "bpfstats.restart._node").
+		next(t, "_node", func(string) bool { return true }))
+
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	waitLog(t, stderr, "NATS disconnected")
+	srv = runNATSServer(t, &server.Options{Port: port})
+	waitLog(t, stderr, "NATS reconnected")
+
+	after := decodeMsg[publish.NodeMessage](t, subscribe(t, url, "bpfstats.restart._node").
+		next(t, "_node", func(string) bool { return true }))
+	if after.Sweeps <= before.Sweeps || after.Seq <= before.Seq {
+		t.Fatalf("counters did not keep increasing across the outage: before %+v after %+v", before, after)
+	}
+	if cmd.ProcessState != nil {
+		t.Fatalf("daemon exited: %v", cmd.ProcessState)
+	}
+}
+
+// waitLog waits until the daemon's log contains text.
+func waitLog(t *testing.T, log *syncBuffer, text string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !strings.Contains(log.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log within %v:\n%s", text, waitTimeout, log)
+		}
+		time.Sleep(20 * time.Millisecond) // the log is a buffer: nothing to wait on
+	}
+}
+
+func TestNATSBadInputs(t *testing.T) {
+	requireRoot(t)
+	// A malformed URL is bad input.
+	code, stderr := runChild(t, nil, "run", "--nats-url", "http://127.0.0.1:4222", "--metrics-addr", "")
+	if code != 2 || !strings.Contains(stderr, "--nats-url") {
+		t.Errorf("bad --nats-url: exit %d %q", code, stderr)
+	}
+	// Rejected credentials are a clear runtime error.
+	srv := runNATSServer(t, &server.Options{Username: "tracker", Password: "right"})
+	code, stderr = runChild(t, nil, "run", "--nats-url", srv.ClientURL(), "--nats-user", "tracker",
+		"--nats-password", "wrong", "--metrics-addr", "")
+	if code != 1 || !strings.Contains(stderr, "authorization") {
+		t.Errorf("bad credentials: exit %d %q", code, stderr)
+	}
+	// A taken port for the embedded server.
+	code, stderr = runChild(t, nil, "run", "--nats-listen", strings.TrimPrefix(srv.ClientURL(), "nats://"), "--metrics-addr", "")
+	if code != 1 || !strings.Contains(stderr, "address already in use") {
+		t.Errorf("embedded server on a taken port: exit %d %q", code, stderr)
+	}
+	// An unreachable server at start: the tracker keeps tracking and retrying.
+	cmd, log := startDaemon(t, "GADGETID", "--nats-url", "nats://"+freeAddr(t), "--metrics-addr", "", "--print", "--interval", "100ms")
+	waitLog(t, log, "retrying")
+	if cmd.ProcessState != nil {
+		t.Fatalf("daemon exited with the server unreachable: %s", log)
+	}
+}
