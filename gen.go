@@ -9,3 +9,4 @@ package tracker
 //go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${BPF2GO_ROOT}=." -target bpfel -output-dir internal/loader -go-package loader tracker bpf/tracker.bpf.c -- -I./bpf
 //go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${BPF2GO_ROOT}=." -target bpfel -output-dir examples/trace_open -go-package main -type event traceopen bpf/trace_open.bpf.c -- -I./bpf
 //go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${BPF2GO_ROOT}=." -target bpfel -output-dir examples/trace_exec -go-package main -type event traceexec bpf/trace_exec.bpf.c -- -I./bpf
+//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${BPF2GO_ROOT}=." -target bpfel -output-dir internal/loader -go-package loader iter bpf/iter.bpf.c -- -I./bpf

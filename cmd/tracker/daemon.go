@@ -72,14 +72,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 
-	var sinks []publish.Sink
-	if d.print {
-		print, err := d.output.printer(stdout, d.common.all)
-		if err != nil {
-			return err
-		}
-		sinks = append(sinks, sinkFunc(print))
+	print, err := d.output.printer(stdout, d.common.all)
+	if err != nil {
+		return err
 	}
+	var sinks []publish.Sink
 
 	// Network first: a taken port fails before anything is attached.
 	url := d.nats.url
@@ -118,6 +115,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		defer srv.Close()
 		log.Info().Str("addr", srv.Addr().String()).Msg("serving /metrics")
 		sinks = append(sinks, m)
+	}
+
+	if d.print {
+		// Last, so that a printed table means the interval was published.
+		sinks = append(sinks, sinkFunc(print))
 	}
 
 	p, err := openPipeline(&d.common, log)

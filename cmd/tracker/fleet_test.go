@@ -133,3 +133,23 @@ func TestNATSBadInputs(t *testing.T) {
 		t.Fatalf("daemon exited with the server unreachable: %s", log)
 	}
 }
+
+// With --kv, the tracker keeps each gadget's latest message in the
+// "bpfstats" bucket, and top's very first print is complete from it.
+func TestTopReadsKeyValueFirst(t *testing.T) {
+	requireRoot(t)
+	testgadget.StartGadget(t, map[string]string{"BPFSTATS_GADGET_NAME": "kvgadget"}, testgadget.TwoProgramsThreeMaps(false))
+	natsAddr := freeAddr(t)
+	startDaemon(t, "kvgadget", "--nats-listen", natsAddr, "--kv", "--node", "kvnode",
+		"--metrics-addr", "", "--interval", "1h", "--print")
+	// The interval is an hour: only the bucket can fill top's first print.
+	var out syncBuffer
+	err := run(t.Context(), []string{"top", "--nats-url", "nats://" + natsAddr, "--kv", "--count", "1",
+		"--interval", "100ms", "-o", "json"}, &out, &out)
+	if err != nil {
+		t.Fatalf("top --kv: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), `"gadgetName":"kvgadget"`) || !strings.Contains(out.String(), `"nodeName":"kvnode"`) {
+		t.Fatalf("top --kv first print lacks the gadget: %s", out.String())
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -298,7 +299,11 @@ func srcCheckCloseUnblocksRead(t *testing.T, src Source) {
 // TestPerfSourceUnprivileged drops CAP_PERFMON and CAP_SYS_ADMIN on one
 // thread (credentials are per thread) and checks the refusal names them.
 func TestPerfSourceUnprivileged(t *testing.T) {
-	if raw, err := os.ReadFile("/proc/sys/kernel/perf_event_paranoid"); err != nil || string(raw) < "1" {
+	raw, err := os.ReadFile("/proc/sys/kernel/perf_event_paranoid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if level, err := strconv.Atoi(strings.TrimSpace(string(raw))); err != nil || level < 1 {
 		t.Skipf("perf: perf_event_paranoid %q lets anyone open CPU-wide events", raw)
 	}
 	result := make(chan error, 1)
@@ -326,7 +331,8 @@ func TestPerfSourceUnprivileged(t *testing.T) {
 		}
 		result <- err
 	}()
-	err := <-result
+	err = <-result
+	t.Logf("refused: %v", err)
 	if !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) {
 		t.Fatalf("error %v, want EACCES or EPERM", err)
 	}

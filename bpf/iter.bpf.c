@@ -1,0 +1,185 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0
+
+/*
+ * BPF iterators behind the tracker's sweeps (internal/loader/iter.go).
+ *
+ * One read of an iterator fd replaces three bpf(2) calls per program
+ * (dump_progs) or a walk of every /proc/<pid>/fd (dump_prog_fds). They
+ * live apart from tracker.bpf.c: iterators load on kernels that refuse
+ * trampoline programs.
+ */
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Map IDs written per program; a program with more is re-read by bpf(2). */
+#define ITER_MAX_MAP_IDS 64
+/* CPUs whose stats are summed; nr_possible_cpus is capped to this. */
+#define ITER_MAX_CPUS 1024
+
+/*
+ * One program, as bpf_prog_info reports it. Keep in sync with
+ * iterProgHeaderSize and parseIterProg in iter.go. Written packed: the
+ * record is the 68-byte header followed by min(nr_map_ids, 64) map IDs.
+ */
+struct iter_prog_record {
+	__u32 id;
+	__u32 type;
+	__u8 tag[8];
+	__u64 load_time;
+	__u64 run_time_ns;
+	__u64 run_cnt;
+	__u64 recursion_misses;
+	char name[16];
+	__u32 nr_map_ids;
+	__u32 map_ids[ITER_MAX_MAP_IDS];
+} __attribute__((packed));
+
+#define ITER_PROG_HEADER_SIZE 68
+
+/* One fd on a program. Keep in sync with parseIterHolders in iter.go. */
+struct iter_fd_record {
+	__u32 tgid;
+	__u32 prog_id;
+};
+
+/*
+ * The possible CPUs, filled in by user space from
+ * /sys/devices/system/cpu/possible: bpf_prog_info sums the per-CPU stats
+ * of every possible CPU.
+ */
+const volatile __u32 nr_possible_cpus = 0;
+const volatile __u32 possible_cpus[ITER_MAX_CPUS] = {};
+
+/*
+ * x86's per-CPU copy of __per_cpu_offset[cpu] (an unsigned long). Declared
+ * untyped because the Go ELF loader only takes untyped ksyms, which it
+ * resolves through kallsyms (lacking data symbols on most kernels): user
+ * space rewrites the load into a BPF_PSEUDO_BTF_ID one (iter.go).
+ */
+extern const void this_cpu_off __ksym;
+
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* Per-CPU offsets, read once: they are fixed from boot. */
+__u64 cpu_offsets[ITER_MAX_CPUS];
+__u32 cpu_offsets_ready;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iter_prog_record);
+} prog_scratch SEC(".maps");
+
+static __always_inline int load_cpu_offsets(void)
+{
+	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
+		const unsigned long *off = (const unsigned long *)bpf_per_cpu_ptr(&this_cpu_off, possible_cpus[i]);
+		if (!off)
+			return -1;
+		cpu_offsets[i] = *off;
+	}
+	cpu_offsets_ready = 1;
+	return 0;
+}
+
+SEC("iter/bpf_prog")
+int dump_progs(struct bpf_iter__bpf_prog *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct bpf_prog *prog = ctx->prog;
+	__u32 zero = 0;
+
+	if (!prog)
+		return 0;
+	if (!cpu_offsets_ready && load_cpu_offsets())
+		return 0;
+	struct iter_prog_record *rec = bpf_map_lookup_elem(&prog_scratch, &zero);
+	if (!rec)
+		return 0;
+
+	struct bpf_prog_aux *aux = prog->aux;
+	rec->id = aux->id;
+	rec->type = prog->type;
+	__builtin_memcpy(rec->tag, prog->tag, sizeof(rec->tag));
+	rec->load_time = aux->load_time;
+	__builtin_memcpy(rec->name, aux->name, sizeof(rec->name));
+
+	/* prog->stats is __percpu, but BTF lacks the type tag that would let
+	 * bpf_per_cpu_ptr take it: add each CPU's offset by hand. */
+	__u64 stats = (__u64)prog->stats;
+	__u64 nsecs = 0, cnt = 0, misses = 0;
+	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
+		const struct bpf_prog_stats *st =
+			bpf_rdonly_cast((void *)(stats + cpu_offsets[i]),
+					bpf_core_type_id_kernel(struct bpf_prog_stats));
+		cnt += st->cnt.v.a.a.counter;
+		nsecs += st->nsecs.v.a.a.counter;
+		misses += st->misses.v.a.a.counter;
+	}
+	rec->run_time_ns = nsecs;
+	rec->run_cnt = cnt;
+	rec->recursion_misses = misses;
+
+	__u32 nr = aux->used_map_cnt;
+	rec->nr_map_ids = nr;
+	__u64 used_maps = (__u64)aux->used_maps;
+	__u32 n = nr < ITER_MAX_MAP_IDS ? nr : ITER_MAX_MAP_IDS;
+	for (__u32 i = 0; i < ITER_MAX_MAP_IDS && i < n; i++) {
+		__u64 map = 0;
+		bpf_probe_read_kernel(&map, sizeof(map), (void *)(used_maps + i * sizeof(map)));
+		const struct bpf_map *m = bpf_rdonly_cast((void *)map, bpf_core_type_id_kernel(struct bpf_map));
+		rec->map_ids[i] = m->id;
+	}
+	if (n > ITER_MAX_MAP_IDS)
+		return 0;
+	bpf_seq_write(seq, rec, ITER_PROG_HEADER_SIZE + n * sizeof(__u32));
+	return 0;
+}
+
+/* bpf_prog_fops, learned from the first file named "bpf-prog": the symbol
+ * is neither in kallsyms nor in BTF on most kernels. */
+__u64 prog_fops;
+
+SEC("iter/task_file")
+int dump_prog_fds(struct bpf_iter__task_file *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+
+	if (!task || !file)
+		return 0;
+	__u64 fops = (__u64)file->f_op;
+	if (!fops)
+		return 0;
+	if (prog_fops != fops) {
+		if (prog_fops)
+			return 0;
+		/* anon_inode_getfd names the dentry "bpf-prog"; /proc shows it
+		 * as "anon_inode:bpf-prog". */
+		struct {
+			__u64 word; /* "bpf-prog", little-endian */
+			__u8 nul;
+		} name = {};
+		bpf_probe_read_kernel(&name, 9, file->f_path.dentry->d_name.name);
+		if (name.word != 0x676f72702d667062ULL || name.nul)
+			return 0;
+		prog_fops = fops;
+	}
+	const struct bpf_prog *prog =
+		bpf_rdonly_cast(file->private_data, bpf_core_type_id_kernel(struct bpf_prog));
+	struct iter_fd_record rec = {
+		.tgid = task->tgid,
+		.prog_id = prog->aux->id,
+	};
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	return 0;
+}
