@@ -58,12 +58,19 @@ const volatile __u32 nr_possible_cpus = 0;
 const volatile __u32 possible_cpus[ITER_MAX_CPUS] = {};
 
 /*
- * x86's per-CPU copy of __per_cpu_offset[cpu] (an unsigned long). Declared
- * untyped because the Go ELF loader only takes untyped ksyms, which it
- * resolves through kallsyms (lacking data symbols on most kernels): user
- * space rewrites the load into a BPF_PSEUDO_BTF_ID one (iter.go).
+ * The address of this_cpu_off, x86's per-CPU copy of __per_cpu_offset[cpu]
+ * (an unsigned long). bpf_per_cpu_ptr needs it as a typed ksym
+ * (BPF_PSEUDO_BTF_ID), which the Go ELF loader does not support: this
+ * 64-bit load of a marker constant is rewritten into one by user space
+ * (iterThisCPUOffMarker in iter.go, keep in sync).
  */
-extern const void this_cpu_off __ksym;
+static __always_inline const void *this_cpu_off_ksym(void)
+{
+	const void *p;
+
+	asm volatile("%0 = 0x7c9e6f0ff5e7a11c ll" : "=r"(p));
+	return p;
+}
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
@@ -81,7 +88,7 @@ struct {
 static __always_inline int load_cpu_offsets(void)
 {
 	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
-		const unsigned long *off = (const unsigned long *)bpf_per_cpu_ptr(&this_cpu_off, possible_cpus[i]);
+		const unsigned long *off = (const unsigned long *)bpf_per_cpu_ptr(this_cpu_off_ksym(), possible_cpus[i]);
 		if (!off)
 			return -1;
 		cpu_offsets[i] = *off;

@@ -51,8 +51,8 @@ type ProgramEvent struct {
 	// Comm is the task's command name, empty when unknown.
 	Comm     string
 	CgroupID uint64
-	// KernelTime is the kernel's timestamp of the event in nanoseconds
-	// (CLOCK_MONOTONIC for fentry and poll, the perf clock for perf).
+	// KernelTime is the kernel's CLOCK_MONOTONIC timestamp of the event in
+	// nanoseconds (for poll: when the walk noticed it).
 	KernelTime uint64
 	// Lost counts dropped records for EventLost, when the source knows it.
 	Lost uint64
