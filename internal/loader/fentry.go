@@ -106,12 +106,21 @@ func (h *attachedHook) detach() error {
 // (ring buffer, fentry needs 5.5) with BTF, and a kernel that lets trampoline
 // programs load (lockdown refuses them with EPERM).
 func newFentrySource(opts SourceOptions) (Source, error) {
-	return openFentry(opts, fentryLoadHooks(), fentryReleaseHooks())
+	return openFentry(opts, fentryConfig{Loads: fentryLoadHooks(), Releases: fentryReleaseHooks()})
+}
+
+// fentryConfig is what tests can change of the fentry source.
+type fentryConfig struct {
+	// Loads and Releases are the candidate hooks, in order of preference.
+	Loads, Releases []fentryHook
+	// RingSize is the ring buffer size in bytes (a power-of-two multiple of
+	// the page size); 0 keeps the size of bpf/tracker.bpf.c.
+	RingSize uint32
 }
 
 // openFentry attaches the first load and the first release hook of the
 // candidate lists that are seen firing for a throwaway program.
-func openFentry(opts SourceOptions, loads, releases []fentryHook) (_ *fentrySource, err error) {
+func openFentry(opts SourceOptions, cfg fentryConfig) (_ *fentrySource, err error) {
 	logf := opts.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -134,6 +143,10 @@ func openFentry(opts SourceOptions, loads, releases []fentryHook) (_ *fentrySour
 		}
 	}()
 
+	if cfg.RingSize != 0 {
+		// spec is this call's own copy; the hook programs load with it too.
+		spec.Maps[trackerMapEvents].MaxEntries = cfg.RingSize
+	}
 	if s.events, err = ebpf.NewMap(spec.Maps[trackerMapEvents]); err != nil {
 		return nil, fmt.Errorf("creating ring buffer: %w", err)
 	}
@@ -144,6 +157,7 @@ func openFentry(opts SourceOptions, loads, releases []fentryHook) (_ *fentrySour
 		return nil, fmt.Errorf("opening ring buffer reader: %w", err)
 	}
 
+	loads, releases := cfg.Loads, cfg.Releases
 	var loadErrs, releaseErrs []error
 	for {
 		if !s.load.attached() {

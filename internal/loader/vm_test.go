@@ -41,7 +41,7 @@ func requireVM(t *testing.T) {
 // vmFentry opens the fentry source and closes it when t ends.
 func vmFentry(t *testing.T) *fentrySource {
 	t.Helper()
-	src, err := openFentry(SourceOptions{Logf: t.Logf}, fentryLoadHooks(), fentryReleaseHooks())
+	src, err := openFentry(SourceOptions{Logf: t.Logf}, fentryConfig{Loads: fentryLoadHooks(), Releases: fentryReleaseHooks()})
 	if err != nil {
 		t.Fatalf("opening fentry source: %v", err)
 	}
@@ -442,7 +442,7 @@ func TestVMFentryFallback(t *testing.T) {
 		logged = append(logged, fmt.Sprintf(format, args...))
 		t.Logf(format, args...)
 	}
-	src, err := openFentry(SourceOptions{Logf: logf}, loads, releases)
+	src, err := openFentry(SourceOptions{Logf: logf}, fentryConfig{Loads: loads, Releases: releases})
 	if err != nil {
 		t.Fatalf("opening fentry source: %v", err)
 	}
@@ -502,3 +502,46 @@ func TestVMFentryCloseUnblocksRead(t *testing.T) {
 	}
 }
 
+
+// TestVMFentryLost overflows a one-page ring and checks that the loss is
+// reported as an EventLost, counted, and that events flow again after it.
+func TestVMFentryLost(t *testing.T) {
+	requireVM(t)
+	const cycles = 100 // 200 records; a page holds 42
+	src, err := openFentry(SourceOptions{Logf: t.Logf}, fentryConfig{
+		Loads: fentryLoadHooks(), Releases: fentryReleaseHooks(), RingSize: uint32(os.Getpagesize()),
+	})
+	if err != nil {
+		t.Fatalf("opening fentry source: %v", err)
+	}
+	t.Cleanup(func() { src.Close() })
+
+	ours := map[uint32]bool{}
+	for range cycles {
+		prog, info := loadSocketFilter(t, "trk_lost")
+		prog.Close()
+		ours[info.ID] = true
+	}
+
+	// Nothing read yet: the ring is full. Reading drains it, then reports
+	// the loss (within fentryLostPollInterval when nothing follows).
+	events := stream(t, src)
+	seen := 0
+	lost := nextEvent(t, events, func(ev ProgramEvent) bool { return ev.Kind == EventLost }, func(ev ProgramEvent) {
+		if ours[ev.ProgramID] {
+			seen++
+		}
+	})
+	t.Logf("%d burst records read, %d lost", seen, lost.Lost)
+	if lost.Lost == 0 || seen == 0 {
+		t.Errorf("read %d records and lost %d, want both > 0", seen, lost.Lost)
+	}
+	if uint64(seen)+lost.Lost < 2*cycles {
+		t.Errorf("read %d + lost %d < %d records written", seen, lost.Lost, 2*cycles)
+	}
+
+	prog, info := loadSocketFilter(t, "trk_after_lost")
+	prog.Close()
+	nextEvent(t, events, eventFor(EventLoad, info.ID), nil)
+	nextEvent(t, events, eventFor(EventRelease, info.ID), nil)
+}
