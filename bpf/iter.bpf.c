@@ -57,26 +57,7 @@ struct iter_fd_record {
 const volatile __u32 nr_possible_cpus = 0;
 const volatile __u32 possible_cpus[ITER_MAX_CPUS] = {};
 
-/*
- * The address of this_cpu_off, x86's per-CPU copy of __per_cpu_offset[cpu]
- * (an unsigned long). bpf_per_cpu_ptr needs it as a typed ksym
- * (BPF_PSEUDO_BTF_ID), which the Go ELF loader does not support: this
- * 64-bit load of a marker constant is rewritten into one by user space
- * (iterThisCPUOffMarker in iter.go, keep in sync).
- */
-static __always_inline const void *this_cpu_off_ksym(void)
-{
-	const void *p;
-
-	asm volatile("%0 = 0x7c9e6f0ff5e7a11c ll" : "=r"(p));
-	return p;
-}
-
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-
-/* Per-CPU offsets, read once: they are fixed from boot. */
-__u64 cpu_offsets[ITER_MAX_CPUS];
-__u32 cpu_offsets_ready;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -85,16 +66,54 @@ struct {
 	__type(value, struct iter_prog_record);
 } prog_scratch SEC(".maps");
 
+/*
+ * __per_cpu_offset[cpu] of each possible CPU, found once (they are fixed
+ * from boot). prog->stats is __percpu, but without BTF type tags
+ * bpf_per_cpu_ptr refuses it, and typed per-CPU ksyms need data symbols in
+ * kallsyms, which most kernels lack. So the offsets are taken from a map
+ * of our own: the per-CPU array prog_scratch keeps its per-CPU pointer in
+ * bpf_array.pptrs[0], and bpf_map_lookup_percpu_elem returns that pointer
+ * plus the CPU's offset.
+ */
+__u64 cpu_offsets[ITER_MAX_CPUS];
+__u32 cpu_offsets_ready;
+/* Turns a pointer into a number: iterators load with CAP_PERFMON, which
+ * lets a pointer be stored in a map value; it reads back as a scalar. */
+__u64 ptr_slot;
+
+static __always_inline __u64 ptr_value(const void *p)
+{
+	*(const void *volatile *)&ptr_slot = p;
+	return *(volatile __u64 *)&ptr_slot;
+}
+
 static __always_inline int load_cpu_offsets(void)
 {
+	__u64 pptr = 0;
+	__u32 zero = 0;
+
+	bpf_probe_read_kernel(&pptr, sizeof(pptr),
+			      (void *)(ptr_value(&prog_scratch) + bpf_core_field_offset(struct bpf_array, pptrs)));
+	if (!pptr)
+		return -1;
 	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
-		const unsigned long *off = (const unsigned long *)bpf_per_cpu_ptr(this_cpu_off_ksym(), possible_cpus[i]);
-		if (!off)
+		void *v = bpf_map_lookup_percpu_elem(&prog_scratch, &zero, possible_cpus[i]);
+		if (!v)
 			return -1;
-		cpu_offsets[i] = *off;
+		cpu_offsets[i] = ptr_value(v) - pptr;
 	}
 	cpu_offsets_ready = 1;
 	return 0;
+}
+
+/* The struct bpf_map pointer at addr, read without a helper call: the
+ * address is taken as that of bpf_iter_aux_info.map. */
+static __always_inline const struct bpf_map *map_ptr_at(__u64 addr)
+{
+	const struct bpf_iter_aux_info *aux =
+		bpf_rdonly_cast((void *)(addr - bpf_core_field_offset(struct bpf_iter_aux_info, map)),
+				bpf_core_type_id_kernel(struct bpf_iter_aux_info));
+	return aux->map;
 }
 
 SEC("iter/bpf_prog")
@@ -112,16 +131,10 @@ int dump_progs(struct bpf_iter__bpf_prog *ctx)
 	if (!rec)
 		return 0;
 
-	struct bpf_prog_aux *aux = prog->aux;
-	rec->id = aux->id;
-	rec->type = prog->type;
-	__builtin_memcpy(rec->tag, prog->tag, sizeof(rec->tag));
-	rec->load_time = aux->load_time;
-	__builtin_memcpy(rec->name, aux->name, sizeof(rec->name));
-
 	/* prog->stats is __percpu, but BTF lacks the type tag that would let
-	 * bpf_per_cpu_ptr take it: add each CPU's offset by hand. */
-	__u64 stats = (__u64)prog->stats;
+	 * bpf_per_cpu_ptr take it: add each CPU's offset by hand. The stats
+	 * are read first: their cache misses overlap with the rest. */
+	__u64 stats = ptr_value(prog->stats);
 	__u64 nsecs = 0, cnt = 0, misses = 0;
 	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
 		const struct bpf_prog_stats *st =
@@ -131,20 +144,23 @@ int dump_progs(struct bpf_iter__bpf_prog *ctx)
 		nsecs += st->nsecs.v.a.a.counter;
 		misses += st->misses.v.a.a.counter;
 	}
+
+	struct bpf_prog_aux *aux = prog->aux;
+	__u32 nr = aux->used_map_cnt;
+	__u64 used_maps = ptr_value(aux->used_maps);
+	__u32 n = nr < ITER_MAX_MAP_IDS ? nr : ITER_MAX_MAP_IDS;
+	for (__u32 i = 0; i < ITER_MAX_MAP_IDS && i < n; i++)
+		rec->map_ids[i] = map_ptr_at(used_maps + i * sizeof(void *))->id;
+
+	rec->id = aux->id;
+	rec->type = prog->type;
+	__builtin_memcpy(rec->tag, prog->tag, sizeof(rec->tag));
+	rec->load_time = aux->load_time;
+	__builtin_memcpy(rec->name, aux->name, sizeof(rec->name));
 	rec->run_time_ns = nsecs;
 	rec->run_cnt = cnt;
 	rec->recursion_misses = misses;
-
-	__u32 nr = aux->used_map_cnt;
 	rec->nr_map_ids = nr;
-	__u64 used_maps = (__u64)aux->used_maps;
-	__u32 n = nr < ITER_MAX_MAP_IDS ? nr : ITER_MAX_MAP_IDS;
-	for (__u32 i = 0; i < ITER_MAX_MAP_IDS && i < n; i++) {
-		__u64 map = 0;
-		bpf_probe_read_kernel(&map, sizeof(map), (void *)(used_maps + i * sizeof(map)));
-		const struct bpf_map *m = bpf_rdonly_cast((void *)map, bpf_core_type_id_kernel(struct bpf_map));
-		rec->map_ids[i] = m->id;
-	}
 	if (n > ITER_MAX_MAP_IDS)
 		return 0;
 	bpf_seq_write(seq, rec, ITER_PROG_HEADER_SIZE + n * sizeof(__u32));

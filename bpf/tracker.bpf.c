@@ -111,7 +111,10 @@ int BPF_PROG(load_kallsyms_add, struct bpf_prog *prog)
 	return 0;
 }
 
-/* Load: the PERF_RECORD_BPF_EVENT producer, called on load and unload. Requires Linux 5.1. */
+/*
+ * Load: the PERF_RECORD_BPF_EVENT producer, called on load and unload.
+ * Not attachable on Debian 5.10.
+ */
 SEC("fentry/perf_event_bpf_event")
 int BPF_PROG(load_perf_event, struct bpf_prog *prog, enum perf_bpf_event_type type)
 {
@@ -122,7 +125,7 @@ int BPF_PROG(load_perf_event, struct bpf_prog *prog, enum perf_bpf_event_type ty
 
 /*
  * Release: runs when the last reference is gone, before bpf_prog_free_id.
- * Static, but a real symbol on Debian 6.1 and later; absent before 5.16.
+ * Static, but a real symbol on Debian 6.1 and later; absent in 5.10.
  */
 SEC("fentry/bpf_prog_put_deferred")
 int BPF_PROG(release_put_deferred, struct work_struct *work)
@@ -134,7 +137,10 @@ int BPF_PROG(release_put_deferred, struct work_struct *work)
 	return 0;
 }
 
-/* Release: the unload side of perf_event_bpf_event; the ID is 0 on a few 6.x kernels. */
+/*
+ * Release: the unload side of perf_event_bpf_event. Kernels without the 2023
+ * fix that restored the ID pass ID 0 here; emit drops those records.
+ */
 SEC("fentry/perf_event_bpf_event")
 int BPF_PROG(release_perf_event, struct bpf_prog *prog, enum perf_bpf_event_type type)
 {
@@ -143,7 +149,7 @@ int BPF_PROG(release_perf_event, struct bpf_prog *prog, enum perf_bpf_event_type
 	return 0;
 }
 
-/* Release: the ID is still set on entry. Inlined (never fires) on Debian 6.1. */
+/* Release: the ID is still set on entry. Inlined, so never fires, on Debian 6.1 and 6.12. */
 SEC("fentry/bpf_prog_free_id")
 int BPF_PROG(release_free_id, struct bpf_prog *prog)
 {

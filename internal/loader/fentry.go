@@ -37,8 +37,9 @@ func fentryLoadHooks() []fentryHook {
 
 // fentryReleaseHooks lists the release hooks in order of preference. Each
 // must run once when the last reference is dropped, while the ID is valid.
-// bpf_prog_put_deferred is missing before Linux 5.16; bpf_prog_free_id is
-// inlined on some kernels, where it attaches but never fires.
+// On Debian's kernels: 5.10 has no bpf_prog_put_deferred and cannot attach
+// to perf_event_bpf_event; 6.1 and 6.12 inline bpf_prog_free_id, which
+// attaches there but never fires.
 func fentryReleaseHooks() []fentryHook {
 	return []fentryHook{
 		{"bpf_prog_put_deferred", trackerProgReleasePutDeferred},
@@ -66,6 +67,7 @@ type fentrySource struct {
 	lost   *ebpf.Map
 	reader *ringbuf.Reader
 	cache  *btf.Cache
+	logf   func(format string, args ...any)
 
 	load, release attachedHook
 
@@ -136,7 +138,7 @@ func openFentry(opts SourceOptions, cfg fentryConfig) (_ *fentrySource, err erro
 		return nil, err
 	}
 
-	s := &fentrySource{cache: btf.NewCache()}
+	s := &fentrySource{cache: btf.NewCache(), logf: logf}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -161,7 +163,7 @@ func openFentry(opts SourceOptions, cfg fentryConfig) (_ *fentrySource, err erro
 	var loadErrs, releaseErrs []error
 	for {
 		if !s.load.attached() {
-			if loads, err = s.attachNext(spec, &s.load, loads, &loadErrs, logf); err != nil {
+			if loads, err = s.attachNext(spec, "load", &s.load, loads, &loadErrs); err != nil {
 				return nil, err
 			}
 			if !s.load.attached() {
@@ -169,7 +171,7 @@ func openFentry(opts SourceOptions, cfg fentryConfig) (_ *fentrySource, err erro
 			}
 		}
 		if !s.release.attached() {
-			if releases, err = s.attachNext(spec, &s.release, releases, &releaseErrs, logf); err != nil {
+			if releases, err = s.attachNext(spec, "release", &s.release, releases, &releaseErrs); err != nil {
 				return nil, err
 			}
 			if !s.release.attached() {
@@ -213,7 +215,7 @@ func openFentry(opts SourceOptions, cfg fentryConfig) (_ *fentrySource, err erro
 // attachNext loads and attaches the first candidate that works into h and
 // returns the candidates after it. A refusal that no other candidate can
 // avoid (EPERM: lockdown or missing capability) is returned as an error.
-func (s *fentrySource) attachNext(spec *ebpf.CollectionSpec, h *attachedHook, candidates []fentryHook, errs *[]error, logf func(string, ...any)) ([]fentryHook, error) {
+func (s *fentrySource) attachNext(spec *ebpf.CollectionSpec, kind string, h *attachedHook, candidates []fentryHook, errs *[]error) ([]fentryHook, error) {
 	for len(candidates) > 0 {
 		c := candidates[0]
 		candidates = candidates[1:]
@@ -225,14 +227,14 @@ func (s *fentrySource) attachNext(spec *ebpf.CollectionSpec, h *attachedHook, ca
 			return nil, fmt.Errorf("loading fentry program %s: %w (kernel lockdown?)", c.Program, unix.EPERM)
 		}
 		if err != nil {
-			logf("fentry: hook %s unavailable: %v", c.Function, err)
+			s.logf("fentry: %s hook %s unavailable: %v", kind, c.Function, err)
 			*errs = append(*errs, fmt.Errorf("%s: %w", c.Function, err))
 			continue
 		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceFEntry})
 		if err != nil {
 			prog.Close()
-			logf("fentry: hook %s unavailable: attaching: %v", c.Function, err)
+			s.logf("fentry: %s hook %s unavailable: attaching: %v", kind, c.Function, err)
 			*errs = append(*errs, fmt.Errorf("attaching fentry to %s: %w", c.Function, err))
 			continue
 		}

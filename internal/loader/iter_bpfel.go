@@ -39,6 +39,7 @@ const (
 	iterVarNrPossibleCpus  = "nr_possible_cpus"
 	iterVarPossibleCpus    = "possible_cpus"
 	iterVarProgFops        = "prog_fops"
+	iterVarPtrSlot         = "ptr_slot"
 )
 
 // loadIter returns the embedded CollectionSpec for iter.
@@ -103,6 +104,7 @@ type iterVariableSpecs struct {
 	NrPossibleCpus  *ebpf.VariableSpec `ebpf:"nr_possible_cpus"`
 	PossibleCpus    *ebpf.VariableSpec `ebpf:"possible_cpus"`
 	ProgFops        *ebpf.VariableSpec `ebpf:"prog_fops"`
+	PtrSlot         *ebpf.VariableSpec `ebpf:"ptr_slot"`
 }
 
 // iterObjects contains all objects after they have been loaded into the kernel.
@@ -143,6 +145,7 @@ type iterVariables struct {
 	NrPossibleCpus  *ebpf.Variable `ebpf:"nr_possible_cpus"`
 	PossibleCpus    *ebpf.Variable `ebpf:"possible_cpus"`
 	ProgFops        *ebpf.Variable `ebpf:"prog_fops"`
+	PtrSlot         *ebpf.Variable `ebpf:"ptr_slot"`
 }
 
 // iterPrograms contains all programs after they have been loaded into the kernel.

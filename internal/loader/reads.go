@@ -16,16 +16,20 @@ import (
 )
 
 // Kernel reads programs, maps and processes from the running kernel and
-// /proc. It implements state.Kernel. The zero value is not usable; call NewKernel.
+// /proc. It implements state.Kernel (and state.BatchReader). The zero value
+// is not usable; call NewKernel.
 //
 // Reads use raw bpf(2) calls and reused buffers: one program read is three
-// syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Every fd a read
-// opens is closed before it returns, so the tracker never keeps a program
-// or map alive. A Kernel is safe for concurrent use; reads are serialized
-// because they share buffers (which also keeps Holders from seeing the
-// Kernel's own short-lived fds).
+// syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see
+// Iterators), BPF iterators read all programs (ReadPrograms) and all
+// program fd holders (Holders) in one go. Every fd a read opens is closed
+// before it returns, so the tracker never keeps a program or map alive
+// (except its own iterator programs, until Close). A Kernel is safe for
+// concurrent use; reads are serialized because they share buffers (which
+// also keeps Holders from seeing the Kernel's own short-lived fds).
 type Kernel struct {
 	procRoot string
+	opts     KernelOptions
 
 	mu       sync.Mutex
 	progInfo sysProgInfo
@@ -34,12 +38,44 @@ type Kernel struct {
 	path     []byte
 	fdinfo   []byte
 	walker   procWalker
+	fileBuf  []byte // task_file iterator output
+	// lastHolders sizes the next Holders map.
+	lastHolders int
+
+	// batchMu serializes ReadPrograms, which owns the fields below.
+	batchMu   sync.Mutex
+	progBuf   []byte
+	batchInfo ProgramInfo
+	wanted    idSet
+	names     nameCache
+
+	// iterMu guards the lazily loaded iterators.
+	iterMu sync.Mutex
+	iters  *iterators
+	closed bool
+}
+
+// KernelOptions configures NewKernelWithOptions.
+type KernelOptions struct {
+	// ProcRoot is the /proc to read processes and Holders from; "" means
+	// /proc. The holders iterator is used only with the host's /proc.
+	ProcRoot string
+	// NoIterators makes ReadPrograms and Holders use bpf(2) and /proc
+	// only, never BPF iterators.
+	NoIterators bool
 }
 
 // NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).
 // procRoot is used for processes and Holders; a map's memlock is always
 // read from this process's own /proc/self/fdinfo.
 func NewKernel(procRoot string) (*Kernel, error) {
+	return NewKernelWithOptions(KernelOptions{ProcRoot: procRoot})
+}
+
+// NewKernelWithOptions is NewKernel with options. The BPF iterators are
+// loaded on first use; Close releases them.
+func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
+	procRoot := opts.ProcRoot
 	if procRoot == "" {
 		procRoot = "/proc"
 	}
@@ -52,6 +88,7 @@ func NewKernel(procRoot string) (*Kernel, error) {
 	}
 	return &Kernel{
 		procRoot: procRoot,
+		opts:     opts,
 		mapIDs:   make([]uint32, 64),
 		path:     make([]byte, 0, 64),
 		fdinfo:   make([]byte, 4096),
@@ -237,14 +274,22 @@ func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
 }
 
 // Holders maps program IDs to the PIDs (thread group IDs, ascending)
-// holding an fd to them, by walking <procRoot>/<pid>/fd and reading the
-// prog_id line of fdinfo for each "anon_inode:bpf-prog" link. Processes
-// that exit or deny access during the walk are skipped. Programs kept
-// alive only by links, pins or attachments have no holder.
+// holding an fd to them. Where the task_file iterator loads (see
+// Iterators), one iterator run finds them; otherwise Holders walks
+// <procRoot>/<pid>/fd and reads the prog_id line of fdinfo for each
+// "anon_inode:bpf-prog" link. Both give the same result. Processes that
+// exit or deny access during the walk are skipped. Programs kept alive
+// only by links, pins or attachments have no holder.
 func (k *Kernel) Holders() (map[uint32][]uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	holders := make(map[uint32][]uint32)
+	holders := make(map[uint32][]uint32, k.lastHolders)
+	if k.holdersIter(holders) {
+		sortHolders(holders)
+		k.lastHolders = len(holders)
+		return holders, nil
+	}
+	clear(holders)
 	if err := k.walker.holders(k.procRoot, holders); err != nil {
 		return nil, fmt.Errorf("finding program holders: %w", err)
 	}

@@ -123,3 +123,9 @@ func bpfObjInfo(fd int, info unsafe.Pointer, size uintptr) error {
 	runtime.KeepAlive(info)
 	return err
 }
+
+// sysIterCreateAttr is the union bpf_attr member used by BPF_ITER_CREATE.
+type sysIterCreateAttr struct {
+	LinkFD uint32
+	Flags  uint32
+}

@@ -502,7 +502,6 @@ func TestVMFentryCloseUnblocksRead(t *testing.T) {
 	}
 }
 
-
 // TestVMFentryLost overflows a one-page ring and checks that the loss is
 // reported as an EventLost, counted, and that events flow again after it.
 func TestVMFentryLost(t *testing.T) {

@@ -22,6 +22,7 @@
 # Environment:
 #   VMTEST_RUN      -test.run pattern inside the VM (default ^TestVM)
 #   VMTEST_TIMEOUT  seconds per boot before qemu is killed (default 300)
+#   VMTEST_SMP      guest CPUs (default 1)
 #   DEBIAN_MIRROR   default http://deb.debian.org/debian
 #   GO              go command (default go)
 
@@ -32,6 +33,8 @@ CACHE=$ROOT/.cache/vm
 LOGS=$CACHE/logs
 BUILD=$CACHE/build
 RUN_PATTERN=${VMTEST_RUN:-^TestVM}
+# The inventory's integration tests, run on the forced fentry source.
+STATE_PATTERN=${VMTEST_STATE_RUN:-^TestInventoryMatchesKernelAfterBurst\$|^TestSweepsSeeRisingStats\$}
 BOOT_TIMEOUT=${VMTEST_TIMEOUT:-300}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -66,13 +69,14 @@ BUSYBOX=/bin/busybox
 
 mkdir -p "$LOGS" "$BUILD"
 
-# apt_private SUITE ARGS...: apt-get/apt-cache options for a private apt
-# state under .cache/vm/apt/SUITE: its own sources list (Packages indexes
-# only), lists, caches, no status file and no preferences.
+# apt_opts SUITE MIRROR: sets APT_OPTS, the apt-get/apt-cache options for a
+# private apt state under .cache/vm/apt/SUITE: its own sources list (Packages
+# indexes only), lists and caches, no status file and no preferences.
 apt_opts() {
 	local dir=$CACHE/apt/$1
+	rm -rf "$dir"
 	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
-	echo "deb [signed-by=$KEYRING target=Packages] $MIRROR $1 main" >"$dir/sources.list"
+	echo "deb [signed-by=$KEYRING target=Packages] $2 $1 main" >"$dir/sources.list"
 	APT_OPTS=(
 		-o "Dir::Etc::SourceList=$dir/sources.list"
 		-o "Dir::Etc::SourceParts=/dev/null"
@@ -89,29 +93,32 @@ apt_opts() {
 }
 
 # fetch_kernel K: leaves the kernel image at .cache/vm/kernel/K/vmlinuz.
+# Called where set -e does not apply: every step checks its status.
 fetch_kernel() {
 	local k=$1 dir=$CACHE/kernel/$1 suite pkg deb
 	[ -s "$dir/vmlinuz" ] && return 0
-	suite=$(suite_for "$k")
-	apt_opts "$suite"
-	apt-get "${APT_OPTS[@]}" -qq update >/dev/null
+	suite=$(suite_for "$k") || return 1
+	apt_opts "$suite" "$MIRROR"
+	apt-get "${APT_OPTS[@]}" -qq update || return 1
 	# The metapackage depends on the versioned image package.
 	pkg=$(apt-cache "${APT_OPTS[@]}" show --no-all-versions linux-image-cloud-amd64 |
 		sed -n 's/^Depends: *//p' | tr ',' '\n' | sed -n 's/^ *\(linux-image-[0-9][^ ]*\).*/\1/p' | head -n1)
 	case $pkg in
 	linux-image-"$k"*) ;;
-	*) die "kernel $k: linux-image-cloud-amd64 in $suite depends on '${pkg}', not a $k kernel" ;;
+	*)
+		echo "linux-image-cloud-amd64 in $suite depends on '$pkg', not a $k kernel"
+		return 1
+		;;
 	esac
-	rm -rf "$dir.tmp"
-	mkdir -p "$dir.tmp"
-	(cd "$dir.tmp" && apt-get "${APT_OPTS[@]}" -qq download "$pkg" >/dev/null)
-	deb=$(ls "$dir.tmp"/*.deb)
-	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir.tmp" --wildcards './boot/vmlinuz-*'
-	mv "$dir.tmp"/boot/vmlinuz-* "$dir.tmp/vmlinuz"
-	dpkg-deb -f "$deb" Package Version >"$dir.tmp/package"
-	rm -rf "$dir.tmp/boot" "$deb"
-	rm -rf "$dir"
-	mv "$dir.tmp" "$dir"
+	rm -rf "$dir.tmp" && mkdir -p "$dir.tmp" || return 1
+	(cd "$dir.tmp" && apt-get "${APT_OPTS[@]}" -qq download "$pkg") || return 1
+	deb=$(ls "$dir.tmp"/*.deb) || return 1
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir.tmp" --wildcards './boot/vmlinuz-*' || return 1
+	mv "$dir.tmp"/boot/vmlinuz-* "$dir.tmp/vmlinuz" || return 1
+	dpkg-deb -f "$deb" Package Version >"$dir.tmp/package" || return 1
+	rm -rf "$dir.tmp/boot" "$deb" "$dir" && mv "$dir.tmp" "$dir" || return 1
+	# The indexes are only needed to find the next kernel: fetch them again then.
+	rm -rf "$CACHE/apt/$suite"
 }
 
 # build_initramfs: a static test binary, busybox and an /init that runs the
@@ -121,6 +128,8 @@ build_initramfs() {
 	rm -rf "$root"
 	mkdir -p "$root"/{bin,dev,proc,sys,tmp,run}
 	(cd "$ROOT" && CGO_ENABLED=0 "$GO" test -c -o "$root/loader.test" ./internal/loader)
+	# The inventory (internal/state) on the fentry source: burst and stats.
+	(cd "$ROOT" && CGO_ENABLED=0 "$GO" test -c -o "$root/state.test" ./internal/state)
 	cp "$BUSYBOX" "$root/bin/busybox"
 	cat >"$root/init" <<EOF
 #!/bin/busybox sh
@@ -138,7 +147,9 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 echo "VMTEST-KERNEL \$(uname -r)"
 cd /tmp
 TRACKER_VM=1 /loader.test -test.v -test.count=1 -test.timeout=$((BOOT_TIMEOUT - 30))s -test.run '$RUN_PATTERN'
-echo "VMTEST-RESULT rc=\$?"
+rc=\$?
+TRACKER_TEST_SOURCE=fentry /state.test -test.v -test.count=1 -test.timeout=120s -test.run '$STATE_PATTERN' || rc=1
+echo "VMTEST-RESULT rc=\$rc"
 poweroff -f
 EOF
 	chmod 0755 "$root/init"
@@ -147,7 +158,7 @@ EOF
 
 # run_kernel K: boots K, writes its log and prints the summary line.
 run_kernel() {
-	local k=$1 start log raw rc hooks load release passed failed uname
+	local k=$1 start log raw rc hooks source load release passed failed uname
 	start=$(date +%s)
 	log=$LOGS/$k.log
 	raw=$LOGS/$k.raw
@@ -156,6 +167,9 @@ run_kernel() {
 		cat "$LOGS/$k.fetch" >&2
 		return 1
 	fi
+	# -cpu qemu64,-cx16: qemu 7.2's TCG corrupts EFLAGS after cmpxchg16b,
+	# which 6.12's SLUB uses (random double faults); without CX16 the kernel
+	# falls back. -nodefaults: no NIC, so no iPXE ROM is needed.
 	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg -cpu qemu64,-cx16 -m 1G -smp "${VMTEST_SMP:-1}" -nographic -serial stdio \
 		-monitor none -no-reboot -kernel "$CACHE/kernel/$k/vmlinuz" -initrd "$BUILD/initramfs.cpio" \
 		-append "console=ttyS0 panic=-1 quiet" </dev/null >"$raw" 2>&1 || true
@@ -164,12 +178,13 @@ run_kernel() {
 
 	rc=$(grep -ao 'VMTEST-RESULT rc=[0-9]*' "$log" | tail -n1 | cut -d= -f2 || true)
 	hooks=$(grep -ao 'VMTEST-HOOKS source=[a-z]* load=[a-z_0-9]* release=[a-z_0-9]*' "$log" | head -n1 || true)
+	source=$(sed -n 's/.*source=\([^ ]*\).*/\1/p' <<<"$hooks")
 	load=$(sed -n 's/.* load=\([^ ]*\).*/\1/p' <<<"$hooks")
 	release=$(sed -n 's/.* release=\([^ ]*\).*/\1/p' <<<"$hooks")
 	passed=$(grep -ac -- '--- PASS: ' "$log" || true)
 	failed=$(grep -ac -- '--- FAIL: ' "$log" || true)
 	uname=$(sed -n 's/.*VMTEST-KERNEL \([^ ]*\).*/\1/p' "$log" | head -n1)
-	echo "vmtest kernel=$k source=$(sed -n 's/.*source=\([^ ]*\).*/\1/p' <<<"$hooks") hooks=load:${load:-?},release:${release:-?} passed=$passed failed=$failed seconds=$(($(date +%s) - start)) uname=${uname:-?}"
+	echo "vmtest kernel=$k source=${source:-?} hooks=load:${load:-?},release:${release:-?} passed=$passed failed=$failed seconds=$(($(date +%s) - start)) uname=${uname:-?}"
 	if [ "$rc" != 0 ]; then
 		echo "vmtest: kernel $k failed (rc=${rc:-no marker}); console log $log:" >&2
 		cat "$log" >&2
