@@ -1,0 +1,62 @@
+package loader
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// walkIDs lists every ID of one kind (BPF_PROG_GET_NEXT_ID, BPF_LINK_GET_NEXT_ID, ...).
+func walkIDs(t *testing.T, cmd uintptr) []uint32 {
+	t.Helper()
+	var ids []uint32
+	for id := uint32(0); ; {
+		next, err := bpfNextID(cmd, id)
+		if errors.Is(err, unix.ENOENT) {
+			return ids
+		}
+		if err != nil {
+			t.Fatalf("walking IDs (cmd %d): %v", cmd, err)
+		}
+		ids = append(ids, next)
+		id = next
+	}
+}
+
+// Closing the fentry source leaves none of its programs or links in the
+// kernel: after shutdown the tracker holds nothing. In the VM nothing else
+// loads programs, so the lists must come back to what they were.
+func TestVMFentryCloseFreesEverything(t *testing.T) {
+	requireVM(t)
+	progsBefore := walkIDs(t, unix.BPF_PROG_GET_NEXT_ID)
+	linksBefore := walkIDs(t, unix.BPF_LINK_GET_NEXT_ID)
+	src, err := OpenSource(SourceFentry, SourceOptions{Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("opening fentry: %v", err)
+	}
+	if progs := walkIDs(t, unix.BPF_PROG_GET_NEXT_ID); len(progs) <= len(progsBefore) {
+		t.Fatalf("fentry source loaded no programs? before %v, open %v", progsBefore, progs)
+	}
+	if links := walkIDs(t, unix.BPF_LINK_GET_NEXT_ID); len(links) <= len(linksBefore) {
+		t.Fatalf("fentry source holds no links? before %v, open %v", linksBefore, links)
+	}
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Programs are freed after an RCU grace period: wait for it.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		progs := walkIDs(t, unix.BPF_PROG_GET_NEXT_ID)
+		links := walkIDs(t, unix.BPF_LINK_GET_NEXT_ID)
+		if slices.Equal(progs, progsBefore) && slices.Equal(links, linksBefore) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after Close: programs %v (before %v), links %v (before %v)", progs, progsBefore, links, linksBefore)
+		}
+		time.Sleep(10 * time.Millisecond) // no event tells when the kernel frees them
+	}
+}
