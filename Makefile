@@ -11,7 +11,7 @@ KERNEL    ?= 5.10 6.1 6.12
 
 export BPF2GO_ROOT := $(CURDIR)
 
-.PHONY: all build run test unittest vmtest bench demo generate check-generate vmlinux install uninstall clean
+.PHONY: all build run test unittest vmtest bench demo generate check-generate vmlinux install uninstall installcheck clean
 
 all: build
 
@@ -23,7 +23,7 @@ run: build
 	./$(BIN) run $(RUN_ARGS)
 
 ## test: everything: unit tests, host kernel tests (as root), the qemu kernel matrix.
-test: unittest vmtest
+test: unittest installcheck vmtest
 
 unittest:
 	$(GO) vet ./...
@@ -52,16 +52,30 @@ check-generate: generate
 vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
+# systemctl only for a real install (no DESTDIR) on a machine running systemd.
+SYSTEMCTL := $(if $(DESTDIR),true,$(if $(wildcard /run/systemd/system),systemctl,true))
+
+## install: the binary and the systemd unit; an existing /etc/default file is kept.
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/bpfstats-tracker
 	install -D -m 0644 deploy/systemd/bpfstats-tracker.service $(DESTDIR)/etc/systemd/system/bpfstats-tracker.service
 	test -e $(DESTDIR)/etc/default/bpfstats-tracker || install -D -m 0644 deploy/systemd/bpfstats-tracker.env $(DESTDIR)/etc/default/bpfstats-tracker
-	-systemctl daemon-reload 2>/dev/null
+	$(SYSTEMCTL) daemon-reload
 
 uninstall:
-	-systemctl disable --now bpfstats-tracker.service 2>/dev/null
+	-$(SYSTEMCTL) disable --now bpfstats-tracker.service
 	rm -f $(DESTDIR)$(PREFIX)/bin/bpfstats-tracker $(DESTDIR)/etc/systemd/system/bpfstats-tracker.service
-	-systemctl daemon-reload 2>/dev/null
+	$(SYSTEMCTL) daemon-reload
+
+## installcheck: install into a scratch DESTDIR, check the files, uninstall, check they are gone.
+installcheck:
+	@d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+	$(MAKE) --no-print-directory install DESTDIR=$$d >/dev/null && \
+	"$$d$(PREFIX)/bin/bpfstats-tracker" version && \
+	test -f "$$d/etc/systemd/system/bpfstats-tracker.service" && test -f "$$d/etc/default/bpfstats-tracker" && \
+	$(MAKE) --no-print-directory uninstall DESTDIR=$$d >/dev/null && \
+	test ! -e "$$d$(PREFIX)/bin/bpfstats-tracker" && test ! -e "$$d/etc/systemd/system/bpfstats-tracker.service" && \
+	echo "installcheck: install and uninstall ok"
 
 clean:
 	rm -rf bin .cache

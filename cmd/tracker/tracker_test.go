@@ -547,3 +547,39 @@ func TestRunStopsOnSignal(t *testing.T) {
 		}
 	}
 }
+
+func TestRunCheck(t *testing.T) {
+	requireRoot(t)
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"run", "--check", "--metrics-addr", ""}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("run --check: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"privileges     ok", "bpf stats      ok", "auto would use", "check passed"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--check report lacks %q:\n%s", want, out.String())
+		}
+	}
+	// A forced source that cannot work fails the check.
+	if err := loader.CheckBTF(); err == nil {
+		if src, ferr := loader.OpenSource(loader.SourceFentry, loader.SourceOptions{}); ferr != nil {
+			out.Reset()
+			err := run(context.Background(), []string{"run", "--check", "--source", "fentry"}, &out, io.Discard)
+			if code := exitCode(err, io.Discard); code != 1 {
+				t.Errorf("--check --source fentry where fentry is refused: exit %d\n%s", code, out.String())
+			}
+		} else {
+			src.Close()
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "tracker ") {
+		t.Fatalf("version: %q", out.String())
+	}
+}
