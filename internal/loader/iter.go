@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -120,17 +121,21 @@ var errIteratorsOff = errors.New("iterators turned off")
 
 // loadIterators loads and checks both iterators. withFiles is false when
 // Holders must read a /proc other than the host's.
-func loadIterators(withFiles bool) *iterators {
+func loadIterators(withFiles bool, cache *btf.Cache) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff}
+	if cache == nil {
+		cache = btf.NewCache()
+	}
+	opts := &ebpf.CollectionOptions{Cache: cache}
 	spec, err := loadIter()
 	if err != nil {
 		err = fmt.Errorf("loading iterator object: %w", err)
 		its.progsErr, its.filesErr = err, err
 		return its
 	}
-	its.progs, its.progsErr = loadProgIter(spec)
+	its.progs, its.progsErr = loadProgIter(spec, opts)
 	if withFiles {
-		its.files, its.filesErr = loadFileIter(spec)
+		its.files, its.filesErr = loadFileIter(spec, opts)
 	} else {
 		its.filesErr = errors.New("proc root is not /proc")
 	}
@@ -140,7 +145,7 @@ func loadIterators(withFiles bool) *iterators {
 // loadProgIter loads and checks iter/bpf_prog. Requires Linux 5.8
 // (bpf_prog iterators), 5.19 (bpf_map_lookup_percpu_elem) and 6.2
 // (bpf_rdonly_cast).
-func loadProgIter(spec *ebpf.CollectionSpec) (*bpfIter, error) {
+func loadProgIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*bpfIter, error) {
 	spec = spec.Copy()
 	cpus, err := possibleCPUs()
 	if err != nil {
@@ -162,7 +167,7 @@ func loadProgIter(spec *ebpf.CollectionSpec) (*bpfIter, error) {
 	var objs struct {
 		Prog *ebpf.Program `ebpf:"dump_progs"`
 	}
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		return nil, fmt.Errorf("loading iter/bpf_prog: %w", err)
 	}
 	it, err := attachIter(objs.Prog)
@@ -212,11 +217,11 @@ func checkProgIter(it *bpfIter) error {
 
 // loadFileIter loads and checks iter/task_file. Requires Linux 5.8
 // (task_file iterators) and 6.2 (bpf_rdonly_cast).
-func loadFileIter(spec *ebpf.CollectionSpec) (*bpfIter, error) {
+func loadFileIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*bpfIter, error) {
 	var objs struct {
 		Prog *ebpf.Program `ebpf:"dump_prog_fds"`
 	}
-	if err := spec.Copy().LoadAndAssign(&objs, nil); err != nil {
+	if err := spec.Copy().LoadAndAssign(&objs, opts); err != nil {
 		return nil, fmt.Errorf("loading iter/task_file: %w", err)
 	}
 	it, err := attachIter(objs.Prog)
@@ -437,7 +442,7 @@ func (k *Kernel) loadedIterators() *iterators {
 	k.iterMu.Lock()
 	defer k.iterMu.Unlock()
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
-		k.iters = loadIterators(k.procRoot == "/proc")
+		k.iters = loadIterators(k.procRoot == "/proc", k.opts.BTF)
 	}
 	return k.iters
 }

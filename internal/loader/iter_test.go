@@ -296,7 +296,9 @@ func TestIterKernelCloseFallsBack(t *testing.T) {
 func TestIterParseProgRecords(t *testing.T) {
 	rec := func(id uint32, name string, maps ...uint32) []byte {
 		b := make([]byte, iterProgHeaderSize)
-		putU32 := func(off int, v uint32) { b[off], b[off+1], b[off+2], b[off+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24) }
+		putU32 := func(off int, v uint32) {
+			b[off], b[off+1], b[off+2], b[off+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+		}
 		putU32(0, id)
 		putU32(4, 2)
 		copy(b[48:64], name)

@@ -237,25 +237,6 @@ func readlinkat(dirfd int, nameZ *byte, buf []byte) (int, error) {
 	return int(r), nil
 }
 
-// readFD reads fd until EOF or until buf is full.
-func readFD(fd int, buf []byte) ([]byte, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if m == 0 {
-			break
-		}
-		n += m
-	}
-	return buf[:n], nil
-}
-
 // appendPathZ appends the parts of a path and a terminating NUL to dst.
 func appendPathZ(dst []byte, parts ...[]byte) []byte {
 	for _, p := range parts {
@@ -353,12 +334,7 @@ func (w *procWalker) scanProcess(procFd int, pidName []byte, pid uint32, holders
 // fdinfoProgID reads the prog_id line of /proc/<pid>/fdinfo/<fd>.
 func (w *procWalker) fdinfoProgID(procFd int, pidName, fdName []byte) (uint32, bool) {
 	w.path = appendPathZ(w.path[:0], pidName, []byte("/fdinfo/"), fdName)
-	fd, err := openat(procFd, w.path, unix.O_RDONLY)
-	if err != nil {
-		return 0, false
-	}
-	data, err := readFD(fd, w.fdinfo)
-	unix.Close(fd)
+	data, err := readSmallFileAt(procFd, w.path, w.fdinfo)
 	if err != nil {
 		return 0, false
 	}
@@ -373,5 +349,88 @@ func sortHolders(holders map[uint32][]uint32) {
 		if !slices.IsSorted(pids) {
 			slices.Sort(pids)
 		}
+	}
+}
+
+// procReader holds the buffers and the per-instance cache of
+// Kernel.ReadProcess.
+type procReader struct {
+	pidName []byte
+	path    []byte
+	stat    []byte
+	link    []byte
+	environ []byte
+	cache   map[procKey]procCacheEntry
+}
+
+// procKey names a process instance.
+type procKey struct {
+	pid       uint32
+	startTime uint64
+}
+
+// procCacheEntry is what ReadProcess keeps of an instance's first read.
+type procCacheEntry struct {
+	exe    string
+	labels map[string]string
+}
+
+// procCacheMax bounds the ReadProcess cache; it starts over when full.
+const procCacheMax = 4096
+
+// readSmallFile reads a /proc file whose content the kernel produces in
+// one go (stat, fdinfo) with a single read(2): a read that does not fill
+// buf returns the whole file. pathZ is NUL-terminated.
+func readSmallFile(pathZ []byte, buf []byte) ([]byte, error) {
+	return readSmallFileAt(unix.AT_FDCWD, pathZ, buf)
+}
+
+// readSmallFileAt is readSmallFile with pathZ relative to dirfd.
+func readSmallFileAt(dirfd int, pathZ []byte, buf []byte) ([]byte, error) {
+	fd, err := openat(dirfd, pathZ, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == len(buf) {
+			return nil, fmt.Errorf("more than %d bytes", len(buf))
+		}
+		return buf[:n], nil
+	}
+}
+
+// readWholeFile reads pathZ until EOF into *buf, growing it as needed.
+func readWholeFile(pathZ []byte, buf *[]byte) ([]byte, error) {
+	fd, err := openat(unix.AT_FDCWD, pathZ, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	b := (*buf)[:0]
+	for {
+		if cap(b)-len(b) < 4096 {
+			b = slices.Grow(b, max(4096, cap(b)))
+		}
+		n, err := unix.Read(fd, b[len(b):cap(b)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			*buf = b
+			return nil, err
+		}
+		if n == 0 {
+			*buf = b
+			return b, nil
+		}
+		b = b[:len(b)+n]
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strconv"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,6 +51,10 @@ type Kernel struct {
 	wanted    idSet
 	names     nameCache
 
+	// procMu serializes ReadProcess, which owns procReader.
+	procMu     sync.Mutex
+	procReader procReader
+
 	// iterMu guards the lazily loaded iterators.
 	iterMu sync.Mutex
 	iters  *iterators
@@ -63,6 +69,10 @@ type KernelOptions struct {
 	// NoIterators makes ReadPrograms and Holders use bpf(2) and /proc
 	// only, never BPF iterators.
 	NoIterators bool
+	// BTF caches the kernel's BTF for loading the iterators; share one
+	// with other loads in the process, since decoding it takes tens of
+	// milliseconds. Nil: the Kernel decodes it for itself, once.
+	BTF *btf.Cache
 }
 
 // NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).
@@ -93,6 +103,10 @@ func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
 		path:     make([]byte, 0, 64),
 		fdinfo:   make([]byte, 4096),
 		walker:   newProcWalker(),
+		procReader: procReader{
+			stat: make([]byte, 4096),
+			link: make([]byte, 4096),
+		},
 	}, nil
 }
 
@@ -230,12 +244,7 @@ func (k *Kernel) selfFdinfoField(fd int, key string) (uint64, error) {
 	k.path = append(k.path[:0], "/proc/self/fdinfo/"...)
 	k.path = strconv.AppendInt(k.path, int64(fd), 10)
 	k.path = append(k.path, 0)
-	f, err := openat(unix.AT_FDCWD, k.path, unix.O_RDONLY)
-	if err != nil {
-		return 0, fmt.Errorf("opening %s: %w", k.path[:len(k.path)-1], err)
-	}
-	data, err := readFD(f, k.fdinfo)
-	unix.Close(f)
+	data, err := readSmallFile(k.path, k.fdinfo)
 	if err != nil {
 		return 0, fmt.Errorf("reading %s: %w", k.path[:len(k.path)-1], err)
 	}
@@ -250,26 +259,54 @@ func (k *Kernel) selfFdinfoField(fd int, key string) (uint64, error) {
 // environ. An error wrapping os.ErrNotExist means the process has exited.
 // Exe is empty when it cannot be read (kernel threads, zombies); Labels is
 // nil when environ has none or cannot be read.
+//
+// environ is read once per process instance (PID, start time and exe):
+// later reads of the same instance are three syscalls for stat and one for
+// exe.
 func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
-	dir := k.procRoot + "/" + strconv.FormatUint(uint64(pid), 10)
-	stat, err := os.ReadFile(dir + "/stat")
+	k.procMu.Lock()
+	defer k.procMu.Unlock()
+	r := &k.procReader
+	pidName := strconv.AppendUint(r.pidName[:0], uint64(pid), 10)
+	r.pidName = pidName
+
+	r.path = appendPathZ(r.path[:0], []byte(k.procRoot), []byte("/"), pidName, []byte("/stat"))
+	stat, err := readSmallFile(r.path, r.stat)
 	if err != nil {
 		return Process{}, fmt.Errorf("reading process %d: %w", pid, errNotExist(err))
 	}
 	p := Process{PID: pid}
 	if err := parseStat(stat, &p); err != nil {
-		return Process{}, fmt.Errorf("parsing %s/stat: %w", dir, err)
+		return Process{}, fmt.Errorf("parsing %s/%d/stat: %w", k.procRoot, pid, err)
 	}
-	if exe, err := os.Readlink(dir + "/exe"); err == nil {
-		p.Exe = exe
+
+	r.path = appendPathZ(r.path[:0], []byte(k.procRoot), []byte("/"), pidName, []byte("/exe"))
+	var exe []byte
+	if n, err := readlinkat(unix.AT_FDCWD, &r.path[0], r.link); err == nil && n < len(r.link) {
+		exe = r.link[:n]
 	}
-	env, err := os.ReadFile(dir + "/environ")
+	key := procKey{pid: pid, startTime: p.StartTime}
+	if c, ok := r.cache[key]; ok && c.exe == string(exe) {
+		p.Exe = c.exe
+		p.Labels = maps.Clone(c.labels)
+		return p, nil
+	}
+	p.Exe = string(exe)
+
+	r.path = appendPathZ(r.path[:0], []byte(k.procRoot), []byte("/"), pidName, []byte("/environ"))
+	env, err := readWholeFile(r.path, &r.environ)
 	switch {
 	case err == nil:
 		p.Labels = parseGadgetLabels(env)
 	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH):
 		return Process{}, fmt.Errorf("reading process %d: %w", pid, errNotExist(err))
+	default:
+		return p, nil // no access: not cached, tried again next time
 	}
+	if r.cache == nil || len(r.cache) >= procCacheMax {
+		r.cache = make(map[procKey]procCacheEntry)
+	}
+	r.cache[key] = procCacheEntry{exe: p.Exe, labels: maps.Clone(p.Labels)}
 	return p, nil
 }
 
