@@ -441,8 +441,18 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 	p.readAt = now
 }
 
+// bpfFNoPrealloc is BPF_F_NO_PREALLOC: such maps allocate elements as they
+// are inserted, so their memlock (Linux 6.4+) grows and shrinks.
+const bpfFNoPrealloc = 1
+
 func (t *Tracker) mapInfo(id uint32) *mapEntry {
 	if m, ok := t.maps[id]; ok {
+		if !m.used && m.info.Flags&bpfFNoPrealloc != 0 {
+			// Once per sweep: the rest of what a map is never changes.
+			if info, err := t.kernel.ReadMap(id); err == nil {
+				m.info.Memlock = info.Memlock
+			}
+		}
 		m.used = true
 		return m
 	}

@@ -446,3 +446,24 @@ func TestSweepPrefersBatchReader(t *testing.T) {
 		t.Fatalf("batch sweep: %+v", snap.Programs)
 	}
 }
+
+// Maps are read once, except the memory of maps that allocate as they grow.
+func TestMapMemoryRefreshOnlyForDynamicMaps(t *testing.T) {
+	k := newFakeKernel()
+	k.maps[1] = loader.MapInfo{ID: 1, Memlock: 100}
+	k.maps[2] = loader.MapInfo{ID: 2, Memlock: 10, Flags: 1 /* BPF_F_NO_PREALLOC */}
+	k.progs[7] = loader.ProgramInfo{ID: 7, LoadTime: 1, MapIDs: []uint32{1, 2}}
+	tr, _ := newTracker(t, k)
+	tr.Apply(load(7, 0))
+	sweep(t, tr)
+	k.maps[1] = loader.MapInfo{ID: 1, Memlock: 999}
+	k.maps[2] = loader.MapInfo{ID: 2, Memlock: 50, Flags: 1}
+	reads := k.mapReads
+	r := programRow(t, sweep(t, tr), 7)
+	if r.MapMemory != 150 {
+		t.Fatalf("map memory %d, want 150 (fixed map cached, dynamic one refreshed)", r.MapMemory)
+	}
+	if k.mapReads != reads+1 {
+		t.Fatalf("%d map reads in a sweep, want 1", k.mapReads-reads)
+	}
+}
