@@ -512,11 +512,12 @@ func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *syncBu
 	})
 	found := make(chan struct{})
 	go func() {
+		notify := found
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if found != nil && strings.Contains(sc.Text(), ready) {
-				close(found)
-				found = nil
+			if notify != nil && strings.Contains(sc.Text(), ready) {
+				close(notify)
+				notify = nil
 			}
 		}
 	}()

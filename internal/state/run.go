@@ -19,7 +19,9 @@ type RunConfig struct {
 	Interval time.Duration
 	// Count stops Run after that many sweeps; 0 runs until ctx ends.
 	Count int
-	// OnSnapshot receives every sweep's snapshot.
+	// OnSnapshot receives every sweep's snapshot, in order, on a goroutine
+	// of its own: encoding and publishing a large snapshot does not hold up
+	// the events meanwhile. Run returns only after the last call returned.
 	OnSnapshot func(*Snapshot)
 	// OnEvent receives each applied load or release as it arrives.
 	OnEvent func(*Event)
@@ -62,6 +64,23 @@ func (t *Tracker) Run(ctx context.Context, cfg RunConfig) error {
 	}
 	cfg.Log.Debug().Int("programs", added).Msg("snapshot of existing programs taken")
 
+	// One snapshot may wait while the previous one is published; a slower
+	// publisher holds up the next sweep, never the events.
+	snapshots := make(chan *Snapshot, 1)
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for s := range snapshots {
+			if cfg.OnSnapshot != nil {
+				cfg.OnSnapshot(s)
+			}
+		}
+	}()
+	defer func() {
+		close(snapshots)
+		<-published
+	}()
+
 	ticker := time.NewTicker(cfg.Interval)
 	defer ticker.Stop()
 	sweeps := 0
@@ -79,9 +98,7 @@ func (t *Tracker) Run(ctx context.Context, cfg RunConfig) error {
 		if err != nil {
 			cfg.Log.Warn().Err(err).Msg("sweep incomplete")
 		}
-		if cfg.OnSnapshot != nil {
-			cfg.OnSnapshot(snap)
-		}
+		snapshots <- snap
 		sweeps++
 		return cfg.Count > 0 && sweeps >= cfg.Count
 	}

@@ -86,6 +86,9 @@ type program struct {
 	runcntD  uint64
 	cpu      float64
 	pids     []uint32
+	// tagHex caches the hex form of tagOf.
+	tagHex string
+	tagOf  [8]byte
 }
 
 type gadget struct {
@@ -436,6 +439,8 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 	p.progType = info.Type
 	// Keep the map ID slice: the kernel reader may reuse its buffer.
 	mapIDs := append(p.info.MapIDs[:0], info.MapIDs...)
+	slices.Sort(mapIDs)
+	mapIDs = slices.Compact(mapIDs)
 	p.info = info
 	p.info.MapIDs = mapIDs
 	p.readAt = now
@@ -546,13 +551,33 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		Programs:   make([]Row, 0, len(t.programs)),
 		GadgetInfo: make(map[string]Gadget, len(t.gadgets)),
 	}
+	// Rows are built in ID order, and their slices cut from two shared
+	// arrays: a snapshot of thousands of programs costs a few allocations.
+	t.ids = t.ids[:0]
+	var nMaps, nPIDs int
+	for id, p := range t.programs {
+		if p.read {
+			t.ids = append(t.ids, id)
+			nMaps += len(p.info.MapIDs)
+			nPIDs += len(p.pids)
+		}
+	}
+	slices.Sort(t.ids)
+	mapArena := make([]uint32, 0, nMaps)
+	pidArena := make([]uint32, 0, nPIDs)
+	cut := func(arena *[]uint32, v []uint32) []uint32 {
+		start := len(*arena)
+		*arena = append(*arena, v...)
+		return (*arena)[start:len(*arena):len(*arena)]
+	}
 	byGadget := make(map[*gadget]*rowSum, len(t.gadgets))
 	unowned := newRowSum(Row{NodeName: t.opts.Node})
-	for _, p := range t.programs {
-		if !p.read {
-			// Listed by a snapshot or an event but never read: it vanished
-			// before the first sweep, or the read failed.
-			continue
+	// Programs listed by a snapshot or an event but never read (gone
+	// before the first sweep, or the read failed) have no row.
+	for _, id := range t.ids {
+		p := t.programs[id]
+		if p.tagHex == "" || p.tagOf != p.tag {
+			p.tagHex, p.tagOf = hex.EncodeToString(p.tag[:]), p.tag
 		}
 		row := Row{
 			NodeName:        t.opts.Node,
@@ -566,12 +591,10 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 			CPUPercent:      p.cpu,
 			RecursionMisses: p.info.RecursionMisses,
 			Loader:          p.loader,
-			MapIDs:          slices.Clone(p.info.MapIDs),
-			Tag:             hex.EncodeToString(p.tag[:]),
-			PIDs:            slices.Clone(p.pids),
+			MapIDs:          cut(&mapArena, p.info.MapIDs),
+			Tag:             p.tagHex,
+			PIDs:            cut(&pidArena, p.pids),
 		}
-		slices.Sort(row.MapIDs)
-		row.MapIDs = slices.Compact(row.MapIDs)
 		for _, mid := range row.MapIDs {
 			row.MapMemory += t.maps[mid].info.Memlock
 		}
@@ -595,7 +618,6 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		sum.add(&row)
 		snap.Programs = append(snap.Programs, row)
 	}
-	sort.Slice(snap.Programs, func(i, j int) bool { return snap.Programs[i].ProgID < snap.Programs[j].ProgID })
 
 	snap.Gadgets = make([]Row, 0, len(byGadget))
 	for g, sum := range byGadget {
