@@ -27,7 +27,9 @@ test: unittest installcheck vmtest
 
 unittest:
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 15m ./...
+	# -p 1: the packages' tests share one kernel; some compare its whole
+	# program list, which another package's burst of loads would disturb.
+	$(GO) test -p 1 -count=1 -timeout 20m ./...
 
 ## vmtest: the fentry source in qemu-booted Debian kernels (KERNEL="5.10 6.1 6.12").
 vmtest:

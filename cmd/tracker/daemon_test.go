@@ -108,8 +108,11 @@ func TestDaemonPublishesToNATS(t *testing.T) {
 		t.Fatalf("load event gadget: %+v", ev.Gadget)
 	}
 	prog.Close()
-	ev = decodeMsg[publish.EventMessage](t, sub.next(t, "_events", func(s string) bool { return s == "bpfstats.test_node._events" }))
-	if ev.Kind != "release" || ev.ProgID != id {
+	// Other programs may come and go meanwhile: wait for ours.
+	for ev.ProgID != id || ev.Kind == "load" {
+		ev = decodeMsg[publish.EventMessage](t, sub.next(t, "_events", func(s string) bool { return s == "bpfstats.test_node._events" }))
+	}
+	if ev.Kind != "release" || ev.ProgName != "bpfstats_t_nats" {
 		t.Fatalf("release event: %+v", ev)
 	}
 }
