@@ -26,7 +26,8 @@ char LICENSE[] SEC("license") = "GPL";
 /*
  * One program, as bpf_prog_info reports it. Keep in sync with
  * iterProgHeaderSize and parseIterProg in iter.go. Written packed: the
- * record is the 68-byte header followed by min(nr_map_ids, 64) map IDs.
+ * record is the 68-byte header followed by min(nr_map_ids, 64) map IDs
+ * (dump_progs) or by none (dump_prog_stats).
  */
 struct iter_prog_record {
 	__u32 id;
@@ -77,8 +78,12 @@ struct {
  */
 __u64 cpu_offsets[ITER_MAX_CPUS];
 __u32 cpu_offsets_ready;
-/* Turns a pointer into a number: iterators load with CAP_PERFMON, which
- * lets a pointer be stored in a map value; it reads back as a scalar. */
+/*
+ * Turns a pointer into a number: iterators load with CAP_PERFMON, which
+ * lets a pointer be stored in a map value; it reads back as a scalar. One
+ * slot is enough: user space runs these iterators one at a time
+ * (Kernel.batchMu in iter_progs.go).
+ */
 __u64 ptr_slot;
 
 static __always_inline __u64 ptr_value(const void *p)
@@ -116,8 +121,14 @@ static __always_inline const struct bpf_map *map_ptr_at(__u64 addr)
 	return aux->map;
 }
 
-SEC("iter/bpf_prog")
-int dump_progs(struct bpf_iter__bpf_prog *ctx)
+/*
+ * Writes one program's record; the map IDs only when with_map_ids. Most
+ * of the cost is cache misses: the per-CPU stats, three lines of
+ * bpf_prog_aux, the used-maps array and each map. Every independent load
+ * is issued before any result is used, so that the misses overlap; the
+ * map IDs, two dependent misses, are what dump_prog_stats leaves out.
+ */
+static __always_inline int dump_prog(struct bpf_iter__bpf_prog *ctx, bool with_map_ids)
 {
 	struct seq_file *seq = ctx->meta->seq;
 	struct bpf_prog *prog = ctx->prog;
@@ -131,10 +142,15 @@ int dump_progs(struct bpf_iter__bpf_prog *ctx)
 	if (!rec)
 		return 0;
 
+	struct bpf_prog_aux *aux = prog->aux;
 	/* prog->stats is __percpu, but BTF lacks the type tag that would let
-	 * bpf_per_cpu_ptr take it: add each CPU's offset by hand. The stats
-	 * are read first: their cache misses overlap with the rest. */
+	 * bpf_per_cpu_ptr take it: add each CPU's offset by hand. */
 	__u64 stats = ptr_value(prog->stats);
+	__u64 used_maps = with_map_ids ? ptr_value(aux->used_maps) : 0;
+	__u32 nr = aux->used_map_cnt;
+	__u64 load_time = aux->load_time;
+	__u64 name_lo = *(const __u64 *)&aux->name[0];
+	__u64 name_hi = *(const __u64 *)&aux->name[8];
 	__u64 nsecs = 0, cnt = 0, misses = 0;
 	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
 		const struct bpf_prog_stats *st =
@@ -144,19 +160,19 @@ int dump_progs(struct bpf_iter__bpf_prog *ctx)
 		nsecs += st->nsecs.v.a.a.counter;
 		misses += st->misses.v.a.a.counter;
 	}
-
-	struct bpf_prog_aux *aux = prog->aux;
-	__u32 nr = aux->used_map_cnt;
-	__u64 used_maps = ptr_value(aux->used_maps);
-	__u32 n = nr < ITER_MAX_MAP_IDS ? nr : ITER_MAX_MAP_IDS;
-	for (__u32 i = 0; i < ITER_MAX_MAP_IDS && i < n; i++)
-		rec->map_ids[i] = map_ptr_at(used_maps + i * sizeof(void *))->id;
+	__u32 n = 0;
+	if (with_map_ids) {
+		n = nr < ITER_MAX_MAP_IDS ? nr : ITER_MAX_MAP_IDS;
+		for (__u32 i = 0; i < ITER_MAX_MAP_IDS && i < n; i++)
+			rec->map_ids[i] = map_ptr_at(used_maps + i * sizeof(void *))->id;
+	}
 
 	rec->id = aux->id;
 	rec->type = prog->type;
 	__builtin_memcpy(rec->tag, prog->tag, sizeof(rec->tag));
-	rec->load_time = aux->load_time;
-	__builtin_memcpy(rec->name, aux->name, sizeof(rec->name));
+	rec->load_time = load_time;
+	*(__u64 *)&rec->name[0] = name_lo;
+	*(__u64 *)&rec->name[8] = name_hi;
 	rec->run_time_ns = nsecs;
 	rec->run_cnt = cnt;
 	rec->recursion_misses = misses;
@@ -165,6 +181,20 @@ int dump_progs(struct bpf_iter__bpf_prog *ctx)
 		return 0;
 	bpf_seq_write(seq, rec, ITER_PROG_HEADER_SIZE + n * sizeof(__u32));
 	return 0;
+}
+
+/* Every program with up to 64 of its map IDs. */
+SEC("iter/bpf_prog")
+int dump_progs(struct bpf_iter__bpf_prog *ctx)
+{
+	return dump_prog(ctx, true);
+}
+
+/* Every program without map IDs, for sweeps of programs already read. */
+SEC("iter/bpf_prog")
+int dump_prog_stats(struct bpf_iter__bpf_prog *ctx)
+{
+	return dump_prog(ctx, false);
 }
 
 /* bpf_prog_fops, learned from the first file named "bpf-prog": the symbol

@@ -105,13 +105,16 @@ func (it *bpfIter) close() error {
 // iterators are the BPF iterators a Kernel reads through, each with the
 // reason when it is not in use.
 type iterators struct {
-	progs, files       *bpfIter
+	// progs lists every program with its map IDs, progStats without;
+	// both or neither are loaded.
+	progs, progStats   *bpfIter
+	files              *bpfIter
 	progsErr, filesErr error
 }
 
 func (its *iterators) close() error {
-	err := errors.Join(its.progs.close(), its.files.close())
-	its.progs, its.files = nil, nil
+	err := errors.Join(its.progs.close(), its.progStats.close(), its.files.close())
+	its.progs, its.progStats, its.files = nil, nil, nil
 	return err
 }
 
@@ -133,86 +136,13 @@ func loadIterators(withFiles bool, cache *btf.Cache) *iterators {
 		its.progsErr, its.filesErr = err, err
 		return its
 	}
-	its.progs, its.progsErr = loadProgIter(spec, opts)
+	its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts)
 	if withFiles {
 		its.files, its.filesErr = loadFileIter(spec, opts)
 	} else {
 		its.filesErr = errors.New("proc root is not /proc")
 	}
 	return its
-}
-
-// loadProgIter loads and checks iter/bpf_prog. Requires Linux 5.8
-// (bpf_prog iterators), 5.19 (bpf_map_lookup_percpu_elem) and 6.2
-// (bpf_rdonly_cast).
-func loadProgIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*bpfIter, error) {
-	spec = spec.Copy()
-	cpus, err := possibleCPUs()
-	if err != nil {
-		return nil, err
-	}
-	if len(cpus) > iterMaxCPUs {
-		return nil, fmt.Errorf("%d possible CPUs, iterator handles %d", len(cpus), iterMaxCPUs)
-	}
-	var list [iterMaxCPUs]uint32
-	for i, cpu := range cpus {
-		list[i] = uint32(cpu)
-	}
-	if err := spec.Variables["nr_possible_cpus"].Set(uint32(len(cpus))); err != nil {
-		return nil, fmt.Errorf("setting nr_possible_cpus: %w", err)
-	}
-	if err := spec.Variables["possible_cpus"].Set(list); err != nil {
-		return nil, fmt.Errorf("setting possible_cpus: %w", err)
-	}
-	var objs struct {
-		Prog *ebpf.Program `ebpf:"dump_progs"`
-	}
-	if err := spec.LoadAndAssign(&objs, opts); err != nil {
-		return nil, fmt.Errorf("loading iter/bpf_prog: %w", err)
-	}
-	it, err := attachIter(objs.Prog)
-	if err != nil {
-		return nil, fmt.Errorf("iter/bpf_prog: %w", err)
-	}
-	if err := checkProgIter(it); err != nil {
-		it.close()
-		return nil, fmt.Errorf("iter/bpf_prog self-check: %w", err)
-	}
-	return it, nil
-}
-
-// checkProgIter compares the iterator's record of its own program with
-// what bpf(2) says of it.
-func checkProgIter(it *bpfIter) error {
-	data, err := it.read(nil)
-	if err != nil {
-		return err
-	}
-	var got ProgramInfo
-	found := false
-	err = walkIterProgs(data, func(rec []byte) {
-		if binary.NativeEndian.Uint32(rec) == it.id {
-			parseIterProg(rec, &got, nil)
-			found = true
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if !found {
-		return fmt.Errorf("own program %d not listed", it.id)
-	}
-	want := new(sysProgInfo)
-	if err := bpfObjInfo(it.prog.FD(), unsafe.Pointer(want), unsafe.Sizeof(*want)); err != nil {
-		return fmt.Errorf("reading own program info: %w", err)
-	}
-	if got.Type != want.Type || got.Tag != want.Tag || got.LoadTime != want.LoadTime ||
-		got.Name != string(cString(want.Name[:])) || uint32(len(got.MapIDs)) != want.NrMapIDs {
-		return fmt.Errorf("iterator says type %d tag %x load time %d name %q %d maps, bpf(2) says %d %x %d %q %d",
-			got.Type, got.Tag, got.LoadTime, got.Name, len(got.MapIDs),
-			want.Type, want.Tag, want.LoadTime, cString(want.Name[:]), want.NrMapIDs)
-	}
-	return nil
 }
 
 // loadFileIter loads and checks iter/task_file. Requires Linux 5.8
@@ -266,58 +196,6 @@ func possibleCPUs() ([]int, error) {
 	return cpus, nil
 }
 
-// walkIterProgs calls fn with each record of an iter/bpf_prog output.
-func walkIterProgs(data []byte, fn func(rec []byte)) error {
-	for len(data) > 0 {
-		rec, rest, err := nextIterProg(data)
-		if err != nil {
-			return err
-		}
-		fn(rec)
-		data = rest
-	}
-	return nil
-}
-
-// nextIterProg splits the first record off a non-empty iter/bpf_prog output.
-func nextIterProg(data []byte) (rec, rest []byte, err error) {
-	if len(data) < iterProgHeaderSize {
-		return nil, nil, fmt.Errorf("iterator output: %d trailing bytes", len(data))
-	}
-	n := min(binary.NativeEndian.Uint32(data[64:]), iterMaxMapIDs)
-	size := iterProgHeaderSize + 4*int(n)
-	if len(data) < size {
-		return nil, nil, fmt.Errorf("iterator output: record of %d bytes, %d left", size, len(data))
-	}
-	return data[:size], data[size:], nil
-}
-
-// parseIterProg fills info from one iter/bpf_prog record. MapIDs reuses
-// info's storage; names, when not nil, interns the name. It reports
-// false when the program has more maps than the record holds.
-func parseIterProg(rec []byte, info *ProgramInfo, names *nameCache) bool {
-	ne := binary.NativeEndian
-	info.ID = ne.Uint32(rec[0:])
-	info.Type = ne.Uint32(rec[4:])
-	copy(info.Tag[:], rec[8:16])
-	info.LoadTime = ne.Uint64(rec[16:])
-	info.RunTime = ne.Uint64(rec[24:])
-	info.RunCount = ne.Uint64(rec[32:])
-	info.RecursionMisses = ne.Uint64(rec[40:])
-	name := cString(rec[48:64])
-	if names != nil {
-		info.Name = names.intern(name)
-	} else {
-		info.Name = string(name)
-	}
-	nr := ne.Uint32(rec[64:])
-	info.MapIDs = info.MapIDs[:0]
-	for off := iterProgHeaderSize; off+4 <= len(rec); off += 4 {
-		info.MapIDs = append(info.MapIDs, ne.Uint32(rec[off:]))
-	}
-	return nr <= iterMaxMapIDs
-}
-
 // parseIterHolders adds the (PID, program) pairs of an iter/task_file
 // output to holders, each PID once per program.
 func parseIterHolders(data []byte, holders map[uint32][]uint32) {
@@ -335,107 +213,6 @@ func parseIterHolders(data []byte, holders map[uint32][]uint32) {
 	}
 }
 
-// nameCache interns program names, so that reading the same programs
-// every sweep does not allocate their names again.
-type nameCache struct {
-	m    map[string]string
-	last string // programs listed together often share a name
-}
-
-// nameCacheMax bounds a nameCache; it starts over when full.
-const nameCacheMax = 1 << 14
-
-func (c *nameCache) intern(b []byte) string {
-	if string(b) == c.last {
-		return c.last
-	}
-	s, ok := c.m[string(b)]
-	if !ok {
-		if c.m == nil || len(c.m) >= nameCacheMax {
-			c.m = make(map[string]string)
-		}
-		s = string(b)
-		c.m[s] = s
-	}
-	c.last = s
-	return s
-}
-
-// idSet is a reusable set of IDs: a bitmap over their range when it is
-// small, a map otherwise.
-type idSet struct {
-	base uint32
-	bits []uint64
-	m    map[uint32]struct{}
-}
-
-// idSetMaxRange is the widest ID range kept as a bitmap (512 KiB).
-const idSetMaxRange = 1 << 22
-
-func (s *idSet) reset(ids []uint32) {
-	s.m = nil
-	if len(ids) == 0 {
-		s.bits = s.bits[:0]
-		return
-	}
-	lo, hi := slices.Min(ids), slices.Max(ids)
-	if hi-lo >= idSetMaxRange {
-		s.bits = s.bits[:0]
-		s.m = make(map[uint32]struct{}, len(ids))
-		for _, id := range ids {
-			s.m[id] = struct{}{}
-		}
-		return
-	}
-	words := int((hi-lo)/64 + 1)
-	if cap(s.bits) < words {
-		s.bits = make([]uint64, words)
-	} else {
-		s.bits = s.bits[:words]
-		clear(s.bits)
-	}
-	s.base = lo
-	for _, id := range ids {
-		off := id - lo
-		s.bits[off/64] |= 1 << (off % 64)
-	}
-}
-
-// take removes id and reports whether it was in the set.
-func (s *idSet) take(id uint32) bool {
-	if s.m != nil {
-		_, ok := s.m[id]
-		delete(s.m, id)
-		return ok
-	}
-	if id < s.base {
-		return false
-	}
-	off := id - s.base
-	w := int(off / 64)
-	if w >= len(s.bits) {
-		return false
-	}
-	bit := uint64(1) << (off % 64)
-	ok := s.bits[w]&bit != 0
-	s.bits[w] &^= bit
-	return ok
-}
-
-// has reports whether id is in the set.
-func (s *idSet) has(id uint32) bool {
-	if s.m != nil {
-		_, ok := s.m[id]
-		return ok
-	}
-	if id < s.base {
-		return false
-	}
-	off := id - s.base
-	w := int(off / 64)
-	return w < len(s.bits) && s.bits[w]&(1<<(off%64)) != 0
-}
-
 // loadedIterators returns the Kernel's iterators, loading them on first
 // use. It returns nil when they are turned off or the Kernel is closed.
 func (k *Kernel) loadedIterators() *iterators {
@@ -450,7 +227,8 @@ func (k *Kernel) loadedIterators() *iterators {
 // Iterators loads the BPF iterators when not done yet and reports, for
 // the program stats reads (ReadPrograms) and for Holders, nil when the
 // iterator is in use or why the bpf(2) and /proc fallback is used
-// instead. Requires Linux 6.2.
+// instead. The iterators are programs themselves: until Close they are
+// listed like any other, held by this process. Requires Linux 6.2.
 func (k *Kernel) Iterators() (programs, holders error) {
 	its := k.loadedIterators()
 	if its == nil {
@@ -462,9 +240,32 @@ func (k *Kernel) Iterators() (programs, holders error) {
 	return its.progsErr, its.filesErr
 }
 
+// IteratorProgramIDs returns the IDs of the Kernel's own iterator
+// programs (none before they load or after Close), for callers that want
+// to leave the tracker's own programs out of what they report.
+func (k *Kernel) IteratorProgramIDs() []uint32 {
+	k.iterMu.Lock()
+	defer k.iterMu.Unlock()
+	if k.iters == nil {
+		return nil
+	}
+	var ids []uint32
+	for _, it := range []*bpfIter{k.iters.progs, k.iters.progStats, k.iters.files} {
+		if it != nil {
+			ids = append(ids, it.id)
+		}
+	}
+	return ids
+}
+
 // Close releases the BPF iterators. The Kernel stays usable, reading
 // through bpf(2) and /proc only. Close is idempotent.
 func (k *Kernel) Close() error {
+	// Wait for reads in flight (lock order: batchMu, mu, iterMu).
+	k.batchMu.Lock()
+	defer k.batchMu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.iterMu.Lock()
 	defer k.iterMu.Unlock()
 	k.closed = true
@@ -477,79 +278,6 @@ func (k *Kernel) Close() error {
 		return fmt.Errorf("closing BPF iterators: %w", err)
 	}
 	return nil
-}
-
-// ReadPrograms reads every program of ids and calls fn once per ID, with
-// its info or an error wrapping os.ErrNotExist when the program is gone.
-// info is only valid during the call, and fn must not call ReadPrograms.
-//
-// Where the bpf_prog iterator loads (see Iterators), all programs are read
-// with one iterator run, a few read(2) calls in all; otherwise, and for a
-// program with more than 64 maps, with three bpf(2) calls per program as
-// ReadProgram does. Both give the same results. ids is not modified.
-func (k *Kernel) ReadPrograms(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) error {
-	k.batchMu.Lock()
-	defer k.batchMu.Unlock()
-
-	var it *bpfIter
-	if its := k.loadedIterators(); its != nil {
-		it = its.progs
-	}
-	if it == nil || len(ids) == 0 {
-		k.readProgramsSyscall(ids, fn)
-		return nil
-	}
-	data, err := it.read(k.progBuf)
-	k.progBuf = data[:0]
-	if err != nil {
-		// Nothing was delivered yet: the fallback reads them all.
-		k.readProgramsSyscall(ids, fn)
-		return nil
-	}
-	set := &k.wanted
-	set.reset(ids)
-	info := &k.batchInfo
-	var cut error
-	for rest := data; len(rest) > 0; {
-		var rec []byte
-		if rec, rest, cut = nextIterProg(rest); cut != nil {
-			break
-		}
-		id := binary.NativeEndian.Uint32(rec)
-		if !set.take(id) {
-			continue
-		}
-		if !parseIterProg(rec, info, &k.names) {
-			// More maps than the record holds.
-			err := k.ReadProgramInto(id, info)
-			fn(id, info, err)
-			continue
-		}
-		fn(id, info, nil)
-	}
-	for _, id := range ids {
-		if !set.take(id) {
-			continue
-		}
-		if cut != nil {
-			// The output was cut short: read the rest one by one.
-			err := k.ReadProgramInto(id, info)
-			fn(id, info, err)
-			continue
-		}
-		*info = ProgramInfo{MapIDs: info.MapIDs[:0]}
-		fn(id, info, fmt.Errorf("reading program %d: %w", id, errProgramGone))
-	}
-	return nil
-}
-
-// readProgramsSyscall is ReadPrograms through bpf(2).
-func (k *Kernel) readProgramsSyscall(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) {
-	info := &k.batchInfo
-	for _, id := range ids {
-		err := k.ReadProgramInto(id, info)
-		fn(id, info, err)
-	}
 }
 
 // holdersIter fills holders with one run of the task_file iterator and

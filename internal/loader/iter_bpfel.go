@@ -33,6 +33,7 @@ type iterIterProgRecord struct {
 const (
 	iterMapProgScratch     = "prog_scratch"
 	iterProgDumpProgFds    = "dump_prog_fds"
+	iterProgDumpProgStats  = "dump_prog_stats"
 	iterProgDumpProgs      = "dump_progs"
 	iterVarCpuOffsets      = "cpu_offsets"
 	iterVarCpuOffsetsReady = "cpu_offsets_ready"
@@ -84,8 +85,9 @@ type iterSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type iterProgramSpecs struct {
-	DumpProgFds *ebpf.ProgramSpec `ebpf:"dump_prog_fds"`
-	DumpProgs   *ebpf.ProgramSpec `ebpf:"dump_progs"`
+	DumpProgFds   *ebpf.ProgramSpec `ebpf:"dump_prog_fds"`
+	DumpProgStats *ebpf.ProgramSpec `ebpf:"dump_prog_stats"`
+	DumpProgs     *ebpf.ProgramSpec `ebpf:"dump_progs"`
 }
 
 // iterMapSpecs contains maps before they are loaded into the kernel.
@@ -152,13 +154,15 @@ type iterVariables struct {
 //
 // It can be passed to loadIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type iterPrograms struct {
-	DumpProgFds *ebpf.Program `ebpf:"dump_prog_fds"`
-	DumpProgs   *ebpf.Program `ebpf:"dump_progs"`
+	DumpProgFds   *ebpf.Program `ebpf:"dump_prog_fds"`
+	DumpProgStats *ebpf.Program `ebpf:"dump_prog_stats"`
+	DumpProgs     *ebpf.Program `ebpf:"dump_progs"`
 }
 
 func (p *iterPrograms) Close() error {
 	return _IterClose(
 		p.DumpProgFds,
+		p.DumpProgStats,
 		p.DumpProgs,
 	)
 }

@@ -130,8 +130,30 @@ func readAll(t *testing.T, k *Kernel, ids []uint32) (map[uint32]ProgramInfo, map
 	return infos, errs
 }
 
+// compareReads checks that the iterator and bpf(2) read the same info
+// and stats of ids, and returns the iterator's reads.
+func compareReads(t *testing.T, iter, syscalls *Kernel, ids []uint32) map[uint32]ProgramInfo {
+	t.Helper()
+	got, gotErrs := readAll(t, iter, ids)
+	want, wantErrs := readAll(t, syscalls, ids)
+	for _, id := range ids {
+		g, w := got[id], want[id]
+		if (gotErrs[id] == nil) != (wantErrs[id] == nil) {
+			t.Errorf("program %d: iterator error %v, bpf(2) error %v", id, gotErrs[id], wantErrs[id])
+		}
+		if g.Name != w.Name || g.ID != w.ID || g.Type != w.Type || g.Tag != w.Tag || g.LoadTime != w.LoadTime ||
+			g.RunTime != w.RunTime || g.RunCount != w.RunCount || g.RecursionMisses != w.RecursionMisses ||
+			!slices.Equal(g.MapIDs, w.MapIDs) {
+			t.Errorf("program %d:\niterator %+v\nbpf(2)   %+v", id, g, w)
+		}
+	}
+	return got
+}
+
 // TestIterReadProgramsAgree checks that the iterator and bpf(2) read the
-// same info and stats, summed over every CPU, and that bpftool agrees.
+// same info and stats, summed over every CPU, sweep after sweep (the
+// first with map IDs, the next ones from the cache), and that bpftool
+// agrees.
 func TestIterReadProgramsAgree(t *testing.T) {
 	iter, syscalls := iterKernels(t)
 	readsStats(t)
@@ -141,46 +163,93 @@ func TestIterReadProgramsAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ids []uint32
-	for i, p := range progs {
+	for _, p := range progs {
 		ids = append(ids, programIDOf(t, p))
-		// Program i runs on CPU i%ncpu and the next one, i+1 times each.
-		runOnCPU(t, p, cpus[i%len(cpus)], uint32(i+1))
-		if len(cpus) > 1 {
-			runOnCPU(t, p, cpus[(i+1)%len(cpus)], uint32(i+1))
-		}
 	}
 	slices.Reverse(ids) // any order
-
-	got, gotErrs := readAll(t, iter, ids)
-	want, wantErrs := readAll(t, syscalls, ids)
-	if len(gotErrs) > 0 || len(wantErrs) > 0 {
-		t.Fatalf("errors: iterator %v, bpf(2) %v", gotErrs, wantErrs)
-	}
 	perCPU := uint64(1)
 	if len(cpus) > 1 {
 		perCPU = 2
 	}
-	for i, p := range progs {
-		id := programIDOf(t, p)
-		g, w := got[id], want[id]
-		if g.ID != id || g.Name != fmt.Sprintf("tk_iter_%d", i) || len(g.MapIDs) != i%4 {
-			t.Errorf("program %d: iterator read %+v", id, g)
+	for round := 1; round <= 3; round++ {
+		for i, p := range progs {
+			// Program i runs on CPU i%ncpu and the next one, i+1 times each.
+			runOnCPU(t, p, cpus[i%len(cpus)], uint32(i+1))
+			if len(cpus) > 1 {
+				runOnCPU(t, p, cpus[(i+1)%len(cpus)], uint32(i+1))
+			}
 		}
-		if g.Name != w.Name || g.ID != w.ID || g.Type != w.Type || g.Tag != w.Tag || g.LoadTime != w.LoadTime ||
-			g.RunTime != w.RunTime || g.RunCount != w.RunCount || g.RecursionMisses != w.RecursionMisses ||
-			!slices.Equal(g.MapIDs, w.MapIDs) {
-			t.Errorf("program %d:\niterator %+v\nbpf(2)   %+v", id, g, w)
+		if round == 2 && len(iter.known.progs) == 0 {
+			t.Fatal("no map IDs cached after the first sweep")
 		}
-		if g.RunCount != perCPU*uint64(i+1) || g.RunTime == 0 {
-			t.Errorf("program %d: run count %d, time %d; want count %d", id, g.RunCount, g.RunTime, perCPU*uint64(i+1))
-		}
-		var tool bpftoolProg
-		bpftool(t, &tool, "prog", "show", "id", strconv.Itoa(int(id)))
-		if tool.RunCnt != g.RunCount || tool.RunTimeNs != g.RunTime || !slices.Equal(tool.MapIDs, g.MapIDs) {
-			t.Errorf("program %d: iterator count %d time %d maps %v, bpftool %d %d %v",
-				id, g.RunCount, g.RunTime, g.MapIDs, tool.RunCnt, tool.RunTimeNs, tool.MapIDs)
+		got := compareReads(t, iter, syscalls, ids)
+		for i, p := range progs {
+			id := programIDOf(t, p)
+			g := got[id]
+			if g.ID != id || g.Name != fmt.Sprintf("tk_iter_%d", i) || len(g.MapIDs) != i%4 {
+				t.Errorf("round %d: program %d: iterator read %+v", round, id, g)
+			}
+			if want := uint64(round) * perCPU * uint64(i+1); g.RunCount != want || g.RunTime == 0 {
+				t.Errorf("round %d: program %d: run count %d, time %d; want count %d", round, id, g.RunCount, g.RunTime, want)
+			}
+			var tool bpftoolProg
+			bpftool(t, &tool, "prog", "show", "id", strconv.Itoa(int(id)))
+			if tool.RunCnt != g.RunCount || tool.RunTimeNs != g.RunTime || !slices.Equal(tool.MapIDs, g.MapIDs) {
+				t.Errorf("round %d: program %d: iterator count %d time %d maps %v, bpftool %d %d %v",
+					round, id, g.RunCount, g.RunTime, g.MapIDs, tool.RunCnt, tool.RunTimeNs, tool.MapIDs)
+			}
 		}
 	}
+}
+
+// TestIterReadProgramsCacheChanges changes the programs between sweeps:
+// a map bound to a known program, a few and many new programs, programs
+// gone. The cached sweeps must still agree with bpf(2).
+func TestIterReadProgramsCacheChanges(t *testing.T) {
+	iter, syscalls := iterKernels(t)
+	progs := iterFixture(t, 4)
+	var ids []uint32
+	for _, p := range progs {
+		ids = append(ids, programIDOf(t, p))
+	}
+	compareReads(t, iter, syscalls, ids)
+
+	// BPF_PROG_BIND_MAP adds a map to program 1: its cached IDs are stale.
+	extra, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { extra.Close() })
+	if err := progs[1].BindMap(extra); err != nil {
+		t.Skip("BPF_PROG_BIND_MAP: " + err.Error())
+	}
+	got := compareReads(t, iter, syscalls, ids)
+	if len(got[ids[1]].MapIDs) != 2 {
+		t.Errorf("after binding a map: program %d has maps %v, want 2", ids[1], got[ids[1]].MapIDs)
+	}
+
+	// A few new programs are read by bpf(2), many by a second iterator run.
+	for _, n := range []int{3, iterFullPassMin + 4} {
+		for _, p := range iterFixture(t, n) {
+			ids = append(ids, programIDOf(t, p))
+		}
+		got = compareReads(t, iter, syscalls, ids)
+		if len(got) != len(ids) {
+			t.Errorf("after %d new programs: %d of %d read", n, len(got), len(ids))
+		}
+		compareReads(t, iter, syscalls, ids) // and from the cache next time
+	}
+
+	// Gone programs are reported gone.
+	progs[0].Close()
+	progs[2].Close()
+	_, errs := readAll(t, iter, ids)
+	for _, id := range []uint32{ids[0], ids[2]} {
+		if !errors.Is(errs[id], os.ErrNotExist) {
+			t.Errorf("closed program %d: %v, want os.ErrNotExist", id, errs[id])
+		}
+	}
+	compareReads(t, iter, syscalls, ids)
 }
 
 func TestIterReadProgramsGone(t *testing.T) {
@@ -252,9 +321,13 @@ func TestIterHoldersAgree(t *testing.T) {
 		}
 	}
 	// Both see the iterator programs held by this process.
-	for _, it := range []*bpfIter{iter.iters.progs, iter.iters.files} {
-		if !slices.Contains(got[it.id], self) || !slices.Contains(want[it.id], self) {
-			t.Errorf("iterator program %d: iterator holders %v, /proc %v, want %d", it.id, got[it.id], want[it.id], self)
+	own := iter.IteratorProgramIDs()
+	if len(own) != 3 {
+		t.Errorf("IteratorProgramIDs() = %v, want 3 IDs", own)
+	}
+	for _, id := range own {
+		if !slices.Contains(got[id], self) || !slices.Contains(want[id], self) {
+			t.Errorf("iterator program %d: iterator holders %v, /proc %v, want %d", id, got[id], want[id], self)
 		}
 	}
 }
@@ -269,6 +342,9 @@ func TestIterKernelCloseFallsBack(t *testing.T) {
 	}
 	if err := iter.Close(); err != nil {
 		t.Fatal("second Close: ", err)
+	}
+	if ids := iter.IteratorProgramIDs(); ids != nil {
+		t.Errorf("after Close, IteratorProgramIDs() = %v", ids)
 	}
 	if p, h := iter.Iterators(); !errors.Is(p, ErrClosed) || !errors.Is(h, ErrClosed) {
 		t.Errorf("after Close, Iterators() = %v, %v", p, h)
@@ -316,7 +392,7 @@ func TestIterParseProgRecords(t *testing.T) {
 	var got []ProgramInfo
 	var complete []bool
 	var names nameCache
-	err := walkIterProgs(data, func(r []byte) {
+	err := walkIterProgs(data, true, func(r []byte) {
 		var info ProgramInfo
 		complete = append(complete, parseIterProg(r, &info, &names))
 		got = append(got, info)
@@ -332,7 +408,7 @@ func TestIterParseProgRecords(t *testing.T) {
 	if !slices.Equal(complete, []bool{true, true, false}) {
 		t.Errorf("complete %v, want the 70-map program flagged", complete)
 	}
-	if err := walkIterProgs(data[:len(data)-1], func([]byte) {}); err == nil {
+	if err := walkIterProgs(data[:len(data)-1], true, func([]byte) {}); err == nil {
 		t.Error("truncated output accepted")
 	}
 }
@@ -374,4 +450,41 @@ func TestIterNameCacheDoesNotAllocate(t *testing.T) {
 	if allocs := testing.AllocsPerRun(100, func() { s = c.intern(b) }); allocs != 0 || s != "tk_name" {
 		t.Errorf("intern of a known name: %v allocations, %q", allocs, s)
 	}
+}
+
+// TestIterProgramIDs checks that listing IDs through the loaded iterator
+// gives what BPF_PROG_GET_NEXT_ID gives.
+func TestIterProgramIDs(t *testing.T) {
+	iter, syscalls := iterKernels(t)
+	progs := iterFixture(t, 5)
+	if iter.iters == nil || iter.iters.progStats == nil {
+		t.Fatal("iterators not loaded by Iterators()")
+	}
+	// Other tests on this machine may load programs concurrently: compare
+	// only when the bpf(2) walks before and after agree.
+	var last string
+	for range 10 {
+		before, err := syscalls.ProgramIDs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := iter.ProgramIDs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		after, err := syscalls.ProgramIDs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Equal(before, after) && slices.Equal(got, before) {
+			for _, p := range progs {
+				if !slices.Contains(got, programIDOf(t, p)) {
+					t.Fatalf("IDs %v lack program %d", got, programIDOf(t, p))
+				}
+			}
+			return
+		}
+		last = fmt.Sprintf("iterator %v, bpf(2) %v then %v", got, before, after)
+	}
+	t.Fatal("program IDs never matched in 10 tries: " + last)
 }

@@ -45,11 +45,17 @@ type Kernel struct {
 	lastHolders int
 
 	// batchMu serializes ReadPrograms, which owns the fields below.
-	batchMu   sync.Mutex
-	progBuf   []byte
-	batchInfo ProgramInfo
-	wanted    idSet
-	names     nameCache
+	batchMu    sync.Mutex
+	progBuf    []byte
+	batchInfo  ProgramInfo
+	wanted     idSet
+	pendingSet idSet
+	pending    []uint32
+	scratchIDs []uint32
+	names      nameCache
+	// known and knownNext are the map ID caches of the last and the
+	// current sweep.
+	known, knownNext progCache
 
 	// procMu serializes ReadProcess, which owns procReader.
 	procMu     sync.Mutex
@@ -117,8 +123,13 @@ func (k *Kernel) ProgramIDs() ([]uint32, error) {
 }
 
 // AppendProgramIDs is ProgramIDs appending to dst, so that a caller can
-// reuse one slice from sweep to sweep. Requires Linux 4.13.
+// reuse one slice from sweep to sweep. Once the bpf_prog iterator is
+// loaded (by ReadPrograms or Iterators), one run of it lists the IDs
+// instead of one syscall per program. Requires Linux 4.13.
 func (k *Kernel) AppendProgramIDs(dst []uint32) ([]uint32, error) {
+	if out, ok := k.appendProgramIDsIter(dst); ok {
+		return out, nil
+	}
 	var id uint32
 	for {
 		next, err := bpfNextID(unix.BPF_PROG_GET_NEXT_ID, id)

@@ -120,6 +120,7 @@ type sizeResult struct {
 	fresh       []freshness
 	daemon      *daemonUsage
 	cli         map[string]cliRun
+	phases      []phase
 	largest     bool
 	programsAll int
 }
@@ -157,6 +158,10 @@ func measureSize(c *config, n int, h *helper) (*sizeResult, error) {
 		cmds[cliBpftool] = []string{path, "prog", "show", "-j"}
 	}
 	if res.cli, err = commandTimes(c.cliReps, cmds); err != nil {
+		return nil, err
+	}
+	logf("N=%d: tracker stats phase by phase", n)
+	if res.phases, err = measureStatsPhases(); err != nil {
 		return nil, err
 	}
 	return res, nil

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/rs/zerolog"
 
 	"github.com/bpfstats/tracker/internal/loader"
@@ -66,6 +69,7 @@ func timeMethods(reps int, methods []method) (map[string]float64, map[string]int
 	}
 	for range reps {
 		for _, m := range methods {
+			runtime.GC() // the previous method's garbage is not this one's cost
 			start := time.Now()
 			n, err := m.run()
 			d := time.Since(start)
@@ -89,6 +93,7 @@ func timeMethods(reps int, methods []method) (map[string]float64, map[string]int
 // Method names of the stats sweep.
 const (
 	sweepTrackerIter    = "tracker: ReadPrograms, iter/bpf_prog"
+	sweepIterFloor      = "floor: iter/bpf_prog running an empty program, output read"
 	sweepTrackerSyscall = "tracker fallback: ReadPrograms, bpf(2)"
 	sweepTrackerFull    = "tracker: whole state.Sweep (stats, maps, holders, rows)"
 	sweepCiliumIG       = "Inspektor Gadget: cilium ID walk + NewProgramFromID + Info() + Stats()"
@@ -131,8 +136,14 @@ func measureSweeps(reps int) (map[string]float64, map[string]int, error) {
 		return nil, nil, err
 	}
 	raw := newRawSweeper()
+	floor, err := newEmptyIter()
+	if err != nil {
+		return nil, nil, fmt.Errorf("empty bpf_prog iterator: %w", err)
+	}
+	defer floor.Close()
 	return timeMethods(reps, []method{
 		{sweepTrackerIter, readAll(iterK)},
+		{sweepIterFloor, func() (int, error) { return len(ids), floor.run() }},
 		{sweepTrackerSyscall, readAll(sysK)},
 		{sweepTrackerFull, func() (int, error) {
 			snap, err := tr.Sweep()
@@ -233,6 +244,7 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 	var mu sync.Mutex
 	loadSeen := make(map[uint32]time.Time)
 	releaseSeen := make(map[uint32]time.Time)
+	closing := make(map[uint32]bool) // closed by the harness, under mu
 	ready := make(chan struct{})
 	var readyOnce sync.Once
 	ctx, cancel := context.WithCancel(context.Background())
@@ -242,8 +254,22 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 			Source:   src,
 			Interval: time.Second,
 			Log:      zerolog.Nop(),
-			OnSnapshot: func(*state.Snapshot) {
+			OnSnapshot: func(snap *state.Snapshot) {
 				readyOnce.Do(func() { close(ready) })
+				// A sweep also drops programs that are gone, before their
+				// release event arrives (which then changes nothing).
+				now := time.Now()
+				present := make(map[uint32]bool, len(snap.Programs))
+				for _, r := range snap.Programs {
+					present[r.ProgID] = true
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for id := range closing {
+					if _, ok := releaseSeen[id]; !ok && !present[id] {
+						releaseSeen[id] = now
+					}
+				}
 			},
 			OnEvent: func(ev *state.Event) {
 				now := time.Now()
@@ -253,7 +279,9 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 				case "load":
 					loadSeen[ev.ProgID] = now
 				case "release":
-					releaseSeen[ev.ProgID] = now
+					if _, ok := releaseSeen[ev.ProgID]; !ok {
+						releaseSeen[ev.ProgID] = now
+					}
 				}
 			},
 		})
@@ -330,6 +358,9 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 	for i := range progs {
 		time.Sleep(time.Until(next))
 		next = next.Add(pace)
+		mu.Lock()
+		closing[progs[i].id] = true
+		mu.Unlock()
 		progs[i].closed = time.Now()
 		progs[i].prog.Close()
 	}
@@ -537,4 +568,135 @@ func commandTimes(reps int, cmds map[string][]string) (map[string]cliRun, error)
 		out[name] = cliRun{wallMs: median(walls[name]), cpuMs: median(cpus[name]), rows: rows[name]}
 	}
 	return out, nil
+}
+
+// timedKernel times the kernel reads a state.Tracker makes.
+type timedKernel struct {
+	*loader.Kernel
+	programs, maps, holders, procs time.Duration
+	nMaps, nProcs                  int
+}
+
+func (t *timedKernel) ReadPrograms(ids []uint32, fn func(uint32, *loader.ProgramInfo, error)) error {
+	start := time.Now()
+	defer func() { t.programs += time.Since(start) }()
+	return t.Kernel.ReadPrograms(ids, fn)
+}
+
+func (t *timedKernel) ReadMap(id uint32) (loader.MapInfo, error) {
+	start := time.Now()
+	defer func() { t.maps += time.Since(start); t.nMaps++ }()
+	return t.Kernel.ReadMap(id)
+}
+
+func (t *timedKernel) Holders() (map[uint32][]uint32, error) {
+	start := time.Now()
+	defer func() { t.holders += time.Since(start) }()
+	return t.Kernel.Holders()
+}
+
+func (t *timedKernel) ReadProcess(pid uint32) (loader.Process, error) {
+	start := time.Now()
+	defer func() { t.procs += time.Since(start); t.nProcs++ }()
+	return t.Kernel.ReadProcess(pid)
+}
+
+// phase is one step of "tracker stats --count 1".
+type phase struct {
+	name string
+	ms   float64
+}
+
+// measureStatsPhases replays what "tracker stats --all --count 1 -o json"
+// does, in this process, timing each step.
+func measureStatsPhases() ([]phase, error) {
+	var phases []phase
+	start := time.Now()
+	lap := func(name string) {
+		phases = append(phases, phase{name, float64(time.Since(start).Microseconds()) / 1000})
+		start = time.Now()
+	}
+	k, err := loader.NewKernel("")
+	if err != nil {
+		return nil, err
+	}
+	defer k.Close()
+	stats, err := loader.EnableStats()
+	if err != nil {
+		return nil, err
+	}
+	defer stats.Close()
+	lap("BPF_ENABLE_STATS")
+	src, err := loader.OpenSource(loader.SourceAuto, loader.SourceOptions{PollInterval: time.Second})
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	lap("open the event source (auto: fentry tried, then " + src.Name() + ")")
+	k.Iterators()
+	lap("load and check the iterators (kernel BTF decoded here)")
+	tk := &timedKernel{Kernel: k}
+	tr := state.New(tk, state.Options{Node: "bench", Source: src.Name()})
+	if _, _, err := tr.Resync(); err != nil {
+		return nil, err
+	}
+	lap("Resync: list program IDs")
+	snap, err := tr.Sweep()
+	if err != nil {
+		return nil, err
+	}
+	sweep := float64(time.Since(start).Microseconds()) / 1000
+	start = time.Now()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	phases = append(phases,
+		phase{"first sweep: ReadPrograms (iterator with map IDs)", ms(tk.programs)},
+		phase{fmt.Sprintf("first sweep: ReadMap × %d (bpf(2) + fdinfo)", tk.nMaps), ms(tk.maps)},
+		phase{"first sweep: Holders (task_file iterator)", ms(tk.holders)},
+		phase{fmt.Sprintf("first sweep: ReadProcess × %d", tk.nProcs), ms(tk.procs)},
+		phase{"first sweep: the rest (internal/state)", sweep - ms(tk.programs+tk.maps+tk.holders+tk.procs)},
+	)
+	if _, err := json.Marshal(snap.Programs); err != nil {
+		return nil, err
+	}
+	lap("encode the rows as JSON")
+	return phases, nil
+}
+
+// emptyIter is an iter/bpf_prog whose program does nothing: the kernel's
+// own cost of visiting every program, below which no iterator-based sweep
+// can go.
+type emptyIter struct {
+	prog *ebpf.Program
+	link *link.Iter
+}
+
+func newEmptyIter() (*emptyIter, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceIter, AttachTo: "bpf_prog", License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return nil, err
+	}
+	l, err := link.AttachIter(link.IterOptions{Program: prog})
+	if err != nil {
+		prog.Close()
+		return nil, err
+	}
+	return &emptyIter{prog: prog, link: l}, nil
+}
+
+func (e *emptyIter) run() error {
+	r, err := e.link.Open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(io.Discard, r)
+	return err
+}
+
+func (e *emptyIter) Close() {
+	e.link.Close()
+	e.prog.Close()
 }

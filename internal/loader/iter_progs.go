@@ -1,0 +1,529 @@
+package loader
+
+import (
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+)
+
+// loadProgIters loads and checks the two iter/bpf_prog programs: with and
+// without map IDs. Requires Linux 5.8 (bpf_prog iterators), 5.19
+// (bpf_map_lookup_percpu_elem) and 6.2 (bpf_rdonly_cast).
+func loadProgIters(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (full, stats *bpfIter, err error) {
+	spec = spec.Copy()
+	cpus, err := possibleCPUs()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(cpus) > iterMaxCPUs {
+		return nil, nil, fmt.Errorf("%d possible CPUs, iterator handles %d", len(cpus), iterMaxCPUs)
+	}
+	var list [iterMaxCPUs]uint32
+	for i, cpu := range cpus {
+		list[i] = uint32(cpu)
+	}
+	if err := spec.Variables["nr_possible_cpus"].Set(uint32(len(cpus))); err != nil {
+		return nil, nil, fmt.Errorf("setting nr_possible_cpus: %w", err)
+	}
+	if err := spec.Variables["possible_cpus"].Set(list); err != nil {
+		return nil, nil, fmt.Errorf("setting possible_cpus: %w", err)
+	}
+	var objs struct {
+		Full  *ebpf.Program `ebpf:"dump_progs"`
+		Stats *ebpf.Program `ebpf:"dump_prog_stats"`
+	}
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+		return nil, nil, fmt.Errorf("loading iter/bpf_prog: %w", err)
+	}
+	if full, err = attachIter(objs.Full); err != nil {
+		objs.Stats.Close()
+		return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
+	}
+	if stats, err = attachIter(objs.Stats); err != nil {
+		full.close()
+		return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
+	}
+	for _, c := range []struct {
+		it       *bpfIter
+		withMaps bool
+	}{{full, true}, {stats, false}} {
+		if err := checkProgIter(c.it, c.withMaps); err != nil {
+			full.close()
+			stats.close()
+			return nil, nil, fmt.Errorf("iter/bpf_prog self-check: %w", err)
+		}
+	}
+	return full, stats, nil
+}
+
+// checkProgIter compares the iterator's record of its own program with
+// what bpf(2) says of it.
+func checkProgIter(it *bpfIter, withMaps bool) error {
+	data, err := it.read(nil)
+	if err != nil {
+		return err
+	}
+	var got ProgramInfo
+	found := false
+	err = walkIterProgs(data, withMaps, func(rec []byte) {
+		if binary.NativeEndian.Uint32(rec) == it.id {
+			parseIterProg(rec, &got, nil)
+			found = true
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("own program %d not listed", it.id)
+	}
+	want := new(sysProgInfo)
+	if err := bpfObjInfo(it.prog.FD(), unsafe.Pointer(want), unsafe.Sizeof(*want)); err != nil {
+		return fmt.Errorf("reading own program info: %w", err)
+	}
+	nrMaps := iterRecMaps(walkFirst(data, withMaps, it.id))
+	if got.Type != want.Type || got.Tag != want.Tag || got.LoadTime != want.LoadTime ||
+		got.Name != string(cString(want.Name[:])) || nrMaps != want.NrMapIDs ||
+		(withMaps && uint32(len(got.MapIDs)) != want.NrMapIDs) {
+		return fmt.Errorf("iterator says type %d tag %x load time %d name %q %d maps, bpf(2) says %d %x %d %q %d",
+			got.Type, got.Tag, got.LoadTime, got.Name, nrMaps,
+			want.Type, want.Tag, want.LoadTime, cString(want.Name[:]), want.NrMapIDs)
+	}
+	return nil
+}
+
+// walkFirst returns the record of program id in data, or nil.
+func walkFirst(data []byte, withMaps bool, id uint32) []byte {
+	var found []byte
+	walkIterProgs(data, withMaps, func(rec []byte) {
+		if found == nil && binary.NativeEndian.Uint32(rec) == id {
+			found = rec
+		}
+	})
+	return found
+}
+
+// walkIterProgs calls fn with each record of an iter/bpf_prog output.
+func walkIterProgs(data []byte, withMaps bool, fn func(rec []byte)) error {
+	for len(data) > 0 {
+		rec, rest, err := nextIterProg(data, withMaps)
+		if err != nil {
+			return err
+		}
+		fn(rec)
+		data = rest
+	}
+	return nil
+}
+
+// nextIterProg splits the first record off a non-empty iter/bpf_prog
+// output; withMaps says whether its records carry map IDs.
+func nextIterProg(data []byte, withMaps bool) (rec, rest []byte, err error) {
+	if len(data) < iterProgHeaderSize {
+		return nil, nil, fmt.Errorf("iterator output: %d trailing bytes", len(data))
+	}
+	size := iterProgHeaderSize
+	if withMaps {
+		size += 4 * int(min(iterRecMaps(data), iterMaxMapIDs))
+	}
+	if len(data) < size {
+		return nil, nil, fmt.Errorf("iterator output: record of %d bytes, %d left", size, len(data))
+	}
+	return data[:size], data[size:], nil
+}
+
+// iterRecMaps returns how many maps the program of a record uses (0 for
+// a nil record).
+func iterRecMaps(rec []byte) uint32 {
+	if len(rec) < iterProgHeaderSize {
+		return 0
+	}
+	return binary.NativeEndian.Uint32(rec[64:])
+}
+
+func iterRecLoadTime(rec []byte) uint64 { return binary.NativeEndian.Uint64(rec[16:]) }
+
+// parseIterProg fills info from one iter/bpf_prog record, with the map
+// IDs the record carries (reusing info's storage); names, when not nil,
+// interns the name. It reports false when the program has more maps than
+// the record holds.
+func parseIterProg(rec []byte, info *ProgramInfo, names *nameCache) bool {
+	ne := binary.NativeEndian
+	info.ID = ne.Uint32(rec[0:])
+	info.Type = ne.Uint32(rec[4:])
+	copy(info.Tag[:], rec[8:16])
+	info.LoadTime = ne.Uint64(rec[16:])
+	info.RunTime = ne.Uint64(rec[24:])
+	info.RunCount = ne.Uint64(rec[32:])
+	info.RecursionMisses = ne.Uint64(rec[40:])
+	name := cString(rec[48:64])
+	if names != nil {
+		info.Name = names.intern(name)
+	} else {
+		info.Name = string(name)
+	}
+	info.MapIDs = info.MapIDs[:0]
+	for off := iterProgHeaderSize; off+4 <= len(rec); off += 4 {
+		info.MapIDs = append(info.MapIDs, ne.Uint32(rec[off:]))
+	}
+	return ne.Uint32(rec[64:]) == uint32(len(info.MapIDs))
+}
+
+// nameCache interns program names, so that reading the same programs
+// every sweep does not allocate their names again.
+type nameCache struct {
+	m    map[string]string
+	last string // programs listed together often share a name
+}
+
+// nameCacheMax bounds a nameCache; it starts over when full.
+const nameCacheMax = 1 << 14
+
+func (c *nameCache) intern(b []byte) string {
+	if string(b) == c.last {
+		return c.last
+	}
+	s, ok := c.m[string(b)]
+	if !ok {
+		if c.m == nil || len(c.m) >= nameCacheMax {
+			c.m = make(map[string]string)
+		}
+		s = string(b)
+		c.m[s] = s
+	}
+	c.last = s
+	return s
+}
+
+// knownProg is what ReadPrograms remembers of a program from one sweep
+// to the next: its map IDs, which stay valid while its load time and map
+// count do (BPF_PROG_BIND_MAP only appends).
+type knownProg struct {
+	id       uint32
+	nrMaps   uint32
+	loadTime uint64
+	off      uint32 // of the first map ID in progCache.mapIDs
+}
+
+// progCache holds the map IDs of the programs of the last sweep, in
+// ascending ID order like the iterator's output.
+type progCache struct {
+	progs  []knownProg
+	mapIDs []uint32
+}
+
+func (c *progCache) reset() {
+	c.progs = c.progs[:0]
+	c.mapIDs = c.mapIDs[:0]
+}
+
+func (c *progCache) add(id uint32, loadTime uint64, mapIDs []uint32) {
+	c.progs = append(c.progs, knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs))})
+	c.mapIDs = append(c.mapIDs, mapIDs...)
+}
+
+// insert adds a program out of ID order.
+func (c *progCache) insert(id uint32, loadTime uint64, mapIDs []uint32) {
+	i, found := slices.BinarySearchFunc(c.progs, id, func(p knownProg, id uint32) int { return cmp.Compare(p.id, id) })
+	kp := knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs))}
+	c.mapIDs = append(c.mapIDs, mapIDs...)
+	if found {
+		c.progs[i] = kp
+		return
+	}
+	c.progs = slices.Insert(c.progs, i, kp)
+}
+
+func (c *progCache) ids(kp *knownProg) []uint32 { return c.mapIDs[kp.off : kp.off+kp.nrMaps] }
+
+// iterFullPassMin is how many new programs make ReadPrograms run the
+// iterator with map IDs rather than read each of them with bpf(2).
+const iterFullPassMin = 16
+
+// ReadPrograms reads every program of ids and calls fn once per ID, with
+// its info or an error wrapping os.ErrNotExist when the program is gone.
+// info is only valid during the call, and fn must not call ReadPrograms.
+// ids is not modified.
+//
+// Where the bpf_prog iterators load (see Iterators), one iterator run
+// reads all programs, a few read(2) calls in all. The map IDs of a
+// program are read once and kept while its load time and map count stay
+// the same: later sweeps run the iterator without them, which saves two
+// dependent cache misses per program. New programs are read with map IDs
+// by bpf(2), or by one more iterator run when there are many. Otherwise,
+// and for a program with more than 64 maps, three bpf(2) calls per
+// program, as ReadProgram. Both ways give the same results.
+func (k *Kernel) ReadPrograms(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) error {
+	k.batchMu.Lock()
+	defer k.batchMu.Unlock()
+
+	var its *iterators
+	if i := k.loadedIterators(); i != nil && i.progs != nil {
+		its = i
+	}
+	if its == nil || len(ids) == 0 {
+		k.readProgramsSyscall(ids, fn)
+		return nil
+	}
+	set := &k.wanted
+	set.reset(ids)
+	var cut error
+	if len(k.known.progs) > 0 {
+		cut = k.readProgramsCached(its, set, fn)
+	} else {
+		cut = k.readProgramsFull(its.progs, set, fn)
+	}
+	info := &k.batchInfo
+	for _, id := range ids {
+		if !set.take(id) {
+			continue
+		}
+		if cut != nil {
+			// The iterator failed or its output was cut short: read the
+			// rest one by one.
+			err := k.ReadProgramInto(id, info)
+			fn(id, info, err)
+			continue
+		}
+		*info = ProgramInfo{MapIDs: info.MapIDs[:0]}
+		fn(id, info, fmt.Errorf("reading program %d: %w", id, errProgramGone))
+	}
+	return nil
+}
+
+// readProgramsFull runs the iterator with map IDs, calls fn for the
+// programs of set (taking them out) and rebuilds the map ID cache. An
+// error means the output was not read to its end.
+func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, fn func(uint32, *ProgramInfo, error)) error {
+	data, err := it.read(k.progBuf)
+	k.progBuf = data[:0]
+	if err != nil {
+		return err
+	}
+	next := &k.knownNext
+	next.reset()
+	defer func() { k.known, k.knownNext = k.knownNext, k.known }()
+	info := &k.batchInfo
+	for rest := data; len(rest) > 0; {
+		var rec []byte
+		if rec, rest, err = nextIterProg(rest, true); err != nil {
+			return err
+		}
+		id := binary.NativeEndian.Uint32(rec)
+		complete := iterRecMaps(rec) <= iterMaxMapIDs
+		if complete {
+			next.add(id, iterRecLoadTime(rec), iterRecMapIDs(rec, &k.scratchIDs))
+		}
+		if !set.take(id) {
+			continue
+		}
+		if !complete {
+			err := k.ReadProgramInto(id, info)
+			fn(id, info, err)
+			continue
+		}
+		parseIterProg(rec, info, &k.names)
+		fn(id, info, nil)
+	}
+	return nil
+}
+
+// iterRecMapIDs decodes the map IDs of a record into *buf.
+func iterRecMapIDs(rec []byte, buf *[]uint32) []uint32 {
+	ids := (*buf)[:0]
+	for off := iterProgHeaderSize; off+4 <= len(rec); off += 4 {
+		ids = append(ids, binary.NativeEndian.Uint32(rec[off:]))
+	}
+	*buf = ids
+	return ids
+}
+
+// readProgramsCached runs the iterator without map IDs and takes them
+// from the cache; programs the cache does not know are read afterwards.
+func (k *Kernel) readProgramsCached(its *iterators, set *idSet, fn func(uint32, *ProgramInfo, error)) error {
+	data, err := its.progStats.read(k.progBuf)
+	k.progBuf = data[:0]
+	if err != nil {
+		return err
+	}
+	known, next := &k.known, &k.knownNext
+	next.reset()
+	pending := k.pending[:0]
+	info := &k.batchInfo
+	j := 0
+	for rest := data; len(rest) > 0; {
+		var rec []byte
+		if rec, rest, err = nextIterProg(rest, false); err != nil {
+			break
+		}
+		id := binary.NativeEndian.Uint32(rec)
+		for j < len(known.progs) && known.progs[j].id < id {
+			j++
+		}
+		var kp *knownProg
+		if j < len(known.progs) {
+			if p := &known.progs[j]; p.id == id && p.loadTime == iterRecLoadTime(rec) && p.nrMaps == iterRecMaps(rec) {
+				kp = p
+				next.add(id, p.loadTime, known.ids(p))
+			}
+		}
+		if !set.take(id) {
+			continue
+		}
+		if kp == nil {
+			pending = append(pending, id)
+			continue
+		}
+		parseIterProg(rec, info, &k.names)
+		info.MapIDs = append(info.MapIDs, known.ids(kp)...)
+		fn(id, info, nil)
+	}
+	k.known, k.knownNext = k.knownNext, k.known
+	k.pending = pending
+	if len(pending) == 0 {
+		return err
+	}
+	if len(pending) >= iterFullPassMin {
+		// Many new programs: one more iterator run, with map IDs.
+		pset := &k.pendingSet
+		pset.reset(pending)
+		ferr := k.readProgramsFull(its.progs, pset, fn)
+		for _, id := range pending {
+			if !pset.take(id) {
+				continue
+			}
+			if ferr != nil {
+				rerr := k.ReadProgramInto(id, info)
+				fn(id, info, rerr)
+				continue
+			}
+			*info = ProgramInfo{MapIDs: info.MapIDs[:0]}
+			fn(id, info, fmt.Errorf("reading program %d: %w", id, errProgramGone))
+		}
+		return err
+	}
+	for _, id := range pending {
+		rerr := k.ReadProgramInto(id, info)
+		if rerr == nil && len(info.MapIDs) <= iterMaxMapIDs {
+			k.known.insert(id, info.LoadTime, info.MapIDs)
+		}
+		fn(id, info, rerr)
+	}
+	return err
+}
+
+// readProgramsSyscall is ReadPrograms through bpf(2).
+func (k *Kernel) readProgramsSyscall(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) {
+	info := &k.batchInfo
+	for _, id := range ids {
+		err := k.ReadProgramInto(id, info)
+		fn(id, info, err)
+	}
+}
+
+// idSet is a reusable set of IDs: a bitmap over their range when it is
+// small, a map otherwise.
+type idSet struct {
+	base uint32
+	bits []uint64
+	m    map[uint32]struct{}
+}
+
+// idSetMaxRange is the widest ID range kept as a bitmap (512 KiB).
+const idSetMaxRange = 1 << 22
+
+func (s *idSet) reset(ids []uint32) {
+	s.m = nil
+	if len(ids) == 0 {
+		s.bits = s.bits[:0]
+		return
+	}
+	lo, hi := slices.Min(ids), slices.Max(ids)
+	if hi-lo >= idSetMaxRange {
+		s.bits = s.bits[:0]
+		s.m = make(map[uint32]struct{}, len(ids))
+		for _, id := range ids {
+			s.m[id] = struct{}{}
+		}
+		return
+	}
+	words := int((hi-lo)/64 + 1)
+	if cap(s.bits) < words {
+		s.bits = make([]uint64, words)
+	} else {
+		s.bits = s.bits[:words]
+		clear(s.bits)
+	}
+	s.base = lo
+	for _, id := range ids {
+		off := id - lo
+		s.bits[off/64] |= 1 << (off % 64)
+	}
+}
+
+// take removes id and reports whether it was in the set.
+func (s *idSet) take(id uint32) bool {
+	if s.m != nil {
+		_, ok := s.m[id]
+		delete(s.m, id)
+		return ok
+	}
+	if id < s.base {
+		return false
+	}
+	off := id - s.base
+	w := int(off / 64)
+	if w >= len(s.bits) {
+		return false
+	}
+	bit := uint64(1) << (off % 64)
+	ok := s.bits[w]&bit != 0
+	s.bits[w] &^= bit
+	return ok
+}
+
+// has reports whether id is in the set.
+func (s *idSet) has(id uint32) bool {
+	if s.m != nil {
+		_, ok := s.m[id]
+		return ok
+	}
+	if id < s.base {
+		return false
+	}
+	off := id - s.base
+	w := int(off / 64)
+	return w < len(s.bits) && s.bits[w]&(1<<(off%64)) != 0
+}
+
+// appendProgramIDsIter appends the IDs of every program to dst with one
+// run of the iterator, if it is loaded already (listing IDs never loads
+// it), and reports whether it did.
+func (k *Kernel) appendProgramIDsIter(dst []uint32) ([]uint32, bool) {
+	k.batchMu.Lock()
+	defer k.batchMu.Unlock()
+	k.iterMu.Lock()
+	its := k.iters
+	k.iterMu.Unlock()
+	if its == nil || its.progStats == nil {
+		return dst, false
+	}
+	data, err := its.progStats.read(k.progBuf)
+	k.progBuf = data[:0]
+	if err != nil {
+		return dst, false
+	}
+	n := len(dst)
+	for rest := data; len(rest) > 0; {
+		var rec []byte
+		if rec, rest, err = nextIterProg(rest, false); err != nil {
+			return dst[:n], false
+		}
+		dst = append(dst, binary.NativeEndian.Uint32(rec))
+	}
+	return dst, true
+}
