@@ -102,6 +102,7 @@ func newLogger(stderr io.Writer, level string) zerolog.Logger {
 type pipeline struct {
 	stats   io.Closer
 	source  loader.Source
+	kernel  *loader.Kernel
 	tracker *state.Tracker
 }
 
@@ -118,8 +119,18 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The iterators (Linux 6.2) read every program in one syscall; without
+	// them the same reads go through bpf(2) and /proc.
+	progIter, holderIter := kernel.Iterators()
+	if progIter != nil {
+		log.Info().Err(progIter).Msg("program iterator unavailable, reading programs with bpf(2)")
+	}
+	if holderIter != nil {
+		log.Info().Err(holderIter).Msg("task_file iterator unavailable, scanning /proc for holders")
+	}
 	stats, err := loader.EnableStats()
 	if err != nil {
+		kernel.Close()
 		return nil, fmt.Errorf("enabling BPF run-time stats: %w", err)
 	}
 	src, err := loader.OpenSource(c.source, loader.SourceOptions{
@@ -130,11 +141,12 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 	})
 	if err != nil {
 		stats.Close()
+		kernel.Close()
 		return nil, err
 	}
 	log.Info().Str("source", src.Name()).Str("node", c.node).Dur("interval", c.interval).Msg("event source attached")
 	tr := state.New(kernel, state.Options{Node: c.node, Source: src.Name()})
-	return &pipeline{stats: stats, source: src, tracker: tr}, nil
+	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr}, nil
 }
 
 // run drives the tracker until ctx ends or count sweeps are done.
@@ -153,6 +165,10 @@ func (p *pipeline) Close() error {
 	if p.stats != nil {
 		errs = append(errs, p.stats.Close())
 		p.stats = nil
+	}
+	if p.kernel != nil {
+		errs = append(errs, p.kernel.Close())
+		p.kernel = nil
 	}
 	return errors.Join(errs...)
 }

@@ -57,6 +57,9 @@ type Tracker struct {
 	// seen and ids are reused by every sweep to avoid allocations.
 	seen map[uint32]struct{}
 	ids  []uint32
+	// sweepRead holds the PIDs already read in the current ownership
+	// settling, so that a process holding many programs is read once.
+	sweepRead map[uint32]struct{}
 }
 
 // instance names one process instance: a PID alone can be reused.
@@ -247,8 +250,17 @@ func (t *Tracker) attribute(p *program, pid uint32, comm string) {
 }
 
 // process returns the cached process pid, reading it when it is new or its
-// PID now names another instance.
+// PID now names another instance. Within one sweep a process is read once.
 func (t *Tracker) process(pid uint32) (*loader.Process, error) {
+	if t.sweepRead != nil {
+		if _, ok := t.sweepRead[pid]; ok {
+			if cached, ok := t.processes[pid]; ok {
+				return cached, nil
+			}
+			return nil, fmt.Errorf("process %d: %w", pid, os.ErrNotExist)
+		}
+		t.sweepRead[pid] = struct{}{}
+	}
 	fresh, err := t.kernel.ReadProcess(pid)
 	if err != nil {
 		delete(t.processes, pid)
@@ -480,6 +492,8 @@ func (t *Tracker) settleOwners() error {
 	if err != nil {
 		return fmt.Errorf("scanning program holders: %w", err)
 	}
+	t.sweepRead = make(map[uint32]struct{})
+	defer func() { t.sweepRead = nil }()
 	// An owner that exited no longer owns anything.
 	for key, g := range t.gadgets {
 		proc, err := t.process(key.pid)
