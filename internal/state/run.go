@@ -84,17 +84,21 @@ func (t *Tracker) Run(ctx context.Context, cfg RunConfig) error {
 	ticker := time.NewTicker(cfg.Interval)
 	defer ticker.Stop()
 	sweeps := 0
-	sweep := func() bool {
-		// Apply what already arrived, so the sweep sees the latest inventory.
-		for drained := false; !drained; {
+	drain := func() {
+		for {
 			select {
 			case ev := <-events:
 				t.handle(ev, cfg)
 			default:
-				drained = true
+				return
 			}
 		}
-		snap, err := t.Sweep()
+	}
+	sweep := func() bool {
+		// Apply what already arrived, so the sweep sees the latest
+		// inventory, and keep applying events between its phases.
+		drain()
+		snap, err := t.sweep(drain)
 		if err != nil {
 			cfg.Log.Warn().Err(err).Msg("sweep incomplete")
 		}

@@ -366,6 +366,13 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 // vanished are dropped quietly. Only a failure to scan holders is returned
 // as an error, with the snapshot still valid.
 func (t *Tracker) Sweep() (*Snapshot, error) {
+	return t.sweep(func() {})
+}
+
+// sweep is Sweep calling between() between its phases, so that Run can
+// apply the events that arrived meanwhile instead of holding them for the
+// whole sweep. A program loaded meanwhile gets its first read next sweep.
+func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	start := t.opts.Now()
 	var errs []error
 	each := func(id uint32, info *loader.ProgramInfo, err error) {
@@ -394,6 +401,7 @@ func (t *Tracker) Sweep() (*Snapshot, error) {
 			each(id, &info, err)
 		}
 	}
+	between()
 	for _, m := range t.maps {
 		m.used = false
 	}
@@ -407,10 +415,12 @@ func (t *Tracker) Sweep() (*Snapshot, error) {
 			delete(t.maps, id)
 		}
 	}
+	between()
 	if !t.opts.SkipHolders {
 		if err := t.settleOwners(); err != nil {
 			errs = append(errs, err)
 		}
+		between()
 	}
 	end := t.opts.Now()
 	snap := t.snapshot(end)
