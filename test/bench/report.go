@@ -255,8 +255,10 @@ func (r *report) targets(b *strings.Builder) {
 			"process, so its cost grows with the files on the machine, not only with the programs.", (pids/targetPidsUs-1)*100))
 	}
 	if perf != nil && perf.loadP99 > targetLoadP99Ms {
-		why = append(why, fmt.Sprintf("Freshness: p99 %.1f ms is %.1f× the target. Events are applied by the same loop that "+
-			"sweeps: one arriving during a sweep waits for it, and a whole sweep at N=%d takes %.1f ms (%.2f µs × %d).",
+		why = append(why, fmt.Sprintf("Freshness: p99 %.1f ms is %.1f× the target. Events are applied by the loop that also "+
+			"sweeps; it applies them between the sweep's phases (program reads, maps, holders, rows) and hands "+
+			"publishing to another goroutine, so an event waits at most for one phase, but a whole sweep at N=%d "+
+			"takes %.1f ms (%.2f µs × %d) and its longest phase is several ms.",
 			perf.loadP99, perf.loadP99/targetLoadP99Ms, big.n, full*float64(big.sweepCount[sweepTrackerFull])/1000,
 			full, big.sweepCount[sweepTrackerFull]))
 	}
@@ -264,7 +266,7 @@ func (r *report) targets(b *strings.Builder) {
 		sweepShare := full * float64(big.sweepCount[sweepTrackerFull]) / 1e6 * 100 // % of a core at one sweep per second
 		why = append(why, fmt.Sprintf("Daemon CPU: %.1f× the target. The whole sweep alone (section 1, last row) costs %.2f µs × %d "+
 			"programs = %.2f %% of a core at one sweep per second, of which the kernel reads are %.2f µs per program; the rest "+
-			"of the sweep is Go work in internal/state (merging, settling owners, building and sorting rows), and the "+
+			"of the sweep is Go work in internal/state (merging, settling owners, building rows), and the "+
 			"remainder up to %.2f %% is encoding and publishing the snapshot to NATS.",
 			d.cpuPercent/targetCPU, full, big.sweepCount[sweepTrackerFull], sweepShare, sweep+pids, d.cpuPercent))
 	}
@@ -283,11 +285,11 @@ func (r *report) targets(b *strings.Builder) {
 		}
 		why = append(why, fmt.Sprintf("tracker stats: %.2f× bpftool's wall time. From the steps in section 5: reading "+
 			"every map's memlock (fdinfo, 6 syscalls a map; bpftool reads no map) takes %.0f ms; BPF_ENABLE_STATS and "+
-			"opening the event source, of no use to a single sweep, %.0f ms; ReadProcess, which internal/state calls "+
-			"once per unresolved program in its first sweep rather than once per process, %.0f ms; loading the "+
-			"iterators (mostly decoding the kernel BTF) %.0f ms.", tc.wallMs/bc.wallMs,
+			"opening the event source, of no use to a single sweep, %.0f ms; loading the iterators (mostly decoding "+
+			"the kernel BTF) %.0f ms; encoding %d rows as JSON %.0f ms. The map memory column is the largest cost "+
+			"and cannot be skipped: memlock is only in each map's fdinfo.", tc.wallMs/bc.wallMs,
 			ph("first sweep: ReadMap"), ph("BPF_ENABLE_STATS")+ph("open the event source"),
-			ph("first sweep: ReadProcess"), ph("load and check")))
+			ph("load and check"), big.n, ph("encode the rows")))
 	}
 	if len(why) > 0 {
 		p("Why the misses:\n\n")
