@@ -96,7 +96,7 @@ func TestDaemonSurvivesNATSRestart(t *testing.T) {
 }
 
 // waitLog waits until the daemon's log contains text.
-func waitLog(t *testing.T, log *syncBuffer, text string) {
+func waitLog(t *testing.T, log *testgadget.SyncBuffer, text string) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for !strings.Contains(log.String(), text) {
@@ -143,7 +143,7 @@ func TestTopReadsKeyValueFirst(t *testing.T) {
 	startDaemon(t, "kvgadget", "--nats-listen", natsAddr, "--kv", "--node", "kvnode",
 		"--metrics-addr", "", "--interval", "1h", "--print")
 	// The interval is an hour: only the bucket can fill top's first print.
-	var out syncBuffer
+	var out testgadget.SyncBuffer
 	err := run(t.Context(), []string{"top", "--nats-url", "nats://" + natsAddr, "--kv", "--count", "1",
 		"--interval", "100ms", "-o", "json"}, &out, &out)
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,25 +49,8 @@ func requireRoot(t *testing.T) {
 // statsRun is "tracker stats -o json" running in-process.
 type statsRun struct {
 	tables chan []state.Row
-	stderr *syncBuffer
+	stderr *testgadget.SyncBuffer
 	done   chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startStats runs "tracker stats -o json --interval 100ms args..." until the
@@ -87,7 +69,7 @@ func startJSON(t *testing.T, args ...string) *statsRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	r := &statsRun{tables: make(chan []state.Row, 1024), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	r := &statsRun{tables: make(chan []state.Row, 1024), stderr: &testgadget.SyncBuffer{}, done: make(chan error, 1)}
 	go func() {
 		err := run(ctx, args, pw, r.stderr)
 		pw.CloseWithError(io.EOF)
@@ -490,12 +472,12 @@ func TestStatsHelpListsColumns(t *testing.T) {
 
 // startDaemon starts "tracker run args..." as a child process and waits
 // until its stdout shows a line containing ready.
-func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *syncBuffer) {
+func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *testgadget.SyncBuffer) {
 	t.Helper()
 	requireRoot(t)
 	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
 	cmd.Env = append(os.Environ(), childEnv+"=1")
-	stderr := &syncBuffer{}
+	stderr := &testgadget.SyncBuffer{}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

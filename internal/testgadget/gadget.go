@@ -84,7 +84,7 @@ type Gadget struct {
 	tb       testing.TB
 	cmd      *exec.Cmd
 	stdin    io.WriteCloser
-	stderr   *lockedBuffer
+	stderr   *SyncBuffer
 	exited   chan struct{} // closed when Wait returns
 	waitErr  error         // valid once exited is closed
 	stopOnce sync.Once
@@ -127,7 +127,7 @@ func StartGadget(tb testing.TB, env map[string]string, spec GadgetSpec) *Gadget 
 	}
 	cmd.Env = append(cmd.Env, childEnv+"="+string(specJSON))
 	reports := make(chan []byte, 1)
-	g := &Gadget{tb: tb, cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	g := &Gadget{tb: tb, cmd: cmd, stderr: &SyncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout = &lineWriter{lines: reports}
 	cmd.Stderr = g.stderr
 	if g.stdin, err = cmd.StdinPipe(); err != nil {
@@ -295,19 +295,20 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// lockedBuffer collects the child's stderr while the test may read it.
-type lockedBuffer struct {
+// SyncBuffer is a bytes.Buffer that a process's output may be written to
+// while the test reads it.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
