@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -550,6 +551,8 @@ type NATSSink struct {
 	kvFailing   bool
 	// kvKeys are the gadget keys written in the previous interval.
 	kvKeys map[string]struct{}
+	// encBuf holds the encoded messages of the interval being published.
+	encBuf bytes.Buffer
 
 	closeOnce sync.Once
 }
@@ -745,11 +748,19 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot) ([]outMsg, error) {
 		byGadget[r.GadgetID] = append(byGadget[r.GadgetID], r)
 	}
 	msgs := make([]outMsg, 0, len(snap.Gadgets)+2)
+	// All messages of the interval are encoded into one buffer the sink
+	// keeps: at thousands of programs the _unowned message alone is
+	// megabytes, and growing a fresh buffer each interval dominated the
+	// publish. nats.Conn.Publish and the key-value put copy the bytes.
+	s.encBuf.Reset()
+	enc := json.NewEncoder(&s.encBuf)
 	add := func(token string, v any) error {
-		data, err := json.Marshal(v)
-		if err != nil {
+		start := s.encBuf.Len()
+		if err := enc.Encode(v); err != nil {
 			return fmt.Errorf("encoding %s message: %w", token, err)
 		}
+		// Encode ends with a newline that Marshal does not write.
+		data := s.encBuf.Bytes()[start : s.encBuf.Len()-1 : s.encBuf.Len()-1]
 		key := kvToken(s.node) + "."
 		switch token {
 		case TokenUnowned, TokenNode:
