@@ -738,7 +738,13 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot) ([]outMsg, error) {
 		Interval: s.opts.Interval,
 	}
 	byGadget := make(map[string][]state.Row, len(snap.Gadgets))
+	for _, g := range snap.Gadgets {
+		byGadget[g.GadgetID] = make([]state.Row, 0, g.ProgramCount)
+	}
 	var unowned []state.Row
+	if n := snap.Unowned.ProgramCount; n > 0 {
+		unowned = make([]state.Row, 0, n)
+	}
 	for _, r := range snap.Programs {
 		r.NodeName = s.node
 		if r.GadgetID == "" {
