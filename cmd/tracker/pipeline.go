@@ -145,7 +145,11 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 		return nil, err
 	}
 	log.Info().Str("source", src.Name()).Str("node", c.node).Dur("interval", c.interval).Msg("event source attached")
-	tr := state.New(kernel, state.Options{Node: c.node, Source: src.Name()})
+	tr := state.New(kernel, state.Options{
+		Node:   c.node,
+		Source: src.Name(),
+		Self:   state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version},
+	})
 	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr}, nil
 }
 

@@ -3,6 +3,7 @@
 package state
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -37,6 +38,16 @@ type Options struct {
 	SkipHolders bool
 	// Now returns the current time; time.Now when nil.
 	Now func() time.Time
+	// Self names the tracker's own process (PID, and the name and image
+	// its gadget gets): its iterators and hooks are programs like any
+	// other, shown as its own gadget so that its cost is visible.
+	Self Self
+}
+
+// Self identifies the tracker's own process to the inventory.
+type Self struct {
+	PID         uint32
+	Name, Image string
 }
 
 // Tracker is the inventory of programs and gadgets. It is not safe for
@@ -309,6 +320,10 @@ func (t *Tracker) gadgetInfo(proc *loader.Process) Gadget {
 		Name:  proc.Labels[LabelName],
 		Image: proc.Labels[LabelImage],
 		Owner: ProcessRef{PID: proc.PID, Comm: proc.Comm, Exe: proc.Exe},
+	}
+	if self := t.opts.Self; self.PID != 0 && self.PID == proc.PID {
+		g.Name = cmp.Or(g.Name, self.Name)
+		g.Image = cmp.Or(g.Image, self.Image)
 	}
 	if g.ID == "" {
 		g.ID = GadgetID(t.opts.Node, proc.PID, proc.StartTime)

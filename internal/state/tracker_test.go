@@ -467,3 +467,16 @@ func TestMapMemoryRefreshOnlyForDynamicMaps(t *testing.T) {
 		t.Fatalf("%d map reads in a sweep, want 1", k.mapReads-reads)
 	}
 }
+
+func TestSelfGadgetNamed(t *testing.T) {
+	k := newFakeKernel()
+	k.procs[9] = loader.Process{PID: 9, StartTime: 1, Comm: "tracker", Exe: "/usr/local/bin/bpfstats-tracker"}
+	k.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1}
+	c := newClock()
+	tr := New(k, Options{Node: "n", Now: c.now, Self: Self{PID: 9, Name: "bpfstats-tracker", Image: "bpfstats-tracker:v1"}})
+	tr.Apply(load(1, 9))
+	snap := sweep(t, tr)
+	if g := snap.Gadgets[0]; g.GadgetName != "bpfstats-tracker" || g.GadgetImage != "bpfstats-tracker:v1" {
+		t.Fatalf("the tracker's own gadget: %+v", g)
+	}
+}
