@@ -138,6 +138,9 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 		Logf: func(format string, args ...any) {
 			log.Info().Msgf(format, args...)
 		},
+		Warnf: func(format string, args ...any) {
+			log.Warn().Msgf(format, args...)
+		},
 	})
 	if err != nil {
 		stats.Close()

@@ -33,11 +33,15 @@ func openFirstSource(opts SourceOptions, names ...string) (Source, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	warnf := opts.Warnf
+	if warnf == nil {
+		warnf = logf
+	}
 	var errs []error
 	for _, name := range names {
 		src, err := openNamedSource(name, opts)
 		if err != nil {
-			logf("event source %s unavailable: %v", name, err)
+			warnf("event source %s unavailable: %v", name, err)
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			continue
 		}

@@ -93,6 +93,9 @@ type SourceOptions struct {
 	// (default 512: a burst of 5000 loads fits).
 	PerfPagesPerCPU int
 	// Logf, when set, receives one line per decision taken while opening
-	// (hook chosen, source refused and why).
+	// (hook chosen, source chosen).
 	Logf func(format string, args ...any)
+	// Warnf, when set, receives why auto skipped a source; Logf does
+	// when it is not set.
+	Warnf func(format string, args ...any)
 }
