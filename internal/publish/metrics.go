@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -199,6 +200,11 @@ func (m *Metrics) snapshot() *metricsState {
 func newRowSeries(row *state.Row, labels []string, withProgID bool) rowSeries {
 	if !withProgID {
 		labels = labels[:3]
+	}
+	// Names come from processes (comm, exe, environment) and may hold any
+	// bytes; a label that is not UTF-8 would abort the whole scrape.
+	for i, l := range labels {
+		labels[i] = strings.ToValidUTF8(l, "\uFFFD")
 	}
 	return rowSeries{
 		labels:    labels,

@@ -479,3 +479,27 @@ func TestMetricsServeUntilCancel(t *testing.T) {
 		t.Fatal("ServeMetrics did not return after cancel")
 	}
 }
+
+// A gadget name that is not UTF-8 (any process can pick its own) must not
+// take the other series down with it.
+func TestMetricsInvalidUTF8Label(t *testing.T) {
+	m, err := NewMetrics(MetricsOptions{OmitRuntimeMetrics: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := &state.Snapshot{Gadgets: []state.Row{
+		{GadgetID: "a", GadgetName: "bad\xff", GadgetImage: "img", MapCount: 1},
+		{GadgetID: "b", GadgetName: "good", GadgetImage: "img", MapCount: 2},
+	}}
+	if err := m.Publish(snap); err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{`gadgetName="good"`, `gadgetName="bad` + "\uFFFD" + `"`, "tracker_programs"} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("scrape lacks %q:\n%s", want, body)
+		}
+	}
+}
