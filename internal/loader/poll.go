@@ -15,7 +15,6 @@ const defaultPollInterval = time.Second
 // implements it. AppendProgramIDs returns the IDs in ascending order.
 type programWalker interface {
 	AppendProgramIDs(dst []uint32) ([]uint32, error)
-	ReadProgram(id uint32) (ProgramInfo, error)
 }
 
 // pollSource diffs successive walks of the program IDs.
@@ -129,14 +128,12 @@ func (s *pollSource) walk() error {
 	return nil
 }
 
-// loadEvent describes a new program. The program may be gone already; then
-// the load goes out without details and the next walk reports its release.
+// loadEvent describes a new program by its ID only. The source opens no
+// program fd: one opened here, on the reader's goroutine, could be seen by
+// the consumer's holder scan and make the tracker look like the owner. The
+// consumer reads the program's name, type and tag itself.
 func (s *pollSource) loadEvent(id uint32, now uint64) ProgramEvent {
-	ev := ProgramEvent{Kind: EventLoad, ProgramID: id, KernelTime: now}
-	if info, err := s.kernel.ReadProgram(id); err == nil {
-		ev.Type, ev.Name, ev.Tag = info.Type, info.Name, info.Tag
-	}
-	return ev
+	return ProgramEvent{Kind: EventLoad, ProgramID: id, KernelTime: now}
 }
 
 // Close stops the walks and unblocks a pending Read.
