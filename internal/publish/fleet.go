@@ -262,24 +262,21 @@ func gadgetRow(node string, g *GadgetMessage) state.Row {
 		PIDs:            []uint32{},
 		Comms:           []string{},
 	}
-	pids := make(map[uint32]string)
+	// A row's comms are the distinct names of its pids, not one per pid:
+	// take the union of both lists, as the tracker does.
 	for _, p := range g.Programs {
-		for i, pid := range p.PIDs {
-			if _, ok := pids[pid]; !ok {
-				pids[pid] = ""
-				if i < len(p.Comms) {
-					pids[pid] = p.Comms[i]
-				}
+		for _, pid := range p.PIDs {
+			if !slices.Contains(r.PIDs, pid) {
+				r.PIDs = append(r.PIDs, pid)
+			}
+		}
+		for _, c := range p.Comms {
+			if !slices.Contains(r.Comms, c) {
+				r.Comms = append(r.Comms, c)
 			}
 		}
 	}
-	for pid := range pids {
-		r.PIDs = append(r.PIDs, pid)
-	}
 	slices.Sort(r.PIDs)
-	for _, pid := range r.PIDs {
-		r.Comms = append(r.Comms, pids[pid])
-	}
 	return r
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -226,5 +227,18 @@ func TestFleetViews(t *testing.T) {
 		if err := bad.setDefaults(); err == nil {
 			t.Errorf("accepted %+v", bad)
 		}
+	}
+}
+
+// Comms are distinct names, not one per pid: the fleet row takes the
+// union of its programs' lists.
+func TestFleetGadgetRowComms(t *testing.T) {
+	g := &GadgetMessage{Programs: []state.Row{
+		{PIDs: []uint32{300, 100}, Comms: []string{"a", "b"}},
+		{PIDs: []uint32{200}, Comms: []string{"b"}},
+	}}
+	r := gadgetRow("n", g)
+	if !slices.Equal(r.PIDs, []uint32{100, 200, 300}) || !slices.Equal(r.Comms, []string{"a", "b"}) {
+		t.Fatalf("pids %v comms %v, want [100 200 300] [a b]", r.PIDs, r.Comms)
 	}
 }
