@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -32,22 +33,48 @@ type RunConfig struct {
 // the loop; the kernel-side rings hold far more.
 const eventBuffer = 4096
 
+// A source whose reads keep failing ends Run after maxReadFailures in a row,
+// waiting readBackoff longer after each.
+const (
+	maxReadFailures = 10
+	readBackoff     = 100 * time.Millisecond
+)
+
 // Run takes the start-up snapshot of the kernel's programs, then applies
 // events as they arrive and sweeps every cfg.Interval until ctx ends or
 // cfg.Count sweeps are done. The source must already be attached, so that
 // nothing loaded between the snapshot and the first event is missed.
 func (t *Tracker) Run(ctx context.Context, cfg RunConfig) error {
+	if cfg.Interval <= 0 {
+		return fmt.Errorf("running tracker: interval must be positive, got %v", cfg.Interval)
+	}
 	// The reader goroutine outlives Run only until the caller closes the source.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := make(chan loader.ProgramEvent, eventBuffer)
 	readErr := make(chan error, 1)
 	go func() {
+		failures := 0
 		for {
 			ev, err := cfg.Source.Read()
-			if err != nil {
+			switch {
+			case err == nil:
+				failures = 0
+			case errors.Is(err, loader.ErrClosed) || failures >= maxReadFailures:
 				readErr <- err
 				return
+			default:
+				// A failed read (a bad record, an interrupted walk) may have
+				// cost events: resync, back off, and read on.
+				failures++
+				cfg.Log.Warn().Err(err).Int("failures", failures).Msg("reading events failed")
+				ev = loader.ProgramEvent{Kind: loader.EventLost}
+				select {
+				case <-time.After(time.Duration(failures) * readBackoff):
+				case <-ctx.Done():
+					readErr <- ctx.Err()
+					return
+				}
 			}
 			select {
 			case events <- ev:

@@ -1,9 +1,12 @@
 package state
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -478,5 +481,66 @@ func TestSelfGadgetNamed(t *testing.T) {
 	snap := sweep(t, tr)
 	if g := snap.Gadgets[0]; g.GadgetName != "bpfstats-tracker" || g.GadgetImage != "bpfstats-tracker:v1" {
 		t.Fatalf("the tracker's own gadget: %+v", g)
+	}
+}
+
+// flakySource fails some reads, then is closed by the test.
+type flakySource struct {
+	reads chan error
+}
+
+func (s *flakySource) Name() string { return "flaky" }
+func (s *flakySource) Read() (loader.ProgramEvent, error) {
+	err, ok := <-s.reads
+	if !ok {
+		return loader.ProgramEvent{}, loader.ErrClosed
+	}
+	return loader.ProgramEvent{}, err
+}
+func (s *flakySource) Close() error { return nil }
+
+// A failed read is not the end: Run resyncs and reads on; only a source
+// failing again and again ends it.
+func TestRunSurvivesFailedReads(t *testing.T) {
+	k := newFakeKernel()
+	src := &flakySource{reads: make(chan error)}
+	tr, _ := newTracker(t, k)
+	snaps := make(chan *Snapshot, 16)
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		done <- tr.Run(ctx, RunConfig{Source: src, Interval: time.Millisecond, OnSnapshot: func(s *Snapshot) {
+			select {
+			case snaps <- s:
+			default:
+			}
+		}})
+	}()
+	src.reads <- errors.New("bad record")
+	// The failure became a resync: the start-up one plus this one.
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case s := <-snaps:
+			if s.Counters.Resyncs >= 2 {
+				goto resynced
+			}
+		case err := <-done:
+			t.Fatalf("Run ended on one failed read: %v", err)
+		case <-deadline:
+			t.Fatal("no resync after a failed read")
+		}
+	}
+resynced:
+	// The first failure was one; maxReadFailures more end it.
+	for range maxReadFailures {
+		src.reads <- errors.New("still bad")
+	}
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "still bad") {
+		t.Fatalf("a source failing every read must end Run with its error, got %v", err)
+	}
+	if err := New(k, Options{}).Run(ctx, RunConfig{Source: src}); err == nil {
+		t.Fatal("Run with no interval must fail")
 	}
 }
