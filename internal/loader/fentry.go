@@ -80,6 +80,8 @@ type fentrySource struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
+	// readMu is held by Read; Close takes it before closing the maps.
+	readMu sync.Mutex
 }
 
 // attachedHook is a hook program and its link; confirmed once it fired.
@@ -342,6 +344,9 @@ func FentryHooks(src Source) (load, release string, ok bool) {
 // Read returns the next event. An EventLost comes before the first record
 // written after the loss, or within a second when no record follows.
 func (s *fentrySource) Read() (ProgramEvent, error) {
+	// Close waits for a Read in progress before it closes the maps.
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
 	for {
 		if s.closed.Load() {
 			return ProgramEvent{}, fmt.Errorf("reading fentry events: %w", ErrClosed)
@@ -353,7 +358,7 @@ func (s *fentrySource) Read() (ProgramEvent, error) {
 		}
 		ev, err := s.next(time.Now().Add(fentryLostPollInterval))
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if lost, ok := s.checkLost(); ok {
+			if lost, ok := s.checkLost(); ok && !s.closed.Load() {
 				return lost, nil
 			}
 			continue
@@ -442,6 +447,10 @@ func (s *fentrySource) Close() error {
 		if s.reader != nil {
 			errs = append(errs, s.reader.Close())
 		}
+		// Closing the reader unblocked a pending Read; let it return
+		// before the maps it may still use go away.
+		s.readMu.Lock()
+		defer s.readMu.Unlock()
 		errs = append(errs, s.load.detach(), s.release.detach())
 		for _, m := range []*ebpf.Map{s.events, s.lost} {
 			if m != nil {
