@@ -93,6 +93,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Node:          d.common.node,
 		SubjectPrefix: d.nats.prefix,
 		Version:       version,
+		Kernel:        loader.KernelRelease(),
 		Interval:      d.common.interval,
 		KV:            d.nats.kv,
 	})

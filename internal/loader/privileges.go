@@ -3,6 +3,7 @@ package loader
 import (
 	"bufio"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"strconv"
 	"strings"
@@ -81,4 +82,14 @@ func CheckBTF() error {
 		return fmt.Errorf("kernel BTF: %w", err)
 	}
 	return nil
+}
+
+// KernelRelease returns the running kernel's release (uname -r), or "" when
+// uname fails.
+func KernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }

@@ -503,8 +503,7 @@ type NATSOptions struct {
 	SubjectPrefix string
 	// Version is the tracker version, reported on _node.
 	Version string
-	// Kernel is the uname release reported on _node; read with uname(2)
-	// when empty.
+	// Kernel is the uname release reported on _node (loader.KernelRelease).
 	Kernel string
 	// Interval is the tracker's sweep interval, carried in every message
 	// so that consumers can tell a silent node from a slow one.
@@ -574,9 +573,6 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 		}
 		opts.Node = host
 	}
-	if opts.Kernel == "" {
-		opts.Kernel = unameRelease()
-	}
 	if opts.KVBucket == "" {
 		opts.KVBucket = DefaultKVBucket
 	}
@@ -612,14 +608,6 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 	}
 	s.nc = nc
 	return s, nil
-}
-
-func unameRelease() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return ""
-	}
-	return unix.ByteSliceToString(u.Release[:])
 }
 
 // Conn returns the sink's connection.

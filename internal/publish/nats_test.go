@@ -218,6 +218,7 @@ func newTestSink(t *testing.T, url, node string, log zerolog.Logger, mod func(*N
 		},
 		Node:     node,
 		Version:  "v0.0.0-test",
+		Kernel:   "6.18.0-test",
 		Interval: time.Second,
 	}
 	if mod != nil {
@@ -380,7 +381,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	wantN := NodeMessage{
 		Header:  hdr,
 		Version: "v0.0.0-test",
-		Kernel:  unameRelease(),
+		Kernel:  "6.18.0-test",
 		Source:  "perf",
 		Counts: NodeCounts{
 			Programs: 3, Gadgets: 1, Unowned: 1, EventsLoad: 5, EventsRelease: 2, EventsLost: 1,
