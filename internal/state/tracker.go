@@ -378,8 +378,9 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 
 // Sweep reads the stats of every program in the inventory and the maps they
 // use, settles ownership, and returns the resulting Snapshot. Programs that
-// vanished are dropped quietly. Only a failure to scan holders is returned
-// as an error, with the snapshot still valid.
+// vanished are dropped quietly. Failed reads of programs that still exist,
+// and a failed scan of holders, are returned joined in the error, with the
+// snapshot still valid (such programs keep their previous values).
 func (t *Tracker) Sweep() (*Snapshot, error) {
 	return t.sweep(func() {})
 }
@@ -712,6 +713,9 @@ func (t *Tracker) total(s *rowSum) Row {
 	for pid := range s.pids {
 		s.row.PIDs = append(s.row.PIDs, pid)
 	}
+	if s.row.PIDs == nil {
+		s.row.PIDs = make([]uint32, 0)
+	}
 	slices.Sort(s.row.PIDs)
 	s.row.Comms = t.comms(s.row.PIDs)
 	return s.row
@@ -719,7 +723,8 @@ func (t *Tracker) total(s *rowSum) Row {
 
 // comms returns the distinct command names of pids, in PID order.
 func (t *Tracker) comms(pids []uint32) []string {
-	var out []string
+	// Empty, not nil: JSON consumers get [] as for pids.
+	out := make([]string, 0)
 	for _, pid := range pids {
 		if proc, ok := t.processes[pid]; ok && !slices.Contains(out, proc.Comm) {
 			out = append(out, proc.Comm)
