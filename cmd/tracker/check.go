@@ -44,7 +44,7 @@ func runCheck(out io.Writer, d *daemonFlags) error {
 		failed = failed || err != nil
 
 		chosen := ""
-		for _, name := range loader.SourceNames[1:] {
+		for _, name := range loader.SourceNames()[1:] {
 			src, err := loader.OpenSource(name, loader.SourceOptions{PollInterval: d.common.interval})
 			if err != nil {
 				fmt.Fprintf(out, "%-14s no   %v\n", "source "+name, errors.Unwrap(err))

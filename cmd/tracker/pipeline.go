@@ -30,7 +30,7 @@ type commonFlags struct {
 func (c *commonFlags) register(fs *flag.FlagSet) {
 	host, _ := os.Hostname()
 	fs.DurationVar(&c.interval, "interval", time.Second, "time between two stats sweeps")
-	fs.StringVar(&c.source, "source", loader.SourceAuto, "event source: "+strings.Join(loader.SourceNames, "|")+" (auto: the first that works, in that order)")
+	fs.StringVar(&c.source, "source", loader.SourceAuto, "event source: "+strings.Join(loader.SourceNames(), "|")+" (auto: the first that works, in that order)")
 	fs.StringVar(&c.node, "node", host, "node name reported in rows and NATS subjects")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug|info|warn|error")
 	fs.BoolVar(&c.all, "all", false, "one row per program, including programs without a gadget")
@@ -40,8 +40,8 @@ func (c *commonFlags) validate() error {
 	if c.interval <= 0 {
 		return usagef("--interval must be positive, got %v", c.interval)
 	}
-	if !slices.Contains(loader.SourceNames, c.source) {
-		return usagef("unknown --source %q: want one of %s", c.source, strings.Join(loader.SourceNames, ", "))
+	if !slices.Contains(loader.SourceNames(), c.source) {
+		return usagef("unknown --source %q: want one of %s", c.source, strings.Join(loader.SourceNames(), ", "))
 	}
 	if c.node == "" {
 		return usagef("--node must not be empty")

@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// OpenSource opens the event source called name (one of SourceNames). With
+// OpenSource opens the event source called name (one of SourceNames()). With
 // SourceAuto it tries fentry, then perf, then poll, and returns the first
 // that works, logging through opts.Logf why the others were refused; the
 // result's Name says which one was chosen.
@@ -24,7 +24,7 @@ func OpenSource(name string, opts SourceOptions) (Source, error) {
 	case SourceAuto:
 		return openFirstSource(opts, SourceFentry, SourcePerf, SourcePoll)
 	}
-	return nil, fmt.Errorf("unknown event source %q (valid: %s)", name, strings.Join(SourceNames, ", "))
+	return nil, fmt.Errorf("unknown event source %q (valid: %s)", name, strings.Join(SourceNames(), ", "))
 }
 
 // openFirstSource returns the first of names that opens.

@@ -58,7 +58,7 @@ func TestOpenSourceUnknown(t *testing.T) {
 		src.Close()
 		t.Fatal("bogus source opened")
 	}
-	for _, name := range SourceNames {
+	for _, name := range SourceNames() {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error %q does not list %q", err, name)
 		}

@@ -82,8 +82,11 @@ const (
 	SourcePoll   = "poll"
 )
 
-// SourceNames lists the valid --source values in fallback order.
-var SourceNames = []string{SourceAuto, SourceFentry, SourcePerf, SourcePoll}
+// SourceNames returns the valid --source values, auto first, then the
+// sources in fallback order.
+func SourceNames() []string {
+	return []string{SourceAuto, SourceFentry, SourcePerf, SourcePoll}
+}
 
 // SourceOptions configures OpenSource.
 type SourceOptions struct {

@@ -463,11 +463,12 @@ func fleetColumns(cols []Column) ([]Column, error) {
 			return nil, err
 		}
 	}
-	i := slices.IndexFunc(Columns, func(c Column) bool { return c.Name == "nodeName" })
+	all := Columns()
+	i := slices.IndexFunc(all, func(c Column) bool { return c.Name == "nodeName" })
 	if i < 0 {
 		return cols, nil
 	}
-	out := []Column{Columns[i]}
+	out := []Column{all[i]}
 	for _, c := range cols {
 		if c.Name != "nodeName" {
 			out = append(out, c)

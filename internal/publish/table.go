@@ -24,25 +24,28 @@ type Column struct {
 	value func(r *state.Row) string
 }
 
-// Columns lists every column in table order: the seed's, then the extras.
-var Columns = []Column{
-	{Name: "nodeName", Help: "Name of the node the row comes from", value: func(r *state.Row) string { return r.NodeName }},
-	{Name: "gadgetID", Help: "Unique ID assigned to each Gadget instance", Default: true, value: func(r *state.Row) string { return r.GadgetID }},
-	{Name: "gadgetName", Help: "Name of the Gadget instance", Default: true, value: func(r *state.Row) string { return r.GadgetName }},
-	{Name: "gadgetImage", Help: "Name of the Gadget image (like trace_open, trace_exec, etc.)", Default: true, value: func(r *state.Row) string { return r.GadgetImage }},
-	{Name: "progID", Help: "eBPF program ID assigned by the Linux kernel", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(uint64(r.ProgID), 10) }},
-	{Name: "progName", Help: "Name of the eBPF program", Default: true, value: func(r *state.Row) string { return r.ProgName }},
-	{Name: "progType", Help: "Type of the eBPF program", value: func(r *state.Row) string { return r.ProgType }},
-	{Name: "runtime", Help: "Time that the eBPF program or Gadget has run in nanoseconds", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.Runtime, 10) }},
-	{Name: "runcount", Help: "Number of times the eBPF program or Gadget has run", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.Runcount, 10) }},
-	{Name: "mapMemory", Help: "Memory used by maps in bytes", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.MapMemory, 10) }},
-	{Name: "mapCount", Help: "Number of maps used by the eBPF program or Gadget", Default: true, Right: true, value: func(r *state.Row) string { return strconv.Itoa(r.MapCount) }},
-	{Name: "pids", Help: "List of PIDs using the eBPF program", value: func(r *state.Row) string { return joinUints(r.PIDs) }},
-	{Name: "comms", Help: "List of processes using the eBPF program", value: func(r *state.Row) string { return strings.Join(r.Comms, ",") }},
-	{Name: "cpuPercent", Help: "Run time since the previous interval, in percent of one CPU", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.CPUPercent, 'f', 2, 64) }},
-	{Name: "runtimeDelta", Help: "Run time in nanoseconds since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuntimeDelta, 10) }},
-	{Name: "runcountDelta", Help: "Runs since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuncountDelta, 10) }},
-	{Name: "tag", Help: "eBPF program tag (hash of its instructions)", value: func(r *state.Row) string { return r.Tag }},
+// Columns returns every column in table order: the fleet view's nodeName,
+// the seed's columns, then the additions.
+func Columns() []Column {
+	return []Column{
+		{Name: "nodeName", Help: "Name of the node the row comes from", value: func(r *state.Row) string { return r.NodeName }},
+		{Name: "gadgetID", Help: "Unique ID assigned to each Gadget instance", Default: true, value: func(r *state.Row) string { return r.GadgetID }},
+		{Name: "gadgetName", Help: "Name of the Gadget instance", Default: true, value: func(r *state.Row) string { return r.GadgetName }},
+		{Name: "gadgetImage", Help: "Name of the Gadget image (like trace_open, trace_exec, etc.)", Default: true, value: func(r *state.Row) string { return r.GadgetImage }},
+		{Name: "progID", Help: "eBPF program ID assigned by the Linux kernel", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(uint64(r.ProgID), 10) }},
+		{Name: "progName", Help: "Name of the eBPF program", Default: true, value: func(r *state.Row) string { return r.ProgName }},
+		{Name: "progType", Help: "Type of the eBPF program", value: func(r *state.Row) string { return r.ProgType }},
+		{Name: "runtime", Help: "Time that the eBPF program or Gadget has run in nanoseconds", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.Runtime, 10) }},
+		{Name: "runcount", Help: "Number of times the eBPF program or Gadget has run", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.Runcount, 10) }},
+		{Name: "mapMemory", Help: "Memory used by maps in bytes", Default: true, Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.MapMemory, 10) }},
+		{Name: "mapCount", Help: "Number of maps used by the eBPF program or Gadget", Default: true, Right: true, value: func(r *state.Row) string { return strconv.Itoa(r.MapCount) }},
+		{Name: "pids", Help: "List of PIDs using the eBPF program", value: func(r *state.Row) string { return joinUints(r.PIDs) }},
+		{Name: "comms", Help: "List of processes using the eBPF program", value: func(r *state.Row) string { return strings.Join(r.Comms, ",") }},
+		{Name: "cpuPercent", Help: "Run time since the previous interval, in percent of one CPU", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.CPUPercent, 'f', 2, 64) }},
+		{Name: "runtimeDelta", Help: "Run time in nanoseconds since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuntimeDelta, 10) }},
+		{Name: "runcountDelta", Help: "Runs since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuncountDelta, 10) }},
+		{Name: "tag", Help: "eBPF program tag (hash of its instructions)", value: func(r *state.Row) string { return r.Tag }},
+	}
 }
 
 func joinUints(v []uint32) string {
@@ -56,20 +59,21 @@ func joinUints(v []uint32) string {
 // SelectColumns returns the default columns plus the named extra ones, in
 // table order. Names match case-insensitively.
 func SelectColumns(extra []string) ([]Column, error) {
+	all := Columns()
 	want := make(map[string]bool)
 	for _, name := range extra {
 		name = strings.TrimSpace(name)
 		if name == "" {
 			continue
 		}
-		i := slices.IndexFunc(Columns, func(c Column) bool { return strings.EqualFold(c.Name, name) })
+		i := slices.IndexFunc(all, func(c Column) bool { return strings.EqualFold(c.Name, name) })
 		if i < 0 {
 			return nil, fmt.Errorf("unknown field %q (see --help for the list)", name)
 		}
-		want[Columns[i].Name] = true
+		want[all[i].Name] = true
 	}
 	var cols []Column
-	for _, c := range Columns {
+	for _, c := range all {
 		if c.Default || want[c.Name] {
 			cols = append(cols, c)
 		}
@@ -134,7 +138,7 @@ func WriteJSON(w io.Writer, rows []state.Row) error {
 // its meaning indented on the next line, like the seed.
 func ColumnHelp() string {
 	var b strings.Builder
-	for _, c := range Columns {
+	for _, c := range Columns() {
 		fmt.Fprintf(&b, "  %s\n        %s", c.Name, c.Help)
 		if !c.Default {
 			b.WriteString(" (with --fields)")
