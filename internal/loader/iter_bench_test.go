@@ -1,13 +1,11 @@
 package loader
 
 import (
-	"fmt"
 	"os"
 	"strconv"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
+	"github.com/bpfstats/tracker/internal/testgadget"
 )
 
 // benchPrograms is how many programs the read benchmarks load
@@ -23,21 +21,10 @@ func benchPrograms(b *testing.B) int {
 // program ID on the machine.
 func benchLoad(b *testing.B, n int) []uint32 {
 	b.Helper()
-	for i := range n {
-		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
-		if err != nil {
-			b.Skip("creating BPF maps (needs root): " + err.Error())
-		}
-		b.Cleanup(func() { m.Close() })
-		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name: fmt.Sprintf("tk_bench_%d", i), Type: ebpf.SocketFilter, License: "Dual MIT/GPL",
-			Instructions: asm.Instructions{asm.LoadMapPtr(asm.R1, m.FD()), asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { p.Close() })
+	if err := CheckPrivileges(); err != nil {
+		b.Skip("loading programs: ", err)
 	}
+	testgadget.LoadSocketFilters(b, "tk_bench", n)
 	k, err := NewKernelWithOptions(KernelOptions{NoIterators: true})
 	if err != nil {
 		b.Fatal(err)

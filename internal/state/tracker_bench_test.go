@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-
 	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/testgadget"
 )
 
 // benchSizes are the inventory sizes of the harness.
@@ -125,22 +123,10 @@ func BenchmarkApplyLoadRelease(b *testing.B) {
 // (loader.Kernel, iterators where they load) with 1000 extra programs
 // held by this process.
 func BenchmarkSweepKernel(b *testing.B) {
-	const n = 1000
-	for i := range n {
-		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
-		if err != nil {
-			b.Skip("creating BPF maps (needs root): " + err.Error())
-		}
-		b.Cleanup(func() { m.Close() })
-		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name: fmt.Sprintf("tk_sweep_%d", i), Type: ebpf.SocketFilter, License: "Dual MIT/GPL",
-			Instructions: asm.Instructions{asm.LoadMapPtr(asm.R1, m.FD()), asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { p.Close() })
+	if err := loader.CheckPrivileges(); err != nil {
+		b.Skip("loading programs: ", err)
 	}
+	testgadget.LoadSocketFilters(b, "tk_sweep", 1000)
 	for _, iter := range []bool{true, false} {
 		b.Run(fmt.Sprintf("iterators=%v", iter), func(b *testing.B) {
 			k, err := loader.NewKernelWithOptions(loader.KernelOptions{NoIterators: !iter})

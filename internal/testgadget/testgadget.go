@@ -52,6 +52,16 @@ func LoadSocketFilter(tb testing.TB, name string, maps ...*ebpf.Map) *ebpf.Progr
 	return prog
 }
 
+// LoadSocketFilters loads n socket filters named prefix_0, prefix_1, ...,
+// each with a one-entry map of its own, closed when the test ends: the
+// many-programs fixture of the benchmarks.
+func LoadSocketFilters(tb testing.TB, prefix string, n int) {
+	tb.Helper()
+	for i := range n {
+		LoadSocketFilter(tb, fmt.Sprintf("%s_%d", prefix, i), NewMap(tb, prefix, 1))
+	}
+}
+
 // AttachSysEnter loads a raw tracepoint program like LoadSocketFilter's and
 // attaches it to sys_enter, so it runs on every syscall of every process:
 // run time and run count rise (while stats are enabled, see
