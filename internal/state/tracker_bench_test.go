@@ -70,13 +70,7 @@ func BenchmarkSweep(b *testing.B) {
 				if batch {
 					k = batchFakeKernel{fk}
 				}
-				tr := New(k, Options{Node: "n1", Source: "bench"})
-				if _, _, err := tr.Resync(); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := tr.Sweep(); err != nil {
-					b.Fatal(err)
-				}
+				tr := primedTracker(b, k)
 				b.ReportAllocs()
 				for b.Loop() {
 					b.StopTimer()
@@ -137,13 +131,7 @@ func BenchmarkSweepKernel(b *testing.B) {
 			if progs, holders := k.Iterators(); iter && (progs != nil || holders != nil) {
 				b.Skipf("iterators: %v / %v", progs, holders)
 			}
-			tr := New(k, Options{Node: "n1", Source: "bench"})
-			if _, _, err := tr.Resync(); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := tr.Sweep(); err != nil {
-				b.Fatal(err)
-			}
+			tr := primedTracker(b, k)
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := tr.Sweep(); err != nil {
@@ -153,4 +141,18 @@ func BenchmarkSweepKernel(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(tr.Len()), "ns/prog")
 		})
 	}
+}
+
+// primedTracker returns a Tracker over k that took its snapshot and first
+// sweep, so that a benchmark measures steady-state sweeps.
+func primedTracker(b *testing.B, k Kernel) *Tracker {
+	b.Helper()
+	tr := New(k, Options{Node: "n1", Source: "bench"})
+	if _, _, err := tr.Resync(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := tr.Sweep(); err != nil {
+		b.Fatal(err)
+	}
+	return tr
 }
