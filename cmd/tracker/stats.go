@@ -50,7 +50,15 @@ func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) er
 			return publish.WriteJSON(out, r)
 		}, nil
 	}
-	return nil, usagef("unknown output format -o %q: want table or json", o.output)
+	return nil, o.validate()
+}
+
+// validate checks the -o value.
+func (o *outputFlags) validate() error {
+	if o.output != "table" && o.output != "json" {
+		return usagef("unknown output format -o %q: want table or json", o.output)
+	}
+	return nil
 }
 
 func usageFunc(fs *flag.FlagSet, synopsis string, columns bool) func() {

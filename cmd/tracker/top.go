@@ -38,8 +38,8 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *by != "" && *by != "image" {
 		return usagef(`unknown --by %q: want "image"`, *by)
 	}
-	if o.output != "table" && o.output != "json" {
-		return usagef("unknown output format -o %q: want table or json", o.output)
+	if err := o.validate(); err != nil {
+		return err
 	}
 	if _, err := publish.ParseURLs(n.url); err != nil {
 		return usageError{err}
