@@ -11,7 +11,7 @@ KERNEL    ?= 5.10 6.1 6.12
 
 export BPF2GO_ROOT := $(CURDIR)
 
-.PHONY: all build run test unittest vmtest bench demo generate check-generate vmlinux install uninstall installcheck clean
+.PHONY: all build run test unittest lint vmtest bench demo generate check-generate vmlinux install uninstall installcheck clean
 
 all: build
 
@@ -23,10 +23,19 @@ run: build
 	./$(BIN) run $(RUN_ARGS)
 
 ## test: everything: unit tests, host kernel tests (as root), the qemu kernel matrix.
-test: unittest installcheck vmtest
+test: lint unittest installcheck vmtest
+
+## lint: go vet, staticcheck, and no production code that only tests reach.
+# deadcode starts from the commands; packages that exist for tests and the
+# generated bindings are left out of its report.
+DEADCODE_IGNORE := internal/testgadget/|internal/testutil/|metricstest/|_bpfel\.go:
+lint:
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	@out=$$($(GO) tool deadcode ./cmd/... ./examples/... ./test/bench | grep -Ev '$(DEADCODE_IGNORE)' || true); \
+	if [ -n "$$out" ]; then echo "deadcode: production functions no command reaches:"; echo "$$out"; exit 1; fi
 
 unittest:
-	$(GO) vet ./...
 	# -p 1: the packages' tests share one kernel; some compare its whole
 	# program list, which another package's burst of loads would disturb.
 	$(GO) test -p 1 -count=1 -timeout 20m ./...

@@ -82,7 +82,7 @@ func TestDaemonSurvivesNATSRestart(t *testing.T) {
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	waitLog(t, stderr, "NATS disconnected")
-	srv = runNATSServer(t, &server.Options{Port: port})
+	runNATSServer(t, &server.Options{Port: port})
 	waitLog(t, stderr, "NATS reconnected")
 
 	after := decodeMsg[publish.NodeMessage](t, subscribe(t, url, "bpfstats.restart._node").

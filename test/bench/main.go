@@ -92,7 +92,7 @@ func run() error {
 		res, err := measureSize(&c, n, h)
 		h.stop()
 		if err != nil {
-			return fmt.Errorf("N=%d: %w", n, err)
+			return fmt.Errorf("with %d programs: %w", n, err)
 		}
 		r.results = append(r.results, res)
 	}

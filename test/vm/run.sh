@@ -22,7 +22,7 @@
 # Environment:
 #   VMTEST_RUN      -test.run pattern inside the VM (default ^TestVM)
 #   VMTEST_TIMEOUT  seconds per boot before qemu is killed (default 300)
-#   VMTEST_SMP      guest CPUs (default 1)
+#   VMTEST_SMP      guest CPUs (default 2: cross-CPU load and release)
 #   DEBIAN_MIRROR   default http://deb.debian.org/debian
 #   GO              go command (default go)
 
@@ -170,7 +170,7 @@ run_kernel() {
 	# -cpu qemu64,-cx16: qemu 7.2's TCG corrupts EFLAGS after cmpxchg16b,
 	# which 6.12's SLUB uses (random double faults); without CX16 the kernel
 	# falls back. -nodefaults: no NIC, so no iPXE ROM is needed.
-	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg -cpu qemu64,-cx16 -m 1G -smp "${VMTEST_SMP:-1}" -nographic -serial stdio \
+	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg -cpu qemu64,-cx16 -m 1G -smp "${VMTEST_SMP:-2}" -nographic -serial stdio \
 		-monitor none -no-reboot -kernel "$CACHE/kernel/$k/vmlinuz" -initrd "$BUILD/initramfs.cpio" \
 		-append "console=ttyS0 panic=-1 quiet" </dev/null >"$raw" 2>&1 || true
 	tr -d '\r' <"$raw" >"$log"
