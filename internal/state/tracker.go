@@ -620,20 +620,22 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 			p.tagHex, p.tagOf = hex.EncodeToString(p.tag[:]), p.tag
 		}
 		row := Row{
-			NodeName:        t.opts.Node,
-			ProgID:          p.id,
-			ProgName:        p.name,
-			ProgType:        ProgTypeName(p.progType),
-			Runtime:         p.info.RunTime,
-			Runcount:        p.info.RunCount,
-			RuntimeDelta:    p.runtimeD,
-			RuncountDelta:   p.runcntD,
-			CPUPercent:      p.cpu,
-			RecursionMisses: p.info.RecursionMisses,
-			Loader:          p.loader,
-			MapIDs:          cut(&mapArena, p.info.MapIDs),
-			Tag:             p.tagHex,
-			PIDs:            cut(&pidArena, p.pids),
+			NodeName: t.opts.Node,
+			ProgID:   p.id,
+			ProgName: p.name,
+			ProgType: ProgTypeName(p.progType),
+			Totals: Totals{
+				Runtime:         p.info.RunTime,
+				Runcount:        p.info.RunCount,
+				RuntimeDelta:    p.runtimeD,
+				RuncountDelta:   p.runcntD,
+				CPUPercent:      p.cpu,
+				RecursionMisses: p.info.RecursionMisses,
+			},
+			Loader: p.loader,
+			MapIDs: cut(&mapArena, p.info.MapIDs),
+			Tag:    p.tagHex,
+			PIDs:   cut(&pidArena, p.pids),
 		}
 		for _, mid := range row.MapIDs {
 			row.MapMemory += t.maps[mid].info.Memlock
@@ -687,13 +689,11 @@ func newRowSum(head Row) *rowSum {
 }
 
 func (s *rowSum) add(r *Row) {
-	s.row.Runtime += r.Runtime
-	s.row.Runcount += r.Runcount
-	s.row.RuntimeDelta += r.RuntimeDelta
-	s.row.RuncountDelta += r.RuncountDelta
-	s.row.CPUPercent += r.CPUPercent
-	s.row.RecursionMisses += r.RecursionMisses
-	s.row.ProgramCount++
+	t := r.Totals
+	// A program's row counts itself (its own ProgramCount is 0); the maps
+	// are counted once each by total.
+	t.ProgramCount, t.MapMemory, t.MapCount = 1, 0, 0
+	s.row.Add(t)
 	for _, mid := range r.MapIDs {
 		s.maps[mid] = struct{}{}
 	}
