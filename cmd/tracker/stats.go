@@ -22,6 +22,13 @@ func (o *outputFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.fields, "fields", "", "extra columns, comma-separated (see the list below)")
 }
 
+// sourcedRow is a row as "tracker stats -o json" prints it: with the event
+// source of the tracker that made it, as the output's metadata.
+type sourcedRow struct {
+	state.Row
+	Source string `json:"source,omitempty"`
+}
+
 // printer returns a function printing the rows of one snapshot.
 func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) error, error) {
 	cols, err := publish.SelectColumns(strings.Split(o.fields, ","))
@@ -44,10 +51,13 @@ func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) er
 	case "json":
 		return func(s *state.Snapshot) error {
 			r := rows(s)
+			// The snapshot is shared with its other consumers: the source
+			// goes into rows of the output's own.
+			sourced := make([]sourcedRow, len(r))
 			for i := range r {
-				r[i].Source = s.Source
+				sourced[i] = sourcedRow{Row: r[i], Source: s.Source}
 			}
-			return publish.WriteJSON(out, r)
+			return publish.WriteJSON(out, sourced)
 		}, nil
 	}
 	return nil, o.validate()

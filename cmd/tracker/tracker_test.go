@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,6 +50,8 @@ func requireRoot(t *testing.T) {
 // statsRun is "tracker stats -o json" running in-process.
 type statsRun struct {
 	tables chan []state.Row
+	// source is the "source" of the rows last read ("" for rows without).
+	source atomic.Value
 	stderr *testgadget.SyncBuffer
 	done   chan error
 }
@@ -79,10 +82,15 @@ func startJSON(t *testing.T, args ...string) *statsRun {
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(nil, 64<<20)
 		for sc.Scan() {
-			var rows []state.Row
-			if err := json.Unmarshal(sc.Bytes(), &rows); err != nil {
+			var sourced []sourcedRow
+			if err := json.Unmarshal(sc.Bytes(), &sourced); err != nil {
 				t.Errorf("output line is not a JSON array of rows: %v: %q", err, sc.Text())
 				continue
+			}
+			rows := make([]state.Row, len(sourced))
+			for i, sr := range sourced {
+				rows[i] = sr.Row
+				r.source.Store(sr.Source)
 			}
 			select {
 			case r.tables <- rows:
@@ -154,8 +162,8 @@ func TestStatsSeesLoadAndRelease(t *testing.T) {
 		return ok
 	})
 	row, _ := findProg(rows, id)
-	if row.Source == loader.SourcePoll || row.Source == "" {
-		t.Fatalf("source %q: the event path must be what found the program", row.Source)
+	if src, _ := r.source.Load().(string); src == loader.SourcePoll || src == "" {
+		t.Fatalf("source %q: the event path must be what found the program", src)
 	}
 	// Only an event names the loader: a snapshot or resync cannot.
 	if row.Loader == nil || row.Loader.PID != uint32(os.Getpid()) {

@@ -242,25 +242,16 @@ func (f *Fleet) GadgetRows(glob string) []state.Row {
 }
 
 func gadgetRow(node string, g *GadgetMessage) state.Row {
-	t := g.Totals
 	owner := g.Owner
 	r := state.Row{
-		NodeName:        node,
-		GadgetID:        g.Gadget.ID,
-		GadgetName:      g.Gadget.Name,
-		GadgetImage:     g.Gadget.Image,
-		Runtime:         t.Runtime,
-		Runcount:        t.Runcount,
-		MapMemory:       t.MapMemory,
-		MapCount:        t.MapCount,
-		RuntimeDelta:    t.RuntimeDelta,
-		RuncountDelta:   t.RuncountDelta,
-		CPUPercent:      t.CPUPercent,
-		RecursionMisses: t.RecursionMisses,
-		ProgramCount:    t.ProgramCount,
-		Loader:          &owner,
-		PIDs:            []uint32{},
-		Comms:           []string{},
+		NodeName:    node,
+		GadgetID:    g.Gadget.ID,
+		GadgetName:  g.Gadget.Name,
+		GadgetImage: g.Gadget.Image,
+		Totals:      state.Totals(g.Totals),
+		Loader:      &owner,
+		PIDs:        []uint32{},
+		Comms:       []string{},
 	}
 	// A row's comms are the distinct names of its pids, not one per pid:
 	// take the union of both lists, as the tracker does.
@@ -314,7 +305,10 @@ type ImageRow struct {
 	Nodes     int      `json:"nodes"`
 	NodeNames []string `json:"nodeNames"`
 	Gadgets   int      `json:"gadgets"`
-	Totals
+	// Totals sum the gadgets' message totals. ProgramCount is at least 1
+	// (a gadget has programs; unowned programs make a row only when there
+	// are some), so the JSON always carries programCount.
+	state.Totals
 }
 
 // ImageRows sums the gadgets of the nodes matching glob per image, sorted
@@ -324,7 +318,7 @@ func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	byImage := make(map[string]*ImageRow)
-	add := func(image, node string, t Totals, gadgets int) {
+	add := func(image, node string, t MessageTotals, gadgets int) {
 		r, ok := byImage[image]
 		if !ok {
 			r = &ImageRow{GadgetImage: image, NodeNames: []string{}}
@@ -334,15 +328,9 @@ func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 			r.NodeNames = append(r.NodeNames, node)
 		}
 		r.Gadgets += gadgets
-		r.Runtime += t.Runtime
-		r.Runcount += t.Runcount
-		r.RuntimeDelta += t.RuntimeDelta
-		r.RuncountDelta += t.RuncountDelta
-		r.CPUPercent += t.CPUPercent
-		r.RecursionMisses += t.RecursionMisses
-		r.MapMemory += t.MapMemory
-		r.MapCount += t.MapCount
-		r.ProgramCount += t.ProgramCount
+		// Gadgets of one image on one node may share maps; they are
+		// summed as before, each gadget's own maps counted once.
+		r.Add(state.Totals(t))
 	}
 	for _, name := range f.matching(glob) {
 		n := f.nodes[name]

@@ -42,7 +42,7 @@ func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed t
 			Header: h,
 			Gadget: GadgetIdentity{ID: g.id, Name: "name-" + g.id, Image: g.image},
 			Owner:  state.ProcessRef{PID: 100, Comm: "owner"},
-			Totals: Totals{Runtime: g.runtime, Runcount: 10, MapMemory: 1000, MapCount: 2, ProgramCount: len(g.programs), CPUPercent: 0.25},
+			Totals: MessageTotals{Runtime: g.runtime, Runcount: 10, MapMemory: 1000, MapCount: 2, ProgramCount: len(g.programs), CPUPercent: 0.25},
 		}
 		for _, id := range g.programs {
 			m.Programs = append(m.Programs, state.Row{
@@ -53,7 +53,7 @@ func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed t
 		add(m)
 	}
 	h.Type = TypeUnowned
-	u := UnownedMessage{Header: h, Totals: Totals{ProgramCount: len(unowned), MapMemory: 5}}
+	u := UnownedMessage{Header: h, Totals: MessageTotals{ProgramCount: len(unowned), MapMemory: 5}}
 	for _, id := range unowned {
 		u.Programs = append(u.Programs, state.Row{ProgID: id})
 	}

@@ -52,7 +52,7 @@ func (f metricsNATSStub) PublishErrors() uint64 { return f.errors }
 func metricsSnapshot() *state.Snapshot {
 	bpftrace := func(id string) state.Row {
 		return state.Row{GadgetID: id, GadgetName: "bpftrace", GadgetImage: "/usr/bin/bpftrace",
-			Runtime: 1000, Runcount: 10, MapMemory: 4096, MapCount: 2, ProgramCount: 1}
+			Totals: state.Totals{Runtime: 1000, Runcount: 10, MapMemory: 4096, MapCount: 2, ProgramCount: 1}}
 	}
 	return &state.Snapshot{
 		Time:          time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
@@ -64,27 +64,27 @@ func metricsSnapshot() *state.Snapshot {
 			bpftrace("0a1b2c3d4e5"),
 			bpftrace("5e4d3c2b1a0"),
 			{GadgetID: "a624bdbf27f", GadgetName: "mytraceexec", GadgetImage: "trace_exec:latest",
-				Runtime: 445114, Runcount: 636, MapMemory: 183170336, MapCount: 7},
+				Totals: state.Totals{Runtime: 445114, Runcount: 636, MapMemory: 183170336, MapCount: 7}},
 			{GadgetID: "bb95fa2c8ab", GadgetName: "mytraceopen", GadgetImage: "trace_open:latest",
-				Runtime: 73383934, Runcount: 219513, MapMemory: 1710240, MapCount: 6},
+				Totals: state.Totals{Runtime: 73383934, Runcount: 219513, MapMemory: 1710240, MapCount: 6}},
 			{GadgetID: "ffffffffff0", GadgetName: `say "hi"\`, GadgetImage: "line1\nline2",
-				Runtime: 1, Runcount: 1, MapMemory: 1, MapCount: 1},
+				Totals: state.Totals{Runtime: 1, Runcount: 1, MapMemory: 1, MapCount: 1}},
 		},
 		Programs: []state.Row{
-			{ProgID: 2, ProgName: "hid_tail_call", Runtime: 0, Runcount: 0, MapMemory: 8512, MapCount: 1},
-			{ProgID: 198, ProgName: "", MapMemory: 48672, MapCount: 1},
+			{ProgID: 2, ProgName: "hid_tail_call", Totals: state.Totals{Runtime: 0, Runcount: 0, MapMemory: 8512, MapCount: 1}},
+			{ProgID: 198, ProgName: "", Totals: state.Totals{MapMemory: 48672, MapCount: 1}},
 			{ProgID: 743, GadgetID: "a624bdbf27f", GadgetName: "mytraceexec", GadgetImage: "trace_exec:latest",
-				ProgName: "security_bprm_c", Runtime: 445114, Runcount: 636, MapMemory: 183170336, MapCount: 7},
+				ProgName: "security_bprm_c", Totals: state.Totals{Runtime: 445114, Runcount: 636, MapMemory: 183170336, MapCount: 7}},
 			{ProgID: 750, GadgetID: "bb95fa2c8ab", GadgetName: "mytraceopen", GadgetImage: "trace_open:latest",
-				ProgName: "ig_openat_e", Runtime: 21538317, Runcount: 48300, MapMemory: 1098240, MapCount: 3},
+				ProgName: "ig_openat_e", Totals: state.Totals{Runtime: 21538317, Runcount: 48300, MapMemory: 1098240, MapCount: 3}},
 			{ProgID: 752, GadgetID: "bb95fa2c8ab", GadgetName: "mytraceopen", GadgetImage: "trace_open:latest",
-				ProgName: "ig_openat_e", Runtime: 51845617, Runcount: 171213, MapMemory: 1615904, MapCount: 4},
+				ProgName: "ig_openat_e", Totals: state.Totals{Runtime: 51845617, Runcount: 171213, MapMemory: 1615904, MapCount: 4}},
 			{ProgID: 800, GadgetID: "0a1b2c3d4e5", GadgetName: "bpftrace", GadgetImage: "/usr/bin/bpftrace",
-				ProgName: "kprobe_x", Runtime: 1000, Runcount: 10, MapMemory: 4096, MapCount: 2},
+				ProgName: "kprobe_x", Totals: state.Totals{Runtime: 1000, Runcount: 10, MapMemory: 4096, MapCount: 2}},
 			{ProgID: 801, GadgetID: "5e4d3c2b1a0", GadgetName: "bpftrace", GadgetImage: "/usr/bin/bpftrace",
-				ProgName: "kprobe_x", Runtime: 1000, Runcount: 10, MapMemory: 4096, MapCount: 2},
+				ProgName: "kprobe_x", Totals: state.Totals{Runtime: 1000, Runcount: 10, MapMemory: 4096, MapCount: 2}},
 			{ProgID: 900, GadgetID: "ffffffffff0", GadgetName: `say "hi"\`, GadgetImage: "line1\nline2",
-				ProgName: "p", Runtime: 1, Runcount: 1, MapMemory: 1, MapCount: 1},
+				ProgName: "p", Totals: state.Totals{Runtime: 1, Runcount: 1, MapMemory: 1, MapCount: 1}},
 		},
 	}
 }
@@ -488,8 +488,8 @@ func TestMetricsInvalidUTF8Label(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := &state.Snapshot{Gadgets: []state.Row{
-		{GadgetID: "a", GadgetName: "bad\xff", GadgetImage: "img", MapCount: 1},
-		{GadgetID: "b", GadgetName: "good", GadgetImage: "img", MapCount: 2},
+		{GadgetID: "a", GadgetName: "bad\xff", GadgetImage: "img", Totals: state.Totals{MapCount: 1}},
+		{GadgetID: "b", GadgetName: "good", GadgetImage: "img", Totals: state.Totals{MapCount: 2}},
 	}}
 	if err := m.Publish(snap); err != nil {
 		t.Fatal(err)

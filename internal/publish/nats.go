@@ -84,19 +84,19 @@ type GadgetIdentity struct {
 	Image string `json:"image"`
 }
 
-// Totals are the sums over a set of programs. MapMemory and MapCount count
-// every distinct map once.
-type Totals struct {
-	// Runtime is cumulative run time in nanoseconds.
-	Runtime         uint64  `json:"runtime"`
-	Runcount        uint64  `json:"runcount"`
-	RuntimeDelta    uint64  `json:"runtimeDelta"`
-	RuncountDelta   uint64  `json:"runcountDelta"`
-	CPUPercent      float64 `json:"cpuPercent"`
-	RecursionMisses uint64  `json:"recursionMisses"`
-	MapMemory       uint64  `json:"mapMemory"`
-	MapCount        int     `json:"mapCount"`
-	ProgramCount    int     `json:"programCount"`
+// MessageTotals are the totals of a gadget or _unowned message:
+// state.Totals, whose JSON they are, except that programCount is always
+// present (0 in an _unowned message without programs) where a program
+// row's JSON omits it.
+type MessageTotals state.Totals
+
+// MarshalJSON encodes t as state.Totals, with programCount also when 0.
+func (t MessageTotals) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		state.Totals
+		// ProgramCount shadows the omitempty field of state.Totals.
+		ProgramCount int `json:"programCount"`
+	}{state.Totals(t), t.ProgramCount})
 }
 
 // GadgetMessage is published on <prefix>.<node>.<gadgetID> every interval.
@@ -104,7 +104,7 @@ type GadgetMessage struct {
 	Header
 	Gadget GadgetIdentity   `json:"gadget"`
 	Owner  state.ProcessRef `json:"owner"`
-	Totals Totals           `json:"totals"`
+	Totals MessageTotals    `json:"totals"`
 	// Programs are the gadget's program rows, sorted by ProgID.
 	Programs []state.Row `json:"programs"`
 }
@@ -113,8 +113,8 @@ type GadgetMessage struct {
 // also when there are no unowned programs.
 type UnownedMessage struct {
 	Header
-	Totals   Totals      `json:"totals"`
-	Programs []state.Row `json:"programs"`
+	Totals   MessageTotals `json:"totals"`
+	Programs []state.Row   `json:"programs"`
 }
 
 // NodeCounts are a node's inventory sizes and event totals.
@@ -828,18 +828,8 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot) ([]outMsg, error) {
 // gadgetTotals takes the totals from the gadget row, which the inventory
 // computed over distinct maps, and the program count from the rows when
 // the gadget row lacks it.
-func gadgetTotals(g state.Row, progs []state.Row) Totals {
-	t := Totals{
-		Runtime:         g.Runtime,
-		Runcount:        g.Runcount,
-		RuntimeDelta:    g.RuntimeDelta,
-		RuncountDelta:   g.RuncountDelta,
-		CPUPercent:      g.CPUPercent,
-		RecursionMisses: g.RecursionMisses,
-		MapMemory:       g.MapMemory,
-		MapCount:        g.MapCount,
-		ProgramCount:    g.ProgramCount,
-	}
+func gadgetTotals(g state.Row, progs []state.Row) MessageTotals {
+	t := MessageTotals(g.Totals)
 	if t.ProgramCount == 0 {
 		t.ProgramCount = len(progs)
 	}

@@ -175,9 +175,11 @@ func testSnapshot(node, gadgetID string, at time.Time) *state.Snapshot {
 		return state.Row{
 			NodeName: node, GadgetID: gadget.ID, GadgetName: gadget.Name, GadgetImage: gadget.Image,
 			ProgID: id, ProgName: name, ProgType: "tracepoint",
-			Runtime: runtime, Runcount: runcount, MapMemory: mem, MapCount: len(maps),
+			Totals: state.Totals{
+				Runtime: runtime, Runcount: runcount, MapMemory: mem, MapCount: len(maps),
+				RuntimeDelta: runtime / 10, RuncountDelta: runcount / 10, CPUPercent: 0.5,
+			},
 			PIDs: []uint32{4242}, Comms: []string{"trace_open"},
-			RuntimeDelta: runtime / 10, RuncountDelta: runcount / 10, CPUPercent: 0.5,
 			Loader: &owner, MapIDs: maps, Tag: fmt.Sprintf("%016x", id),
 		}
 	}
@@ -185,14 +187,16 @@ func testSnapshot(node, gadgetID string, at time.Time) *state.Snapshot {
 	p2 := prog(1262, "ig_openat_e", 33097520, 83005, 1098240, []uint32{7})
 	unowned := state.Row{
 		NodeName: node, ProgID: 2, ProgName: "hid_tail_call", ProgType: "tracing",
-		MapMemory: 8512, MapCount: 1, PIDs: []uint32{}, Comms: []string{}, MapIDs: []uint32{1},
+		Totals: state.Totals{MapMemory: 8512, MapCount: 1}, PIDs: []uint32{}, Comms: []string{}, MapIDs: []uint32{1},
 		Tag: "0000000000000002",
 	}
 	g := state.Row{
 		NodeName: node, GadgetID: gadget.ID, GadgetName: gadget.Name, GadgetImage: gadget.Image,
-		Runtime: p1.Runtime + p2.Runtime, Runcount: p1.Runcount + p2.Runcount,
-		RuntimeDelta: p1.RuntimeDelta + p2.RuntimeDelta, RuncountDelta: p1.RuncountDelta + p2.RuncountDelta,
-		CPUPercent: 1, MapMemory: 1615904, MapCount: 2, ProgramCount: 2,
+		Totals: state.Totals{
+			Runtime: p1.Runtime + p2.Runtime, Runcount: p1.Runcount + p2.Runcount,
+			RuntimeDelta: p1.RuntimeDelta + p2.RuntimeDelta, RuncountDelta: p1.RuncountDelta + p2.RuncountDelta,
+			CPUPercent: 1, MapMemory: 1615904, MapCount: 2, ProgramCount: 2,
+		},
 		PIDs: []uint32{4242}, Comms: []string{"trace_open"}, Loader: &owner, MapIDs: []uint32{7, 8},
 	}
 	return &state.Snapshot{
@@ -201,7 +205,7 @@ func testSnapshot(node, gadgetID string, at time.Time) *state.Snapshot {
 		Source:   "perf",
 		Programs: []state.Row{unowned, p1, p2},
 		Gadgets:  []state.Row{g},
-		Unowned: state.Row{NodeName: node, MapMemory: 8512, MapCount: 1, ProgramCount: 1,
+		Unowned: state.Row{NodeName: node, Totals: state.Totals{MapMemory: 8512, MapCount: 1, ProgramCount: 1},
 			PIDs: []uint32{}, Comms: []string{}, MapIDs: []uint32{1}},
 		GadgetInfo:    map[string]state.Gadget{gadget.ID: gadget},
 		Counters:      state.Counters{EventsLoad: 5, EventsRelease: 2, EventsLost: 1, Resyncs: 2, Sweeps: 7},
@@ -350,7 +354,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 		Header: hdr,
 		Gadget: GadgetIdentity{ID: "6bcfcca7a12", Name: "mytraceopen", Image: "trace_open:latest"},
 		Owner:  owner,
-		Totals: Totals{
+		Totals: MessageTotals{
 			Runtime: 14944051 + 33097520, Runcount: 83160 + 83005,
 			RuntimeDelta: 1494405 + 3309752, RuncountDelta: 8316 + 8300,
 			CPUPercent: 1, MapMemory: 1615904, MapCount: 2, ProgramCount: 2,
@@ -367,7 +371,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	gotU := decode[UnownedMessage](t, m)
 	wantU := UnownedMessage{
 		Header:   hdr,
-		Totals:   Totals{MapMemory: 8512, MapCount: 1, ProgramCount: 1},
+		Totals:   MessageTotals{MapMemory: 8512, MapCount: 1, ProgramCount: 1},
 		Programs: snap.Programs[:1],
 	}
 	wantU.Type = TypeUnowned

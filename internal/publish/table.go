@@ -121,10 +121,11 @@ func WriteTable(w io.Writer, cols []Column, rows []state.Row) error {
 	return err
 }
 
-// WriteJSON writes rows as one JSON array on one line.
-func WriteJSON(w io.Writer, rows []state.Row) error {
+// WriteJSON writes rows (state.Row, or a row type of the output that
+// embeds it) as one JSON array on one line.
+func WriteJSON[R any](w io.Writer, rows []R) error {
 	if rows == nil {
-		rows = []state.Row{}
+		rows = []R{}
 	}
 	b, err := json.Marshal(rows)
 	if err != nil {

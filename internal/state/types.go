@@ -51,6 +51,49 @@ type ProcessRef struct {
 	Exe  string `json:"exe"`
 }
 
+// Totals are the numbers of one program or of a set of programs (a
+// gadget, the unowned programs, an image across nodes): every numeric
+// column is one field here. A new numeric column is a field here plus its
+// entry in the publish package's column list.
+type Totals struct {
+	// Runtime is cumulative run time in nanoseconds.
+	Runtime  uint64 `json:"runtime"`
+	Runcount uint64 `json:"runcount"`
+	// RuntimeDelta and RuncountDelta are the growth since the previous
+	// sweep; zero on a program's first sweep.
+	RuntimeDelta  uint64 `json:"runtimeDelta"`
+	RuncountDelta uint64 `json:"runcountDelta"`
+	// CPUPercent is RuntimeDelta over the real elapsed time between the
+	// two reads, in percent of one CPU.
+	CPUPercent      float64 `json:"cpuPercent"`
+	RecursionMisses uint64  `json:"recursionMisses"`
+	// MapMemory is the memlock of the distinct maps used, in bytes;
+	// MapCount counts those maps.
+	MapMemory uint64 `json:"mapMemory"`
+	MapCount  int    `json:"mapCount"`
+	// ProgramCount is the number of programs summed. A program's own row
+	// has 0, and its JSON omits the field; publish's messages always carry
+	// it (publish.MessageTotals).
+	ProgramCount int `json:"programCount,omitempty"`
+}
+
+// Add adds every field of o to t. The sums are right for disjoint sets of
+// programs. Programs of one set may share maps, and Add cannot tell: the
+// caller computes MapMemory and MapCount of such a set over its distinct
+// maps (as Sweep does for gadget rows), and adds with those two fields
+// zeroed.
+func (t *Totals) Add(o Totals) {
+	t.Runtime += o.Runtime
+	t.Runcount += o.Runcount
+	t.RuntimeDelta += o.RuntimeDelta
+	t.RuncountDelta += o.RuncountDelta
+	t.CPUPercent += o.CPUPercent
+	t.RecursionMisses += o.RecursionMisses
+	t.MapMemory += o.MapMemory
+	t.MapCount += o.MapCount
+	t.ProgramCount += o.ProgramCount
+}
+
 // Row is one line of the bpfstats table: a gadget (ProgID 0) or a program.
 // JSON names are the seed's column names; the rest are additions.
 type Row struct {
@@ -61,31 +104,15 @@ type Row struct {
 	ProgID      uint32 `json:"progID"`
 	ProgName    string `json:"progName"`
 	ProgType    string `json:"progType"`
-	// Runtime is cumulative run time in nanoseconds.
-	Runtime   uint64   `json:"runtime"`
-	Runcount  uint64   `json:"runcount"`
-	MapMemory uint64   `json:"mapMemory"`
-	MapCount  int      `json:"mapCount"`
-	PIDs      []uint32 `json:"pids"`
-	Comms     []string `json:"comms"`
-
-	// RuntimeDelta and RuncountDelta are the growth since the previous
-	// sweep; zero on a row's first sweep.
-	RuntimeDelta  uint64 `json:"runtimeDelta"`
-	RuncountDelta uint64 `json:"runcountDelta"`
-	// CPUPercent is RuntimeDelta over the real elapsed time between the
-	// two reads, in percent of one CPU.
-	CPUPercent      float64     `json:"cpuPercent"`
-	RecursionMisses uint64      `json:"recursionMisses"`
-	ProgramCount    int         `json:"programCount,omitempty"`
-	Loader          *ProcessRef `json:"loader,omitempty"`
+	// Totals are the row's numbers; their JSON fields are the row's.
+	Totals
+	PIDs   []uint32    `json:"pids"`
+	Comms  []string    `json:"comms"`
+	Loader *ProcessRef `json:"loader,omitempty"`
 	// MapIDs are the distinct maps the row accounts for.
 	MapIDs []uint32 `json:"mapIDs,omitempty"`
 	// Tag is the program tag in hex (programs only).
 	Tag string `json:"tag,omitempty"`
-	// Source is the event source of the tracker that made the row, set
-	// by "tracker stats -o json" as the output's metadata.
-	Source string `json:"source,omitempty"`
 }
 
 // Snapshot is the result of one sweep.

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite golden files in testdata")
+
+// goldenSnapshot is a sweep with a gadget of two programs sharing a map and
+// one unowned program; every number is distinct from zero so that a
+// dropped field shows.
+func goldenSnapshot() *state.Snapshot {
+	owner := state.ProcessRef{PID: 4242, Comm: "trace_open", Exe: "/usr/local/bin/trace_open"}
+	gadget := state.Gadget{ID: "6bcfcca7a12", Name: "mytraceopen", Image: "trace_open:latest", Owner: owner}
+	prog := func(id uint32, name string, runtime uint64, maps []uint32) state.Row {
+		r := state.Row{
+			NodeName: "node-a", GadgetID: gadget.ID, GadgetName: gadget.Name, GadgetImage: gadget.Image,
+			ProgID: id, ProgName: name, ProgType: "tracepoint",
+			PIDs: []uint32{4242}, Comms: []string{"trace_open"},
+			Loader: &owner, MapIDs: maps, Tag: "00000000000004ec",
+		}
+		r.Runtime, r.Runcount, r.MapMemory, r.MapCount = runtime, runtime/100, 4096*uint64(len(maps)), len(maps)
+		r.RuntimeDelta, r.RuncountDelta, r.CPUPercent, r.RecursionMisses = runtime/10, runtime/1000, 0.25, 2
+		return r
+	}
+	p1 := prog(1260, "ig_openat_x", 1494405100, []uint32{7, 8})
+	p2 := prog(1262, "ig_openat_e", 3309752000, []uint32{7})
+	unowned := state.Row{
+		NodeName: "node-a", ProgID: 2, ProgName: "hid_tail_call", ProgType: "tracing",
+		PIDs: []uint32{}, Comms: []string{}, MapIDs: []uint32{1}, Tag: "0000000000000002",
+	}
+	unowned.MapMemory, unowned.MapCount, unowned.RecursionMisses = 8512, 1, 1
+	g := state.Row{
+		NodeName: "node-a", GadgetID: gadget.ID, GadgetName: gadget.Name, GadgetImage: gadget.Image,
+		PIDs: []uint32{4242}, Comms: []string{"trace_open"}, Loader: &owner, MapIDs: []uint32{7, 8},
+	}
+	g.Runtime, g.Runcount, g.MapMemory, g.MapCount = p1.Runtime+p2.Runtime, p1.Runcount+p2.Runcount, 8192, 2
+	g.RuntimeDelta, g.RuncountDelta, g.CPUPercent = p1.RuntimeDelta+p2.RuntimeDelta, p1.RuncountDelta+p2.RuncountDelta, 0.5
+	g.RecursionMisses, g.ProgramCount = 4, 2
+	return &state.Snapshot{
+		Node:       "node-a",
+		Time:       time.Date(2025, 11, 26, 6, 0, 0, 0, time.UTC),
+		Elapsed:    time.Second,
+		Source:     "perf",
+		Programs:   []state.Row{unowned, p1, p2},
+		Gadgets:    []state.Row{g},
+		GadgetInfo: map[string]state.Gadget{gadget.ID: gadget},
+	}
+}
+
+// canonicalJSON decodes data and encodes it again indented: object keys
+// come out sorted, so only key presence and values are compared. Numbers
+// stay exact.
+func canonicalJSON(t *testing.T, data []byte) []byte {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("decoding %s: %v", data, err)
+	}
+	out, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(out, '\n')
+}
+
+// TestStatsJSONGolden pins the rows "tracker stats -o json" prints, with
+// and without --all.
+func TestStatsJSONGolden(t *testing.T) {
+	for _, tc := range []struct {
+		golden string
+		all    bool
+	}{
+		{"stats_gadgets.golden", false},
+		{"stats_programs.golden", true},
+	} {
+		t.Run(tc.golden, func(t *testing.T) {
+			var out bytes.Buffer
+			o := outputFlags{output: "json"}
+			print, err := o.printer(&out, tc.all)
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap := goldenSnapshot()
+			if err := print(snap); err != nil {
+				t.Fatal(err)
+			}
+			got := canonicalJSON(t, out.Bytes())
+			path := filepath.Join("testdata", tc.golden)
+			if *updateGolden {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if !bytes.Equal(got, canonicalJSON(t, want)) {
+				t.Errorf("JSON differs from %s (run with -update to accept):\n--- got\n%s", path, got)
+			}
+		})
+	}
+}

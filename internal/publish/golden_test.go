@@ -1,0 +1,91 @@
+package publish
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// canonicalJSON decodes data and encodes it again indented: object keys
+// come out sorted, so only key presence and values are compared. Numbers
+// stay exact (no float64 round trip).
+func canonicalJSON(t *testing.T, data []byte) []byte {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("decoding %s: %v", data, err)
+	}
+	out, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(out, '\n')
+}
+
+// checkGoldenJSON compares data with testdata/name as canonical JSON, or
+// rewrites the file with -update.
+func checkGoldenJSON(t *testing.T, name string, data []byte) {
+	t.Helper()
+	got := canonicalJSON(t, data)
+	path := filepath.Join("testdata", name)
+	if updateMetricsGolden() {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if !bytes.Equal(got, canonicalJSON(t, want)) {
+		t.Errorf("JSON differs from %s (run with -update to accept):\n--- got\n%s", path, got)
+	}
+}
+
+// intervalMessage returns the encoded message of the interval for token.
+func intervalMessage(t *testing.T, snap *state.Snapshot, token string) []byte {
+	t.Helper()
+	sink := &NATSSink{node: "node_a", prefix: DefaultSubjectPrefix, seq: 3, opts: NATSOptions{Interval: time.Second}}
+	msgs, err := sink.intervalMessages(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.subject == sink.Subject(token) {
+			return m.data
+		}
+	}
+	t.Fatalf("no message for %s among %d", token, len(msgs))
+	return nil
+}
+
+// TestMessageGolden pins the wire format of the gadget and _unowned
+// messages, the one with no unowned programs included.
+func TestMessageGolden(t *testing.T) {
+	snap := testSnapshot("node_a", "6bcfcca7a12", testTime)
+	// Every number distinct from zero, so that a dropped field shows.
+	for i := range snap.Programs {
+		snap.Programs[i].RecursionMisses = uint64(i + 1)
+	}
+	snap.Unowned.RecursionMisses = 1
+	snap.Gadgets[0].RecursionMisses = 5
+	snap.Unowned.Runtime, snap.Unowned.Runcount = 11, 1
+	checkGoldenJSON(t, "message_gadget.golden", intervalMessage(t, snap, "6bcfcca7a12"))
+	checkGoldenJSON(t, "message_unowned.golden", intervalMessage(t, snap, TokenUnowned))
+
+	empty := &state.Snapshot{
+		Time:       testTime,
+		Source:     "perf",
+		Unowned:    state.Row{NodeName: "node_a", PIDs: []uint32{}, Comms: []string{}},
+		GadgetInfo: map[string]state.Gadget{},
+	}
+	checkGoldenJSON(t, "message_unowned_empty.golden", intervalMessage(t, empty, TokenUnowned))
+}
