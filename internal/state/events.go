@@ -6,11 +6,11 @@ import (
 	"github.com/bpfstats/tracker/internal/loader"
 )
 
-// Apply updates the inventory with one event and returns what consumers
+// apply updates the inventory with one event and returns what consumers
 // should be told, or nil when the event changed nothing (a duplicate load,
 // the release of an unknown program). EventLost is counted only: the
-// caller must call Resync.
-func (t *Tracker) Apply(ev loader.ProgramEvent) *Event {
+// caller must call Resync (Run does).
+func (t *Tracker) apply(ev loader.ProgramEvent) *Event {
 	switch ev.Kind {
 	case loader.EventLoad:
 		t.counters.EventsLoad++
@@ -84,11 +84,11 @@ func (t *Tracker) event(kind string, p *program, ev loader.ProgramEvent) *Event 
 		Kind:       kind,
 		ProgID:     p.id,
 		ProgName:   name,
-		ProgType:   ProgTypeName(typ),
+		ProgType:   progTypeName(typ),
 		Tag:        hex.EncodeToString(p.tag[:]),
 		Loader:     p.loader,
 		KernelTime: ev.KernelTime,
-		Time:       t.opts.Now(),
+		Time:       t.opts.now(),
 	}
 	if p.gadget != nil {
 		g := p.gadget.info

@@ -87,9 +87,9 @@ func (t *Tracker) unown(p *program) {
 
 func (t *Tracker) gadgetInfo(proc *loader.Process) Gadget {
 	g := Gadget{
-		ID:    proc.Labels[LabelID],
-		Name:  proc.Labels[LabelName],
-		Image: proc.Labels[LabelImage],
+		ID:    proc.Labels[labelID],
+		Name:  proc.Labels[labelName],
+		Image: proc.Labels[labelImage],
 		Owner: ProcessRef{PID: proc.PID, Comm: proc.Comm, Exe: proc.Exe},
 	}
 	if self := t.opts.Self; self.PID != 0 && self.PID == proc.PID {
@@ -97,7 +97,7 @@ func (t *Tracker) gadgetInfo(proc *loader.Process) Gadget {
 		g.Image = cmp.Or(g.Image, self.Image)
 	}
 	if g.ID == "" {
-		g.ID = GadgetID(t.opts.Node, proc.PID, proc.StartTime)
+		g.ID = gadgetID(t.opts.Node, proc.PID, proc.StartTime)
 	}
 	if g.Name == "" {
 		g.Name = proc.Comm
@@ -108,9 +108,9 @@ func (t *Tracker) gadgetInfo(proc *loader.Process) Gadget {
 	return g
 }
 
-// GadgetID is the generated ID of the gadget owned by one process instance
+// gadgetID is the generated ID of the gadget owned by one process instance
 // on one node: 11 hex digits, stable for the life of the process.
-func GadgetID(node string, pid uint32, startTime uint64) string {
+func gadgetID(node string, pid uint32, startTime uint64) string {
 	sum := sha256.Sum256(fmt.Appendf(nil, "%s/%d/%d", node, pid, startTime))
 	return hex.EncodeToString(sum[:])[:11]
 }

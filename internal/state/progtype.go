@@ -40,9 +40,9 @@ var progTypeNames = [...]string{
 	32: "netfilter",
 }
 
-// ProgTypeName returns the bpftool-style name of a BPF_PROG_TYPE_* value,
+// progTypeName returns the bpftool-style name of a BPF_PROG_TYPE_* value,
 // or its number for types newer than this table.
-func ProgTypeName(t uint32) string {
+func progTypeName(t uint32) string {
 	if int(t) < len(progTypeNames) {
 		return progTypeNames[t]
 	}

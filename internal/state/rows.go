@@ -88,7 +88,7 @@ func (t *Tracker) programRow(p *program, a *rowArenas) Row {
 		NodeName: t.opts.Node,
 		ProgID:   p.id,
 		ProgName: p.name,
-		ProgType: ProgTypeName(p.progType),
+		ProgType: progTypeName(p.progType),
 		Totals: Totals{
 			Runtime:         p.info.RunTime,
 			Runcount:        p.info.RunCount,

@@ -199,7 +199,7 @@ func (r *runLoop) sweep() bool {
 }
 
 func (t *Tracker) handle(ev loader.ProgramEvent, cfg RunConfig) {
-	out := t.Apply(ev)
+	out := t.apply(ev)
 	if ev.Kind == loader.EventLost {
 		added, removed, err := t.Resync()
 		if err != nil {

@@ -50,7 +50,7 @@ func (t *Tracker) Sweep() (*Snapshot, error) {
 // apply the events that arrived meanwhile instead of holding them for the
 // whole sweep. A program loaded meanwhile gets its first read next sweep.
 func (t *Tracker) sweep(between func()) (*Snapshot, error) {
-	start := t.opts.Now()
+	start := t.opts.now()
 	var errs []error
 	each := func(id uint32, info *loader.ProgramInfo, err error) {
 		p, ok := t.programs[id]
@@ -61,7 +61,7 @@ func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("reading program %d: %w", id, err))
 		default:
-			t.merge(p, *info, t.opts.Now())
+			t.merge(p, *info, t.opts.now())
 		}
 	}
 	if br, ok := t.kernel.(BatchReader); ok {
@@ -93,13 +93,11 @@ func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 		}
 	}
 	between()
-	if !t.opts.SkipHolders {
-		if err := t.settleOwners(); err != nil {
-			errs = append(errs, err)
-		}
-		between()
+	if err := t.settleOwners(); err != nil {
+		errs = append(errs, err)
 	}
-	end := t.opts.Now()
+	between()
+	end := t.opts.now()
 	snap := t.snapshot(end)
 	snap.SweepDuration = end.Sub(start)
 	if !t.lastSweep.IsZero() {

@@ -3,7 +3,6 @@
 package state
 
 import (
-	"slices"
 	"time"
 
 	"github.com/bpfstats/tracker/internal/loader"
@@ -12,9 +11,9 @@ import (
 // Label keys read from a gadget owner's environment (without the
 // BPFSTATS_GADGET_ prefix).
 const (
-	LabelName  = "NAME"
-	LabelImage = "IMAGE"
-	LabelID    = "ID"
+	labelName  = "NAME"
+	labelImage = "IMAGE"
+	labelID    = "ID"
 )
 
 // Options configures a Tracker.
@@ -25,12 +24,8 @@ type Options struct {
 	// Source is the name of the event source feeding the tracker, copied
 	// into every Snapshot.
 	Source string
-	// SkipHolders turns off the per-sweep scan of which processes hold
-	// program fds. Pids and comms are then empty, and programs whose
-	// loader is unknown stay unowned.
-	SkipHolders bool
-	// Now returns the current time; time.Now when nil.
-	Now func() time.Time
+	// now returns the current time; time.Now when nil. Tests set a clock.
+	now func() time.Time
 	// Self names the tracker's own process (PID, and the name and image
 	// its gadget gets): its iterators and hooks are programs like any
 	// other, shown as its own gadget so that its cost is visible.
@@ -112,8 +107,8 @@ type mapEntry struct {
 
 // New returns an empty Tracker reading through k.
 func New(k Kernel, opts Options) *Tracker {
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.now == nil {
+		opts.now = time.Now
 	}
 	return &Tracker{
 		kernel:    k,
@@ -125,21 +120,5 @@ func New(k Kernel, opts Options) *Tracker {
 		seen:      make(map[uint32]struct{}),
 	}
 }
-
-// Len returns the number of programs in the inventory.
-func (t *Tracker) Len() int { return len(t.programs) }
-
-// ProgramIDs returns the IDs in the inventory, sorted.
-func (t *Tracker) ProgramIDs() []uint32 {
-	ids := make([]uint32, 0, len(t.programs))
-	for id := range t.programs {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
-}
-
-// Counters returns the running totals.
-func (t *Tracker) Counters() Counters { return t.counters }
 
 var _ Kernel = (*loader.Kernel)(nil)

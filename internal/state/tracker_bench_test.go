@@ -31,7 +31,7 @@ func benchFake(n int) *fakeKernel {
 	for i := range owners {
 		pid := uint32(1000 + i)
 		k.procs[pid] = loader.Process{PID: pid, StartTime: 42, Comm: fmt.Sprintf("gadget%d", i), Exe: "/usr/bin/gadget",
-			Labels: map[string]string{LabelName: fmt.Sprintf("g%d", i)}}
+			Labels: map[string]string{labelName: fmt.Sprintf("g%d", i)}}
 	}
 	for i := range n {
 		id := uint32(10 + i)
@@ -104,10 +104,10 @@ func BenchmarkApplyLoadRelease(b *testing.B) {
 	release := loader.ProgramEvent{Kind: loader.EventRelease, ProgramID: id, Tag: tag(id)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if tr.Apply(load) == nil {
+		if tr.apply(load) == nil {
 			b.Fatal("load not applied")
 		}
-		if tr.Apply(release) == nil {
+		if tr.apply(release) == nil {
 			b.Fatal("release not applied")
 		}
 	}
@@ -138,7 +138,7 @@ func BenchmarkSweepKernel(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(tr.Len()), "ns/prog")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(tr.programs)), "ns/prog")
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -83,7 +84,7 @@ func load(id uint32, pid uint32) loader.ProgramEvent {
 func newTracker(t *testing.T, k *fakeKernel) (*Tracker, *clock) {
 	t.Helper()
 	c := newClock()
-	return New(k, Options{Node: "n1", Source: "test", Now: c.now}), c
+	return New(k, Options{Node: "n1", Source: "test", now: c.now}), c
 }
 
 func sweep(t *testing.T, tr *Tracker) *Snapshot {
@@ -145,14 +146,14 @@ func TestDeltaUsesEachProgramsOwnReadTime(t *testing.T) {
 	k := newFakeKernel()
 	k.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1}
 	tr, c := newTracker(t, k)
-	tr.Apply(load(1, 0))
+	tr.apply(load(1, 0))
 	sweep(t, tr)
 	// Program 2 appears later: its first sweep has no delta even though
 	// program 1's has.
 	c.advance(time.Second)
 	k.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1, RunTime: 1e9, RunCount: 1}
 	k.progs[2] = loader.ProgramInfo{ID: 2, LoadTime: 2, RunTime: 7e9, RunCount: 9}
-	tr.Apply(load(2, 0))
+	tr.apply(load(2, 0))
 	snap := sweep(t, tr)
 	if r := programRow(t, snap, 1); r.CPUPercent < 99.9 || r.CPUPercent > 100.1 {
 		t.Fatalf("program 1 cpu%% = %v, want 100", r.CPUPercent)
@@ -168,13 +169,13 @@ func TestIDReuseStartsOver(t *testing.T) {
 	k.procs[200] = loader.Process{PID: 200, StartTime: 6, Comm: "b", Exe: "/bin/b"}
 	k.progs[9] = loader.ProgramInfo{ID: 9, Tag: tag(1), LoadTime: 1, RunTime: 900, RunCount: 9}
 	tr, c := newTracker(t, k)
-	tr.Apply(loader.ProgramEvent{Kind: loader.EventLoad, ProgramID: 9, Tag: tag(1), PID: 100})
+	tr.apply(loader.ProgramEvent{Kind: loader.EventLoad, ProgramID: 9, Tag: tag(1), PID: 100})
 	sweep(t, tr)
 
 	// The release was missed; ID 9 now names another program with lower
 	// counters. A load event with another tag replaces it.
 	k.progs[9] = loader.ProgramInfo{ID: 9, Tag: tag(2), LoadTime: 2, RunTime: 10, RunCount: 1}
-	if ev := tr.Apply(loader.ProgramEvent{Kind: loader.EventLoad, ProgramID: 9, Tag: tag(2), PID: 200}); ev == nil {
+	if ev := tr.apply(loader.ProgramEvent{Kind: loader.EventLoad, ProgramID: 9, Tag: tag(2), PID: 200}); ev == nil {
 		t.Fatal("load of a reused ID must be reported")
 	}
 	c.advance(time.Second)
@@ -204,23 +205,23 @@ func TestDuplicateLoadAndUnknownRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The snapshot already has it; the event arriving late is a duplicate.
-	if ev := tr.Apply(load(3, 0)); ev != nil {
+	if ev := tr.apply(load(3, 0)); ev != nil {
 		t.Fatalf("duplicate load reported: %+v", ev)
 	}
-	if ev := tr.Apply(loader.ProgramEvent{Kind: loader.EventRelease, ProgramID: 99}); ev != nil {
+	if ev := tr.apply(loader.ProgramEvent{Kind: loader.EventRelease, ProgramID: 99}); ev != nil {
 		t.Fatalf("release of an unknown program reported: %+v", ev)
 	}
-	if tr.Len() != 1 {
-		t.Fatalf("inventory has %d programs, want 1", tr.Len())
+	if len(tr.programs) != 1 {
+		t.Fatalf("inventory has %d programs, want 1", len(tr.programs))
 	}
-	ev := tr.Apply(loader.ProgramEvent{Kind: loader.EventRelease, ProgramID: 3, Tag: tag(3)})
+	ev := tr.apply(loader.ProgramEvent{Kind: loader.EventRelease, ProgramID: 3, Tag: tag(3)})
 	if ev == nil || ev.Kind != "release" || ev.ProgID != 3 {
 		t.Fatalf("release: %+v", ev)
 	}
-	if tr.Len() != 0 {
+	if len(tr.programs) != 0 {
 		t.Fatal("released program still in inventory")
 	}
-	c := tr.Counters()
+	c := tr.counters
 	if c.EventsLoad != 1 || c.EventsRelease != 2 {
 		t.Fatalf("counters: %+v", c)
 	}
@@ -230,10 +231,10 @@ func TestVanishedProgramDroppedQuietly(t *testing.T) {
 	k := newFakeKernel()
 	k.progs[4] = loader.ProgramInfo{ID: 4, LoadTime: 1}
 	tr, _ := newTracker(t, k)
-	tr.Apply(load(4, 0))
+	tr.apply(load(4, 0))
 	delete(k.progs, 4)
 	snap := sweep(t, tr)
-	if len(snap.Programs) != 0 || tr.Len() != 0 {
+	if len(snap.Programs) != 0 || len(tr.programs) != 0 {
 		t.Fatalf("vanished program kept: %+v", snap.Programs)
 	}
 }
@@ -243,8 +244,8 @@ func TestResyncAddsAndRemoves(t *testing.T) {
 	k.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1}
 	k.progs[2] = loader.ProgramInfo{ID: 2, LoadTime: 1}
 	tr, _ := newTracker(t, k)
-	tr.Apply(load(1, 0))
-	tr.Apply(load(5, 0)) // released while events were lost
+	tr.apply(load(1, 0))
+	tr.apply(load(5, 0)) // released while events were lost
 	added, removed, err := tr.Resync()
 	if err != nil {
 		t.Fatal(err)
@@ -252,10 +253,10 @@ func TestResyncAddsAndRemoves(t *testing.T) {
 	if added != 1 || removed != 1 {
 		t.Fatalf("resync added %d removed %d, want 1 and 1", added, removed)
 	}
-	if got := tr.ProgramIDs(); !slices.Equal(got, []uint32{1, 2}) {
+	if got := tr.programIDs(); !slices.Equal(got, []uint32{1, 2}) {
 		t.Fatalf("inventory %v, want [1 2]", got)
 	}
-	if tr.Counters().Resyncs != 1 {
+	if tr.counters.Resyncs != 1 {
 		t.Fatal("resync not counted")
 	}
 }
@@ -265,7 +266,7 @@ func TestResyncAddsAndRemoves(t *testing.T) {
 func TestGadgetAggregationDistinctMaps(t *testing.T) {
 	k := newFakeKernel()
 	k.procs[42] = loader.Process{PID: 42, StartTime: 77, Comm: "gadgetd", Exe: "/usr/bin/gadgetd",
-		Labels: map[string]string{LabelName: "mytraceopen", LabelImage: "trace_open:latest"}}
+		Labels: map[string]string{labelName: "mytraceopen", labelImage: "trace_open:latest"}}
 	k.maps[10] = loader.MapInfo{ID: 10, Memlock: 1000}
 	k.maps[11] = loader.MapInfo{ID: 11, Memlock: 200}
 	k.maps[12] = loader.MapInfo{ID: 12, Memlock: 30}
@@ -275,9 +276,9 @@ func TestGadgetAggregationDistinctMaps(t *testing.T) {
 	k.holders[1] = []uint32{42}
 	k.holders[2] = []uint32{42}
 	tr, _ := newTracker(t, k)
-	tr.Apply(load(1, 42))
-	tr.Apply(load(2, 42))
-	tr.Apply(load(3, 0))
+	tr.apply(load(1, 42))
+	tr.apply(load(2, 42))
+	tr.apply(load(3, 0))
 	snap := sweep(t, tr)
 
 	if len(snap.Gadgets) != 1 {
@@ -287,7 +288,7 @@ func TestGadgetAggregationDistinctMaps(t *testing.T) {
 	if g.GadgetName != "mytraceopen" || g.GadgetImage != "trace_open:latest" {
 		t.Fatalf("labels not used: %+v", g)
 	}
-	if g.GadgetID != GadgetID("n1", 42, 77) || len(g.GadgetID) != 11 {
+	if g.GadgetID != gadgetID("n1", 42, 77) || len(g.GadgetID) != 11 {
 		t.Fatalf("gadget id %q", g.GadgetID)
 	}
 	if g.ProgID != 0 || g.ProgName != "" {
@@ -327,10 +328,10 @@ func TestGadgetAggregationDistinctMaps(t *testing.T) {
 
 func TestLabelledGadgetID(t *testing.T) {
 	k := newFakeKernel()
-	k.procs[5] = loader.Process{PID: 5, StartTime: 1, Comm: "x", Exe: "/x", Labels: map[string]string{LabelID: "custom-id"}}
+	k.procs[5] = loader.Process{PID: 5, StartTime: 1, Comm: "x", Exe: "/x", Labels: map[string]string{labelID: "custom-id"}}
 	k.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1}
 	tr, _ := newTracker(t, k)
-	tr.Apply(load(1, 5))
+	tr.apply(load(1, 5))
 	snap := sweep(t, tr)
 	if g := snap.Gadgets[0]; g.GadgetID != "custom-id" || g.GadgetName != "x" || g.GadgetImage != "/x" {
 		t.Fatalf("unlabelled name/image must fall back to comm/exe, id to the label: %+v", g)
@@ -349,7 +350,7 @@ func TestOwnershipFromHoldersAndOwnerExit(t *testing.T) {
 	if _, _, err := tr.Resync(); err != nil {
 		t.Fatal(err)
 	}
-	tr.Apply(load(2, 10))
+	tr.apply(load(2, 10))
 	snap := sweep(t, tr)
 	if r := programRow(t, snap, 1); r.GadgetName != "holder" {
 		t.Fatalf("pre-existing program owner: %+v", r)
@@ -376,7 +377,7 @@ func TestOwnershipFromHoldersAndOwnerExit(t *testing.T) {
 	// A PID reused by another process instance is another gadget.
 	k.procs[20] = loader.Process{PID: 20, StartTime: 99, Comm: "other", Exe: "/other"}
 	snap = sweep(t, tr)
-	if r := programRow(t, snap, 1); r.GadgetName != "other" || r.GadgetID != GadgetID("n1", 20, 99) {
+	if r := programRow(t, snap, 1); r.GadgetName != "other" || r.GadgetID != gadgetID("n1", 20, 99) {
 		t.Fatalf("reused PID must make a new gadget: %+v", r)
 	}
 }
@@ -386,7 +387,7 @@ func TestKernelThreadLoaderIsUnowned(t *testing.T) {
 	k.procs[2] = loader.Process{PID: 2, StartTime: 0, Comm: "kthreadd"}
 	k.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1}
 	tr, _ := newTracker(t, k)
-	ev := tr.Apply(load(1, 2))
+	ev := tr.apply(load(1, 2))
 	if ev == nil || ev.Gadget != nil || ev.Loader == nil || ev.Loader.Comm != "kthreadd" {
 		t.Fatalf("event: %+v", ev)
 	}
@@ -397,18 +398,18 @@ func TestKernelThreadLoaderIsUnowned(t *testing.T) {
 
 func TestLostEventsCounted(t *testing.T) {
 	tr, _ := newTracker(t, newFakeKernel())
-	tr.Apply(loader.ProgramEvent{Kind: loader.EventLost, Lost: 12})
-	tr.Apply(loader.ProgramEvent{Kind: loader.EventLost})
-	if got := tr.Counters().EventsLost; got != 13 {
+	tr.apply(loader.ProgramEvent{Kind: loader.EventLost, Lost: 12})
+	tr.apply(loader.ProgramEvent{Kind: loader.EventLost})
+	if got := tr.counters.EventsLost; got != 13 {
 		t.Fatalf("lost = %d, want 13", got)
 	}
 }
 
 func TestProgTypeName(t *testing.T) {
-	if got := ProgTypeName(5); got != "tracepoint" {
+	if got := progTypeName(5); got != "tracepoint" {
 		t.Fatal(got)
 	}
-	if got := ProgTypeName(1000); got != "1000" {
+	if got := progTypeName(1000); got != "1000" {
 		t.Fatal(got)
 	}
 }
@@ -434,9 +435,9 @@ func TestSweepPrefersBatchReader(t *testing.T) {
 	fk.progs[2] = loader.ProgramInfo{ID: 2, LoadTime: 1}
 	k := &batchKernel{fakeKernel: fk}
 	c := newClock()
-	tr := New(k, Options{Now: c.now})
-	tr.Apply(load(1, 0))
-	tr.Apply(load(2, 0))
+	tr := New(k, Options{now: c.now})
+	tr.apply(load(1, 0))
+	tr.apply(load(2, 0))
 	delete(fk.progs, 2)
 	snap, err := tr.Sweep()
 	if err != nil {
@@ -445,7 +446,7 @@ func TestSweepPrefersBatchReader(t *testing.T) {
 	if k.batches != 1 {
 		t.Fatalf("batch reads: %d, want 1", k.batches)
 	}
-	if len(snap.Programs) != 1 || snap.Programs[0].Runtime != 10 || tr.Len() != 1 {
+	if len(snap.Programs) != 1 || snap.Programs[0].Runtime != 10 || len(tr.programs) != 1 {
 		t.Fatalf("batch sweep: %+v", snap.Programs)
 	}
 }
@@ -457,7 +458,7 @@ func TestMapMemoryRefreshOnlyForDynamicMaps(t *testing.T) {
 	k.maps[2] = loader.MapInfo{ID: 2, Memlock: 10, Flags: 1 /* BPF_F_NO_PREALLOC */}
 	k.progs[7] = loader.ProgramInfo{ID: 7, LoadTime: 1, MapIDs: []uint32{1, 2}}
 	tr, _ := newTracker(t, k)
-	tr.Apply(load(7, 0))
+	tr.apply(load(7, 0))
 	sweep(t, tr)
 	k.maps[1] = loader.MapInfo{ID: 1, Memlock: 999}
 	k.maps[2] = loader.MapInfo{ID: 2, Memlock: 50, Flags: 1}
@@ -476,8 +477,8 @@ func TestSelfGadgetNamed(t *testing.T) {
 	k.procs[9] = loader.Process{PID: 9, StartTime: 1, Comm: "tracker", Exe: "/usr/local/bin/bpfstats-tracker"}
 	k.progs[1] = loader.ProgramInfo{ID: 1, LoadTime: 1}
 	c := newClock()
-	tr := New(k, Options{Node: "n", Now: c.now, Self: Self{PID: 9, Name: "bpfstats-tracker", Image: "bpfstats-tracker:v1"}})
-	tr.Apply(load(1, 9))
+	tr := New(k, Options{Node: "n", now: c.now, Self: Self{PID: 9, Name: "bpfstats-tracker", Image: "bpfstats-tracker:v1"}})
+	tr.apply(load(1, 9))
 	snap := sweep(t, tr)
 	if g := snap.Gadgets[0]; g.GadgetName != "bpfstats-tracker" || g.GadgetImage != "bpfstats-tracker:v1" {
 		t.Fatalf("the tracker's own gadget: %+v", g)
@@ -543,4 +544,11 @@ resynced:
 	if err := New(k, Options{}).Run(ctx, RunConfig{Source: src}); err == nil {
 		t.Fatal("Run with no interval must fail")
 	}
+}
+
+// programIDs returns the IDs in the inventory, sorted.
+func (t *Tracker) programIDs() []uint32 {
+	ids := slices.Collect(maps.Keys(t.programs))
+	slices.Sort(ids)
+	return ids
 }

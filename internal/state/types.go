@@ -6,8 +6,9 @@ import (
 	"github.com/bpfstats/tracker/internal/loader"
 )
 
-// Kernel is everything the tracker reads from the kernel. loader.Kernel
-// implements it; unit tests use a fake.
+// Kernel is everything the tracker reads from the kernel, the extension
+// point New takes: loader.Kernel implements it, the benchmarks wrap it to
+// time the reads, and unit tests use a fake.
 type Kernel interface {
 	// ProgramIDs walks every program ID the kernel has (snapshot, resync).
 	ProgramIDs() ([]uint32, error)
@@ -22,8 +23,9 @@ type Kernel interface {
 	Holders() (map[uint32][]uint32, error)
 }
 
-// BatchReader is implemented by kernels that read many programs in one go
-// (a BPF iterator); Sweep prefers it to one ReadProgram per program.
+// BatchReader is an extension point of Kernel: a kernel that reads many
+// programs in one go (loader.Kernel, with a BPF iterator) implements it,
+// and Sweep then prefers it to one ReadProgram per program.
 type BatchReader interface {
 	// ReadPrograms calls fn once for every ID of ids, with its info or an
 	// error (wrapping os.ErrNotExist when the program is gone). info is
