@@ -216,8 +216,13 @@ func parseIterHolders(data []byte, holders map[uint32][]uint32) {
 // loadedIterators returns the Kernel's iterators, loading them on first
 // use. It returns nil when they are turned off or the Kernel is closed.
 func (k *Kernel) loadedIterators() *iterators {
-	k.iterMu.Lock()
-	defer k.iterMu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.loadedIteratorsLocked()
+}
+
+// loadedIteratorsLocked is loadedIterators with k.mu held.
+func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
 		k.iters = loadIterators(k.procRoot == "/proc", k.opts.BTF)
 	}
@@ -244,8 +249,8 @@ func (k *Kernel) Iterators() (programs, holders error) {
 // programs (none before they load or after Close), for callers that want
 // to leave the tracker's own programs out of what they report.
 func (k *Kernel) IteratorProgramIDs() []uint32 {
-	k.iterMu.Lock()
-	defer k.iterMu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	if k.iters == nil {
 		return nil
 	}
@@ -258,32 +263,10 @@ func (k *Kernel) IteratorProgramIDs() []uint32 {
 	return ids
 }
 
-// Close releases the BPF iterators. The Kernel stays usable, reading
-// through bpf(2) and /proc only. Close is idempotent.
-func (k *Kernel) Close() error {
-	// Wait for reads in flight (lock order: batchMu, mu, iterMu).
-	k.batchMu.Lock()
-	defer k.batchMu.Unlock()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.iterMu.Lock()
-	defer k.iterMu.Unlock()
-	k.closed = true
-	if k.iters == nil {
-		return nil
-	}
-	err := k.iters.close()
-	k.iters = nil
-	if err != nil {
-		return fmt.Errorf("closing BPF iterators: %w", err)
-	}
-	return nil
-}
-
 // holdersIter fills holders with one run of the task_file iterator and
-// reports false when the iterator is not in use or failed.
+// reports false when the iterator is not in use or failed. k.mu is held.
 func (k *Kernel) holdersIter(holders map[uint32][]uint32) bool {
-	its := k.loadedIterators()
+	its := k.loadedIteratorsLocked()
 	if its == nil || its.files == nil {
 		return false
 	}

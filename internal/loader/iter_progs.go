@@ -506,9 +506,9 @@ func (s *idSet) has(id uint32) bool {
 func (k *Kernel) appendProgramIDsIter(dst []uint32) ([]uint32, bool) {
 	k.batchMu.Lock()
 	defer k.batchMu.Unlock()
-	k.iterMu.Lock()
+	k.mu.Lock()
 	its := k.iters
-	k.iterMu.Unlock()
+	k.mu.Unlock()
 	if its == nil || its.progStats == nil {
 		return dst, false
 	}
