@@ -324,23 +324,6 @@ func programFDID(fd int) (uint32, error) {
 // Name returns "fentry".
 func (s *fentrySource) Name() string { return SourceFentry }
 
-// Hooks returns the kernel functions the load and release programs are
-// attached to.
-func (s *fentrySource) Hooks() (load, release string) {
-	return s.load.hook.Function, s.release.hook.Function
-}
-
-// FentryHooks returns the kernel functions a fentry source attached to for
-// loads and releases; ok is false when src is not a fentry source.
-func FentryHooks(src Source) (load, release string, ok bool) {
-	f, ok := src.(interface{ Hooks() (string, string) })
-	if !ok {
-		return "", "", false
-	}
-	load, release = f.Hooks()
-	return load, release, true
-}
-
 // Read returns the next event. An EventLost comes before the first record
 // written after the loss, or within a second when no record follows.
 func (s *fentrySource) Read() (ProgramEvent, error) {

@@ -19,7 +19,7 @@ func TestFentryRefusedUnderLockdown(t *testing.T) {
 	}
 	src, err := newFentrySource(SourceOptions{Logf: t.Logf})
 	if err == nil {
-		load, release, _ := FentryHooks(src)
+		load, release, _ := fentryHooks(src)
 		src.Close()
 		t.Skipf("fentry: works on this kernel (hooks %s, %s); refusal not testable", load, release)
 	}
@@ -72,4 +72,21 @@ func TestFentryDecodeRecord(t *testing.T) {
 	if _, _, err := decodeFentryRecord(b); err == nil {
 		t.Error("record of unknown kind decoded without error")
 	}
+}
+
+// hooks returns the kernel functions the load and release programs are
+// attached to.
+func (s *fentrySource) hooks() (load, release string) {
+	return s.load.hook.Function, s.release.hook.Function
+}
+
+// fentryHooks returns the kernel functions a fentry source attached to for
+// loads and releases; ok is false when src is not a fentry source.
+func fentryHooks(src Source) (load, release string, ok bool) {
+	f, ok := src.(*fentrySource)
+	if !ok {
+		return "", "", false
+	}
+	load, release = f.hooks()
+	return load, release, true
 }

@@ -124,12 +124,11 @@ var errIteratorsOff = errors.New("iterators turned off")
 
 // loadIterators loads and checks both iterators. withFiles is false when
 // Holders must read a /proc other than the host's.
-func loadIterators(withFiles bool, cache *btf.Cache) *iterators {
+func loadIterators(withFiles bool) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff}
-	if cache == nil {
-		cache = btf.NewCache()
-	}
-	opts := &ebpf.CollectionOptions{Cache: cache}
+	// One cache for both objects: decoding the kernel BTF takes tens of
+	// milliseconds.
+	opts := &ebpf.CollectionOptions{Cache: btf.NewCache()}
 	spec, err := loadIter()
 	if err != nil {
 		err = fmt.Errorf("loading iterator object: %w", err)
@@ -224,7 +223,7 @@ func (k *Kernel) loadedIterators() *iterators {
 // loadedIteratorsLocked is loadedIterators with k.mu held.
 func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
-		k.iters = loadIterators(k.procRoot == "/proc", k.opts.BTF)
+		k.iters = loadIterators(k.procRoot == "/proc")
 	}
 	return k.iters
 }
@@ -243,24 +242,6 @@ func (k *Kernel) Iterators() (programs, holders error) {
 		return ErrClosed, ErrClosed
 	}
 	return its.progsErr, its.filesErr
-}
-
-// IteratorProgramIDs returns the IDs of the Kernel's own iterator
-// programs (none before they load or after Close), for callers that want
-// to leave the tracker's own programs out of what they report.
-func (k *Kernel) IteratorProgramIDs() []uint32 {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.iters == nil {
-		return nil
-	}
-	var ids []uint32
-	for _, it := range []*bpfIter{k.iters.progs, k.iters.progStats, k.iters.files} {
-		if it != nil {
-			ids = append(ids, it.id)
-		}
-	}
-	return ids
 }
 
 // holdersIter fills holders with one run of the task_file iterator and

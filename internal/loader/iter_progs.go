@@ -285,7 +285,7 @@ func (k *Kernel) ReadPrograms(ids []uint32, fn func(id uint32, info *ProgramInfo
 		if cut != nil {
 			// The iterator failed or its output was cut short: read the
 			// rest one by one.
-			err := k.ReadProgramInto(id, info)
+			err := k.readProgramInto(id, info)
 			fn(id, info, err)
 			continue
 		}
@@ -322,7 +322,7 @@ func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, fn func(uint32, *Prog
 			continue
 		}
 		if !complete {
-			err := k.ReadProgramInto(id, info)
+			err := k.readProgramInto(id, info)
 			fn(id, info, err)
 			continue
 		}
@@ -397,7 +397,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, fn func(uint32, 
 				continue
 			}
 			if ferr != nil {
-				rerr := k.ReadProgramInto(id, info)
+				rerr := k.readProgramInto(id, info)
 				fn(id, info, rerr)
 				continue
 			}
@@ -407,7 +407,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, fn func(uint32, 
 		return err
 	}
 	for _, id := range pending {
-		rerr := k.ReadProgramInto(id, info)
+		rerr := k.readProgramInto(id, info)
 		if rerr == nil && len(info.MapIDs) <= iterMaxMapIDs {
 			k.known.insert(id, info.LoadTime, info.MapIDs)
 		}
@@ -420,7 +420,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, fn func(uint32, 
 func (k *Kernel) readProgramsSyscall(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) {
 	info := &k.batchInfo
 	for _, id := range ids {
-		err := k.ReadProgramInto(id, info)
+		err := k.readProgramInto(id, info)
 		fn(id, info, err)
 	}
 }

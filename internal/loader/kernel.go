@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-
-	"github.com/cilium/ebpf/btf"
 )
 
 // Kernel reads programs, maps and processes from the running kernel and
@@ -43,7 +41,7 @@ type Kernel struct {
 	closed      bool
 
 	// batchMu guards the fields below, owned by ReadPrograms and by the
-	// iterator path of AppendProgramIDs. It is separate from mu because
+	// iterator path of appendProgramIDs. It is separate from mu because
 	// ReadPrograms holds it across its calls of fn, and fn may do single
 	// reads (each taking mu); lock order is batchMu, then mu.
 	batchMu    sync.Mutex
@@ -67,10 +65,6 @@ type KernelOptions struct {
 	// NoIterators makes ReadPrograms and Holders use bpf(2) and /proc
 	// only, never BPF iterators.
 	NoIterators bool
-	// BTF caches the kernel's BTF for loading the iterators; share one
-	// with other loads in the process, since decoding it takes tens of
-	// milliseconds. Nil: the Kernel decodes it for itself, once.
-	BTF *btf.Cache
 }
 
 // NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).

@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"strconv"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -18,14 +16,14 @@ import (
 // ProgramIDs walks every program ID (BPF_PROG_GET_NEXT_ID), in ascending
 // order. Requires Linux 4.13.
 func (k *Kernel) ProgramIDs() ([]uint32, error) {
-	return k.AppendProgramIDs(nil)
+	return k.appendProgramIDs(nil)
 }
 
-// AppendProgramIDs is ProgramIDs appending to dst, so that a caller can
+// appendProgramIDs is ProgramIDs appending to dst, so that a caller can
 // reuse one slice from sweep to sweep. Once the bpf_prog iterator is
 // loaded (by ReadPrograms or Iterators), one run of it lists the IDs
 // instead of one syscall per program. Requires Linux 4.13.
-func (k *Kernel) AppendProgramIDs(dst []uint32) ([]uint32, error) {
+func (k *Kernel) appendProgramIDs(dst []uint32) ([]uint32, error) {
 	if out, ok := k.appendProgramIDsIter(dst); ok {
 		return out, nil
 	}
@@ -48,14 +46,14 @@ func (k *Kernel) AppendProgramIDs(dst []uint32) ([]uint32, error) {
 // Linux 4.15 (map IDs); run time and count need 5.1, recursion misses 5.12.
 func (k *Kernel) ReadProgram(id uint32) (ProgramInfo, error) {
 	var info ProgramInfo
-	err := k.ReadProgramInto(id, &info)
+	err := k.readProgramInto(id, &info)
 	return info, err
 }
 
-// ReadProgramInto is ReadProgram filling info in place: the map IDs reuse
+// readProgramInto is ReadProgram filling info in place: the map IDs reuse
 // info.MapIDs' storage and the name string is kept when it did not change,
 // so reading the same program every interval does not allocate.
-func (k *Kernel) ReadProgramInto(id uint32, info *ProgramInfo) error {
+func (k *Kernel) readProgramInto(id uint32, info *ProgramInfo) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 
@@ -110,13 +108,13 @@ func (k *Kernel) readProgramFD(fd int) error {
 // Linux 4.13.
 func (k *Kernel) ReadMap(id uint32) (MapInfo, error) {
 	var info MapInfo
-	err := k.ReadMapInto(id, &info)
+	err := k.readMapInto(id, &info)
 	return info, err
 }
 
-// ReadMapInto is ReadMap filling info in place, keeping the name string
+// readMapInto is ReadMap filling info in place, keeping the name string
 // when it did not change.
-func (k *Kernel) ReadMapInto(id uint32, info *MapInfo) error {
+func (k *Kernel) readMapInto(id uint32, info *MapInfo) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 
@@ -242,26 +240,6 @@ func (k *Kernel) Holders() (map[uint32][]uint32, error) {
 	}
 	sortHolders(holders)
 	return holders, nil
-}
-
-// BootTime returns the wall-clock time the system booted (the btime line
-// of <procRoot>/stat), to turn Process.StartTime into a time with
-// TicksToDuration.
-func (k *Kernel) BootTime() (time.Time, error) {
-	data, err := os.ReadFile(k.procRoot + "/stat")
-	if err != nil {
-		return time.Time{}, fmt.Errorf("reading boot time: %w", err)
-	}
-	for line := range bytes.Lines(data) {
-		if v, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
-			sec, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
-			if err != nil {
-				return time.Time{}, fmt.Errorf("parsing btime: %w", err)
-			}
-			return time.Unix(sec, 0), nil
-		}
-	}
-	return time.Time{}, errors.New("reading boot time: no btime line in stat")
 }
 
 // EnableStats turns on run-time stats with BPF_ENABLE_STATS for as long as
