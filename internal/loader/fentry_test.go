@@ -3,20 +3,19 @@ package loader
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // TestFentryRefusedUnderLockdown checks that a kernel refusing trampoline
 // programs (this project's hosts: lockdown=integrity) gets a clear error,
 // not a panic or a half-open source.
 func TestFentryRefusedUnderLockdown(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("fentry: needs root")
-	}
+	testutil.RequireRoot(t)
 	src, err := newFentrySource(SourceOptions{Logf: t.Logf})
 	if err == nil {
 		load, release, _ := fentryHooks(src)
@@ -25,7 +24,9 @@ func TestFentryRefusedUnderLockdown(t *testing.T) {
 	}
 	t.Logf("refusal: %v", err)
 	if !errors.Is(err, unix.EPERM) {
-		t.Skipf("fentry: refused for another reason than EPERM: %v", err)
+		// Only a kernel without fentry support may refuse otherwise.
+		testutil.SkipIfUnsupported(t, err, "fentry")
+		return
 	}
 	if !strings.Contains(err.Error(), "kernel lockdown?") || !strings.Contains(err.Error(), "loading fentry program") {
 		t.Errorf("error %q does not say what failed and why", err)

@@ -13,24 +13,24 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // iterKernels returns a Kernel reading through the iterators (skipping
-// the test when they do not load) and one reading through bpf(2) and /proc.
+// the test only when the kernel does not support them) and one reading
+// through bpf(2) and /proc.
 func iterKernels(t *testing.T) (iter, syscalls *Kernel) {
 	t.Helper()
+	testutil.RequireRoot(t)
 	iter, err := NewKernel("")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { iter.Close() })
 	progs, holders := iter.Iterators()
-	if progs != nil {
-		t.Skip("iter/bpf_prog: " + progs.Error())
-	}
-	if holders != nil {
-		t.Skip("iter/task_file: " + holders.Error())
-	}
+	testutil.SkipIfUnsupported(t, progs, "iter/bpf_prog")
+	testutil.SkipIfUnsupported(t, holders, "iter/task_file")
 	syscalls, err = NewKernelWithOptions(KernelOptions{NoIterators: true})
 	if err != nil {
 		t.Fatal(err)
@@ -45,13 +45,14 @@ func iterKernels(t *testing.T) (iter, syscalls *Kernel) {
 // iterFixture loads n socket filters using 0 to 3 maps each.
 func iterFixture(t *testing.T, n int) []*ebpf.Program {
 	t.Helper()
+	testutil.RequireRoot(t)
 	var maps []*ebpf.Map
 	for i := range 3 {
 		m, err := ebpf.NewMap(&ebpf.MapSpec{
 			Name: fmt.Sprintf("tk_iter_%d", i), Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 4,
 		})
 		if err != nil {
-			t.Skip("creating BPF maps (needs root): " + err.Error())
+			t.Fatal("creating BPF map: ", err)
 		}
 		t.Cleanup(func() { m.Close() })
 		maps = append(maps, m)
@@ -220,9 +221,7 @@ func TestIterReadProgramsCacheChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { extra.Close() })
-	if err := progs[1].BindMap(extra); err != nil {
-		t.Skip("BPF_PROG_BIND_MAP: " + err.Error())
-	}
+	testutil.SkipIfUnsupported(t, progs[1].BindMap(extra), "BPF_PROG_BIND_MAP")
 	got := compareReads(t, iter, syscalls, ids)
 	if len(got[ids[1]].MapIDs) != 2 {
 		t.Errorf("after binding a map: program %d has maps %v, want 2", ids[1], got[ids[1]].MapIDs)

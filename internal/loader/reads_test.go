@@ -21,6 +21,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // TestReadsStructLayout checks the Go mirrors of the uapi structs against
@@ -71,11 +73,12 @@ const readsProgName = "tk_reads_test"
 // readsLoad loads the fixture, registering cleanups for every object.
 func readsLoad(t testing.TB) *readsFixture {
 	t.Helper()
+	testutil.RequireRoot(t)
 	hash, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name: "tk_hash", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 128,
 	})
 	if err != nil {
-		t.Skip("creating BPF maps (needs root): " + err.Error())
+		t.Fatal("creating BPF map: ", err)
 	}
 	t.Cleanup(func() { hash.Close() })
 	for i := uint32(0); i < 10; i++ {
@@ -145,9 +148,7 @@ func readsRun(t testing.TB, prog *ebpf.Program, n uint32) {
 func readsStats(t testing.TB) {
 	t.Helper()
 	s, err := EnableStats()
-	if err != nil {
-		t.Skip("BPF_ENABLE_STATS: " + err.Error())
-	}
+	testutil.SkipIfUnsupported(t, err, "BPF_ENABLE_STATS")
 	t.Cleanup(func() { s.Close() })
 }
 
@@ -524,9 +525,7 @@ func TestReadProcessSelfChildAndKernelThread(t *testing.T) {
 func TestEnableStatsCountsAndClosesTwice(t *testing.T) {
 	f := readsLoad(t)
 	s, err := EnableStats()
-	if err != nil {
-		t.Skip("BPF_ENABLE_STATS: " + err.Error())
-	}
+	testutil.SkipIfUnsupported(t, err, "BPF_ENABLE_STATS")
 	t.Cleanup(func() { s.Close() })
 	before, err := f.kernel.ReadProgram(f.progID)
 	if err != nil {
