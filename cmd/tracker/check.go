@@ -43,19 +43,7 @@ func runCheck(out io.Writer, d *daemonFlags) error {
 		}
 		failed = failed || err != nil
 
-		chosen := ""
-		for _, name := range loader.SourceNames()[1:] {
-			src, err := loader.OpenSource(name, loader.SourceOptions{PollInterval: d.common.interval})
-			if err != nil {
-				fmt.Fprintf(out, "%-14s no   %v\n", "source "+name, errors.Unwrap(err))
-				continue
-			}
-			src.Close()
-			fmt.Fprintf(out, "%-14s ok\n", "source "+name)
-			if chosen == "" {
-				chosen = name
-			}
-		}
+		chosen := checkSources(out, d)
 		switch want := d.common.source; {
 		case want == loader.SourceAuto && chosen != "":
 			fmt.Fprintf(out, "%-14s ok   auto would use %s\n", "--source", chosen)
@@ -87,4 +75,22 @@ func runCheck(out io.Writer, d *daemonFlags) error {
 	}
 	fmt.Fprintln(out, "check passed")
 	return nil
+}
+
+// checkSources opens and closes every registered event source, prints one
+// line for each, and returns the first that works: what auto would use.
+func checkSources(out io.Writer, d *daemonFlags) (chosen string) {
+	for _, spec := range loader.Sources() {
+		src, err := loader.OpenSource(spec.Name, loader.SourceOptions{PollInterval: d.common.interval})
+		if err != nil {
+			fmt.Fprintf(out, "%-14s no   %v\n", "source "+spec.Name, errors.Unwrap(err))
+			continue
+		}
+		src.Close()
+		fmt.Fprintf(out, "%-14s ok\n", "source "+spec.Name)
+		if chosen == "" {
+			chosen = spec.Name
+		}
+	}
+	return chosen
 }

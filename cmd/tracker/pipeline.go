@@ -30,10 +30,21 @@ type commonFlags struct {
 func (c *commonFlags) register(fs *flag.FlagSet) {
 	host, _ := os.Hostname()
 	fs.DurationVar(&c.interval, "interval", time.Second, "time between two stats sweeps")
-	fs.StringVar(&c.source, "source", loader.SourceAuto, "event source: "+strings.Join(loader.SourceNames(), "|")+" (auto: the first that works, in that order)")
+	fs.StringVar(&c.source, "source", loader.SourceAuto, sourceUsage())
 	fs.StringVar(&c.node, "node", host, "node name reported in rows and NATS subjects")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug|info|warn|error")
 	fs.BoolVar(&c.all, "all", false, "one row per program, including programs without a gadget")
+}
+
+// sourceUsage is the help of --source: the values, then one line per
+// registered source.
+func sourceUsage() string {
+	var b strings.Builder
+	b.WriteString("event source: " + strings.Join(loader.SourceNames(), "|") + " (auto: the first that works, in that order)")
+	for _, s := range loader.Sources() {
+		fmt.Fprintf(&b, "\n%s: %s; requires %s", s.Name, s.Description, s.Requires)
+	}
+	return b.String()
 }
 
 func (c *commonFlags) validate() error {

@@ -146,72 +146,93 @@ func openFentry(opts SourceOptions, cfg fentryConfig) (_ *fentrySource, err erro
 			s.Close()
 		}
 	}()
-
-	if cfg.RingSize != 0 {
-		// spec is this call's own copy; the hook programs load with it too.
-		spec.Maps[trackerMapEvents].MaxEntries = cfg.RingSize
+	if err := s.openRing(spec, cfg.RingSize); err != nil {
+		return nil, err
 	}
+	if err := s.attachHooks(spec, cfg.Loads, cfg.Releases); err != nil {
+		return nil, err
+	}
+	logf("fentry: load hook %s, release hook %s", s.load.hook.Function, s.release.hook.Function)
+	return s, nil
+}
+
+// openRing creates the ring buffer (of ringSize bytes, 0 for the size of
+// bpf/tracker.bpf.c), the lost counter and the ring's reader.
+func (s *fentrySource) openRing(spec *ebpf.CollectionSpec, ringSize uint32) error {
+	if ringSize != 0 {
+		// spec is this open's own copy; the hook programs load with it too.
+		spec.Maps[trackerMapEvents].MaxEntries = ringSize
+	}
+	var err error
 	if s.events, err = ebpf.NewMap(spec.Maps[trackerMapEvents]); err != nil {
-		return nil, fmt.Errorf("creating ring buffer: %w", err)
+		return fmt.Errorf("creating ring buffer: %w", err)
 	}
 	if s.lost, err = ebpf.NewMap(spec.Maps[trackerMapLost]); err != nil {
-		return nil, fmt.Errorf("creating lost counter: %w", err)
+		return fmt.Errorf("creating lost counter: %w", err)
 	}
 	if s.reader, err = ringbuf.NewReader(s.events); err != nil {
-		return nil, fmt.Errorf("opening ring buffer reader: %w", err)
+		return fmt.Errorf("opening ring buffer reader: %w", err)
 	}
+	return nil
+}
 
-	loads, releases := cfg.Loads, cfg.Releases
+// attachHooks attaches the first load and the first release candidate
+// that attach, runs the self-test, and replaces a hook that did not fire
+// by the next candidate until both are confirmed or a list runs out.
+func (s *fentrySource) attachHooks(spec *ebpf.CollectionSpec, loads, releases []fentryHook) error {
 	var loadErrs, releaseErrs []error
+	var err error
 	for {
 		if !s.load.attached() {
 			if loads, err = s.attachNext(spec, "load", &s.load, loads, &loadErrs); err != nil {
-				return nil, err
+				return err
 			}
 			if !s.load.attached() {
-				return nil, fmt.Errorf("no load hook works: %w", errors.Join(loadErrs...))
+				return fmt.Errorf("no load hook works: %w", errors.Join(loadErrs...))
 			}
 		}
 		if !s.release.attached() {
 			if releases, err = s.attachNext(spec, "release", &s.release, releases, &releaseErrs); err != nil {
-				return nil, err
+				return err
 			}
 			if !s.release.attached() {
-				return nil, fmt.Errorf("no release hook works: %w", errors.Join(releaseErrs...))
+				return fmt.Errorf("no release hook works: %w", errors.Join(releaseErrs...))
 			}
 		}
 		if s.load.confirmed && s.release.confirmed {
-			break
+			return nil
 		}
 
 		loadSeen, releaseSeen, err := s.selfTest()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for _, c := range []struct {
-			h    *attachedHook
-			seen bool
-			errs *[]error
-			kind string
-		}{{&s.load, loadSeen, &loadErrs, "load"}, {&s.release, releaseSeen, &releaseErrs, "release"}} {
-			if c.h.confirmed {
-				continue
-			}
-			if c.seen {
-				c.h.confirmed = true
-				continue
-			}
-			fn := c.h.hook.Function
-			logf("fentry: %s hook %s attached but did not fire within %v", c.kind, fn, fentrySelfTestTimeout)
-			*c.errs = append(*c.errs, fmt.Errorf("%s: attached but did not fire", fn))
-			if err := c.h.detach(); err != nil {
-				return nil, fmt.Errorf("detaching %s: %w", fn, err)
-			}
+		if err := s.confirm(&s.load, "load", loadSeen, &loadErrs); err != nil {
+			return err
+		}
+		if err := s.confirm(&s.release, "release", releaseSeen, &releaseErrs); err != nil {
+			return err
 		}
 	}
+}
 
-	logf("fentry: load hook %s, release hook %s", s.load.hook.Function, s.release.hook.Function)
-	return s, nil
+// confirm marks h confirmed when the self-test saw it fire, and detaches
+// it (recording why in errs) when it did not.
+func (s *fentrySource) confirm(h *attachedHook, kind string, seen bool, errs *[]error) error {
+	if h.confirmed {
+		return nil
+	}
+	if seen {
+		h.confirmed = true
+		return nil
+	}
+	fn := h.hook.Function
+	s.logf("fentry: %s hook %s attached but did not fire within %v", kind, fn, fentrySelfTestTimeout)
+	*errs = append(*errs, fmt.Errorf("%s: attached but did not fire", fn))
+	if err := h.detach(); err != nil {
+		return fmt.Errorf("detaching %s: %w", fn, err)
+	}
+	return nil
 }
 
 // attachNext loads and attaches the first candidate that works into h and
@@ -323,23 +344,6 @@ func programFDID(fd int) (uint32, error) {
 
 // Name returns "fentry".
 func (s *fentrySource) Name() string { return SourceFentry }
-
-// Hooks returns the kernel functions the load and release programs are
-// attached to.
-func (s *fentrySource) Hooks() (load, release string) {
-	return s.load.hook.Function, s.release.hook.Function
-}
-
-// FentryHooks returns the kernel functions a fentry source attached to for
-// loads and releases; ok is false when src is not a fentry source.
-func FentryHooks(src Source) (load, release string, ok bool) {
-	f, ok := src.(interface{ Hooks() (string, string) })
-	if !ok {
-		return "", "", false
-	}
-	load, release = f.Hooks()
-	return load, release, true
-}
 
 // Read returns the next event. An EventLost comes before the first record
 // written after the loss, or within a second when no record follows.

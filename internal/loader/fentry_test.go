@@ -3,29 +3,30 @@ package loader
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // TestFentryRefusedUnderLockdown checks that a kernel refusing trampoline
 // programs (this project's hosts: lockdown=integrity) gets a clear error,
 // not a panic or a half-open source.
 func TestFentryRefusedUnderLockdown(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("fentry: needs root")
-	}
+	testutil.RequireRoot(t)
 	src, err := newFentrySource(SourceOptions{Logf: t.Logf})
 	if err == nil {
-		load, release, _ := FentryHooks(src)
+		load, release, _ := fentryHooks(src)
 		src.Close()
 		t.Skipf("fentry: works on this kernel (hooks %s, %s); refusal not testable", load, release)
 	}
 	t.Logf("refusal: %v", err)
 	if !errors.Is(err, unix.EPERM) {
-		t.Skipf("fentry: refused for another reason than EPERM: %v", err)
+		// Only a kernel without fentry support may refuse otherwise.
+		testutil.SkipIfUnsupported(t, err, "fentry")
+		return
 	}
 	if !strings.Contains(err.Error(), "kernel lockdown?") || !strings.Contains(err.Error(), "loading fentry program") {
 		t.Errorf("error %q does not say what failed and why", err)
@@ -72,4 +73,21 @@ func TestFentryDecodeRecord(t *testing.T) {
 	if _, _, err := decodeFentryRecord(b); err == nil {
 		t.Error("record of unknown kind decoded without error")
 	}
+}
+
+// hooks returns the kernel functions the load and release programs are
+// attached to.
+func (s *fentrySource) hooks() (load, release string) {
+	return s.load.hook.Function, s.release.hook.Function
+}
+
+// fentryHooks returns the kernel functions a fentry source attached to for
+// loads and releases; ok is false when src is not a fentry source.
+func fentryHooks(src Source) (load, release string, ok bool) {
+	f, ok := src.(*fentrySource)
+	if !ok {
+		return "", "", false
+	}
+	load, release = f.hooks()
+	return load, release, true
 }

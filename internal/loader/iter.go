@@ -124,12 +124,11 @@ var errIteratorsOff = errors.New("iterators turned off")
 
 // loadIterators loads and checks both iterators. withFiles is false when
 // Holders must read a /proc other than the host's.
-func loadIterators(withFiles bool, cache *btf.Cache) *iterators {
+func loadIterators(withFiles bool) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff}
-	if cache == nil {
-		cache = btf.NewCache()
-	}
-	opts := &ebpf.CollectionOptions{Cache: cache}
+	// One cache for both objects: decoding the kernel BTF takes tens of
+	// milliseconds.
+	opts := &ebpf.CollectionOptions{Cache: btf.NewCache()}
 	spec, err := loadIter()
 	if err != nil {
 		err = fmt.Errorf("loading iterator object: %w", err)
@@ -216,10 +215,15 @@ func parseIterHolders(data []byte, holders map[uint32][]uint32) {
 // loadedIterators returns the Kernel's iterators, loading them on first
 // use. It returns nil when they are turned off or the Kernel is closed.
 func (k *Kernel) loadedIterators() *iterators {
-	k.iterMu.Lock()
-	defer k.iterMu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.loadedIteratorsLocked()
+}
+
+// loadedIteratorsLocked is loadedIterators with k.mu held.
+func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
-		k.iters = loadIterators(k.procRoot == "/proc", k.opts.BTF)
+		k.iters = loadIterators(k.procRoot == "/proc")
 	}
 	return k.iters
 }
@@ -240,50 +244,10 @@ func (k *Kernel) Iterators() (programs, holders error) {
 	return its.progsErr, its.filesErr
 }
 
-// IteratorProgramIDs returns the IDs of the Kernel's own iterator
-// programs (none before they load or after Close), for callers that want
-// to leave the tracker's own programs out of what they report.
-func (k *Kernel) IteratorProgramIDs() []uint32 {
-	k.iterMu.Lock()
-	defer k.iterMu.Unlock()
-	if k.iters == nil {
-		return nil
-	}
-	var ids []uint32
-	for _, it := range []*bpfIter{k.iters.progs, k.iters.progStats, k.iters.files} {
-		if it != nil {
-			ids = append(ids, it.id)
-		}
-	}
-	return ids
-}
-
-// Close releases the BPF iterators. The Kernel stays usable, reading
-// through bpf(2) and /proc only. Close is idempotent.
-func (k *Kernel) Close() error {
-	// Wait for reads in flight (lock order: batchMu, mu, iterMu).
-	k.batchMu.Lock()
-	defer k.batchMu.Unlock()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.iterMu.Lock()
-	defer k.iterMu.Unlock()
-	k.closed = true
-	if k.iters == nil {
-		return nil
-	}
-	err := k.iters.close()
-	k.iters = nil
-	if err != nil {
-		return fmt.Errorf("closing BPF iterators: %w", err)
-	}
-	return nil
-}
-
 // holdersIter fills holders with one run of the task_file iterator and
-// reports false when the iterator is not in use or failed.
+// reports false when the iterator is not in use or failed. k.mu is held.
 func (k *Kernel) holdersIter(holders map[uint32][]uint32) bool {
-	its := k.loadedIterators()
+	its := k.loadedIteratorsLocked()
 	if its == nil || its.files == nil {
 		return false
 	}

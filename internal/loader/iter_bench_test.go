@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/bpfstats/tracker/internal/testgadget"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // benchPrograms is how many programs the read benchmarks load
@@ -21,9 +23,7 @@ func benchPrograms(b *testing.B) int {
 // program ID on the machine.
 func benchLoad(b *testing.B, n int) []uint32 {
 	b.Helper()
-	if err := CheckPrivileges(); err != nil {
-		b.Skip("loading programs: ", err)
-	}
+	testutil.RequireRoot(b)
 	testgadget.LoadSocketFilters(b, "tk_bench", n)
 	k, err := NewKernelWithOptions(KernelOptions{NoIterators: true})
 	if err != nil {
@@ -45,9 +45,8 @@ func benchKernel(b *testing.B, iter bool) *Kernel {
 	b.Cleanup(func() { k.Close() })
 	if iter {
 		progs, holders := k.Iterators()
-		if progs != nil || holders != nil {
-			b.Skipf("iterators: %v / %v", progs, holders)
-		}
+		testutil.SkipIfUnsupported(b, progs, "iter/bpf_prog")
+		testutil.SkipIfUnsupported(b, holders, "iter/task_file")
 	}
 	return k
 }

@@ -13,24 +13,24 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // iterKernels returns a Kernel reading through the iterators (skipping
-// the test when they do not load) and one reading through bpf(2) and /proc.
+// the test only when the kernel does not support them) and one reading
+// through bpf(2) and /proc.
 func iterKernels(t *testing.T) (iter, syscalls *Kernel) {
 	t.Helper()
+	testutil.RequireRoot(t)
 	iter, err := NewKernel("")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { iter.Close() })
 	progs, holders := iter.Iterators()
-	if progs != nil {
-		t.Skip("iter/bpf_prog: " + progs.Error())
-	}
-	if holders != nil {
-		t.Skip("iter/task_file: " + holders.Error())
-	}
+	testutil.SkipIfUnsupported(t, progs, "iter/bpf_prog")
+	testutil.SkipIfUnsupported(t, holders, "iter/task_file")
 	syscalls, err = NewKernelWithOptions(KernelOptions{NoIterators: true})
 	if err != nil {
 		t.Fatal(err)
@@ -45,13 +45,14 @@ func iterKernels(t *testing.T) (iter, syscalls *Kernel) {
 // iterFixture loads n socket filters using 0 to 3 maps each.
 func iterFixture(t *testing.T, n int) []*ebpf.Program {
 	t.Helper()
+	testutil.RequireRoot(t)
 	var maps []*ebpf.Map
 	for i := range 3 {
 		m, err := ebpf.NewMap(&ebpf.MapSpec{
 			Name: fmt.Sprintf("tk_iter_%d", i), Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 4,
 		})
 		if err != nil {
-			t.Skip("creating BPF maps (needs root): " + err.Error())
+			t.Fatal("creating BPF map: ", err)
 		}
 		t.Cleanup(func() { m.Close() })
 		maps = append(maps, m)
@@ -220,9 +221,7 @@ func TestIterReadProgramsCacheChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { extra.Close() })
-	if err := progs[1].BindMap(extra); err != nil {
-		t.Skip("BPF_PROG_BIND_MAP: " + err.Error())
-	}
+	testutil.SkipIfUnsupported(t, progs[1].BindMap(extra), "BPF_PROG_BIND_MAP")
 	got := compareReads(t, iter, syscalls, ids)
 	if len(got[ids[1]].MapIDs) != 2 {
 		t.Errorf("after binding a map: program %d has maps %v, want 2", ids[1], got[ids[1]].MapIDs)
@@ -321,9 +320,9 @@ func TestIterHoldersAgree(t *testing.T) {
 		}
 	}
 	// Both see the iterator programs held by this process.
-	own := iter.IteratorProgramIDs()
+	own := iteratorProgramIDs(iter)
 	if len(own) != 3 {
-		t.Errorf("IteratorProgramIDs() = %v, want 3 IDs", own)
+		t.Errorf("iteratorProgramIDs() = %v, want 3 IDs", own)
 	}
 	for _, id := range own {
 		if !slices.Contains(got[id], self) || !slices.Contains(want[id], self) {
@@ -343,8 +342,8 @@ func TestIterKernelCloseFallsBack(t *testing.T) {
 	if err := iter.Close(); err != nil {
 		t.Fatal("second Close: ", err)
 	}
-	if ids := iter.IteratorProgramIDs(); ids != nil {
-		t.Errorf("after Close, IteratorProgramIDs() = %v", ids)
+	if ids := iteratorProgramIDs(iter); ids != nil {
+		t.Errorf("after Close, iteratorProgramIDs() = %v", ids)
 	}
 	if p, h := iter.Iterators(); !errors.Is(p, ErrClosed) || !errors.Is(h, ErrClosed) {
 		t.Errorf("after Close, Iterators() = %v, %v", p, h)
@@ -487,4 +486,22 @@ func TestIterProgramIDs(t *testing.T) {
 		last = fmt.Sprintf("iterator %v, bpf(2) %v then %v", got, before, after)
 	}
 	t.Fatal("program IDs never matched in 10 tries: " + last)
+}
+
+// iteratorProgramIDs returns the IDs of the Kernel's own iterator
+// programs (none before they load or after Close), for callers that want
+// to leave the tracker's own programs out of what they report.
+func iteratorProgramIDs(k *Kernel) []uint32 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.iters == nil {
+		return nil
+	}
+	var ids []uint32
+	for _, it := range []*bpfIter{k.iters.progs, k.iters.progStats, k.iters.files} {
+		if it != nil {
+			ids = append(ids, it.id)
+		}
+	}
+	return ids
 }

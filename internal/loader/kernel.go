@@ -1,5 +1,127 @@
 package loader
 
+import (
+	"fmt"
+	"os"
+	"sync"
+)
+
+// Kernel reads programs, maps and processes from the running kernel and
+// /proc. It implements state.Kernel (and state.BatchReader). The zero value
+// is not usable; call NewKernel.
+//
+// Reads use raw bpf(2) calls and reused buffers: one program read is three
+// syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see
+// Iterators), BPF iterators read all programs (ReadPrograms) and all
+// program fd holders (Holders) in one go. Every fd a read opens is closed
+// before it returns, so the tracker never keeps a program or map alive
+// (except its own iterator programs, until Close). A Kernel is safe for
+// concurrent use; reads are serialized because they share buffers (which
+// also keeps Holders from seeing the Kernel's own short-lived fds).
+type Kernel struct {
+	procRoot string
+	opts     KernelOptions
+
+	// mu guards every field below up to batchMu: the buffers of the
+	// single reads (ReadProgram, ReadMap, ReadProcess, Holders) and the
+	// lazily loaded iterators. A read holds it for its whole duration and
+	// never calls out while holding it.
+	mu       sync.Mutex
+	progInfo sysProgInfo
+	mapInfo  sysMapInfo
+	mapIDs   []uint32
+	path     []byte
+	fdinfo   []byte
+	walker   procWalker
+	fileBuf  []byte // task_file iterator output
+	// lastHolders sizes the next Holders map.
+	lastHolders int
+	procReader  procReader
+	iters       *iterators
+	closed      bool
+
+	// batchMu guards the fields below, owned by ReadPrograms and by the
+	// iterator path of appendProgramIDs. It is separate from mu because
+	// ReadPrograms holds it across its calls of fn, and fn may do single
+	// reads (each taking mu); lock order is batchMu, then mu.
+	batchMu    sync.Mutex
+	progBuf    []byte
+	batchInfo  ProgramInfo
+	wanted     idSet
+	pendingSet idSet
+	pending    []uint32
+	scratchIDs []uint32
+	names      nameCache
+	// known and knownNext are the map ID caches of the last and the
+	// current sweep.
+	known, knownNext progCache
+}
+
+// KernelOptions configures NewKernelWithOptions.
+type KernelOptions struct {
+	// ProcRoot is the /proc to read processes and Holders from; "" means
+	// /proc. The holders iterator is used only with the host's /proc.
+	ProcRoot string
+	// NoIterators makes ReadPrograms and Holders use bpf(2) and /proc
+	// only, never BPF iterators.
+	NoIterators bool
+}
+
+// NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).
+// procRoot is used for processes and Holders; a map's memlock is always
+// read from this process's own /proc/self/fdinfo.
+func NewKernel(procRoot string) (*Kernel, error) {
+	return NewKernelWithOptions(KernelOptions{ProcRoot: procRoot})
+}
+
+// NewKernelWithOptions is NewKernel with options. The BPF iterators are
+// loaded on first use; Close releases them.
+func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
+	procRoot := opts.ProcRoot
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	fi, err := os.Stat(procRoot)
+	if err != nil {
+		return nil, fmt.Errorf("opening proc root: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("proc root %s is not a directory", procRoot)
+	}
+	return &Kernel{
+		procRoot: procRoot,
+		opts:     opts,
+		mapIDs:   make([]uint32, 64),
+		path:     make([]byte, 0, 64),
+		fdinfo:   make([]byte, 4096),
+		walker:   newProcWalker(),
+		procReader: procReader{
+			stat: make([]byte, 4096),
+			link: make([]byte, 4096),
+		},
+	}, nil
+}
+
+// Close releases the BPF iterators. The Kernel stays usable, reading
+// through bpf(2) and /proc only. Close is idempotent.
+func (k *Kernel) Close() error {
+	// Wait for reads in flight (lock order: batchMu, then mu).
+	k.batchMu.Lock()
+	defer k.batchMu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.closed = true
+	if k.iters == nil {
+		return nil
+	}
+	err := k.iters.close()
+	k.iters = nil
+	if err != nil {
+		return fmt.Errorf("closing BPF iterators: %w", err)
+	}
+	return nil
+}
+
 // ProgramInfo is what one stats read returns for a program
 // (BPF_OBJ_GET_INFO_BY_FD on a short-lived fd).
 type ProgramInfo struct {

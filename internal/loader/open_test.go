@@ -2,6 +2,7 @@ package loader
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -28,7 +29,10 @@ func TestOpenSourceAuto(t *testing.T) {
 	chosen := src.Name()
 	t.Logf("auto chose %s; log: %q", chosen, lines)
 
-	order := []string{SourceFentry, SourcePerf, SourcePoll}
+	var order []string
+	for _, s := range Sources() {
+		order = append(order, s.Name)
+	}
 	pos := slices.Index(order, chosen)
 	if pos < 0 {
 		t.Fatalf("auto chose %q, not one of %v", chosen, order)
@@ -89,5 +93,40 @@ func TestOpenSourceNamed(t *testing.T) {
 		if err := src.Close(); err != nil {
 			t.Errorf("closing %s: %v", name, err)
 		}
+	}
+}
+
+// TestSourcesListedInREADME keeps README.md's "Event sources" table and
+// the registry in step: one row per source, and no row for a source that
+// is not registered.
+func TestSourcesListedInREADME(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Event sources\n")
+	if !ok {
+		t.Fatal(`README.md has no "## Event sources" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	var listed []string
+	for line := range strings.Lines(section) {
+		if name, ok := strings.CutPrefix(line, "| `"); ok {
+			name, _, _ = strings.Cut(name, "`")
+			listed = append(listed, name)
+		}
+	}
+	var registered []string
+	for _, s := range Sources() {
+		registered = append(registered, s.Name)
+		if s.Description == "" || s.Requires == "" || s.open == nil {
+			t.Errorf("source %q: incomplete registry entry %+v", s.Name, s)
+		}
+	}
+	if !slices.Equal(listed, registered) {
+		t.Errorf("README.md's Event sources table lists %v, the registry has %v (same order)", listed, registered)
+	}
+	if names := SourceNames(); names[0] != SourceAuto || !slices.Equal(names[1:], registered) {
+		t.Errorf("SourceNames() = %v, want auto then %v", names, registered)
 	}
 }

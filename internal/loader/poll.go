@@ -12,9 +12,9 @@ import (
 const defaultPollInterval = time.Second
 
 // programWalker is what the poll source needs from the kernel; *Kernel
-// implements it. AppendProgramIDs returns the IDs in ascending order.
+// implements it. appendProgramIDs returns the IDs in ascending order.
 type programWalker interface {
-	AppendProgramIDs(dst []uint32) ([]uint32, error)
+	appendProgramIDs(dst []uint32) ([]uint32, error)
 }
 
 // pollSource diffs successive walks of the program IDs.
@@ -56,7 +56,7 @@ func newPollSourceWith(kernel programWalker, opts SourceOptions) (*pollSource, e
 
 	// The first walk is the baseline: the consumer takes its own snapshot,
 	// so nothing is reported for it.
-	known, err := kernel.AppendProgramIDs(nil)
+	known, err := kernel.appendProgramIDs(nil)
 	if err != nil {
 		return nil, fmt.Errorf("walking program IDs: %w", err)
 	}
@@ -104,7 +104,7 @@ func (s *pollSource) Read() (ProgramEvent, error) {
 // every ID that is new, and makes the walk the new baseline. Both walks are
 // ascending, so one merge pass finds the differences.
 func (s *pollSource) walk() error {
-	ids, err := s.kernel.AppendProgramIDs(s.spare[:0])
+	ids, err := s.kernel.appendProgramIDs(s.spare[:0])
 	if err != nil {
 		return fmt.Errorf("poll source: walking program IDs: %w", err)
 	}

@@ -51,7 +51,7 @@ type fakeWalker struct {
 	err   error
 }
 
-func (f *fakeWalker) AppendProgramIDs(dst []uint32) ([]uint32, error) {
+func (f *fakeWalker) appendProgramIDs(dst []uint32) ([]uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -22,12 +21,6 @@ const pfKthread = 0x00200000
 // /proc/<pid>/stat such as Process.StartTime. It is 100 on every
 // architecture Linux and Go support together.
 const ClockTicksPerSecond = 100
-
-// TicksToDuration converts clock ticks from /proc (such as
-// Process.StartTime, ticks since boot) to a duration.
-func TicksToDuration(ticks uint64) time.Duration {
-	return time.Duration(ticks) * (time.Second / ClockTicksPerSecond)
-}
 
 // gadgetEnvPrefix starts the environment variables that label a process.
 const gadgetEnvPrefix = "BPFSTATS_GADGET_"

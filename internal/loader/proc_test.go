@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -95,12 +94,6 @@ func TestParsePID(t *testing.T) {
 		if got, ok := parsePID([]byte(name)); ok {
 			t.Errorf("parsePID(%q) = %d, want no PID", name, got)
 		}
-	}
-}
-
-func TestTicksToDuration(t *testing.T) {
-	if d := TicksToDuration(250); d != 2500*time.Millisecond {
-		t.Errorf("250 ticks = %v", d)
 	}
 }
 
@@ -221,22 +214,5 @@ func TestReadProcessFakeProc(t *testing.T) {
 	}
 	if !errors.Is(errNotExist(os.NewSyscallError("read", unix.ESRCH)), os.ErrNotExist) {
 		t.Error("ESRCH does not match os.ErrNotExist")
-	}
-}
-
-func TestBootTimeFakeProc(t *testing.T) {
-	f := fakeProc{t, t.TempDir()}
-	f.write("stat", "cpu  1 2 3\nintr 5\nctxt 9\nbtime 1700000000\nprocesses 77\n")
-	k, err := NewKernel(f.root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bt, err := k.BootTime()
-	if err != nil || !bt.Equal(time.Unix(1700000000, 0)) {
-		t.Errorf("boot time %v, %v", bt, err)
-	}
-	f.write("stat", "cpu 1\n")
-	if _, err := k.BootTime(); err == nil {
-		t.Error("no error without a btime line")
 	}
 }

@@ -6,127 +6,24 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"strconv"
-	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
-
-// Kernel reads programs, maps and processes from the running kernel and
-// /proc. It implements state.Kernel (and state.BatchReader). The zero value
-// is not usable; call NewKernel.
-//
-// Reads use raw bpf(2) calls and reused buffers: one program read is three
-// syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see
-// Iterators), BPF iterators read all programs (ReadPrograms) and all
-// program fd holders (Holders) in one go. Every fd a read opens is closed
-// before it returns, so the tracker never keeps a program or map alive
-// (except its own iterator programs, until Close). A Kernel is safe for
-// concurrent use; reads are serialized because they share buffers (which
-// also keeps Holders from seeing the Kernel's own short-lived fds).
-type Kernel struct {
-	procRoot string
-	opts     KernelOptions
-
-	mu       sync.Mutex
-	progInfo sysProgInfo
-	mapInfo  sysMapInfo
-	mapIDs   []uint32
-	path     []byte
-	fdinfo   []byte
-	walker   procWalker
-	fileBuf  []byte // task_file iterator output
-	// lastHolders sizes the next Holders map.
-	lastHolders int
-
-	// batchMu serializes ReadPrograms, which owns the fields below.
-	batchMu    sync.Mutex
-	progBuf    []byte
-	batchInfo  ProgramInfo
-	wanted     idSet
-	pendingSet idSet
-	pending    []uint32
-	scratchIDs []uint32
-	names      nameCache
-	// known and knownNext are the map ID caches of the last and the
-	// current sweep.
-	known, knownNext progCache
-
-	// procMu serializes ReadProcess, which owns procReader.
-	procMu     sync.Mutex
-	procReader procReader
-
-	// iterMu guards the lazily loaded iterators.
-	iterMu sync.Mutex
-	iters  *iterators
-	closed bool
-}
-
-// KernelOptions configures NewKernelWithOptions.
-type KernelOptions struct {
-	// ProcRoot is the /proc to read processes and Holders from; "" means
-	// /proc. The holders iterator is used only with the host's /proc.
-	ProcRoot string
-	// NoIterators makes ReadPrograms and Holders use bpf(2) and /proc
-	// only, never BPF iterators.
-	NoIterators bool
-	// BTF caches the kernel's BTF for loading the iterators; share one
-	// with other loads in the process, since decoding it takes tens of
-	// milliseconds. Nil: the Kernel decodes it for itself, once.
-	BTF *btf.Cache
-}
-
-// NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).
-// procRoot is used for processes and Holders; a map's memlock is always
-// read from this process's own /proc/self/fdinfo.
-func NewKernel(procRoot string) (*Kernel, error) {
-	return NewKernelWithOptions(KernelOptions{ProcRoot: procRoot})
-}
-
-// NewKernelWithOptions is NewKernel with options. The BPF iterators are
-// loaded on first use; Close releases them.
-func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
-	procRoot := opts.ProcRoot
-	if procRoot == "" {
-		procRoot = "/proc"
-	}
-	fi, err := os.Stat(procRoot)
-	if err != nil {
-		return nil, fmt.Errorf("opening proc root: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("proc root %s is not a directory", procRoot)
-	}
-	return &Kernel{
-		procRoot: procRoot,
-		opts:     opts,
-		mapIDs:   make([]uint32, 64),
-		path:     make([]byte, 0, 64),
-		fdinfo:   make([]byte, 4096),
-		walker:   newProcWalker(),
-		procReader: procReader{
-			stat: make([]byte, 4096),
-			link: make([]byte, 4096),
-		},
-	}, nil
-}
 
 // ProgramIDs walks every program ID (BPF_PROG_GET_NEXT_ID), in ascending
 // order. Requires Linux 4.13.
 func (k *Kernel) ProgramIDs() ([]uint32, error) {
-	return k.AppendProgramIDs(nil)
+	return k.appendProgramIDs(nil)
 }
 
-// AppendProgramIDs is ProgramIDs appending to dst, so that a caller can
+// appendProgramIDs is ProgramIDs appending to dst, so that a caller can
 // reuse one slice from sweep to sweep. Once the bpf_prog iterator is
 // loaded (by ReadPrograms or Iterators), one run of it lists the IDs
 // instead of one syscall per program. Requires Linux 4.13.
-func (k *Kernel) AppendProgramIDs(dst []uint32) ([]uint32, error) {
+func (k *Kernel) appendProgramIDs(dst []uint32) ([]uint32, error) {
 	if out, ok := k.appendProgramIDsIter(dst); ok {
 		return out, nil
 	}
@@ -149,14 +46,14 @@ func (k *Kernel) AppendProgramIDs(dst []uint32) ([]uint32, error) {
 // Linux 4.15 (map IDs); run time and count need 5.1, recursion misses 5.12.
 func (k *Kernel) ReadProgram(id uint32) (ProgramInfo, error) {
 	var info ProgramInfo
-	err := k.ReadProgramInto(id, &info)
+	err := k.readProgramInto(id, &info)
 	return info, err
 }
 
-// ReadProgramInto is ReadProgram filling info in place: the map IDs reuse
+// readProgramInto is ReadProgram filling info in place: the map IDs reuse
 // info.MapIDs' storage and the name string is kept when it did not change,
 // so reading the same program every interval does not allocate.
-func (k *Kernel) ReadProgramInto(id uint32, info *ProgramInfo) error {
+func (k *Kernel) readProgramInto(id uint32, info *ProgramInfo) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 
@@ -211,13 +108,13 @@ func (k *Kernel) readProgramFD(fd int) error {
 // Linux 4.13.
 func (k *Kernel) ReadMap(id uint32) (MapInfo, error) {
 	var info MapInfo
-	err := k.ReadMapInto(id, &info)
+	err := k.readMapInto(id, &info)
 	return info, err
 }
 
-// ReadMapInto is ReadMap filling info in place, keeping the name string
+// readMapInto is ReadMap filling info in place, keeping the name string
 // when it did not change.
-func (k *Kernel) ReadMapInto(id uint32, info *MapInfo) error {
+func (k *Kernel) readMapInto(id uint32, info *MapInfo) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 
@@ -275,8 +172,8 @@ func (k *Kernel) selfFdinfoField(fd int, key string) (uint64, error) {
 // later reads of the same instance are three syscalls for stat and one for
 // exe.
 func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
-	k.procMu.Lock()
-	defer k.procMu.Unlock()
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	r := &k.procReader
 	pidName := strconv.AppendUint(r.pidName[:0], uint64(pid), 10)
 	r.pidName = pidName
@@ -343,26 +240,6 @@ func (k *Kernel) Holders() (map[uint32][]uint32, error) {
 	}
 	sortHolders(holders)
 	return holders, nil
-}
-
-// BootTime returns the wall-clock time the system booted (the btime line
-// of <procRoot>/stat), to turn Process.StartTime into a time with
-// TicksToDuration.
-func (k *Kernel) BootTime() (time.Time, error) {
-	data, err := os.ReadFile(k.procRoot + "/stat")
-	if err != nil {
-		return time.Time{}, fmt.Errorf("reading boot time: %w", err)
-	}
-	for line := range bytes.Lines(data) {
-		if v, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
-			sec, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
-			if err != nil {
-				return time.Time{}, fmt.Errorf("parsing btime: %w", err)
-			}
-			return time.Unix(sec, 0), nil
-		}
-	}
-	return time.Time{}, errors.New("reading boot time: no btime line in stat")
 }
 
 // EnableStats turns on run-time stats with BPF_ENABLE_STATS for as long as

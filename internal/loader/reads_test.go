@@ -2,6 +2,7 @@ package loader
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // TestReadsStructLayout checks the Go mirrors of the uapi structs against
@@ -70,11 +73,12 @@ const readsProgName = "tk_reads_test"
 // readsLoad loads the fixture, registering cleanups for every object.
 func readsLoad(t testing.TB) *readsFixture {
 	t.Helper()
+	testutil.RequireRoot(t)
 	hash, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name: "tk_hash", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 128,
 	})
 	if err != nil {
-		t.Skip("creating BPF maps (needs root): " + err.Error())
+		t.Fatal("creating BPF map: ", err)
 	}
 	t.Cleanup(func() { hash.Close() })
 	for i := uint32(0); i < 10; i++ {
@@ -144,9 +148,7 @@ func readsRun(t testing.TB, prog *ebpf.Program, n uint32) {
 func readsStats(t testing.TB) {
 	t.Helper()
 	s, err := EnableStats()
-	if err != nil {
-		t.Skip("BPF_ENABLE_STATS: " + err.Error())
-	}
+	testutil.SkipIfUnsupported(t, err, "BPF_ENABLE_STATS")
 	t.Cleanup(func() { s.Close() })
 }
 
@@ -231,7 +233,7 @@ func TestReadProgramMatchesBpftool(t *testing.T) {
 	if before.RunTimeNs > got.RunTime || got.RunTime > after.RunTimeNs {
 		t.Errorf("run time %d not between bpftool's %d and %d", got.RunTime, before.RunTimeNs, after.RunTimeNs)
 	}
-	boot, err := f.kernel.BootTime()
+	boot, err := bootTime("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +248,7 @@ func TestReadProgramIntoReusesAndGrows(t *testing.T) {
 	// Start with room for one map ID to exercise the retry with a larger buffer.
 	f.kernel.mapIDs = make([]uint32, 1)
 	var info ProgramInfo
-	if err := f.kernel.ReadProgramInto(f.progID, &info); err != nil {
+	if err := f.kernel.readProgramInto(f.progID, &info); err != nil {
 		t.Fatal(err)
 	}
 	if len(info.MapIDs) != 2 || len(f.kernel.mapIDs) < 2 {
@@ -254,12 +256,12 @@ func TestReadProgramIntoReusesAndGrows(t *testing.T) {
 	}
 	first := info
 	allocs := testing.AllocsPerRun(100, func() {
-		if err := f.kernel.ReadProgramInto(f.progID, &info); err != nil {
+		if err := f.kernel.readProgramInto(f.progID, &info); err != nil {
 			t.Fatal(err)
 		}
 	})
 	if allocs != 0 {
-		t.Errorf("ReadProgramInto allocates %.1f times per read of an unchanged program", allocs)
+		t.Errorf("readProgramInto allocates %.1f times per read of an unchanged program", allocs)
 	}
 	if info.Name != first.Name || !slices.Equal(info.MapIDs, first.MapIDs) {
 		t.Errorf("re-read %+v differs from first read %+v", info, first)
@@ -523,9 +525,7 @@ func TestReadProcessSelfChildAndKernelThread(t *testing.T) {
 func TestEnableStatsCountsAndClosesTwice(t *testing.T) {
 	f := readsLoad(t)
 	s, err := EnableStats()
-	if err != nil {
-		t.Skip("BPF_ENABLE_STATS: " + err.Error())
-	}
+	testutil.SkipIfUnsupported(t, err, "BPF_ENABLE_STATS")
 	t.Cleanup(func() { s.Close() })
 	before, err := f.kernel.ReadProgram(f.progID)
 	if err != nil {
@@ -554,7 +554,7 @@ func BenchmarkReadProgram(b *testing.B) {
 	var info ProgramInfo
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := f.kernel.ReadProgramInto(f.progID, &info); err != nil {
+		if err := f.kernel.readProgramInto(f.progID, &info); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -583,7 +583,7 @@ func BenchmarkSweep(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		var err error
-		ids, err = f.kernel.AppendProgramIDs(ids[:0])
+		ids, err = f.kernel.appendProgramIDs(ids[:0])
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -593,7 +593,7 @@ func BenchmarkSweep(b *testing.B) {
 				info = new(ProgramInfo)
 				infos[id] = info
 			}
-			if err := f.kernel.ReadProgramInto(id, info); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := f.kernel.readProgramInto(id, info); err != nil && !errors.Is(err, os.ErrNotExist) {
 				b.Fatal(err)
 			}
 		}
@@ -607,7 +607,7 @@ func BenchmarkReadMap(b *testing.B) {
 	var info MapInfo
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := f.kernel.ReadMapInto(f.hashID, &info); err != nil {
+		if err := f.kernel.readMapInto(f.hashID, &info); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -659,4 +659,23 @@ func BenchmarkReadProgramCilium(b *testing.B) {
 		}
 		p.Close()
 	}
+}
+
+// bootTime returns the wall-clock time the system booted: the btime line
+// of <procRoot>/stat.
+func bootTime(procRoot string) (time.Time, error) {
+	data, err := os.ReadFile(procRoot + "/stat")
+	if err != nil {
+		return time.Time{}, fmt.Errorf("reading boot time: %w", err)
+	}
+	for line := range bytes.Lines(data) {
+		if v, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
+			sec, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("parsing btime: %w", err)
+			}
+			return time.Unix(sec, 0), nil
+		}
+	}
+	return time.Time{}, errors.New("reading boot time: no btime line in stat")
 }

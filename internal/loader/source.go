@@ -61,7 +61,7 @@ type ProgramEvent struct {
 // Source is one way of learning about program loads and releases without
 // walking every program ID.
 type Source interface {
-	// Name is "fentry", "perf" or "poll".
+	// Name is the source's SourceSpec.Name ("fentry", "perf", "poll").
 	Name() string
 	// Read blocks until the next event. After Close it returns an error
 	// wrapping ErrClosed.
@@ -74,19 +74,13 @@ type Source interface {
 // ErrClosed is returned by Source.Read after Close.
 var ErrClosed = errors.New("event source closed")
 
-// Source names accepted by OpenSource.
+// Source names accepted by OpenSource: auto, and one per entry of Sources.
 const (
 	SourceAuto   = "auto"
 	SourceFentry = "fentry"
 	SourcePerf   = "perf"
 	SourcePoll   = "poll"
 )
-
-// SourceNames returns the valid --source values, auto first, then the
-// sources in fallback order.
-func SourceNames() []string {
-	return []string{SourceAuto, SourceFentry, SourcePerf, SourcePoll}
-}
 
 // SourceOptions configures OpenSource.
 type SourceOptions struct {

@@ -154,9 +154,9 @@ func kernelProgramIDs(t *testing.T) map[uint32]bool {
 func TestVMFentryHooksFire(t *testing.T) {
 	requireVM(t)
 	src := vmFentry(t)
-	load, release, ok := FentryHooks(src)
+	load, release, ok := fentryHooks(src)
 	if !ok || load == "" || release == "" {
-		t.Fatalf("FentryHooks = %q, %q, %v", load, release, ok)
+		t.Fatalf("fentryHooks = %q, %q, %v", load, release, ok)
 	}
 	// test/vm/run.sh reads this line for its summary.
 	fmt.Printf("VMTEST-HOOKS source=%s load=%s release=%s\n", src.Name(), load, release)
@@ -419,8 +419,8 @@ func TestVMOpenSourceAutoPicksFentry(t *testing.T) {
 	if src.Name() != SourceFentry {
 		t.Fatalf("OpenSource(auto) chose %s, want fentry", src.Name())
 	}
-	if _, _, ok := FentryHooks(src); !ok {
-		t.Error("FentryHooks: not a fentry source")
+	if _, _, ok := fentryHooks(src); !ok {
+		t.Error("fentryHooks: not a fentry source")
 	}
 }
 
@@ -448,7 +448,7 @@ func TestVMFentryFallback(t *testing.T) {
 	}
 	t.Cleanup(func() { src.Close() })
 
-	load, release := src.Hooks()
+	load, release := src.hooks()
 	if load == silent || release == silent {
 		t.Fatalf("hooks %s, %s: a hook that does not fire was kept", load, release)
 	}

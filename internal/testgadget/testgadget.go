@@ -23,6 +23,8 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // NewMap creates an array map with 4-byte keys and 8-byte values, closed
@@ -67,7 +69,8 @@ func LoadSocketFilters(tb testing.TB, prefix string, n int) {
 // run time and run count rise (while stats are enabled, see
 // ebpf.EnableStats) whenever the test makes syscalls, e.g. with Syscalls.
 // Program and link are closed when the test ends. The test is skipped if
-// raw tracepoints cannot be attached. Requires Linux 4.17.
+// the kernel does not know raw tracepoints, and fails on any other
+// error. Requires Linux 4.17.
 func AttachSysEnter(tb testing.TB, name string, maps ...*ebpf.Map) (*ebpf.Program, link.Link) {
 	tb.Helper()
 	prog, err := newProgram(ebpf.RawTracepoint, name, maps)
@@ -76,9 +79,7 @@ func AttachSysEnter(tb testing.TB, name string, maps ...*ebpf.Map) (*ebpf.Progra
 	}
 	tb.Cleanup(func() { prog.Close() })
 	l, err := attachSysEnter(prog)
-	if err != nil {
-		tb.Skip("raw_tp: " + err.Error())
-	}
+	testutil.SkipIfUnknownAttachType(tb, err, "raw_tp")
 	tb.Cleanup(func() { l.Close() })
 	return prog, l
 }

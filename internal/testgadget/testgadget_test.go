@@ -13,6 +13,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -83,9 +85,7 @@ func checkProg(t *testing.T, progs map[uint32]bpftoolProg, id uint32, name strin
 func enableStats(t *testing.T) {
 	t.Helper()
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		t.Skip("BPF_ENABLE_STATS: " + err.Error())
-	}
+	testutil.SkipIfUnsupported(t, err, "BPF_ENABLE_STATS")
 	t.Cleanup(func() { stats.Close() })
 }
 
