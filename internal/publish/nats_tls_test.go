@@ -109,15 +109,15 @@ func TestNATSTLSClientCert(t *testing.T) {
 		o.Conn.TLSCAFile = filepath.Join(dir, "ca.pem")
 		o.Conn.TLSCertFile, o.Conn.TLSKeyFile = cliCert, cliKey
 	})
-	if !sink.Connected() || !sink.Conn().TLSRequired() {
-		t.Fatalf("connected %v over TLS %v", sink.Connected(), sink.Conn().TLSRequired())
+	if !sink.Connected() || !sink.nc.TLSRequired() {
+		t.Fatalf("connected %v over TLS %v", sink.Connected(), sink.nc.TLSRequired())
 	}
 	// Plain clients are refused: listen on the sink's own connection.
-	sub, err := sink.Conn().SubscribeSync("bpfstats.node-tls._node")
+	sub, err := sink.nc.SubscribeSync("bpfstats.node-tls._node")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sink.Conn().Flush(); err != nil {
+	if err := sink.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := sink.Publish(testSnapshot("node-tls", "g1", testTime)); err != nil {
