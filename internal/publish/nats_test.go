@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -555,8 +556,8 @@ func TestNATSBadCredentials(t *testing.T) {
 	}
 }
 
-// TestEmbeddedNATSKV checks that a top started after the trackers sees the
-// whole fleet in its first print, from the key-value bucket alone.
+// TestEmbeddedNATSKV checks that the bucket holds the latest message of
+// every gadget, the node and the unowned set, and forgets ended gadgets.
 func TestEmbeddedNATSKV(t *testing.T) {
 	_, log := newLogWatch(t)
 	es, err := StartEmbedded(EmbeddedOptions{Listen: "127.0.0.1:0", JetStream: true, Logger: log})
@@ -575,32 +576,11 @@ func TestEmbeddedNATSKV(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	nc, err := ConnectNATS(ConnOptions{URLs: es.ClientURL(), Name: "bpfstats-top", FailFast: true, Logger: log})
+	nc, err := ConnectNATS(ConnOptions{URLs: es.ClientURL(), Name: "bpfstats-kv-reader", FailFast: true, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	top := func() []state.Row {
-		t.Helper()
-		var out bytes.Buffer
-		ctx, cancel := context.WithTimeout(context.Background(), deadline)
-		defer cancel()
-		// An hour-long interval: only the print after reading the bucket
-		// can happen.
-		if err := RunTop(ctx, nc, TopOptions{KV: true, JSON: true, Count: 1, Interval: time.Hour}, &out); err != nil {
-			t.Fatalf("RunTop: %v", err)
-		}
-		var rows []state.Row
-		if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
-			t.Fatalf("top output %q: %v", out.String(), err)
-		}
-		return rows
-	}
-	rows := top()
-	if len(rows) != 2 || rows[0].GadgetID != "g1" || rows[1].GadgetID != "g2" || rows[0].NodeName != "node-kv" {
-		t.Fatalf("first print: %+v, want gadgets g1 and g2 of node-kv", rows)
-	}
-
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -608,6 +588,24 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	kv, err := js.KeyValue(context.Background(), DefaultKVBucket)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Every interval message has its key, so that a consumer starting
+	// later reads the whole node from the bucket alone.
+	keys := func() []string {
+		t.Helper()
+		lister, err := kv.ListKeys(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for k := range lister.Keys() {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	if got, want := keys(), []string{"node-kv._node", "node-kv._unowned", "node-kv.g1", "node-kv.g2"}; !slices.Equal(got, want) {
+		t.Fatalf("keys %v, want %v", got, want)
 	}
 	if st, err := kv.Status(context.Background()); err != nil || st.TTL() != 3*time.Second {
 		t.Errorf("bucket status %v, %v; want TTL of three intervals", st, err)
@@ -627,8 +625,8 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	if _, err := kv.Get(context.Background(), "node-kv.g2"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("key of an ended gadget: %v", err)
 	}
-	if rows := top(); len(rows) != 1 || rows[0].GadgetID != "g1" {
-		t.Fatalf("after g2 ended: %+v", rows)
+	if got, want := keys(), []string{"node-kv._node", "node-kv._unowned", "node-kv.g1"}; !slices.Equal(got, want) {
+		t.Fatalf("keys after g2 ended %v, want %v", got, want)
 	}
 	if n := sink.PublishErrors(); n != 0 {
 		t.Errorf("%d publish errors", n)

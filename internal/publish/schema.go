@@ -170,8 +170,9 @@ func gadgetToken(id string) string {
 	return tok
 }
 
-// validatePrefix checks that prefix is one or more literal subject tokens.
-func validatePrefix(prefix string) error {
+// ValidateSubjectPrefix checks that prefix is one or more literal subject
+// tokens.
+func ValidateSubjectPrefix(prefix string) error {
 	for _, tok := range strings.Split(prefix, ".") {
 		if tok == "" || NodeToken(tok) != tok {
 			return fmt.Errorf("invalid subject prefix %q: want dot-separated tokens without '*', '>' or whitespace", prefix)

@@ -93,7 +93,7 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 	if opts.SubjectPrefix == "" {
 		opts.SubjectPrefix = DefaultSubjectPrefix
 	}
-	if err := validatePrefix(opts.SubjectPrefix); err != nil {
+	if err := ValidateSubjectPrefix(opts.SubjectPrefix); err != nil {
 		return nil, err
 	}
 	if opts.Node == "" {
