@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfstats/tracker/internal/testutil"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -101,10 +102,10 @@ func TestNATSTLSClientCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := runServer(t, &server.Options{TLS: true, TLSVerify: true, TLSConfig: tc, TLSTimeout: 2})
+	srv := testutil.StartNATS(t, &server.Options{TLS: true, TLSVerify: true, TLSConfig: tc, TLSTimeout: 2})
 	url := "tls://" + srv.Addr().String()
 
-	_, log := newLogWatch(t)
+	log := testutil.NewLogWatch(t).Logger()
 	sink := newTestSink(t, url, "node-tls", log, func(o *NATSOptions) {
 		o.Conn.TLSCAFile = filepath.Join(dir, "ca.pem")
 		o.Conn.TLSCertFile, o.Conn.TLSKeyFile = cliCert, cliKey
@@ -123,7 +124,7 @@ func TestNATSTLSClientCert(t *testing.T) {
 	if err := sink.Publish(testSnapshot("node-tls", "g1", testTime)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sub.NextMsg(deadline); err != nil {
+	if _, err := sub.NextMsg(testutil.Wait); err != nil {
 		t.Fatalf("no _node message over TLS: %v", err)
 	}
 
