@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -24,6 +25,29 @@ type daemonFlags struct {
 	metricsAddr string
 	metricsAll  bool
 	check       bool
+}
+
+// parseDaemonFlags parses and validates the flags of "tracker run".
+func parseDaemonFlags(args []string, stderr io.Writer) (*daemonFlags, error) {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var d daemonFlags
+	d.common.register(fs)
+	d.output.register(fs)
+	d.nats.register(fs, "comma-separated NATS server URLs; empty starts an embedded server on --nats-listen")
+	fs.BoolVar(&d.print, "print", false, "also print the table every interval")
+	fs.StringVar(&d.natsListen, "nats-listen", publish.DefaultListen, "address of the embedded NATS server (without --nats-url)")
+	fs.StringVar(&d.metricsAddr, "metrics-addr", publish.DefaultMetricsAddr, "address serving /metrics; empty disables")
+	fs.BoolVar(&d.metricsAll, "metrics-all", false, "export one metrics series per program too, not only per gadget")
+	fs.BoolVar(&d.check, "check", false, "validate the configuration and the kernel's capabilities, print a report, exit")
+	fs.Usage = usageFunc(fs, "run [flags]", true)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if err := d.validate(); err != nil {
+		return nil, err
+	}
+	return &d, nil
 }
 
 func (d *daemonFlags) validate() error {
@@ -45,47 +69,95 @@ func (d *daemonFlags) validate() error {
 	return nil
 }
 
+// runDaemon is "tracker run": track, publish to NATS, serve metrics.
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var d daemonFlags
-	d.common.register(fs)
-	d.output.register(fs)
-	d.nats.register(fs, "comma-separated NATS server URLs; empty starts an embedded server on --nats-listen")
-	fs.BoolVar(&d.print, "print", false, "also print the table every interval")
-	fs.StringVar(&d.natsListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server (without --nats-url)")
-	fs.StringVar(&d.metricsAddr, "metrics-addr", "127.0.0.1:2224", "address serving /metrics; empty disables")
-	fs.BoolVar(&d.metricsAll, "metrics-all", false, "export one metrics series per program too, not only per gadget")
-	fs.BoolVar(&d.check, "check", false, "validate the configuration and the kernel's capabilities, print a report, exit")
-	fs.Usage = usageFunc(fs, "run [flags]", true)
-	if err := parseFlags(fs, args); err != nil {
+	d, err := parseDaemonFlags(args, stderr)
+	if err != nil {
 		return err
 	}
-	if err := d.validate(); err != nil {
-		return err
-	}
-	log := newLogger(stderr, d.common.logLevel)
 	if d.check {
-		return runCheck(stdout, &d)
+		return runCheck(stdout, d)
 	}
 	if err := loader.CheckPrivileges(); err != nil {
 		return err
 	}
-
+	log := newLogger(stderr, d.common.logLevel)
 	print, err := d.output.printer(stdout, d.common.all)
 	if err != nil {
 		return err
 	}
-	var sinks []publish.Sink
-
+	out := &outputs{fanout: fanout{log: log}}
+	defer out.Close()
 	// Network first: a taken port fails before anything is attached.
+	if err := out.openNetwork(d, log); err != nil {
+		return err
+	}
+	if d.print {
+		// Last, so that a printed table means the interval was published.
+		out.sinks = append(out.sinks, sinkFunc(print))
+	}
+	p, err := openPipeline(&d.common, log)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	err = p.run(ctx, out.runConfig(d.common.interval))
+	notify(log, sdnotify.Stopping)
+	if err != nil {
+		return err
+	}
+	// A last sweep, so consumers see the state at shutdown.
+	if snap, err := p.tracker.Sweep(); err == nil {
+		out.Publish(snap)
+	}
+	log.Info().Msg("shutting down")
+	return nil
+}
+
+// fanout hands every snapshot to each Sink and every event to each
+// EventSink, in order. A sink's error is logged (the sink counts its own
+// errors) and the sinks after it still get theirs.
+type fanout struct {
+	log        zerolog.Logger
+	sinks      []publish.Sink
+	eventSinks []publish.EventSink
+}
+
+// Publish hands snap to every sink.
+func (f *fanout) Publish(snap *state.Snapshot) {
+	for _, sink := range f.sinks {
+		if err := sink.Publish(snap); err != nil {
+			f.log.Warn().Err(err).Msg("publishing snapshot")
+		}
+	}
+}
+
+// PublishEvent hands ev to every event sink.
+func (f *fanout) PublishEvent(ev *state.Event) {
+	for _, sink := range f.eventSinks {
+		if err := sink.PublishEvent(ev); err != nil {
+			f.log.Warn().Err(err).Msg("publishing event")
+		}
+	}
+}
+
+// outputs are the daemon's sinks and the servers and connections they
+// need, closed in the reverse order of opening.
+type outputs struct {
+	fanout
+	closers []func()
+}
+
+// openNetwork starts the embedded NATS server unless a URL is given,
+// connects the NATS sink, and listens for metrics unless disabled.
+func (o *outputs) openNetwork(d *daemonFlags, log zerolog.Logger) error {
 	url := d.nats.url
 	if url == "" {
 		es, err := publish.StartEmbedded(publish.EmbeddedOptions{Listen: d.natsListen, JetStream: d.nats.kv, Logger: log})
 		if err != nil {
 			return err
 		}
-		defer es.Shutdown()
+		o.closers = append(o.closers, es.Shutdown)
 		url = es.ClientURL()
 	}
 	sink, err := publish.NewNATSSink(publish.NATSOptions{
@@ -100,69 +172,51 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	// Deferred after the embedded server's shutdown, so it drains first.
-	defer sink.Close()
-	sinks = append(sinks, sink)
-
-	if d.metricsAddr != "" {
-		m, err := publish.NewMetrics(publish.MetricsOptions{All: d.metricsAll, Version: version, NATS: sink})
-		if err != nil {
-			return err
-		}
-		srv, err := publish.ListenMetrics(d.metricsAddr, m.Handler())
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
-		log.Info().Str("addr", srv.Addr().String()).Msg("serving /metrics")
-		sinks = append(sinks, m)
+	// Closed before the embedded server shuts down, so that it drains.
+	o.closers = append(o.closers, func() { sink.Close() })
+	o.sinks = append(o.sinks, sink)
+	o.eventSinks = append(o.eventSinks, sink)
+	if d.metricsAddr == "" {
+		return nil
 	}
-
-	if d.print {
-		// Last, so that a printed table means the interval was published.
-		sinks = append(sinks, sinkFunc(print))
-	}
-
-	p, err := openPipeline(&d.common, log)
+	m, err := publish.NewMetrics(publish.MetricsOptions{All: d.metricsAll, Version: version, NATS: sink})
 	if err != nil {
 		return err
 	}
-	defer p.Close()
-
-	publishAll := func(s *state.Snapshot) {
-		for _, sink := range sinks {
-			if err := sink.Publish(s); err != nil {
-				log.Warn().Err(err).Msg("publishing snapshot")
-			}
-		}
+	srv, err := publish.ListenMetrics(d.metricsAddr, m.Handler())
+	if err != nil {
+		return err
 	}
+	o.closers = append(o.closers, func() { srv.Close() })
+	log.Info().Str("addr", srv.Addr().String()).Msg("serving /metrics")
+	o.sinks = append(o.sinks, m)
+	return nil
+}
+
+// runConfig feeds the pipeline's snapshots and events to the sinks and
+// tells systemd the daemon is ready after the first snapshot.
+func (o *outputs) runConfig(interval time.Duration) state.RunConfig {
 	ready := false
-	err = p.run(ctx, state.RunConfig{
-		Interval: d.common.interval,
-		Log:      log,
+	return state.RunConfig{
+		Interval: interval,
+		Log:      o.log,
 		OnSnapshot: func(s *state.Snapshot) {
-			publishAll(s)
+			o.Publish(s)
 			if !ready {
 				ready = true
-				notify(log, sdnotify.Ready)
+				notify(o.log, sdnotify.Ready)
 			}
 		},
-		OnEvent: func(ev *state.Event) {
-			if err := sink.PublishEvent(ev); err != nil {
-				log.Warn().Err(err).Msg("publishing event")
-			}
-		},
-	})
-	notify(log, sdnotify.Stopping)
-	if err != nil {
-		return err
+		OnEvent: o.PublishEvent,
 	}
-	// A last sweep, so consumers see the state at shutdown.
-	if snap, err := p.tracker.Sweep(); err == nil {
-		publishAll(snap)
+}
+
+// Close closes what was opened, last first. It is idempotent.
+func (o *outputs) Close() {
+	for i := len(o.closers) - 1; i >= 0; i-- {
+		o.closers[i]()
 	}
-	log.Info().Msg("shutting down")
-	return nil
+	o.closers = nil
 }
 
 // notify tells systemd (when it started us with Type=notify) our state.

@@ -1,10 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -12,94 +8,38 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/nats-io/nats.go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfstats/tracker/internal/publish"
+	"github.com/bpfstats/tracker/internal/publish/metricstest"
 	"github.com/bpfstats/tracker/internal/testgadget"
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
-// subscriber collects the messages of one NATS subscription.
-type subscriber struct {
-	msgs chan *nats.Msg
-}
-
-func subscribe(t *testing.T, url, subject string) *subscriber {
-	t.Helper()
-	nc, err := nats.Connect(url, nats.Name("bpfstats-test"))
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	s := &subscriber{msgs: make(chan *nats.Msg, 4096)}
-	if _, err := nc.ChanSubscribe(subject, s.msgs); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// next returns the next message whose subject satisfies match.
-func (s *subscriber) next(t *testing.T, what string, match func(subject string) bool) *nats.Msg {
-	t.Helper()
-	deadline := time.After(waitTimeout)
-	for {
-		select {
-		case m := <-s.msgs:
-			if match(m.Subject) {
-				return m
-			}
-		case <-deadline:
-			t.Fatalf("no %s message within %v", what, waitTimeout)
-		}
-	}
-}
-
-func decodeMsg[T any](t *testing.T, m *nats.Msg) T {
-	t.Helper()
-	var v T
-	if err := json.Unmarshal(m.Data, &v); err != nil {
-		t.Fatalf("decoding %s: %v: %s", m.Subject, err, m.Data)
-	}
-	return v
-}
-
-// bpftoolMapMemory sums the memlock of maps as bpftool reports it.
-func bpftoolMapMemory(t *testing.T, ids []uint32) uint64 {
-	t.Helper()
-	var sum uint64
-	for _, id := range ids {
-		var m struct {
-			BytesMemlock uint64 `json:"bytes_memlock"`
-		}
-		bpftool(t, &m, "map", "show", "id", fmt.Sprint(id))
-		sum += m.BytesMemlock
-	}
-	return sum
+// eventsOf matches the _events subject of node.
+func eventsOf(node string) func(string) bool {
+	return func(s string) bool { return s == "bpfstats."+node+"._events" }
 }
 
 // The daemon with its embedded NATS server publishes gadget, _node and
 // _events messages whose contents are the kernel's.
 func TestDaemonPublishesToNATS(t *testing.T) {
 	requireRoot(t)
-	natsAddr := freeAddr(t)
+	natsAddr := testutil.FreeAddr(t)
 	// A long interval: the load event must arrive long before the next tick.
 	startDaemon(t, "GADGETID", "--nats-listen", natsAddr, "--metrics-addr", "", "--node", "test.node",
 		"--interval", "1h", "--print")
-	sub := subscribe(t, "nats://"+natsAddr, "bpfstats.>")
+	sub := testutil.Subscribe(t, "nats://"+natsAddr, "bpfstats.>")
 
 	// The first sweep ran before we subscribed; load a program and expect
 	// its event at once, then nothing else is due for an hour.
 	prog := testgadget.LoadSocketFilter(t, "bpfstats_t_nats")
 	id := testgadget.ProgramID(t, prog)
-	m := sub.next(t, "_events", func(s string) bool { return s == "bpfstats.test_node._events" })
-	ev := decodeMsg[publish.EventMessage](t, m)
+	m := sub.Next(t, "_events", eventsOf("test_node"))
+	ev := testutil.Decode[publish.EventMessage](t, m)
 	for ev.ProgID != id {
-		ev = decodeMsg[publish.EventMessage](t, sub.next(t, "_events", func(s string) bool { return s == "bpfstats.test_node._events" }))
+		ev = testutil.Decode[publish.EventMessage](t, sub.Next(t, "_events", eventsOf("test_node")))
 	}
 	if ev.Kind != "load" || ev.ProgName != "bpfstats_t_nats" || ev.Loader == nil || ev.Loader.PID != uint32(os.Getpid()) {
 		t.Fatalf("load event: %+v", ev)
@@ -110,7 +50,7 @@ func TestDaemonPublishesToNATS(t *testing.T) {
 	prog.Close()
 	// Other programs may come and go meanwhile: wait for ours.
 	for ev.ProgID != id || ev.Kind == "load" {
-		ev = decodeMsg[publish.EventMessage](t, sub.next(t, "_events", func(s string) bool { return s == "bpfstats.test_node._events" }))
+		ev = testutil.Decode[publish.EventMessage](t, sub.Next(t, "_events", eventsOf("test_node")))
 	}
 	if ev.Kind != "release" || ev.ProgName != "bpfstats_t_nats" {
 		t.Fatalf("release event: %+v", ev)
@@ -124,16 +64,16 @@ func TestDaemonGadgetMessage(t *testing.T) {
 		"BPFSTATS_GADGET_NAME":  "natsgadget2",
 		"BPFSTATS_GADGET_IMAGE": "nats_gadget:v2",
 	}, testgadget.TwoProgramsThreeMaps(false))
-	wantMem := bpftoolMapMemory(t, g.MapIDs)
-	natsAddr := freeAddr(t)
+	wantMem := testutil.BpftoolMapMemory(t, g.MapIDs)
+	natsAddr := testutil.FreeAddr(t)
 	startDaemon(t, "GADGETID", "--nats-listen", natsAddr, "--metrics-addr", "", "--node", "n1",
 		"--interval", "200ms", "--print")
-	sub := subscribe(t, "nats://"+natsAddr, "bpfstats.n1.>")
+	sub := testutil.Subscribe(t, "nats://"+natsAddr, "bpfstats.n1.>")
 
 	var gm publish.GadgetMessage
 	for gm.Gadget.Name != "natsgadget2" {
-		m := sub.next(t, "gadget", func(s string) bool { return !strings.HasPrefix(s, "bpfstats.n1._") })
-		gm = decodeMsg[publish.GadgetMessage](t, m)
+		m := sub.Next(t, "gadget", func(s string) bool { return !strings.HasPrefix(s, "bpfstats.n1._") })
+		gm = testutil.Decode[publish.GadgetMessage](t, m)
 		if !strings.HasSuffix(m.Subject, "."+gm.Gadget.ID) {
 			t.Fatalf("gadget message on %s has gadget id %s", m.Subject, gm.Gadget.ID)
 		}
@@ -154,8 +94,8 @@ func TestDaemonGadgetMessage(t *testing.T) {
 		t.Fatalf("programs %v, want %v", ids, want)
 	}
 
-	m := sub.next(t, "_node", func(s string) bool { return s == "bpfstats.n1._node" })
-	nm := decodeMsg[publish.NodeMessage](t, m)
+	m := sub.Next(t, "_node", func(s string) bool { return s == "bpfstats.n1._node" })
+	nm := testutil.Decode[publish.NodeMessage](t, m)
 	var uts unix.Utsname
 	unix.Uname(&uts)
 	if nm.Source == "" || nm.Kernel != unix.ByteSliceToString(uts.Release[:]) || nm.Counts.Programs < 2 || nm.Counts.Gadgets < 1 {
@@ -171,94 +111,39 @@ func TestDaemonMetrics(t *testing.T) {
 		"BPFSTATS_GADGET_NAME":  "metricsgadget",
 		"BPFSTATS_GADGET_IMAGE": "metrics_gadget:latest",
 	}, testgadget.TwoProgramsThreeMaps(false))
-	wantMem := bpftoolMapMemory(t, g.MapIDs)
-	metricsAddr := freeAddr(t)
+	wantMem := testutil.BpftoolMapMemory(t, g.MapIDs)
+	metricsAddr := testutil.FreeAddr(t)
 	startDaemon(t, "GADGETID", daemonTestArgs(t, "--metrics-addr", metricsAddr, "--interval", "200ms", "--print")...)
 
-	var families map[string]*dtoFamily
-	deadline := time.Now().Add(waitTimeout)
+	url := "http://" + metricsAddr + publish.MetricsPath
+	gadget := map[string]string{"gadgetName": "metricsgadget", "progName": ""}
+	var mfs map[string]*dto.MetricFamily
+	deadline := time.Now().Add(testutil.Wait)
 	for {
-		families = scrape(t, "http://"+metricsAddr+"/metrics")
-		if _, ok := families["mapMemory"].value("metricsgadget"); ok {
+		var err error
+		mfs, err = metricstest.ScrapeAndParse(url)
+		if err == nil && len(metricstest.Find(mfs, "mapMemory", gadget)) > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no mapMemory series for the gadget within %v", waitTimeout)
+			t.Fatalf("no mapMemory series for the gadget within %v (last scrape: %v)", testutil.Wait, err)
 		}
 		time.Sleep(100 * time.Millisecond) // polling an HTTP endpoint: nothing to wait on
 	}
-	if got, _ := families["mapMemory"].value("metricsgadget"); got != float64(wantMem) {
-		t.Fatalf("mapMemory %v, want %d (bpftool)", got, wantMem)
+	if got, err := metricstest.Value(mfs, "mapMemory", gadget); err != nil || got != float64(wantMem) {
+		t.Fatalf("mapMemory %v (%v), want %d (bpftool)", got, err, wantMem)
 	}
-	if got, _ := families["mapCount"].value("metricsgadget"); got != 3 {
-		t.Fatalf("mapCount %v, want 3", got)
+	if got, err := metricstest.Value(mfs, "mapCount", gadget); err != nil || got != 3 {
+		t.Fatalf("mapCount %v (%v), want 3", got, err)
 	}
 	for _, name := range []string{"runcount_total", "runtime_total", "tracker_build_info", "tracker_event_source_info", "tracker_programs"} {
-		if _, ok := families[name]; !ok {
+		if _, ok := mfs[name]; !ok {
 			t.Errorf("no %s series", name)
 		}
 	}
-	if _, ok := families["runcount_total"].value("metricsgadget"); !ok {
-		t.Errorf("no runcount_total series for the gadget")
+	if _, err := metricstest.Value(mfs, "runcount_total", gadget); err != nil {
+		t.Errorf("no runcount_total series for the gadget: %v", err)
 	}
-}
-
-type dtoFamily struct {
-	// byGadget maps gadgetName to the value of the series with an empty progName.
-	byGadget map[string]float64
-}
-
-// value returns the gadget-level series of gadget; a missing family has none.
-func (d *dtoFamily) value(gadget string) (float64, bool) {
-	if d == nil {
-		return 0, false
-	}
-	v, ok := d.byGadget[gadget]
-	return v, ok
-}
-
-func scrape(t *testing.T, url string) map[string]*dtoFamily {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("scraping %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatalf("Prometheus cannot parse /metrics: %v\n%s", err, body)
-	}
-	out := make(map[string]*dtoFamily)
-	for name, f := range fams {
-		d := &dtoFamily{byGadget: map[string]float64{}}
-		for _, m := range f.GetMetric() {
-			var gadget, prog string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "gadgetName":
-					gadget = l.GetValue()
-				case "progName":
-					prog = l.GetValue()
-				}
-			}
-			if prog != "" {
-				continue
-			}
-			switch {
-			case m.GetGauge() != nil:
-				d.byGadget[gadget] = m.GetGauge().GetValue()
-			case m.GetCounter() != nil:
-				d.byGadget[gadget] = m.GetCounter().GetValue()
-			}
-		}
-		out[name] = d
-	}
-	return out
 }
 
 // After SIGTERM nothing the daemon loaded stays in the kernel.
@@ -285,7 +170,7 @@ func TestDaemonLeavesNothingBehind(t *testing.T) {
 	if !strings.Contains(stderr.String(), "shutting down") {
 		t.Fatalf("no final sweep and orderly shutdown logged:\n%s", stderr)
 	}
-	deadline := time.Now().Add(waitTimeout)
+	deadline := time.Now().Add(testutil.Wait)
 	for _, id := range loaded {
 		for {
 			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))

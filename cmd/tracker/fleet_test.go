@@ -5,34 +5,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
 	"github.com/bpfstats/tracker/internal/testgadget"
+	"github.com/bpfstats/tracker/internal/testutil"
 )
-
-// runNATSServer starts a real nats-server on loopback for the test.
-func runNATSServer(t *testing.T, opts *server.Options) *server.Server {
-	t.Helper()
-	opts.Host = "127.0.0.1"
-	if opts.Port == 0 {
-		opts.Port = server.RANDOM_PORT
-	}
-	opts.NoLog, opts.NoSigs = true, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
-	return srv
-}
 
 // Three servers clustered on loopback, three trackers each on its own
 // server: the fleet view on a fourth connection sees all three nodes.
@@ -40,11 +20,11 @@ func TestFleetTopSeesThreeNodes(t *testing.T) {
 	requireRoot(t)
 	testgadget.StartGadget(t, map[string]string{"BPFSTATS_GADGET_NAME": "fleetgadget"}, testgadget.TwoProgramsThreeMaps(false))
 	cluster := server.ClusterOpts{Name: "bpfstats-fleet", Host: "127.0.0.1", Port: server.RANDOM_PORT}
-	a := runNATSServer(t, &server.Options{ServerName: "a", Cluster: cluster})
+	a := testutil.StartNATS(t, &server.Options{ServerName: "a", Cluster: cluster})
 	routes := server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d", a.ClusterAddr().Port))
-	b := runNATSServer(t, &server.Options{ServerName: "b", Cluster: cluster, Routes: routes})
-	c := runNATSServer(t, &server.Options{ServerName: "c", Cluster: cluster, Routes: routes})
-	d := runNATSServer(t, &server.Options{ServerName: "d", Cluster: cluster, Routes: routes})
+	b := testutil.StartNATS(t, &server.Options{ServerName: "b", Cluster: cluster, Routes: routes})
+	c := testutil.StartNATS(t, &server.Options{ServerName: "c", Cluster: cluster, Routes: routes})
+	d := testutil.StartNATS(t, &server.Options{ServerName: "d", Cluster: cluster, Routes: routes})
 
 	nodes := []string{"node-a", "node-b", "node-c"}
 	for i, srv := range []*server.Server{a, b, c} {
@@ -68,42 +48,28 @@ func TestFleetTopSeesThreeNodes(t *testing.T) {
 // with counters that kept increasing, once it is back.
 func TestDaemonSurvivesNATSRestart(t *testing.T) {
 	requireRoot(t)
-	addr := freeAddr(t)
-	var port int
-	fmt.Sscanf(addr[strings.LastIndex(addr, ":")+1:], "%d", &port)
-	srv := runNATSServer(t, &server.Options{Port: port})
+	port := testutil.FreePort(t)
+	srv := testutil.StartNATS(t, &server.Options{Port: port})
 	url := srv.ClientURL()
 	cmd, stderr := startDaemon(t, "GADGETID", "--nats-url", url, "--node", "restart", "--metrics-addr", "",
 		"--interval", "100ms", "--print")
 
-	before := decodeMsg[publish.NodeMessage](t, subscribe(t, url, "bpfstats.restart._node").
-		next(t, "_node", func(string) bool { return true }))
+	before := testutil.Decode[publish.NodeMessage](t, testutil.Subscribe(t, url, "bpfstats.restart._node").
+		Next(t, "_node", nil))
 
 	srv.Shutdown()
 	srv.WaitForShutdown()
-	waitLog(t, stderr, "NATS disconnected")
-	runNATSServer(t, &server.Options{Port: port})
-	waitLog(t, stderr, "NATS reconnected")
+	stderr.WaitText(t, "NATS disconnected")
+	testutil.StartNATS(t, &server.Options{Port: port})
+	stderr.WaitText(t, "NATS reconnected")
 
-	after := decodeMsg[publish.NodeMessage](t, subscribe(t, url, "bpfstats.restart._node").
-		next(t, "_node", func(string) bool { return true }))
+	after := testutil.Decode[publish.NodeMessage](t, testutil.Subscribe(t, url, "bpfstats.restart._node").
+		Next(t, "_node", nil))
 	if after.Sweeps <= before.Sweeps || after.Seq <= before.Seq {
 		t.Fatalf("counters did not keep increasing across the outage: before %+v after %+v", before, after)
 	}
 	if cmd.ProcessState != nil {
 		t.Fatalf("daemon exited: %v", cmd.ProcessState)
-	}
-}
-
-// waitLog waits until the daemon's log contains text.
-func waitLog(t *testing.T, log *testgadget.SyncBuffer, text string) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !strings.Contains(log.String(), text) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log within %v:\n%s", text, waitTimeout, log)
-		}
-		time.Sleep(20 * time.Millisecond) // the log is a buffer: nothing to wait on
 	}
 }
 
@@ -115,7 +81,7 @@ func TestNATSBadInputs(t *testing.T) {
 		t.Errorf("bad --nats-url: exit %d %q", code, stderr)
 	}
 	// Rejected credentials are a clear runtime error.
-	srv := runNATSServer(t, &server.Options{Username: "tracker", Password: "right"})
+	srv := testutil.StartNATS(t, &server.Options{Username: "tracker", Password: "right"})
 	code, stderr = runChild(t, nil, "run", "--nats-url", srv.ClientURL(), "--nats-user", "tracker",
 		"--nats-password", "wrong", "--metrics-addr", "")
 	if code != 1 || !strings.Contains(stderr, "authorization") {
@@ -127,8 +93,8 @@ func TestNATSBadInputs(t *testing.T) {
 		t.Errorf("embedded server on a taken port: exit %d %q", code, stderr)
 	}
 	// An unreachable server at start: the tracker keeps tracking and retrying.
-	cmd, log := startDaemon(t, "GADGETID", "--nats-url", "nats://"+freeAddr(t), "--metrics-addr", "", "--print", "--interval", "100ms")
-	waitLog(t, log, "retrying")
+	cmd, log := startDaemon(t, "GADGETID", "--nats-url", "nats://"+testutil.FreeAddr(t), "--metrics-addr", "", "--print", "--interval", "100ms")
+	log.WaitText(t, "retrying")
 	if cmd.ProcessState != nil {
 		t.Fatalf("daemon exited with the server unreachable: %s", log)
 	}
@@ -139,7 +105,7 @@ func TestNATSBadInputs(t *testing.T) {
 func TestTopReadsKeyValueFirst(t *testing.T) {
 	requireRoot(t)
 	testgadget.StartGadget(t, map[string]string{"BPFSTATS_GADGET_NAME": "kvgadget"}, testgadget.TwoProgramsThreeMaps(false))
-	natsAddr := freeAddr(t)
+	natsAddr := testutil.FreeAddr(t)
 	startDaemon(t, "kvgadget", "--nats-listen", natsAddr, "--kv", "--node", "kvnode",
 		"--metrics-addr", "", "--interval", "1h", "--print")
 	// The interval is an hour: only the bucket can fill top's first print.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfstats/tracker/internal/fleet"
 	"github.com/bpfstats/tracker/internal/publish"
 )
 
@@ -17,8 +18,8 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var o outputFlags
 	n.register(fs, "comma-separated NATS server URLs")
 	o.register(fs)
-	fs.Lookup("nats-url").DefValue = "nats://127.0.0.1:4222"
-	n.url = "nats://127.0.0.1:4222"
+	n.url = "nats://" + publish.DefaultListen
+	fs.Lookup("nats-url").DefValue = n.url
 	all := fs.Bool("all", false, "one row per program, unowned programs included")
 	nodeGlob := fs.String("node", "", "only nodes whose name matches this shell pattern")
 	by := fs.String("by", "", `"image": one row per gadget image, summed across nodes`)
@@ -56,7 +57,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer nc.Close()
-	return publish.RunTop(ctx, nc, publish.TopOptions{
+	return fleet.Run(ctx, nc, fleet.Options{
 		SubjectPrefix: n.prefix,
 		All:           *all,
 		By:            *by,

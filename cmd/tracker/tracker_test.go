@@ -23,6 +23,7 @@ import (
 	"github.com/bpfstats/tracker/internal/loader"
 	"github.com/bpfstats/tracker/internal/state"
 	"github.com/bpfstats/tracker/internal/testgadget"
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // childEnv makes the test binary act as the tracker command itself, so
@@ -36,9 +37,6 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
-
-// waitTimeout bounds every wait on the tracker; sweeps run every 100 ms.
-const waitTimeout = 20 * time.Second
 
 func requireRoot(t *testing.T) {
 	t.Helper()
@@ -124,8 +122,8 @@ func (r *statsRun) next(t *testing.T) []state.Row {
 			t.Fatalf("tracker stopped: %s", r.stderr)
 		}
 		return rows
-	case <-time.After(waitTimeout):
-		t.Fatalf("no table within %v; stderr:\n%s", waitTimeout, r.stderr)
+	case <-time.After(testutil.Wait):
+		t.Fatalf("no table within %v; stderr:\n%s", testutil.Wait, r.stderr)
 	}
 	return nil
 }
@@ -133,13 +131,13 @@ func (r *statsRun) next(t *testing.T) []state.Row {
 // waitFor returns the first table for which cond holds.
 func (r *statsRun) waitFor(t *testing.T, what string, cond func([]state.Row) bool) []state.Row {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
+	deadline := time.Now().Add(testutil.Wait)
 	for time.Now().Before(deadline) {
 		if rows := r.next(t); cond(rows) {
 			return rows
 		}
 	}
-	t.Fatalf("no table with %s within %v; stderr:\n%s", what, waitTimeout, r.stderr)
+	t.Fatalf("no table with %s within %v; stderr:\n%s", what, testutil.Wait, r.stderr)
 	return nil
 }
 
@@ -181,30 +179,6 @@ func TestStatsSeesLoadAndRelease(t *testing.T) {
 		_, ok := findProg(rows, id)
 		return !ok
 	})
-}
-
-// bpftoolProg reads one program with bpftool, the independent check.
-type bpftoolProg struct {
-	ID        uint32   `json:"id"`
-	Name      string   `json:"name"`
-	RunTimeNs uint64   `json:"run_time_ns"`
-	RunCnt    uint64   `json:"run_cnt"`
-	MapIDs    []uint32 `json:"map_ids"`
-}
-
-func bpftool(t *testing.T, v any, args ...string) {
-	t.Helper()
-	path, err := exec.LookPath("bpftool")
-	if err != nil {
-		t.Skip("bpftool not installed: ", err)
-	}
-	out, err := exec.Command(path, append(args, "-j")...).Output()
-	if err != nil {
-		t.Fatalf("bpftool %v: %v", args, err)
-	}
-	if err := json.Unmarshal(out, v); err != nil {
-		t.Fatalf("bpftool %v output: %v", args, err)
-	}
 }
 
 // passingSocketFilter loads a socket filter that keeps every packet, so
@@ -274,8 +248,8 @@ func TestStatsMatchBpftool(t *testing.T) {
 	send := attachToSocket(t, prog)
 	send(500)
 
-	var want bpftoolProg
-	bpftool(t, &want, "prog", "show", "id", fmt.Sprint(id))
+	var want testutil.BpftoolProg
+	testutil.Bpftool(t, &want, "prog", "show", "id", fmt.Sprint(id))
 	if want.RunCnt < 500 || want.RunTimeNs == 0 {
 		t.Fatalf("bpftool: program did not run 500 times with stats on: %+v", want)
 	}
@@ -311,14 +285,7 @@ func TestGadgetRowDistinctMaps(t *testing.T) {
 		"BPFSTATS_GADGET_IMAGE": "test_gadget:latest",
 	}, testgadget.TwoProgramsThreeMaps(false))
 
-	var wantMem uint64
-	for _, mid := range g.MapIDs {
-		var m struct {
-			BytesMemlock uint64 `json:"bytes_memlock"`
-		}
-		bpftool(t, &m, "map", "show", "id", fmt.Sprint(mid))
-		wantMem += m.BytesMemlock
-	}
+	wantMem := testutil.BpftoolMapMemory(t, g.MapIDs)
 	rows := r.waitFor(t, "the labelled gadget", func(rows []state.Row) bool {
 		for _, row := range rows {
 			if row.GadgetName == "mytestgadget" && row.ProgramCount == 2 {
@@ -378,7 +345,7 @@ func TestTrackerHoldsNoProgramAlive(t *testing.T) {
 		return ok
 	})
 	prog.Close()
-	deadline := time.Now().Add(waitTimeout)
+	deadline := time.Now().Add(testutil.Wait)
 	for {
 		r.next(t) // at least one more sweep ran meanwhile
 		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
@@ -389,7 +356,7 @@ func TestTrackerHoldsNoProgramAlive(t *testing.T) {
 			p.Close()
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("program %d still alive %v after its owner closed it", id, waitTimeout)
+			t.Fatalf("program %d still alive %v after its owner closed it", id, testutil.Wait)
 		}
 	}
 }
@@ -480,12 +447,12 @@ func TestStatsHelpListsColumns(t *testing.T) {
 
 // startDaemon starts "tracker run args..." as a child process and waits
 // until its stdout shows a line containing ready.
-func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *testgadget.SyncBuffer) {
+func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *testutil.LogWatch) {
 	t.Helper()
 	requireRoot(t)
 	cmd := exec.Command(os.Args[0], append([]string{"run"}, args...)...)
 	cmd.Env = append(os.Environ(), childEnv+"=1")
-	stderr := &testgadget.SyncBuffer{}
+	stderr := testutil.NewLogWatch(t)
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -513,8 +480,8 @@ func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *testga
 	}()
 	select {
 	case <-found:
-	case <-time.After(waitTimeout):
-		t.Fatalf("tracker run printed no %q within %v; stderr:\n%s", ready, waitTimeout, stderr)
+	case <-time.After(testutil.Wait):
+		t.Fatalf("tracker run printed no %q within %v; stderr:\n%s", ready, testutil.Wait, stderr)
 	}
 	return cmd, stderr
 }

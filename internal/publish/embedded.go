@@ -13,6 +13,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// DefaultListen is where the embedded server listens and where consumers
+// look for it.
+const DefaultListen = "127.0.0.1:4222"
+
 // EmbeddedOptions configures the in-process NATS server.
 type EmbeddedOptions struct {
 	// Listen is host:port for clients; default DefaultListen. Port 0 picks
@@ -121,9 +125,6 @@ func StartEmbedded(opts EmbeddedOptions) (*EmbeddedServer, error) {
 
 // ClientURL is the URL clients connect to, with the actual port.
 func (e *EmbeddedServer) ClientURL() string { return e.srv.ClientURL() }
-
-// Server returns the underlying server.
-func (e *EmbeddedServer) Server() *server.Server { return e.srv }
 
 // Shutdown stops the server and removes its temporary store. It is
 // idempotent. Close clients (NATSSink.Close) first so that they drain.

@@ -373,23 +373,8 @@ func ListenMetrics(addr string, h http.Handler) (*MetricsServer, error) {
 // Addr is the bound address (useful after listening on port 0).
 func (s *MetricsServer) Addr() net.Addr { return s.listener.Addr() }
 
-// Done is closed when the server has stopped serving, after Close or
-// because serving failed; Err then tells which.
-func (s *MetricsServer) Done() <-chan struct{} { return s.done }
-
-// Err returns why serving stopped, nil after a Close. Call it after Done
-// is closed.
-func (s *MetricsServer) Err() error {
-	select {
-	case <-s.done:
-		return s.serveErr
-	default:
-		return nil
-	}
-}
-
-// Close stops the server, giving scrapes in flight up to five seconds. It
-// is idempotent.
+// Close stops the server, giving scrapes in flight up to five seconds, and
+// reports why serving stopped if it stopped by itself. It is idempotent.
 func (s *MetricsServer) Close() error {
 	s.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -399,23 +384,7 @@ func (s *MetricsServer) Close() error {
 			s.server.Close()
 		}
 		<-s.done
+		s.closeErr = errors.Join(s.closeErr, s.serveErr)
 	})
 	return s.closeErr
-}
-
-// ServeMetrics serves h at MetricsPath on addr until ctx is done, then shuts
-// the server down and returns nil. It returns at once if addr cannot be
-// bound, and with an error if serving fails.
-func ServeMetrics(ctx context.Context, addr string, h http.Handler) error {
-	s, err := ListenMetrics(addr, h)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-ctx.Done():
-		return s.Close()
-	case <-s.Done():
-		s.Close()
-		return s.Err()
-	}
 }

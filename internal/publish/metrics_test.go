@@ -1,7 +1,6 @@
 package publish
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -424,10 +423,6 @@ func TestMetricsListen(t *testing.T) {
 	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "already in use") {
 		t.Errorf("listening twice: %v, want EADDRINUSE", err)
 	}
-	err = ServeMetrics(context.Background(), s.Addr().String(), m.Handler())
-	if !errors.Is(err, syscall.EADDRINUSE) {
-		t.Errorf("ServeMetrics on a taken address: %v, want EADDRINUSE", err)
-	}
 
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -437,46 +432,6 @@ func TestMetricsListen(t *testing.T) {
 	}
 	if _, err := metricstest.ScrapeAndParse(base + MetricsPath); err == nil {
 		t.Error("scrape succeeded after Close")
-	}
-}
-
-func TestMetricsServeUntilCancel(t *testing.T) {
-	m := newTestMetrics(t, MetricsOptions{})
-	// Find a free port, then let ServeMetrics bind it.
-	s, err := ListenMetrics("127.0.0.1:0", m.Handler())
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := s.Addr().String()
-	s.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ServeMetrics(ctx, addr, m.Handler()) }()
-
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := metricstest.ScrapeAndParse("http://" + addr + MetricsPath)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ServeMetrics never answered: %v", err)
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("ServeMetrics returned early: %v", err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("ServeMetrics after cancel: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("ServeMetrics did not return after cancel")
 	}
 }
 

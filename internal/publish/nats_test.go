@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,149 +19,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/bpfstats/tracker/internal/state"
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
-// deadline bounds every wait for a message or a log line.
-const deadline = 15 * time.Second
-
-// runServer starts a NATS server on loopback (random port unless set) and
-// shuts it down at the end of the test.
-func runServer(t *testing.T, opts *server.Options) *server.Server {
-	t.Helper()
-	if opts.Host == "" {
-		opts.Host = "127.0.0.1"
-	}
-	if opts.Port == 0 {
-		opts.Port = server.RANDOM_PORT
-	}
-	opts.NoSigs = true
-	opts.NoLog = true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatalf("configuring server: %v", err)
-	}
-	srv.Start()
-	t.Cleanup(func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	})
-	if !srv.ReadyForConnections(deadline) {
-		t.Fatalf("server on port %d not ready", opts.Port)
-	}
-	return srv
-}
-
-// freePort returns a loopback port nobody listens on.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// logWatch is a zerolog writer that lets a test wait for a log message.
-type logWatch struct {
-	mu      sync.Mutex
-	lines   []map[string]any
-	raw     []string
-	changed chan struct{}
-}
-
-func newLogWatch(t *testing.T) (*logWatch, zerolog.Logger) {
-	w := &logWatch{changed: make(chan struct{})}
-	t.Cleanup(func() {
-		if t.Failed() {
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			for _, l := range w.raw {
-				t.Log("log: " + strings.TrimSpace(l))
-			}
-		}
-	})
-	return w, zerolog.New(w).Level(zerolog.DebugLevel)
-}
-
-func (w *logWatch) Write(p []byte) (int, error) {
-	var m map[string]any
-	_ = json.Unmarshal(p, &m)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.lines = append(w.lines, m)
-	w.raw = append(w.raw, string(p))
-	close(w.changed)
-	w.changed = make(chan struct{})
-	return len(p), nil
-}
-
-// wait returns the first log line from index from on with that message,
-// and the index after it.
-func (w *logWatch) wait(t *testing.T, from int, message string) (map[string]any, int) {
-	t.Helper()
-	timeout := time.After(deadline)
-	for {
-		w.mu.Lock()
-		for i := from; i < len(w.lines); i++ {
-			if w.lines[i]["message"] == message {
-				line := w.lines[i]
-				w.mu.Unlock()
-				return line, i + 1
-			}
-		}
-		changed := w.changed
-		w.mu.Unlock()
-		select {
-		case <-changed:
-		case <-timeout:
-			t.Fatalf("no log message %q within %s", message, deadline)
-		}
-	}
-}
-
-func (w *logWatch) len() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.lines)
-}
-
-// collector subscribes to a subject on its own connection.
-type collector struct {
-	ch chan *nats.Msg
-}
-
-func newCollector(t *testing.T, url, subject string) *collector {
-	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-	if err != nil {
-		t.Fatalf("subscriber connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	c := &collector{ch: make(chan *nats.Msg, 4096)}
-	if _, err := nc.ChanSubscribe(subject, c.ch); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// next returns the next message whose subject is subject.
-func (c *collector) next(t *testing.T, subject string) *nats.Msg {
-	t.Helper()
-	timeout := time.After(deadline)
-	for {
-		select {
-		case m := <-c.ch:
-			if m.Subject == subject {
-				return m
-			}
-		case <-timeout:
-			t.Fatalf("no message on %s within %s", subject, deadline)
-		}
-	}
+// is matches one subject exactly.
+func is(subject string) func(string) bool {
+	return func(s string) bool { return s == subject }
 }
 
 var testTime = time.Date(2025, 11, 26, 6, 0, 0, 123456789, time.UTC)
@@ -236,6 +99,8 @@ func newTestSink(t *testing.T, url, node string, log zerolog.Logger, mod func(*N
 	return s
 }
 
+// decode is testutil.Decode refusing fields the type does not have: the
+// messages carry nothing the schema does not declare.
 func decode[T any](t *testing.T, m *nats.Msg) T {
 	t.Helper()
 	var v T
@@ -324,13 +189,13 @@ func TestEmbeddedPortTaken(t *testing.T) {
 // TestEmbeddedNATSSinkMessages publishes a hand-built snapshot and event
 // through an embedded server and checks what a plain subscriber receives.
 func TestEmbeddedNATSSinkMessages(t *testing.T) {
-	_, log := newLogWatch(t)
+	log := testutil.NewLogWatch(t).Logger()
 	es, err := StartEmbedded(EmbeddedOptions{Listen: "127.0.0.1:0", Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(es.Shutdown)
-	sub := newCollector(t, es.ClientURL(), "bpfstats.>")
+	sub := testutil.Subscribe(t, es.ClientURL(), "bpfstats.>")
 	sink := newTestSink(t, es.ClientURL(), "node a.example", log, nil)
 	if !sink.Connected() {
 		t.Fatal("not connected to the embedded server")
@@ -347,7 +212,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	owner := snap.GadgetInfo["6bcfcca7a12"].Owner
 	hdr := Header{Schema: SchemaVersion, Node: node, Seq: 1, Time: testTime, Elapsed: time.Second, Interval: time.Second}
 
-	m := sub.next(t, "bpfstats.node_a_example.6bcfcca7a12")
+	m := sub.Next(t, "bpfstats.node_a_example.6bcfcca7a12", is("bpfstats.node_a_example.6bcfcca7a12"))
 	logSample(t, m)
 	gotG := decode[GadgetMessage](t, m)
 	wantG := GadgetMessage{
@@ -366,7 +231,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 		t.Errorf("gadget message:\n got %+v\nwant %+v", gotG, wantG)
 	}
 
-	m = sub.next(t, "bpfstats.node_a_example._unowned")
+	m = sub.Next(t, "bpfstats.node_a_example._unowned", is("bpfstats.node_a_example._unowned"))
 	logSample(t, m)
 	gotU := decode[UnownedMessage](t, m)
 	wantU := UnownedMessage{
@@ -379,7 +244,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 		t.Errorf("unowned message:\n got %+v\nwant %+v", gotU, wantU)
 	}
 
-	m = sub.next(t, "bpfstats.node_a_example._node")
+	m = sub.Next(t, "bpfstats.node_a_example._node", is("bpfstats.node_a_example._node"))
 	logSample(t, m)
 	gotN := decode[NodeMessage](t, m)
 	wantN := NodeMessage{
@@ -409,7 +274,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	if err := sink.PublishEvent(ev); err != nil {
 		t.Fatal(err)
 	}
-	m = sub.next(t, "bpfstats.node_a_example._events")
+	m = sub.Next(t, "bpfstats.node_a_example._events", is("bpfstats.node_a_example._events"))
 	logSample(t, m)
 	gotE := decode[EventMessage](t, m)
 	wantE := EventMessage{Schema: SchemaVersion, Type: TypeEvent, Node: node, Event: *ev}
@@ -433,22 +298,23 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 // TestNATSReconnectAfterServerRestart kills the sink's server and starts
 // another on the same port.
 func TestNATSReconnectAfterServerRestart(t *testing.T) {
-	watch, log := newLogWatch(t)
-	srv := runServer(t, &server.Options{})
+	watch := testutil.NewLogWatch(t)
+	log := watch.Logger()
+	srv := testutil.StartNATS(t, &server.Options{})
 	port := srv.Addr().(*net.TCPAddr).Port
 	url := srv.ClientURL()
-	sub := newCollector(t, url, "bpfstats.>")
+	sub := testutil.Subscribe(t, url, "bpfstats.>")
 	sink := newTestSink(t, url, "node-r", log, nil)
 
 	if err := sink.Publish(testSnapshot("node-r", "g1", testTime)); err != nil {
 		t.Fatal(err)
 	}
-	before := decode[GadgetMessage](t, sub.next(t, "bpfstats.node-r.g1"))
+	before := decode[GadgetMessage](t, sub.Next(t, "bpfstats.node-r.g1", is("bpfstats.node-r.g1")))
 
-	mark := watch.len()
+	mark := watch.Len()
 	srv.Shutdown()
 	srv.WaitForShutdown()
-	watch.wait(t, mark, "NATS disconnected, reconnecting")
+	watch.WaitMessage(t, mark, "NATS disconnected, reconnecting")
 	if sink.Connected() {
 		t.Fatal("Connected() with the server down")
 	}
@@ -459,48 +325,53 @@ func TestNATSReconnectAfterServerRestart(t *testing.T) {
 		t.Fatalf("while disconnected: %+v, want one skipped interval and no errors", st)
 	}
 
-	runServer(t, &server.Options{Port: port})
-	watch.wait(t, mark, "NATS reconnected")
+	testutil.StartNATS(t, &server.Options{Port: port})
+	watch.WaitMessage(t, mark, "NATS reconnected")
 	if !sink.Connected() {
 		t.Fatal("not Connected() after the reconnect handler ran")
 	}
 	// Publish once per tick, as the tracker does, until the subscriber
 	// (reconnecting on its own) receives an interval after the restart.
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	timeout := time.After(deadline)
-	at := testTime.Add(2 * time.Second)
-	for {
-		select {
-		case m := <-sub.ch:
-			if m.Subject != "bpfstats.node-r.g1" {
-				continue
-			}
-			got := decode[GadgetMessage](t, m)
-			if got.Seq > before.Seq && !got.Time.Before(at) {
-				if st := sink.Stats(); st.Reconnects != 1 || st.PublishErrors != 0 {
-					t.Errorf("after reconnect: %+v", st)
-				}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		at := testTime.Add(2 * time.Second)
+		for {
+			select {
+			case <-done:
 				return
+			case <-tick.C:
+				at = at.Add(time.Second)
+				if err := sink.Publish(testSnapshot("node-r", "g1", at)); err != nil {
+					t.Errorf("Publish after reconnect: %v", err)
+					return
+				}
 			}
-		case <-tick.C:
-			at = at.Add(time.Second)
-			if err := sink.Publish(testSnapshot("node-r", "g1", at)); err != nil {
-				t.Fatalf("Publish after reconnect: %v", err)
-			}
-		case <-timeout:
-			t.Fatal("no message after the server restarted")
 		}
+	}()
+	defer func() { close(done); <-stopped }()
+	for {
+		got := decode[GadgetMessage](t, sub.Next(t, "bpfstats.node-r.g1 after the restart", is("bpfstats.node-r.g1")))
+		if got.Seq > before.Seq && got.Time.After(testTime.Add(2*time.Second)) {
+			break
+		}
+	}
+	if st := sink.Stats(); st.Reconnects != 1 || st.PublishErrors != 0 {
+		t.Errorf("after reconnect: %+v", st)
 	}
 }
 
 // TestNATSUnreachableAtStart starts the sink before its server.
 func TestNATSUnreachableAtStart(t *testing.T) {
-	watch, log := newLogWatch(t)
-	port := freePort(t)
+	watch := testutil.NewLogWatch(t)
+	log := watch.Logger()
+	port := testutil.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	sink := newTestSink(t, url, "node-u", log, nil)
-	watch.wait(t, 0, "NATS server unreachable at start, retrying in the background")
+	watch.WaitMessage(t, 0, "NATS server unreachable at start, retrying in the background")
 	if sink.Connected() {
 		t.Fatal("Connected() without a server")
 	}
@@ -511,16 +382,16 @@ func TestNATSUnreachableAtStart(t *testing.T) {
 		t.Fatalf("before connecting: %+v", st)
 	}
 
-	runServer(t, &server.Options{Port: port})
-	watch.wait(t, 0, "NATS connected")
+	testutil.StartNATS(t, &server.Options{Port: port})
+	watch.WaitMessage(t, 0, "NATS connected")
 	if !sink.Connected() {
 		t.Fatal("not Connected() after the connect handler ran")
 	}
-	sub := newCollector(t, url, "bpfstats.node-u.>")
+	sub := testutil.Subscribe(t, url, "bpfstats.node-u.>")
 	if err := sink.Publish(testSnapshot("node-u", "g1", testTime.Add(time.Second))); err != nil {
 		t.Fatal(err)
 	}
-	got := decode[GadgetMessage](t, sub.next(t, "bpfstats.node-u.g1"))
+	got := decode[GadgetMessage](t, sub.Next(t, "bpfstats.node-u.g1", is("bpfstats.node-u.g1")))
 	if !got.Time.Equal(testTime.Add(time.Second)) {
 		t.Errorf("got the interval of %s", got.Time)
 	}
@@ -528,9 +399,9 @@ func TestNATSUnreachableAtStart(t *testing.T) {
 
 // TestNATSBadCredentials connects to a server with password auth.
 func TestNATSBadCredentials(t *testing.T) {
-	srv := runServer(t, &server.Options{Username: "tracker", Password: "s3cret"})
+	srv := testutil.StartNATS(t, &server.Options{Username: "tracker", Password: "s3cret"})
 	for _, pw := range []string{"wrong", ""} {
-		_, log := newLogWatch(t)
+		log := testutil.NewLogWatch(t).Logger()
 		_, err := NewNATSSink(NATSOptions{
 			Conn: ConnOptions{URLs: srv.ClientURL(), User: "tracker", Password: pw, Logger: log},
 			Node: "node-c",
@@ -539,7 +410,7 @@ func TestNATSBadCredentials(t *testing.T) {
 			t.Errorf("password %q: error %v, want an authorization violation", pw, err)
 		}
 	}
-	_, log := newLogWatch(t)
+	log := testutil.NewLogWatch(t).Logger()
 	sink := newTestSink(t, srv.ClientURL(), "node-c", log, func(o *NATSOptions) {
 		o.Conn.User, o.Conn.Password = "tracker", "s3cret"
 	})
@@ -555,10 +426,10 @@ func TestNATSBadCredentials(t *testing.T) {
 	}
 }
 
-// TestEmbeddedNATSKV checks that a top started after the trackers sees the
-// whole fleet in its first print, from the key-value bucket alone.
+// TestEmbeddedNATSKV checks that the bucket holds the latest message of
+// every gadget, the node and the unowned set, and forgets ended gadgets.
 func TestEmbeddedNATSKV(t *testing.T) {
-	_, log := newLogWatch(t)
+	log := testutil.NewLogWatch(t).Logger()
 	es, err := StartEmbedded(EmbeddedOptions{Listen: "127.0.0.1:0", JetStream: true, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -575,32 +446,11 @@ func TestEmbeddedNATSKV(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	nc, err := ConnectNATS(ConnOptions{URLs: es.ClientURL(), Name: "bpfstats-top", FailFast: true, Logger: log})
+	nc, err := ConnectNATS(ConnOptions{URLs: es.ClientURL(), Name: "bpfstats-kv-reader", FailFast: true, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	top := func() []state.Row {
-		t.Helper()
-		var out bytes.Buffer
-		ctx, cancel := context.WithTimeout(context.Background(), deadline)
-		defer cancel()
-		// An hour-long interval: only the print after reading the bucket
-		// can happen.
-		if err := RunTop(ctx, nc, TopOptions{KV: true, JSON: true, Count: 1, Interval: time.Hour}, &out); err != nil {
-			t.Fatalf("RunTop: %v", err)
-		}
-		var rows []state.Row
-		if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
-			t.Fatalf("top output %q: %v", out.String(), err)
-		}
-		return rows
-	}
-	rows := top()
-	if len(rows) != 2 || rows[0].GadgetID != "g1" || rows[1].GadgetID != "g2" || rows[0].NodeName != "node-kv" {
-		t.Fatalf("first print: %+v, want gadgets g1 and g2 of node-kv", rows)
-	}
-
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -608,6 +458,24 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	kv, err := js.KeyValue(context.Background(), DefaultKVBucket)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Every interval message has its key, so that a consumer starting
+	// later reads the whole node from the bucket alone.
+	keys := func() []string {
+		t.Helper()
+		lister, err := kv.ListKeys(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for k := range lister.Keys() {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	if got, want := keys(), []string{"node-kv._node", "node-kv._unowned", "node-kv.g1", "node-kv.g2"}; !slices.Equal(got, want) {
+		t.Fatalf("keys %v, want %v", got, want)
 	}
 	if st, err := kv.Status(context.Background()); err != nil || st.TTL() != 3*time.Second {
 		t.Errorf("bucket status %v, %v; want TTL of three intervals", st, err)
@@ -627,8 +495,8 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	if _, err := kv.Get(context.Background(), "node-kv.g2"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("key of an ended gadget: %v", err)
 	}
-	if rows := top(); len(rows) != 1 || rows[0].GadgetID != "g1" {
-		t.Fatalf("after g2 ended: %+v", rows)
+	if got, want := keys(), []string{"node-kv._node", "node-kv._unowned", "node-kv.g1"}; !slices.Equal(got, want) {
+		t.Fatalf("keys after g2 ended %v, want %v", got, want)
 	}
 	if n := sink.PublishErrors(); n != 0 {
 		t.Errorf("%d publish errors", n)
@@ -636,20 +504,21 @@ func TestEmbeddedNATSKV(t *testing.T) {
 }
 
 func TestNATSKVWithoutJetStream(t *testing.T) {
-	watch, log := newLogWatch(t)
-	srv := runServer(t, &server.Options{})
+	watch := testutil.NewLogWatch(t)
+	log := watch.Logger()
+	srv := testutil.StartNATS(t, &server.Options{})
 	sink := newTestSink(t, srv.ClientURL(), "node-nojs", log, func(o *NATSOptions) {
 		o.KV = true
 		o.KVTimeout = 500 * time.Millisecond
 	})
-	sub := newCollector(t, srv.ClientURL(), "bpfstats.>")
+	sub := testutil.Subscribe(t, srv.ClientURL(), "bpfstats.>")
 	// The plain messages still go out; the bucket error is returned,
 	// counted and logged once.
 	if err := sink.Publish(testSnapshot("node-nojs", "g1", testTime)); err == nil {
 		t.Error("no error without JetStream")
 	}
-	sub.next(t, "bpfstats.node-nojs._node")
-	watch.wait(t, 0, "NATS key-value bucket unavailable, retrying every interval")
+	sub.Next(t, "bpfstats.node-nojs._node", is("bpfstats.node-nojs._node"))
+	watch.WaitMessage(t, 0, "NATS key-value bucket unavailable, retrying every interval")
 	if sink.PublishErrors() != 1 {
 		t.Errorf("PublishErrors = %d, want 1", sink.PublishErrors())
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfstats/tracker/internal/testutil"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -101,29 +102,29 @@ func TestNATSTLSClientCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := runServer(t, &server.Options{TLS: true, TLSVerify: true, TLSConfig: tc, TLSTimeout: 2})
+	srv := testutil.StartNATS(t, &server.Options{TLS: true, TLSVerify: true, TLSConfig: tc, TLSTimeout: 2})
 	url := "tls://" + srv.Addr().String()
 
-	_, log := newLogWatch(t)
+	log := testutil.NewLogWatch(t).Logger()
 	sink := newTestSink(t, url, "node-tls", log, func(o *NATSOptions) {
 		o.Conn.TLSCAFile = filepath.Join(dir, "ca.pem")
 		o.Conn.TLSCertFile, o.Conn.TLSKeyFile = cliCert, cliKey
 	})
-	if !sink.Connected() || !sink.Conn().TLSRequired() {
-		t.Fatalf("connected %v over TLS %v", sink.Connected(), sink.Conn().TLSRequired())
+	if !sink.Connected() || !sink.nc.TLSRequired() {
+		t.Fatalf("connected %v over TLS %v", sink.Connected(), sink.nc.TLSRequired())
 	}
 	// Plain clients are refused: listen on the sink's own connection.
-	sub, err := sink.Conn().SubscribeSync("bpfstats.node-tls._node")
+	sub, err := sink.nc.SubscribeSync("bpfstats.node-tls._node")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sink.Conn().Flush(); err != nil {
+	if err := sink.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := sink.Publish(testSnapshot("node-tls", "g1", testTime)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sub.NextMsg(deadline); err != nil {
+	if _, err := sub.NextMsg(testutil.Wait); err != nil {
 		t.Fatalf("no _node message over TLS: %v", err)
 	}
 

@@ -10,12 +10,8 @@ package sdnotify
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"os"
-	"strconv"
-	"strings"
-	"time"
 )
 
 // EnvSocket is the environment variable holding the notify socket's address.
@@ -27,8 +23,6 @@ const (
 	StateReady = "READY=1"
 	// StateStopping: the service is shutting down.
 	StateStopping = "STOPPING=1"
-	// StateWatchdog: keep-alive ping for WatchdogSec=.
-	StateWatchdog = "WATCHDOG=1"
 )
 
 // ErrUnsupportedSocket is returned for a $NOTIFY_SOCKET that is neither a
@@ -76,38 +70,3 @@ func Ready() (bool, error) { return Notify(StateReady) }
 
 // Stopping tells systemd that the service is shutting down.
 func Stopping() (bool, error) { return Notify(StateStopping) }
-
-// Status sets the one-line status text "systemctl status" shows. Line
-// breaks in msg are replaced by spaces: a newline would end the assignment.
-func Status(msg string) (bool, error) {
-	msg = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(msg)
-	return Notify("STATUS=" + msg)
-}
-
-// Watchdog sends the keep-alive ping a unit with WatchdogSec= expects at
-// least every WatchdogInterval.
-func Watchdog() (bool, error) { return Notify(StateWatchdog) }
-
-// WatchdogInterval reports the watchdog timeout systemd expects pings
-// within ($WATCHDOG_USEC), and false when the watchdog is off or meant for
-// another process ($WATCHDOG_PID). Ping at half the interval.
-func WatchdogInterval() (time.Duration, bool, error) {
-	usecText, ok := os.LookupEnv("WATCHDOG_USEC")
-	if !ok || usecText == "" {
-		return 0, false, nil
-	}
-	usec, err := strconv.ParseUint(usecText, 10, 64)
-	if err != nil || usec == 0 || usec > math.MaxInt64/uint64(time.Microsecond) {
-		return 0, false, fmt.Errorf("parsing WATCHDOG_USEC=%q: invalid timeout", usecText)
-	}
-	if pidText := os.Getenv("WATCHDOG_PID"); pidText != "" {
-		pid, err := strconv.Atoi(pidText)
-		if err != nil {
-			return 0, false, fmt.Errorf("parsing WATCHDOG_PID=%q: %w", pidText, err)
-		}
-		if pid != os.Getpid() {
-			return 0, false, nil
-		}
-	}
-	return time.Duration(usec) * time.Microsecond, true, nil
-}

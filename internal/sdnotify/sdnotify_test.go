@@ -45,8 +45,6 @@ func testSocket(t *testing.T, addr string) {
 		want string
 	}{
 		{Ready, "READY=1"},
-		{func() (bool, error) { return Status("sweeping\n42 programs") }, "STATUS=sweeping 42 programs"},
-		{Watchdog, "WATCHDOG=1"},
 		{Stopping, "STOPPING=1"},
 		{func() (bool, error) { return Notify("READY=1\nSTATUS=up") }, "READY=1\nSTATUS=up"},
 	} {
@@ -91,29 +89,5 @@ func TestNotifyErrors(t *testing.T) {
 	t.Setenv(EnvSocket, filepath.Join(t.TempDir(), "absent"))
 	if sent, err := Ready(); sent || !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("missing socket: sent %v, %v; want ENOENT", sent, err)
-	}
-}
-
-func TestWatchdogInterval(t *testing.T) {
-	for _, tc := range []struct {
-		usec, pid string
-		want      time.Duration
-		on, fails bool
-	}{
-		{"", "", 0, false, false},
-		{"30000000", "", 30 * time.Second, true, false},
-		{"30000000", fmt.Sprint(os.Getpid()), 30 * time.Second, true, false},
-		{"30000000", fmt.Sprint(os.Getpid() + 1), 0, false, false},
-		{"0", "", 0, false, true},
-		{"soon", "", 0, false, true},
-		{"99999999999999999999", "", 0, false, true},
-	} {
-		t.Setenv("WATCHDOG_USEC", tc.usec)
-		t.Setenv("WATCHDOG_PID", tc.pid)
-		got, on, err := WatchdogInterval()
-		if got != tc.want || on != tc.on || (err != nil) != tc.fails {
-			t.Errorf("WATCHDOG_USEC=%q WATCHDOG_PID=%q: %v, %v, %v; want %v, %v, error %v",
-				tc.usec, tc.pid, got, on, err, tc.want, tc.on, tc.fails)
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package publish
+package fleet
 
 import (
 	"bytes"
@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
 )
+
+var testTime = time.Date(2025, 11, 26, 6, 0, 0, 123456789, time.UTC)
 
 // fakeClock is the fleet's injected clock.
 type fakeClock struct{ t time.Time }
@@ -27,7 +30,7 @@ type fleetGadget struct {
 // interval encodes one interval of a node as a tracker publishes it.
 func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed time.Duration, gadgets []fleetGadget, unowned []uint32) [][]byte {
 	t.Helper()
-	h := Header{Schema: SchemaVersion, Node: node, Seq: seq, Time: at, Elapsed: elapsed, Interval: iv}
+	h := publish.Header{Schema: publish.SchemaVersion, Node: node, Seq: seq, Time: at, Elapsed: elapsed, Interval: iv}
 	var out [][]byte
 	add := func(v any) {
 		data, err := json.Marshal(v)
@@ -37,12 +40,12 @@ func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed t
 		out = append(out, data)
 	}
 	for _, g := range gadgets {
-		h.Type = TypeGadget
-		m := GadgetMessage{
+		h.Type = publish.TypeGadget
+		m := publish.GadgetMessage{
 			Header: h,
-			Gadget: GadgetIdentity{ID: g.id, Name: "name-" + g.id, Image: g.image},
-			Owner:  state.ProcessRef{PID: 100, Comm: "owner"},
-			Totals: MessageTotals{Runtime: g.runtime, Runcount: 10, MapMemory: 1000, MapCount: 2, ProgramCount: len(g.programs), CPUPercent: 0.25},
+			Gadget:         publish.GadgetIdentity{ID: g.id, Name: "name-" + g.id, Image: g.image},
+			Owner:          state.ProcessRef{PID: 100, Comm: "owner"},
+			Totals:         publish.MessageTotals{Runtime: g.runtime, Runcount: 10, MapMemory: 1000, MapCount: 2, ProgramCount: len(g.programs), CPUPercent: 0.25},
 		}
 		for _, id := range g.programs {
 			m.Programs = append(m.Programs, state.Row{
@@ -52,14 +55,14 @@ func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed t
 		}
 		add(m)
 	}
-	h.Type = TypeUnowned
-	u := UnownedMessage{Header: h, Totals: MessageTotals{ProgramCount: len(unowned), MapMemory: 5}}
+	h.Type = publish.TypeUnowned
+	u := publish.UnownedMessage{Header: h, Totals: publish.MessageTotals{ProgramCount: len(unowned), MapMemory: 5}}
 	for _, id := range unowned {
 		u.Programs = append(u.Programs, state.Row{ProgID: id})
 	}
 	add(u)
-	h.Type = TypeNode
-	add(NodeMessage{Header: h, Version: "test"})
+	h.Type = publish.TypeNode
+	add(publish.NodeMessage{Header: h, Version: "test"})
 	return out
 }
 
@@ -82,7 +85,7 @@ func gadgetIDs(rows []state.Row) []string {
 
 func TestFleetDropsSilentNodeAfterThreeIntervals(t *testing.T) {
 	clock := &fakeClock{t: testTime}
-	f := NewFleet(time.Second, clock.now)
+	f := New(time.Second, clock.now)
 	g := []fleetGadget{{id: "g1", image: "img"}}
 	ingestAll(t, f, interval(t, "fast", 1, testTime, time.Second, 0, g, nil))
 	ingestAll(t, f, interval(t, "slow", 1, testTime, 10*time.Second, 0, g, nil))
@@ -110,13 +113,13 @@ func TestFleetDropsSilentNodeAfterThreeIntervals(t *testing.T) {
 	if gone := f.Expire(); !reflect.DeepEqual(gone, []string{"old", "slow"}) {
 		t.Fatalf("dropped %v, want [old slow]", gone)
 	}
-	if len(f.Nodes()) != 0 {
-		t.Fatalf("nodes left: %v", f.Nodes())
+	if len(f.nodes) != 0 {
+		t.Fatalf("nodes left: %v", f.nodes)
 	}
 }
 
 func TestFleetEndedGadgetsAndStaleMessages(t *testing.T) {
-	f := NewFleet(time.Second, nil)
+	f := New(time.Second, nil)
 	t1 := testTime
 	ingestAll(t, f, interval(t, "n", 1, t1, time.Second, 0,
 		[]fleetGadget{{id: "g1", runtime: 1}, {id: "g2", runtime: 1}}, []uint32{5}))
@@ -141,7 +144,7 @@ func TestFleetEndedGadgetsAndStaleMessages(t *testing.T) {
 	if got := gadgetIDs(f.GadgetRows("")); !reflect.DeepEqual(got, []string{"n/g4"}) {
 		t.Fatalf("rows after restart %v", got)
 	}
-	if info := f.NodeInfo("n"); info == nil || info.Version != "test" {
+	if info := f.nodes["n"].info; info == nil || info.Version != "test" {
 		t.Fatalf("node info %+v", info)
 	}
 
@@ -150,13 +153,13 @@ func TestFleetEndedGadgetsAndStaleMessages(t *testing.T) {
 			t.Errorf("accepted %s", bad)
 		}
 	}
-	if f.Invalid() != 3 {
-		t.Errorf("Invalid() = %d", f.Invalid())
+	if f.invalid != 3 {
+		t.Errorf("%d messages counted invalid, want 3", f.invalid)
 	}
 }
 
 func TestFleetViews(t *testing.T) {
-	f := NewFleet(time.Second, nil)
+	f := New(time.Second, nil)
 	open := func(id string, progs ...uint32) fleetGadget {
 		return fleetGadget{id: id, image: "trace_open:latest", runtime: 100, programs: progs}
 	}
@@ -200,7 +203,7 @@ func TestFleetViews(t *testing.T) {
 	}
 
 	var table bytes.Buffer
-	if err := f.Render(&table, TopOptions{NodeGlob: "web-*"}); err != nil {
+	if err := f.Render(&table, Options{NodeGlob: "web-*"}); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(table.String()), "\n")
@@ -210,7 +213,7 @@ func TestFleetViews(t *testing.T) {
 	}
 	t.Logf("table:\n%s", table.String())
 	var js bytes.Buffer
-	if err := f.Render(&js, TopOptions{By: "image", JSON: true}); err != nil {
+	if err := f.Render(&js, Options{By: "image", JSON: true}); err != nil {
 		t.Fatal(err)
 	}
 	var decoded []ImageRow
@@ -218,12 +221,12 @@ func TestFleetViews(t *testing.T) {
 		t.Errorf("JSON print %q", js.String())
 	}
 	var byImage bytes.Buffer
-	if err := f.Render(&byImage, TopOptions{By: "image", All: true}); err != nil {
+	if err := f.Render(&byImage, Options{By: "image", All: true}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("by image:\n%s", byImage.String())
 
-	for _, bad := range []TopOptions{{By: "node"}, {NodeGlob: "["}, {SubjectPrefix: "a.>"}} {
+	for _, bad := range []Options{{By: "node"}, {NodeGlob: "["}, {SubjectPrefix: "a.>"}} {
 		if err := bad.setDefaults(); err == nil {
 			t.Errorf("accepted %+v", bad)
 		}
@@ -233,7 +236,7 @@ func TestFleetViews(t *testing.T) {
 // Comms are distinct names, not one per pid: the fleet row takes the
 // union of its programs' lists.
 func TestFleetGadgetRowComms(t *testing.T) {
-	g := &GadgetMessage{Programs: []state.Row{
+	g := &publish.GadgetMessage{Programs: []state.Row{
 		{PIDs: []uint32{300, 100}, Comms: []string{"a", "b"}},
 		{PIDs: []uint32{200}, Comms: []string{"b"}},
 	}}

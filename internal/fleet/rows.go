@@ -1,0 +1,138 @@
+package fleet
+
+import (
+	"cmp"
+	"slices"
+
+	"github.com/bpfstats/tracker/internal/publish"
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// GadgetRows returns one row per gadget of the nodes matching glob, sorted
+// by node, gadget name and ID.
+func (f *Fleet) GadgetRows(glob string) []state.Row {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rows := []state.Row{}
+	for _, name := range f.matching(glob) {
+		n := f.nodes[name]
+		start := len(rows)
+		for _, g := range n.gadgets {
+			rows = append(rows, gadgetRow(name, g))
+		}
+		slices.SortFunc(rows[start:], func(a, b state.Row) int {
+			return cmp.Or(cmp.Compare(a.GadgetName, b.GadgetName), cmp.Compare(a.GadgetID, b.GadgetID))
+		})
+	}
+	return rows
+}
+
+func gadgetRow(node string, g *publish.GadgetMessage) state.Row {
+	owner := g.Owner
+	r := state.Row{
+		NodeName:    node,
+		GadgetID:    g.Gadget.ID,
+		GadgetName:  g.Gadget.Name,
+		GadgetImage: g.Gadget.Image,
+		Totals:      state.Totals(g.Totals),
+		Loader:      &owner,
+		PIDs:        []uint32{},
+		Comms:       []string{},
+	}
+	// A row's comms are the distinct names of its pids, not one per pid:
+	// take the union of both lists, as the tracker does.
+	for _, p := range g.Programs {
+		for _, pid := range p.PIDs {
+			if !slices.Contains(r.PIDs, pid) {
+				r.PIDs = append(r.PIDs, pid)
+			}
+		}
+		for _, c := range p.Comms {
+			if !slices.Contains(r.Comms, c) {
+				r.Comms = append(r.Comms, c)
+			}
+		}
+	}
+	slices.Sort(r.PIDs)
+	return r
+}
+
+// ProgramRows returns one row per program of the nodes matching glob,
+// unowned ones included, sorted by node and program ID.
+func (f *Fleet) ProgramRows(glob string) []state.Row {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rows := []state.Row{}
+	for _, name := range f.matching(glob) {
+		n := f.nodes[name]
+		start := len(rows)
+		for _, g := range n.gadgets {
+			for _, p := range g.Programs {
+				p.NodeName = name
+				rows = append(rows, p)
+			}
+		}
+		if n.unowned != nil {
+			for _, p := range n.unowned.Programs {
+				p.NodeName = name
+				rows = append(rows, p)
+			}
+		}
+		slices.SortFunc(rows[start:], func(a, b state.Row) int { return cmp.Compare(a.ProgID, b.ProgID) })
+	}
+	return rows
+}
+
+// ImageRow is the rollup of the gadgets of one image across the fleet.
+type ImageRow struct {
+	// GadgetImage is empty for the unowned programs.
+	GadgetImage string `json:"gadgetImage"`
+	// Nodes counts the nodes running the image; NodeNames lists them.
+	Nodes     int      `json:"nodes"`
+	NodeNames []string `json:"nodeNames"`
+	Gadgets   int      `json:"gadgets"`
+	// Totals sum the gadgets' message totals. ProgramCount is at least 1
+	// (a gadget has programs; unowned programs make a row only when there
+	// are some), so the JSON always carries programCount.
+	state.Totals
+}
+
+// ImageRows sums the gadgets of the nodes matching glob per image, sorted
+// by image. With unowned, the unowned programs of every node are one more
+// row with an empty image.
+func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	byImage := make(map[string]*ImageRow)
+	add := func(image, node string, t publish.MessageTotals, gadgets int) {
+		r, ok := byImage[image]
+		if !ok {
+			r = &ImageRow{GadgetImage: image, NodeNames: []string{}}
+			byImage[image] = r
+		}
+		if !slices.Contains(r.NodeNames, node) {
+			r.NodeNames = append(r.NodeNames, node)
+		}
+		r.Gadgets += gadgets
+		// Gadgets of one image on one node may share maps; they are
+		// summed as before, each gadget's own maps counted once.
+		r.Add(state.Totals(t))
+	}
+	for _, name := range f.matching(glob) {
+		n := f.nodes[name]
+		for _, g := range n.gadgets {
+			add(g.Gadget.Image, name, g.Totals, 1)
+		}
+		if unowned && n.unowned != nil && len(n.unowned.Programs) > 0 {
+			add("", name, n.unowned.Totals, 0)
+		}
+	}
+	rows := make([]ImageRow, 0, len(byImage))
+	for _, r := range byImage {
+		slices.Sort(r.NodeNames)
+		r.Nodes = len(r.NodeNames)
+		rows = append(rows, *r)
+	}
+	slices.SortFunc(rows, func(a, b ImageRow) int { return cmp.Compare(a.GadgetImage, b.GadgetImage) })
+	return rows
+}

@@ -1,0 +1,169 @@
+package fleet
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bpfstats/tracker/internal/publish"
+	"github.com/bpfstats/tracker/internal/state"
+	"github.com/rs/zerolog"
+)
+
+// Options configures Run and Fleet.Render.
+type Options struct {
+	// SubjectPrefix defaults to publish.DefaultSubjectPrefix.
+	SubjectPrefix string
+	// All shows program rows, unowned programs included, instead of
+	// gadget rows.
+	All bool
+	// By is "" or "image" (one row per gadget image across nodes).
+	By string
+	// NodeGlob keeps the nodes whose name matches (path.Match); "" keeps all.
+	NodeGlob string
+	// JSON prints one JSON array per print instead of a table.
+	JSON bool
+	// Columns of the row tables (see publish.SelectColumns); nil means the
+	// default columns. NODENAME always comes first.
+	Columns []publish.Column
+	// Interval between prints (default 2s); also the assumed interval of
+	// nodes whose messages carry none.
+	Interval time.Duration
+	// Count stops after that many prints; 0 runs until ctx ends.
+	Count int
+	// KV reads the key-value bucket first so that the first print shows
+	// the whole fleet, without waiting an interval.
+	KV bool
+	// KVBucket defaults to publish.DefaultKVBucket.
+	KVBucket string
+	// Now is the clock for node expiry; time.Now when nil.
+	Now    func() time.Time
+	Logger zerolog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.SubjectPrefix == "" {
+		o.SubjectPrefix = publish.DefaultSubjectPrefix
+	}
+	if err := publish.ValidateSubjectPrefix(o.SubjectPrefix); err != nil {
+		return err
+	}
+	if o.Interval <= 0 {
+		o.Interval = 2 * time.Second
+	}
+	if o.KVBucket == "" {
+		o.KVBucket = publish.DefaultKVBucket
+	}
+	switch o.By {
+	case "", "image":
+	default:
+		return fmt.Errorf("invalid rollup %q: want \"image\" or nothing", o.By)
+	}
+	if _, err := path.Match(o.NodeGlob, ""); err != nil {
+		return fmt.Errorf("invalid node pattern %q: %w", o.NodeGlob, err)
+	}
+	return nil
+}
+
+// Render writes the view opts selects: the table of publish.WriteTable
+// with a NODENAME first column, or one JSON array on one line.
+func (f *Fleet) Render(w io.Writer, opts Options) error {
+	if opts.By == "image" {
+		rows := f.ImageRows(opts.NodeGlob, opts.All)
+		if opts.JSON {
+			data, err := json.Marshal(rows)
+			if err != nil {
+				return fmt.Errorf("encoding fleet rows: %w", err)
+			}
+			_, err = w.Write(append(data, '\n'))
+			return err
+		}
+		return writeImageTable(w, rows)
+	}
+	var rows []state.Row
+	if opts.All {
+		rows = f.ProgramRows(opts.NodeGlob)
+	} else {
+		rows = f.GadgetRows(opts.NodeGlob)
+	}
+	if opts.JSON {
+		return publish.WriteJSON(w, rows)
+	}
+	cols, err := fleetColumns(opts.Columns)
+	if err != nil {
+		return err
+	}
+	if err := publish.WriteTable(w, cols, rows); err != nil {
+		return err
+	}
+	// A blank line between prints.
+	_, err = io.WriteString(w, "\n")
+	return err
+}
+
+// fleetColumns puts the nodeName column first, before cols or the default
+// columns.
+func fleetColumns(cols []publish.Column) ([]publish.Column, error) {
+	if cols == nil {
+		var err error
+		if cols, err = publish.SelectColumns(nil); err != nil {
+			return nil, err
+		}
+	}
+	all := publish.Columns()
+	i := slices.IndexFunc(all, func(c publish.Column) bool { return c.Name == "nodeName" })
+	if i < 0 {
+		return cols, nil
+	}
+	out := []publish.Column{all[i]}
+	for _, c := range cols {
+		if c.Name != "nodeName" {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// writeImageTable writes the image rollup aligned like publish.WriteTable.
+func writeImageTable(w io.Writer, rows []ImageRow) error {
+	header := []string{"GADGETIMAGE", "NODES", "GADGETS", "PROGRAMS", "RUNTIME", "RUNCOUNT", "MAPMEMORY", "MAPCOUNT", "CPUPERCENT"}
+	cells := [][]string{header}
+	for _, r := range rows {
+		image := r.GadgetImage
+		if image == "" {
+			image = "(unowned)"
+		}
+		cells = append(cells, []string{
+			image, strconv.Itoa(r.Nodes), strconv.Itoa(r.Gadgets), strconv.Itoa(r.ProgramCount),
+			strconv.FormatUint(r.Runtime, 10), strconv.FormatUint(r.Runcount, 10),
+			strconv.FormatUint(r.MapMemory, 10), strconv.Itoa(r.MapCount),
+			strconv.FormatFloat(r.CPUPercent, 'f', 2, 64),
+		})
+	}
+	width := make([]int, len(header))
+	for _, line := range cells {
+		for j, v := range line {
+			width[j] = max(width[j], len(v))
+		}
+	}
+	var b strings.Builder
+	for _, line := range cells {
+		for j, v := range line {
+			pad := strings.Repeat(" ", width[j]-len(v))
+			if j == 0 {
+				b.WriteString(v + pad)
+			} else {
+				b.WriteString(" " + pad + v)
+			}
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}

@@ -1,0 +1,182 @@
+package publish
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// Defaults of the NATS side.
+const (
+	// SchemaVersion is the "schema" field of every message.
+	SchemaVersion = "bpfstats/v1"
+	// DefaultSubjectPrefix is the first subject token(s) of every message.
+	DefaultSubjectPrefix = "bpfstats"
+	// DefaultKVBucket is the JetStream key-value bucket holding the latest
+	// message of every gadget, node and unowned set.
+	DefaultKVBucket = "bpfstats"
+)
+
+// Subject tokens after <prefix>.<node> that are not gadget IDs.
+const (
+	TokenUnowned = "_unowned"
+	TokenEvents  = "_events"
+	TokenNode    = "_node"
+)
+
+// Message types, the "type" field of every message.
+const (
+	TypeGadget  = "gadget"
+	TypeUnowned = "unowned"
+	TypeNode    = "node"
+	TypeEvent   = "event"
+)
+
+// Header is the part common to every interval message.
+type Header struct {
+	// Schema is SchemaVersion.
+	Schema string `json:"schema"`
+	// Type is one of TypeGadget, TypeUnowned, TypeNode, TypeEvent.
+	Type string `json:"type"`
+	// Node is the publishing node's subject token.
+	Node string `json:"node"`
+	// Seq numbers the publisher's intervals, from 1; all messages of one
+	// interval carry the same Seq. It restarts with the tracker.
+	Seq uint64 `json:"seq,omitempty"`
+	// Time is the snapshot's time.
+	Time time.Time `json:"time"`
+	// Elapsed is the real time since the previous snapshot in nanoseconds;
+	// zero on the first.
+	Elapsed time.Duration `json:"elapsed"`
+	// Interval is the publisher's configured interval in nanoseconds;
+	// consumers use it to notice a node that stopped publishing.
+	Interval time.Duration `json:"interval,omitempty"`
+}
+
+// GadgetIdentity names a gadget in messages.
+type GadgetIdentity struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Image string `json:"image"`
+}
+
+// MessageTotals are the totals of a gadget or _unowned message:
+// state.Totals, whose JSON they are, except that programCount is always
+// present (0 in an _unowned message without programs) where a program
+// row's JSON omits it.
+type MessageTotals state.Totals
+
+// MarshalJSON encodes t as state.Totals, with programCount also when 0.
+func (t MessageTotals) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		state.Totals
+		// ProgramCount shadows the omitempty field of state.Totals.
+		ProgramCount int `json:"programCount"`
+	}{state.Totals(t), t.ProgramCount})
+}
+
+// GadgetMessage is published on <prefix>.<node>.<gadgetID> every interval.
+type GadgetMessage struct {
+	Header
+	Gadget GadgetIdentity   `json:"gadget"`
+	Owner  state.ProcessRef `json:"owner"`
+	Totals MessageTotals    `json:"totals"`
+	// Programs are the gadget's program rows, sorted by ProgID.
+	Programs []state.Row `json:"programs"`
+}
+
+// UnownedMessage is published on <prefix>.<node>._unowned every interval,
+// also when there are no unowned programs.
+type UnownedMessage struct {
+	Header
+	Totals   MessageTotals `json:"totals"`
+	Programs []state.Row   `json:"programs"`
+}
+
+// NodeCounts are a node's inventory sizes and event totals.
+type NodeCounts struct {
+	Programs      int    `json:"programs"`
+	Gadgets       int    `json:"gadgets"`
+	Unowned       int    `json:"unowned"`
+	EventsLoad    uint64 `json:"eventsLoad"`
+	EventsRelease uint64 `json:"eventsRelease"`
+	EventsLost    uint64 `json:"eventsLost"`
+}
+
+// PublisherStats are the NATS sink's own counters.
+type PublisherStats struct {
+	// Published counts messages handed to the connection.
+	Published uint64 `json:"published"`
+	// SkippedIntervals counts intervals not published while disconnected.
+	SkippedIntervals uint64 `json:"skippedIntervals"`
+	// PublishErrors counts failed publishes, key-value writes and
+	// asynchronous errors the server reported.
+	PublishErrors uint64 `json:"publishErrors"`
+	// Reconnects counts reconnections since start.
+	Reconnects uint64 `json:"reconnects"`
+}
+
+// NodeMessage is published on <prefix>.<node>._node every interval, after
+// the interval's gadget and unowned messages.
+type NodeMessage struct {
+	Header
+	Version string `json:"version"`
+	// Kernel is the node's uname release.
+	Kernel string `json:"kernel"`
+	// Source is the event source in use.
+	Source  string     `json:"source"`
+	Counts  NodeCounts `json:"counts"`
+	Resyncs uint64     `json:"resyncs"`
+	Sweeps  uint64     `json:"sweeps"`
+	// SweepDuration is how long the sweep's kernel reads took, in nanoseconds.
+	SweepDuration time.Duration  `json:"sweepDuration"`
+	Publisher     PublisherStats `json:"publisher"`
+}
+
+// EventMessage is published on <prefix>.<node>._events for every program
+// load and release, as it arrives.
+type EventMessage struct {
+	Schema string `json:"schema"`
+	Type   string `json:"type"`
+	Node   string `json:"node"`
+	state.Event
+}
+
+// NodeToken makes name one valid NATS subject token: '.', '*', '>',
+// whitespace and control characters become '_'. An empty name is "_".
+func NodeToken(name string) string {
+	if name == "" {
+		return "_"
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '.' || r == '*' || r == '>' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return '_'
+		}
+		return r
+	}, name)
+}
+
+// gadgetToken is NodeToken for a gadget ID, kept clear of the reserved
+// tokens, which start with '_'.
+func gadgetToken(id string) string {
+	tok := NodeToken(id)
+	if strings.HasPrefix(tok, "_") {
+		tok = "g" + tok
+	}
+	return tok
+}
+
+// ValidateSubjectPrefix checks that prefix is one or more literal subject
+// tokens.
+func ValidateSubjectPrefix(prefix string) error {
+	for _, tok := range strings.Split(prefix, ".") {
+		if tok == "" || NodeToken(tok) != tok {
+			return fmt.Errorf("invalid subject prefix %q: want dot-separated tokens without '*', '>' or whitespace", prefix)
+		}
+	}
+	return nil
+}
