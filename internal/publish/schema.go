@@ -55,6 +55,16 @@ type Header struct {
 	// Interval is the publisher's configured interval in nanoseconds;
 	// consumers use it to notice a node that stopped publishing.
 	Interval time.Duration `json:"interval,omitempty"`
+	// Instance names one run of the publishing tracker: random at start,
+	// so a consumer orders a node's messages by (Instance, Seq) and sees a
+	// restart, without trusting clocks.
+	Instance string `json:"instance,omitempty"`
+	// Part and Parts split one gadget's or _unowned's program rows over
+	// several messages of the same Seq when they would not fit the
+	// server's max_payload: Part counts from 1 to Parts. Every part carries
+	// the whole totals. Both are 1 when the rows fit in one message.
+	Part  int `json:"part,omitempty"`
+	Parts int `json:"parts,omitempty"`
 }
 
 // GadgetIdentity names a gadget in messages.
