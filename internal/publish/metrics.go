@@ -81,6 +81,9 @@ type Metrics struct {
 
 	mu     sync.Mutex
 	latest *metricsState // nil until the first Publish
+	// counters keeps the seed's gadget-level counters monotonic per label
+	// set; only Publish uses it.
+	counters seriesCounters
 }
 
 // metricsState is what Metrics keeps of a snapshot: Publish must not keep
@@ -154,17 +157,23 @@ func (m *Metrics) Publish(snap *state.Snapshot) error {
 	// set twice, which Prometheus rejects. Their rows are summed: with
 	// only the seed's labels that is the cost of "that tool".
 	index := make(map[string]int, len(snap.Gadgets))
+	m.counters.begin()
 	for i := range snap.Gadgets {
 		row := &snap.Gadgets[i]
 		labels := []string{row.GadgetImage, row.GadgetName, "", ""}
 		s := newRowSeries(row, labels, m.opts.All)
 		key := seriesKey(s.labels)
+		m.counters.observe(key, row.GadgetID, &s)
 		if j, ok := index[key]; ok {
 			st.series[j].add(&s)
 			continue
 		}
 		index[key] = len(st.series)
 		st.series = append(st.series, s)
+	}
+	m.counters.end()
+	for i := range st.series {
+		m.counters.apply(seriesKey(st.series[i].labels), &st.series[i])
 	}
 	if m.opts.All {
 		for i := range snap.Programs {
