@@ -2,7 +2,10 @@ package loader
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -189,6 +192,26 @@ const iterFullPassMin = 16
 // and for a program with more than 64 maps, three bpf(2) calls per
 // program, as ReadProgram. Both ways give the same results.
 func (k *Kernel) ReadPrograms(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) error {
+	return k.readPrograms(ids, false, fn)
+}
+
+// ReadAllPrograms is ReadPrograms for every program the kernel has: fn is
+// called once for each ID of ids, as by ReadPrograms, and once for each
+// other program the kernel listed at the time of the read, with its info.
+// A caller keeping an inventory of ids thus learns in one pass what it
+// missed and (from os.ErrNotExist) what is gone: after the call, the IDs
+// fn saw without an error are the kernel's program list. The other
+// programs cost nothing extra where the bpf_prog iterator loads (the same
+// run lists them); otherwise a BPF_PROG_GET_NEXT_ID walk lists them and
+// each new one is read with bpf(2). An error means the list may be
+// incomplete (fn was still called for every ID of ids). Requires Linux
+// 4.13.
+func (k *Kernel) ReadAllPrograms(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) error {
+	return k.readPrograms(ids, true, fn)
+}
+
+// readPrograms is ReadPrograms, or ReadAllPrograms when all is set.
+func (k *Kernel) readPrograms(ids []uint32, all bool, fn func(id uint32, info *ProgramInfo, err error)) error {
 	k.batchMu.Lock()
 	defer k.batchMu.Unlock()
 
@@ -196,17 +219,29 @@ func (k *Kernel) ReadPrograms(ids []uint32, fn func(id uint32, info *ProgramInfo
 	if i := k.loadedIterators(); i != nil && i.progs != nil {
 		its = i
 	}
-	if its == nil || len(ids) == 0 {
+	if its == nil || (len(ids) == 0 && !all) {
+		if all {
+			return k.readAllProgramsSyscall(ids, fn)
+		}
 		k.readProgramsSyscall(ids, fn)
 		return nil
 	}
 	set := &k.wanted
 	set.reset(ids)
+	report := fn
+	if all {
+		// Remember what was reported, for the walk after a cut.
+		k.reported = k.reported[:0]
+		report = func(id uint32, info *ProgramInfo, err error) {
+			k.reported = append(k.reported, id)
+			fn(id, info, err)
+		}
+	}
 	var cut error
 	if len(k.known.progs) > 0 {
-		cut = k.readProgramsCached(its, set, fn)
+		cut = k.readProgramsCached(its, set, all, report)
 	} else {
-		cut = k.readProgramsFull(its.progs, set, fn)
+		cut = k.readProgramsFull(its.progs, set, all, report)
 	}
 	info := &k.batchInfo
 	for _, id := range ids {
@@ -217,19 +252,68 @@ func (k *Kernel) ReadPrograms(ids []uint32, fn func(id uint32, info *ProgramInfo
 			// The iterator failed or its output was cut short: read the
 			// rest one by one.
 			err := k.readProgramInto(id, info)
-			fn(id, info, err)
+			report(id, info, err)
 			continue
 		}
 		*info = ProgramInfo{MapIDs: info.MapIDs[:0]}
 		fn(id, info, fmt.Errorf("reading program %d: %w", id, errProgramGone))
 	}
+	if all && cut != nil {
+		// The programs past the cut are listed by bpf(2).
+		return k.readUnreported(fn)
+	}
+	return nil
+}
+
+// readUnreported lists the programs with BPF_PROG_GET_NEXT_ID and reads
+// those not in k.reported with bpf(2), for ReadAllPrograms after the
+// iterator failed.
+func (k *Kernel) readUnreported(fn func(id uint32, info *ProgramInfo, err error)) error {
+	done := &k.pendingSet
+	done.reset(k.reported)
+	all, err := walkProgramIDs(k.scratchIDs[:0])
+	k.scratchIDs = all[:0]
+	info := &k.batchInfo
+	for _, id := range all {
+		if done.has(id) {
+			continue
+		}
+		if rerr := k.readProgramInto(id, info); !errors.Is(rerr, os.ErrNotExist) {
+			fn(id, info, rerr)
+		}
+	}
+	return err
+}
+
+// readAllProgramsSyscall is ReadAllPrograms through bpf(2): the IDs of a
+// BPF_PROG_GET_NEXT_ID walk and those of ids, each read once.
+func (k *Kernel) readAllProgramsSyscall(ids []uint32, fn func(id uint32, info *ProgramInfo, err error)) error {
+	walked, err := walkProgramIDs(k.scratchIDs[:0])
+	union := append(walked, ids...)
+	slices.Sort(union)
+	union = slices.Compact(union)
+	k.scratchIDs = union[:0]
+	asked := &k.pendingSet
+	asked.reset(ids)
+	info := &k.batchInfo
+	for _, id := range union {
+		rerr := k.readProgramInto(id, info)
+		if rerr != nil && errors.Is(rerr, os.ErrNotExist) && !asked.has(id) {
+			continue // listed, then gone before the read: never seen
+		}
+		fn(id, info, rerr)
+	}
+	if err != nil {
+		return fmt.Errorf("listing programs: %w", err)
+	}
 	return nil
 }
 
 // readProgramsFull runs the iterator with map IDs, calls fn for the
-// programs of set (taking them out) and rebuilds the map ID cache. An
-// error means the output was not read to its end.
-func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, fn func(uint32, *ProgramInfo, error)) error {
+// programs of set (taking them out), and for every other program listed
+// when all is set, and rebuilds the map ID cache. An error means the
+// output was not read to its end.
+func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, all bool, fn func(uint32, *ProgramInfo, error)) error {
 	data, err := it.read(k.progBuf)
 	k.progBuf = data[:0]
 	if err != nil {
@@ -249,7 +333,7 @@ func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, fn func(uint32, *Prog
 		if complete {
 			next.add(id, iterRecLoadTime(rec), iterRecMapIDs(rec, &k.scratchIDs))
 		}
-		if !set.take(id) {
+		if !set.take(id) && !all {
 			continue
 		}
 		if !complete {
@@ -275,7 +359,8 @@ func iterRecMapIDs(rec []byte, buf *[]uint32) []uint32 {
 
 // readProgramsCached runs the iterator without map IDs and takes them
 // from the cache; programs the cache does not know are read afterwards.
-func (k *Kernel) readProgramsCached(its *iterators, set *idSet, fn func(uint32, *ProgramInfo, error)) error {
+// all is as for readProgramsFull.
+func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn func(uint32, *ProgramInfo, error)) error {
 	data, err := its.progStats.read(k.progBuf)
 	k.progBuf = data[:0]
 	if err != nil {
@@ -302,7 +387,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, fn func(uint32, 
 				next.add(id, p.loadTime, known.ids(p))
 			}
 		}
-		if !set.take(id) {
+		if !set.take(id) && !all {
 			continue
 		}
 		if kp == nil {
@@ -322,7 +407,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, fn func(uint32, 
 		// Many new programs: one more iterator run, with map IDs.
 		pset := &k.pendingSet
 		pset.reset(pending)
-		ferr := k.readProgramsFull(its.progs, pset, fn)
+		ferr := k.readProgramsFull(its.progs, pset, false, fn)
 		for _, id := range pending {
 			if !pset.take(id) {
 				continue

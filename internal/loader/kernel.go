@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kernel reads programs, maps and processes from the running kernel and
-// /proc. It implements state.Kernel (and state.BatchReader). The zero value
-// is not usable; call NewKernel.
+// /proc. It implements state.Kernel (and its extensions state.BatchReader
+// and state.AuditReader). The zero value is not usable; call NewKernel.
 //
 // Reads use raw bpf(2) calls and reused buffers: one program read is three
 // syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see
@@ -51,7 +53,9 @@ type Kernel struct {
 	pendingSet idSet
 	pending    []uint32
 	scratchIDs []uint32
-	names      nameCache
+	// reported lists the IDs ReadAllPrograms reported so far.
+	reported []uint32
+	names    nameCache
 	// known and knownNext are the map ID caches of the last and the
 	// current sweep.
 	known, knownNext progCache
@@ -173,4 +177,32 @@ type Process struct {
 	// environment when it was first read, keyed without the prefix
 	// ("NAME", "IMAGE", "ID").
 	Labels map[string]string
+}
+
+// BootOffset returns how far CLOCK_BOOTTIME is ahead of CLOCK_MONOTONIC
+// now, in nanoseconds: the time the machine spent suspended. Event times
+// (ProgramEvent.KernelTime) are CLOCK_MONOTONIC, process start times
+// (Process.StartTime) count from boot including suspend: an event time
+// plus this offset is on the start times' clock, and not earlier than the
+// event really was but for the microseconds between the two clock reads
+// (the offset only grows). 0 when a clock cannot be read.
+func (k *Kernel) BootOffset() uint64 {
+	var mono, boot unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono) != nil ||
+		unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot) != nil {
+		return 0
+	}
+	if d := boot.Nano() - mono.Nano(); d > 0 {
+		return uint64(d)
+	}
+	return 0
+}
+
+// monotonicNow is CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano())
 }

@@ -29,7 +29,7 @@ func Sources() []SourceSpec {
 			"Linux 5.8, BTF, trampoline programs allowed (no lockdown)", newFentrySource},
 		{SourcePerf, "PERF_RECORD_BPF_EVENT side-band, one dummy perf event per CPU",
 			"Linux 5.1, CAP_PERFMON or CAP_SYS_ADMIN", newPerfSource},
-		{SourcePoll, "diff of the program IDs every interval (misses short-lived programs)",
+		{SourcePoll, "no events: the sweep's audit of the program IDs alone (misses programs shorter-lived than the interval)",
 			"Linux 4.13, CAP_SYS_ADMIN", newPollSource},
 	}
 }

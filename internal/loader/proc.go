@@ -427,3 +427,37 @@ func readWholeFile(pathZ []byte, buf *[]byte) ([]byte, error) {
 		b = b[:len(b)+n]
 	}
 }
+
+// InChildPIDNamespace reports whether this process runs in a PID namespace
+// below the host's (a container without the host PID namespace). There,
+// PIDs that hooks read in the kernel (the fentry source's) name host
+// processes, not the ones this process sees in /proc, and must not be
+// looked up. It reads the NSpid line of /proc/self/status, which lists
+// the process's PID in each namespace from the host's down: more than one
+// entry means a child namespace. Comparing /proc/self/ns/pid with
+// /proc/1/ns/pid cannot tell, as both are the container's. Requires Linux
+// 4.1 (NSpid); an error when the line is missing.
+func InChildPIDNamespace() (bool, error) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false, fmt.Errorf("reading PID namespaces: %w", err)
+	}
+	return parseNSpid(data)
+}
+
+// parseNSpid reports whether the NSpid line of a /proc/<pid>/status has
+// more than one PID.
+func parseNSpid(status []byte) (bool, error) {
+	for line := range bytes.Lines(status) {
+		rest, ok := bytes.CutPrefix(line, []byte("NSpid:"))
+		if !ok {
+			continue
+		}
+		n := len(bytes.Fields(rest))
+		if n == 0 {
+			return false, errors.New("reading PID namespaces: empty NSpid line")
+		}
+		return n > 1, nil
+	}
+	return false, errors.New("reading PID namespaces: no NSpid line in /proc/self/status (Linux 4.1)")
+}

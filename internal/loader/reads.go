@@ -27,6 +27,12 @@ func (k *Kernel) appendProgramIDs(dst []uint32) ([]uint32, error) {
 	if out, ok := k.appendProgramIDsIter(dst); ok {
 		return out, nil
 	}
+	return walkProgramIDs(dst)
+}
+
+// walkProgramIDs appends every program ID to dst, in ascending order, with
+// BPF_PROG_GET_NEXT_ID. Requires Linux 4.13.
+func walkProgramIDs(dst []uint32) ([]uint32, error) {
 	var id uint32
 	for {
 		next, err := bpfNextID(unix.BPF_PROG_GET_NEXT_ID, id)

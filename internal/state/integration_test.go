@@ -55,6 +55,12 @@ func loadProgram(t *testing.T) *ebpf.Program {
 // to the test.
 func runTracker(t *testing.T, src loader.Source) (*state.Tracker, <-chan *state.Snapshot) {
 	t.Helper()
+	return runTrackerEvents(t, src, nil)
+}
+
+// runTrackerEvents is runTracker handing each published event to onEvent.
+func runTrackerEvents(t *testing.T, src loader.Source, onEvent func(*state.Event)) (*state.Tracker, <-chan *state.Snapshot) {
+	t.Helper()
 	kernel, err := loader.NewKernel("")
 	if err != nil {
 		t.Fatal(err)
@@ -73,6 +79,7 @@ func runTracker(t *testing.T, src loader.Source) (*state.Tracker, <-chan *state.
 			Source:   src,
 			Interval: 50 * time.Millisecond,
 			Log:      zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+			OnEvent:  onEvent,
 			OnSnapshot: func(s *state.Snapshot) {
 				select {
 				case <-snaps:

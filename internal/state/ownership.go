@@ -11,24 +11,73 @@ import (
 	"github.com/bpfstats/tracker/internal/loader"
 )
 
-// attribute makes the process pid the loader and owner of p. A process
-// that is already gone, or a kernel thread, leaves p unresolved, for the
-// holders scan of the next sweep to settle.
-func (t *Tracker) attribute(p *program, pid uint32, comm string) {
-	proc, err := t.process(pid)
-	if err != nil {
-		if comm != "" {
-			p.loader = &ProcessRef{PID: pid, Comm: comm}
+// attribute makes the process that caused load event ev the loader and
+// owner of p. A process that is already gone, a PID that now names a
+// process started after the event (reused), event PIDs turned off
+// (Options.IgnoreEventPIDs) or a kernel thread leave p without an owner,
+// for the holders scan of the next sweep to settle.
+func (t *Tracker) attribute(p *program, ev loader.ProgramEvent) {
+	if ev.PID == 0 || t.opts.IgnoreEventPIDs {
+		return
+	}
+	proc, ok := t.eventProcess(ev)
+	if !ok {
+		if ev.Comm != "" {
+			p.loader = &ProcessRef{PID: ev.PID, Comm: ev.Comm}
 		}
 		return
 	}
 	p.loader = &ProcessRef{PID: proc.PID, Comm: proc.Comm, Exe: proc.Exe}
-	if proc.Exe == "" {
+	if proc.Kernel {
 		// Kernel threads (and loads from kernel context) own nothing.
 		p.resolved = true
 		return
 	}
 	t.setOwner(p, proc)
+}
+
+// eventProcess returns the process ev's PID names, when it can be the one
+// that caused ev: it is alive and did not start after the event.
+func (t *Tracker) eventProcess(ev loader.ProgramEvent) (*loader.Process, bool) {
+	if ev.PID == 0 || t.opts.IgnoreEventPIDs {
+		return nil, false
+	}
+	proc, err := t.process(ev.PID)
+	if err != nil {
+		return nil, false
+	}
+	if t.startedAfter(proc.StartTime, ev.KernelTime) {
+		t.counters.AttributionsRejected++
+		return nil, false
+	}
+	return proc, true
+}
+
+// tickNs is one clock tick of /proc start times, in nanoseconds.
+const tickNs = 1e9 / loader.ClockTicksPerSecond
+
+// startedAfter reports whether a process started at startTicks (clock
+// ticks since boot, suspend included) certainly started after an event at
+// eventNs (CLOCK_MONOTONIC, suspend excluded; 0 when unknown). The event
+// time is moved onto the boot clock with the suspend time so far, which
+// can only place it later than it was, and one tick of rounding is
+// allowed: a process is rejected only when it cannot be the one.
+func (t *Tracker) startedAfter(startTicks, eventNs uint64) bool {
+	if eventNs == 0 {
+		return false
+	}
+	var offset uint64
+	if bc, ok := t.kernel.(bootClock); ok {
+		offset = bc.BootOffset()
+	}
+	return startTicks*tickNs > eventNs+offset+tickNs
+}
+
+// bootClock is an extension point of Kernel: loader.Kernel tells how far
+// the boot clock (process start times) is ahead of the monotonic clock
+// (event times). Without it the two are taken to be equal (no suspend).
+type bootClock interface {
+	BootOffset() uint64
 }
 
 // process returns the cached process pid, reading it when it is new or its
@@ -174,7 +223,7 @@ func (t *Tracker) pickHolder(pids []uint32) *loader.Process {
 	var first *loader.Process
 	for _, pid := range pids {
 		proc, err := t.process(pid)
-		if err != nil || proc.Exe == "" {
+		if err != nil || proc.Kernel {
 			continue
 		}
 		if _, ok := t.gadgets[instance{pid: proc.PID, startTime: proc.StartTime}]; ok {

@@ -190,6 +190,7 @@ func (r *runLoop) sweep() bool {
 	// and keep applying events between its phases.
 	r.drain()
 	snap, err := r.t.sweep(r.drain)
+	r.t.flush(r.cfg)
 	if err != nil {
 		r.cfg.Log.Warn().Err(err).Msg("sweep incomplete")
 	}
@@ -199,7 +200,8 @@ func (r *runLoop) sweep() bool {
 }
 
 func (t *Tracker) handle(ev loader.ProgramEvent, cfg RunConfig) {
-	out := t.apply(ev)
+	t.applyEvent(ev)
+	defer t.flush(cfg)
 	if ev.Kind == loader.EventLost {
 		added, removed, err := t.Resync()
 		if err != nil {
@@ -208,9 +210,5 @@ func (t *Tracker) handle(ev loader.ProgramEvent, cfg RunConfig) {
 		}
 		cfg.Log.Warn().Uint64("lost", ev.Lost).Int("added", added).Int("removed", removed).
 			Msg("events lost, inventory resynced from the kernel")
-		return
-	}
-	if out != nil && cfg.OnEvent != nil {
-		cfg.OnEvent(out)
 	}
 }

@@ -10,10 +10,22 @@ import (
 	"github.com/bpfstats/tracker/internal/loader"
 )
 
+// AuditReader is an extension point of Kernel: a kernel that lists every
+// program in the same pass that reads the ones asked for (loader.Kernel,
+// with the bpf_prog iterator or a BPF_PROG_GET_NEXT_ID walk) implements
+// it, and Sweep's audit then costs no second listing.
+type AuditReader interface {
+	// ReadAllPrograms calls fn once for every ID of ids, as
+	// BatchReader.ReadPrograms, and once for every other program the
+	// kernel lists, with its info.
+	ReadAllPrograms(ids []uint32, fn func(id uint32, info *loader.ProgramInfo, err error)) error
+}
+
 // Resync makes the inventory equal to the kernel's program list: programs
 // the events missed are added (their owner is settled by the next sweep's
-// holders scan) and programs that are gone are removed. It is the start-up
-// snapshot and the answer to lost events.
+// holders scan) and programs that are gone are removed (their release
+// published if their load was). It is the start-up snapshot and the
+// answer to lost events.
 func (t *Tracker) Resync() (added, removed int, err error) {
 	ids, err := t.kernel.ProgramIDs()
 	if err != nil {
@@ -22,14 +34,14 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 	clear(t.seen)
 	for _, id := range ids {
 		t.seen[id] = struct{}{}
-		if _, ok := t.programs[id]; !ok {
+		if _, ok := t.programs[id]; !ok && t.goneMatch(id, [8]byte{}) == nil {
 			t.programs[id] = &program{id: id}
 			added++
 		}
 	}
 	for id, p := range t.programs {
 		if _, ok := t.seen[id]; !ok {
-			t.remove(p)
+			t.drop(p, nil)
 			removed++
 		}
 	}
@@ -38,13 +50,24 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 }
 
 // Sweep reads the stats of every program in the inventory and the maps they
-// use, settles ownership, and returns the resulting Snapshot. Programs that
-// vanished are dropped quietly. Failed reads of programs that still exist,
-// and a failed scan of holders, are returned joined in the error, with the
-// snapshot still valid (such programs keep their previous values).
+// use, settles ownership, and returns the resulting Snapshot. Every sweep
+// is also an audit: the same read lists the kernel's programs, and the
+// inventory is made equal to that list (programs it missed are added,
+// read and given an owner from their holders; programs gone are removed).
+// Failed reads of programs that still exist, and a failed scan of holders,
+// are returned joined in the error, with the snapshot still valid (such
+// programs keep their previous values). The events a sweep causes (the
+// releases of published programs it found gone) go to Run's OnEvent;
+// outside Run they are dropped.
 func (t *Tracker) Sweep() (*Snapshot, error) {
-	return t.sweep(func() {})
+	snap, err := t.sweep(func() {})
+	clear(t.outbox)
+	t.outbox = t.outbox[:0]
+	return snap, err
 }
+
+// auditCount is what one sweep's audit repaired.
+type auditCount struct{ added, removed int }
 
 // sweep is Sweep calling between() between its phases, so that Run can
 // apply the events that arrived meanwhile instead of holding them for the
@@ -52,31 +75,8 @@ func (t *Tracker) Sweep() (*Snapshot, error) {
 func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	start := t.opts.now()
 	var errs []error
-	each := func(id uint32, info *loader.ProgramInfo, err error) {
-		p, ok := t.programs[id]
-		switch {
-		case !ok:
-		case errors.Is(err, os.ErrNotExist):
-			t.remove(p)
-		case err != nil:
-			errs = append(errs, fmt.Errorf("reading program %d: %w", id, err))
-		default:
-			t.merge(p, *info, t.opts.now())
-		}
-	}
-	if br, ok := t.kernel.(BatchReader); ok {
-		t.ids = t.ids[:0]
-		for id := range t.programs {
-			t.ids = append(t.ids, id)
-		}
-		if err := br.ReadPrograms(t.ids, each); err != nil {
-			errs = append(errs, fmt.Errorf("reading programs: %w", err))
-		}
-	} else {
-		for id := range t.programs {
-			info, err := t.kernel.ReadProgram(id)
-			each(id, &info, err)
-		}
+	if err := t.readAll(); err != nil {
+		errs = append(errs, err)
 	}
 	between()
 	for _, m := range t.maps {
@@ -104,19 +104,94 @@ func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 		snap.Elapsed = end.Sub(t.lastSweep)
 	}
 	t.lastSweep = end
+	t.expireGone()
 	t.counters.Sweeps++
 	snap.Counters = t.counters
 	return snap, errors.Join(errs...)
 }
 
+// readAll reads every program of the inventory and audits it against the
+// kernel's list, in one pass where the kernel is an AuditReader.
+func (t *Tracker) readAll() error {
+	var errs []error
+	now := t.opts.now()
+	t.audit = auditCount{}
+	each := func(id uint32, info *loader.ProgramInfo, err error) {
+		if rerr := t.audited(id, info, err, now); rerr != nil {
+			errs = append(errs, rerr)
+		}
+	}
+	t.ids = t.ids[:0]
+	for id := range t.programs {
+		t.ids = append(t.ids, id)
+	}
+	if ar, ok := t.kernel.(AuditReader); ok {
+		if err := ar.ReadAllPrograms(t.ids, each); err != nil {
+			errs = append(errs, fmt.Errorf("reading programs: %w", err))
+		}
+	} else {
+		// List, then read the union: a program listed and gone by its read
+		// was never seen.
+		listed, err := t.kernel.ProgramIDs()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listing programs: %w", err))
+		}
+		ids := append(listed, t.ids...)
+		slices.Sort(ids)
+		ids = slices.Compact(ids)
+		if br, ok := t.kernel.(BatchReader); ok {
+			if err := br.ReadPrograms(ids, each); err != nil {
+				errs = append(errs, fmt.Errorf("reading programs: %w", err))
+			}
+		} else {
+			for _, id := range ids {
+				info, err := t.kernel.ReadProgram(id)
+				each(id, &info, err)
+			}
+		}
+	}
+	t.counters.RepairsAdded += uint64(t.audit.added)
+	t.counters.RepairsRemoved += uint64(t.audit.removed)
+	return errors.Join(errs...)
+}
+
+// audited applies one program read of the audit: id is in the inventory,
+// in the kernel, or both.
+func (t *Tracker) audited(id uint32, info *loader.ProgramInfo, err error, now time.Time) error {
+	p, ok := t.programs[id]
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if ok {
+			t.drop(p, nil)
+			t.audit.removed++
+		}
+		return nil
+	case err != nil:
+		if !ok {
+			return nil // listed, unreadable: the next sweep tries again
+		}
+		return fmt.Errorf("reading program %d: %w", id, err)
+	case ok && tagsMatch(p.tag, info.Tag) && (!p.read || p.loadTime == info.LoadTime):
+		t.merge(p, *info, now)
+		return nil
+	case ok:
+		// The ID now names another program: the old one is gone.
+		t.drop(p, nil)
+		t.audit.removed++
+	}
+	if t.goneMatch(id, info.Tag) != nil {
+		return nil // released, listed by a read racing with its release
+	}
+	p = &program{id: id}
+	t.programs[id] = p
+	t.merge(p, *info, now)
+	t.audit.added++
+	return nil
+}
+
 // merge folds one stats read into p. Deltas are taken against the previous
 // read of the same program over the real time between the two reads.
 func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
-	if p.read && info.LoadTime != p.loadTime {
-		// The ID now names another program: start over.
-		t.unown(p)
-		*p = program{id: p.id}
-	}
 	if p.read && info.RunTime >= p.info.RunTime && info.RunCount >= p.info.RunCount {
 		p.hasDelta = true
 		p.runtimeD = info.RunTime - p.info.RunTime
@@ -141,6 +216,26 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 	p.info = info
 	p.info.MapIDs = mapIDs
 	p.readAt = now
+}
+
+// auditWarnMin is how many repairs in one sweep make a warning: fewer are
+// usually events in flight during the read (a load or release the kernel
+// did before the read, its event applied after).
+const auditWarnMin = 16
+
+// logAudit logs what the last sweep's audit repaired, once.
+func (t *Tracker) logAudit(cfg RunConfig) {
+	a := t.audit
+	if a.added+a.removed == 0 {
+		return
+	}
+	t.audit = auditCount{}
+	level := cfg.Log.Debug()
+	if a.added+a.removed >= auditWarnMin && t.opts.Source != loader.SourcePoll {
+		level = cfg.Log.Warn()
+	}
+	level.Int("added", a.added).Int("removed", a.removed).
+		Msg("sweep audit repaired the inventory: events missed or not applied yet")
 }
 
 // bpfFNoPrealloc is BPF_F_NO_PREALLOC: such maps allocate elements as they

@@ -30,6 +30,12 @@ type Options struct {
 	// its gadget gets): its iterators and hooks are programs like any
 	// other, shown as its own gadget so that its cost is visible.
 	Self Self
+	// IgnoreEventPIDs makes ownership come from fd holders only, never
+	// from the PID of a load event. Set it when event PIDs are not in
+	// this process's PID namespace (the fentry source in a container
+	// without the host PID namespace, see loader.InChildPIDNamespace):
+	// looked up in /proc they would name unrelated processes.
+	IgnoreEventPIDs bool
 }
 
 // Self identifies the tracker's own process to the inventory.
@@ -59,6 +65,16 @@ type Tracker struct {
 	// sweepRead holds the PIDs already read in the current ownership
 	// settling, so that a process holding many programs is read once.
 	sweepRead map[uint32]struct{}
+
+	// outbox holds the events to publish, in order, until Run hands them
+	// to OnEvent (flush).
+	outbox []*Event
+	// gone holds programs the kernel released that the inventory no
+	// longer (or never) holds, by ID, for a few sweeps: events about them
+	// that arrive late pair up instead of being published alone.
+	gone map[uint32]*goneProgram
+	// audit counts what the last sweep's audit repaired, for the log.
+	audit auditCount
 }
 
 // instance names one process instance: a PID alone can be reused.
@@ -79,6 +95,8 @@ type program struct {
 	loader *ProcessRef
 	// resolved is true once ownership was decided from an event or a holder.
 	resolved bool
+	// announced is true once its load was published: its release will be.
+	announced bool
 
 	read     bool // at least one successful stats read
 	info     loader.ProgramInfo
@@ -118,6 +136,7 @@ func New(k Kernel, opts Options) *Tracker {
 		maps:      make(map[uint32]*mapEntry),
 		processes: make(map[uint32]*loader.Process),
 		seen:      make(map[uint32]struct{}),
+		gone:      make(map[uint32]*goneProgram),
 	}
 }
 

@@ -147,6 +147,19 @@ type Counters struct {
 	EventsLost    uint64 `json:"eventsLost"`
 	Resyncs       uint64 `json:"resyncs"`
 	Sweeps        uint64 `json:"sweeps"`
+	// RepairsAdded counts programs a sweep's audit found in the kernel
+	// but not in the inventory (their load event was lost or is late);
+	// RepairsRemoved those it found in the inventory but gone from the
+	// kernel (their release event was lost or is late).
+	RepairsAdded   uint64 `json:"repairsAdded"`
+	RepairsRemoved uint64 `json:"repairsRemoved"`
+	// LoadsGone counts load events of programs already released when the
+	// load was applied: never inserted, published as a load and its
+	// release.
+	LoadsGone uint64 `json:"loadsGone"`
+	// AttributionsRejected counts load events whose PID named a process
+	// started after the event (the PID was reused): not attributed.
+	AttributionsRejected uint64 `json:"attributionsRejected"`
 }
 
 // Event is one program load or release after the inventory applied it, as

@@ -34,7 +34,7 @@ LOGS=$CACHE/logs
 BUILD=$CACHE/build
 RUN_PATTERN=${VMTEST_RUN:-^TestVM}
 # The inventory's integration tests, run on the forced fentry source.
-STATE_PATTERN=${VMTEST_STATE_RUN:-^TestInventoryMatchesKernelAfterBurst\$|^TestSweepsSeeRisingStats\$}
+STATE_PATTERN=${VMTEST_STATE_RUN:-^TestInventoryMatchesKernelAfterBurst\$|^TestSweepsSeeRisingStats\$|^TestAuditRepairsLostEvents\$|^TestLoadsAndReleasesPairAcrossCPUs\$}
 BOOT_TIMEOUT=${VMTEST_TIMEOUT:-300}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
