@@ -68,6 +68,7 @@ func (t *Tracker) release(ev loader.ProgramEvent) *Event {
 		return nil
 	}
 	out := t.event("release", p, ev)
+	out.Runtime, out.Runcount = p.info.RunTime, p.info.RunCount
 	t.remove(p)
 	return out
 }
@@ -98,6 +99,7 @@ func (t *Tracker) event(kind string, p *program, ev loader.ProgramEvent) *Event 
 }
 
 func (t *Tracker) remove(p *program) {
+	t.retire(p, statsOf(p))
 	t.unown(p)
 	delete(t.programs, p.id)
 }
