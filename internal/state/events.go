@@ -242,7 +242,11 @@ func (t *Tracker) drop(p *program, ev *loader.ProgramEvent) {
 		}
 	}
 	if p.announced {
-		t.outbox = append(t.outbox, t.event("release", p, g.releaseTime))
+		out := t.event("release", p, g.releaseTime)
+		// As of the last sweep: what ran between it and the release is
+		// not counted (no source reads a program's stats at release).
+		out.Runtime, out.Runcount = p.info.RunTime, p.info.RunCount
+		t.outbox = append(t.outbox, out)
 	}
 	t.remove(p)
 }
@@ -266,6 +270,7 @@ func (t *Tracker) event(kind string, p *program, kernelTime uint64) *Event {
 }
 
 func (t *Tracker) remove(p *program) {
+	t.retire(p, statsOf(p))
 	t.unown(p)
 	delete(t.programs, p.id)
 }

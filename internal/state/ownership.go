@@ -124,6 +124,7 @@ func (t *Tracker) setOwner(p *program, proc *loader.Process) {
 }
 
 func (t *Tracker) unown(p *program) {
+	t.retire(p, p.share.reported)
 	if p.gadget == nil {
 		return
 	}

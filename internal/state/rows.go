@@ -28,16 +28,17 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		if p.gadget != nil {
 			sum = t.gadgetSum(byGadget, p.gadget)
 		}
-		sum.add(&row)
+		sum.add(&row, liveShare(p))
+		p.share.reported = statsOf(p)
 		snap.Programs = append(snap.Programs, row)
 	}
 
 	snap.Gadgets = make([]Row, 0, len(byGadget))
 	for g, sum := range byGadget {
-		snap.Gadgets = append(snap.Gadgets, t.total(sum))
+		snap.Gadgets = append(snap.Gadgets, t.total(sum, &g.ledger, now))
 		snap.GadgetInfo[g.info.ID] = g.info
 	}
-	snap.Unowned = t.total(unowned)
+	snap.Unowned = t.total(unowned, &t.unowned, now)
 	sort.Slice(snap.Gadgets, func(i, j int) bool {
 		a, b := snap.Gadgets[i], snap.Gadgets[j]
 		if a.GadgetName != b.GadgetName {
@@ -132,7 +133,9 @@ func (t *Tracker) gadgetSum(byGadget map[*gadget]*rowSum, g *gadget) *rowSum {
 
 // rowSum accumulates program rows into one gadget-level row.
 type rowSum struct {
-	row  Row
+	row Row
+	// live sums what the holder counts of its live programs.
+	live runStats
 	maps map[uint32]struct{}
 	pids map[uint32]struct{}
 }
@@ -141,12 +144,12 @@ func newRowSum(head Row) *rowSum {
 	return &rowSum{row: head, maps: make(map[uint32]struct{}), pids: make(map[uint32]struct{})}
 }
 
-func (s *rowSum) add(r *Row) {
-	t := r.Totals
-	// A program's row counts itself (its own ProgramCount is 0); the maps
-	// are counted once each by total.
-	t.ProgramCount, t.MapMemory, t.MapCount = 1, 0, 0
-	s.row.Add(t)
+// add counts program row r, of which the holder counts share.
+func (s *rowSum) add(r *Row, share runStats) {
+	// The maps are counted once each by total, the run counters by the
+	// holder's ledger.
+	s.row.ProgramCount++
+	s.live.add(share)
 	for _, mid := range r.MapIDs {
 		s.maps[mid] = struct{}{}
 	}
@@ -155,8 +158,10 @@ func (s *rowSum) add(r *Row) {
 	}
 }
 
-// total finishes a sum: a map shared by two of its programs counts once.
-func (t *Tracker) total(s *rowSum) Row {
+// total finishes a sum: a map shared by two of its programs counts once,
+// and the cumulative and delta columns are the holder's ledger's at now.
+func (t *Tracker) total(s *rowSum, l *ledger, now time.Time) Row {
+	l.report(&s.row, s.live, now)
 	for mid := range s.maps {
 		s.row.MapIDs = append(s.row.MapIDs, mid)
 		s.row.MapMemory += t.maps[mid].info.Memlock

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,14 +21,29 @@ type RunConfig struct {
 	Interval time.Duration
 	// Count stops Run after that many sweeps; 0 runs until ctx ends.
 	Count int
-	// OnSnapshot receives every sweep's snapshot, in order, on a goroutine
-	// of its own: encoding and publishing a large snapshot does not hold up
-	// the events meanwhile. Run returns only after the last call returned.
+	// OnSnapshot receives the sweeps' snapshots, in order, on a goroutine
+	// of its own, so that encoding and publishing never hold up the loop
+	// that applies events. With Count 0, a snapshot still waiting when the
+	// next one is ready is replaced by it (Counters.SnapshotsDropped): a
+	// slow consumer gets fewer, fresher snapshots. With Count > 0 every
+	// snapshot is handed over, the loop waiting for the consumer when it
+	// must (applying events meanwhile): a bounded run prints every table
+	// it was asked for.
 	OnSnapshot func(*Snapshot)
-	// OnEvent receives each applied load or release as it arrives.
+	// OnEvent receives each applied load or release, in order, on a
+	// goroutine of its own, through a queue of EventQueue events. When the
+	// queue is full the event is dropped for OnEvent only
+	// (Counters.EventsDropped); the inventory applied it.
 	OnEvent func(*Event)
-	Log     zerolog.Logger
+	// EventQueue is how many events may wait for OnEvent; 0 means
+	// DefaultEventQueue.
+	EventQueue int
+	Log        zerolog.Logger
 }
+
+// DefaultEventQueue is the default RunConfig.EventQueue: a few seconds of
+// a load storm, about 3 MiB of events at most.
+const DefaultEventQueue = 16384
 
 // eventBuffer is how many events may wait between the source's reader and
 // the loop; the kernel-side rings hold far more.
@@ -44,6 +60,13 @@ const (
 // events as they arrive and sweeps every cfg.Interval until ctx ends or
 // cfg.Count sweeps are done. The source must already be attached, so that
 // nothing loaded between the snapshot and the first event is missed.
+//
+// No OnSnapshot or OnEvent call runs after Run returned. When Run ends on
+// its own (Count sweeps done, the source closed or failing), it first
+// hands over every queued event and the last snapshot. When ctx ends it
+// waits only for the calls in progress: what is still queued is dropped
+// and counted, so that a stalled consumer cannot hold up a shutdown for
+// more than its current call.
 func (t *Tracker) Run(ctx context.Context, cfg RunConfig) error {
 	if cfg.Interval <= 0 {
 		return fmt.Errorf("running tracker: interval must be positive, got %v", cfg.Interval)
@@ -56,10 +79,10 @@ func (t *Tracker) Run(ctx context.Context, cfg RunConfig) error {
 	if err := t.startupSnapshot(cfg); err != nil {
 		return err
 	}
-	var stop func()
-	r.snapshots, stop = startPublisher(cfg)
-	defer stop()
-	return r.loop(ctx)
+	r.startConsumers()
+	err := r.loop(ctx)
+	r.stopConsumers(ctx.Err() != nil)
+	return err
 }
 
 // startReader reads cfg.Source on a goroutine of its own, until the source
@@ -113,35 +136,38 @@ func (t *Tracker) startupSnapshot(cfg RunConfig) error {
 	return nil
 }
 
-// startPublisher hands snapshots to cfg.OnSnapshot on a goroutine of its
-// own. One snapshot may wait while the previous one is published; a slower
-// publisher holds up the next sweep, never the events. stop returns once
-// the last snapshot sent was handed over.
-func startPublisher(cfg RunConfig) (snapshots chan<- *Snapshot, stop func()) {
-	ch := make(chan *Snapshot, 1)
-	published := make(chan struct{})
-	go func() {
-		defer close(published)
-		for s := range ch {
-			if cfg.OnSnapshot != nil {
-				cfg.OnSnapshot(s)
-			}
-		}
-	}()
-	return ch, func() {
-		close(ch)
-		<-published
+// runLoop is the state of one Run's main loop.
+type runLoop struct {
+	t       *Tracker
+	cfg     RunConfig
+	events  <-chan loader.ProgramEvent
+	readErr <-chan error
+	// snapshots and published hand snapshots and events to the consumers;
+	// nil when the config has none.
+	snapshots *consumer[*Snapshot]
+	published *consumer[*Event]
+	sweeps    int
+}
+
+// startConsumers starts the goroutines of OnSnapshot and OnEvent.
+func (r *runLoop) startConsumers() {
+	if r.cfg.OnSnapshot != nil {
+		r.snapshots = startConsumer(1, r.cfg.OnSnapshot)
+	}
+	if r.cfg.OnEvent != nil {
+		r.published = startConsumer(cmp.Or(r.cfg.EventQueue, DefaultEventQueue), r.cfg.OnEvent)
 	}
 }
 
-// runLoop is the state of one Run's main loop.
-type runLoop struct {
-	t         *Tracker
-	cfg       RunConfig
-	events    <-chan loader.ProgramEvent
-	readErr   <-chan error
-	snapshots chan<- *Snapshot
-	sweeps    int
+// stopConsumers waits for the consumers, after they took what is queued
+// unless discard is set; what they did not take is counted as dropped.
+func (r *runLoop) stopConsumers(discard bool) {
+	if r.snapshots != nil {
+		r.t.counters.SnapshotsDropped += uint64(r.snapshots.stop(discard))
+	}
+	if r.published != nil {
+		r.t.counters.EventsDropped += uint64(r.published.stop(discard))
+	}
 }
 
 // loop sweeps at once, then applies events and sweeps on every tick until
@@ -149,7 +175,7 @@ type runLoop struct {
 func (r *runLoop) loop(ctx context.Context) error {
 	ticker := time.NewTicker(r.cfg.Interval)
 	defer ticker.Stop()
-	if r.sweep() {
+	if r.sweep(ctx) {
 		return nil
 	}
 	for {
@@ -157,14 +183,14 @@ func (r *runLoop) loop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case ev := <-r.events:
-			r.t.handle(ev, r.cfg)
+			r.handle(ev)
 		case err := <-r.readErr:
 			if errors.Is(err, loader.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
 			return err
 		case <-ticker.C:
-			if r.sweep() {
+			if r.sweep(ctx) {
 				return nil
 			}
 		}
@@ -176,7 +202,7 @@ func (r *runLoop) drain() {
 	for {
 		select {
 		case ev := <-r.events:
-			r.t.handle(ev, r.cfg)
+			r.handle(ev)
 		default:
 			return
 		}
@@ -185,30 +211,149 @@ func (r *runLoop) drain() {
 
 // sweep runs one sweep and queues its snapshot; it reports whether that
 // was the last sweep cfg.Count asks for.
-func (r *runLoop) sweep() bool {
+func (r *runLoop) sweep(ctx context.Context) bool {
 	// Apply what already arrived, so the sweep sees the latest inventory,
 	// and keep applying events between its phases.
 	r.drain()
 	snap, err := r.t.sweep(r.drain)
-	r.t.flush(r.cfg)
+	r.flush()
 	if err != nil {
 		r.cfg.Log.Warn().Err(err).Msg("sweep incomplete")
 	}
-	r.snapshots <- snap
 	r.sweeps++
-	return r.cfg.Count > 0 && r.sweeps >= r.cfg.Count
+	last := r.cfg.Count > 0 && r.sweeps >= r.cfg.Count
+	switch {
+	case r.snapshots == nil:
+	case r.cfg.Count > 0:
+		if !r.handOver(ctx, snap) {
+			r.t.counters.SnapshotsDropped++
+		}
+	case r.snapshots.replace(snap):
+		r.t.counters.SnapshotsDropped++
+	}
+	return last
 }
 
-func (t *Tracker) handle(ev loader.ProgramEvent, cfg RunConfig) {
+// handOver queues snap for OnSnapshot, applying events while it waits for
+// room; it reports false when ctx ended first.
+func (r *runLoop) handOver(ctx context.Context, snap *Snapshot) bool {
+	for {
+		select {
+		case r.snapshots.queue <- snap:
+			return true
+		case ev := <-r.events:
+			r.handle(ev)
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// handle applies one event and queues what consumers should be told.
+func (r *runLoop) handle(ev loader.ProgramEvent) {
+	t := r.t
 	t.applyEvent(ev)
-	defer t.flush(cfg)
+	defer r.flush()
 	if ev.Kind == loader.EventLost {
 		added, removed, err := t.Resync()
 		if err != nil {
-			cfg.Log.Error().Err(err).Msg("resync after lost events failed")
+			r.cfg.Log.Error().Err(err).Msg("resync after lost events failed")
 			return
 		}
-		cfg.Log.Warn().Uint64("lost", ev.Lost).Int("added", added).Int("removed", removed).
+		r.cfg.Log.Warn().Uint64("lost", ev.Lost).Int("added", added).Int("removed", removed).
 			Msg("events lost, inventory resynced from the kernel")
 	}
+}
+
+// flush queues the events the inventory produced (loads, releases, and
+// the releases a sweep or resync found) for OnEvent, in order, without
+// ever waiting: a full queue drops and counts.
+func (r *runLoop) flush() {
+	cfg := r.cfg
+	cfg.OnEvent = func(ev *Event) {
+		if r.published != nil && !r.published.offer(ev) {
+			r.t.counters.EventsDropped++
+		}
+	}
+	r.t.flush(cfg)
+}
+
+// consumer hands values to a function on a goroutine of its own, in the
+// order they were queued. One goroutine (the run loop) queues; stop ends
+// it.
+type consumer[T any] struct {
+	queue chan T
+	// quit tells the goroutine to stop before the queue is empty; done
+	// is closed when it returned.
+	quit, done chan struct{}
+}
+
+func startConsumer[T any](size int, fn func(T)) *consumer[T] {
+	c := &consumer[T]{queue: make(chan T, size), quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for {
+			// Checked first: a select between a ready queue and quit
+			// picks either.
+			select {
+			case <-c.quit:
+				return
+			default:
+			}
+			select {
+			case v, ok := <-c.queue:
+				if !ok {
+					return
+				}
+				fn(v)
+			case <-c.quit:
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// offer queues v unless the queue is full, and reports whether it did.
+func (c *consumer[T]) offer(v T) bool {
+	select {
+	case c.queue <- v:
+		return true
+	default:
+		return false
+	}
+}
+
+// replace queues v in a queue of one, in place of the value still waiting
+// there, if any; it reports whether it replaced one.
+func (c *consumer[T]) replace(v T) (replaced bool) {
+	if c.offer(v) {
+		return false
+	}
+	select {
+	case <-c.queue:
+		replaced = true
+	default:
+		// The consumer took it meanwhile.
+	}
+	// The queue is empty now and only this goroutine fills it: this send
+	// cannot block.
+	c.queue <- v
+	return replaced
+}
+
+// stop waits until the goroutine returned: after it handed over all that
+// is queued, or only the value in hand when discard is set. It returns how
+// many queued values were never handed over.
+func (c *consumer[T]) stop(discard bool) int {
+	if discard {
+		close(c.quit)
+	}
+	close(c.queue)
+	<-c.done
+	n := 0
+	for range c.queue {
+		n++
+	}
+	return n
 }

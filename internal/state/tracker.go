@@ -59,6 +59,8 @@ type Tracker struct {
 
 	counters  Counters
 	lastSweep time.Time
+	// unowned is the accounting of the programs without a gadget.
+	unowned ledger
 	// seen and ids are reused by every sweep to avoid allocations.
 	seen map[uint32]struct{}
 	ids  []uint32
@@ -109,12 +111,16 @@ type program struct {
 	// tagHex caches the hex form of tagOf.
 	tagHex string
 	tagOf  [8]byte
+	// share is what p's holder counts of it (see retire.go).
+	share share
 }
 
 type gadget struct {
 	info     Gadget
 	owner    instance
 	programs int
+	// ledger accumulates what the gadget's programs ran (see retire.go).
+	ledger ledger
 }
 
 type mapEntry struct {

@@ -58,17 +58,27 @@ type ProcessRef struct {
 // column is one field here. A new numeric column is a field here plus its
 // entry in the publish package's column list.
 type Totals struct {
-	// Runtime is cumulative run time in nanoseconds.
+	// Runtime is cumulative run time in nanoseconds, Runcount the
+	// cumulative number of runs. A program row has the kernel's counters.
+	// A gadget row and the unowned row count every program the holder
+	// ever had: what live ones ran since they came to it, and what the
+	// ones that left (released, handed to another owner, made unowned)
+	// ran in it up to the last sweep that read them. They never decrease
+	// while the gadget exists; a program row's never decrease while the
+	// program lives. So a gadget row is not the sum of its program rows.
 	Runtime  uint64 `json:"runtime"`
 	Runcount uint64 `json:"runcount"`
 	// RuntimeDelta and RuncountDelta are the growth since the previous
-	// sweep; zero on a program's first sweep.
+	// sweep: a program's since its previous read, a gadget's or the
+	// unowned row's since that row's previous snapshot. Zero on a row's
+	// first snapshot; never negative.
 	RuntimeDelta  uint64 `json:"runtimeDelta"`
 	RuncountDelta uint64 `json:"runcountDelta"`
 	// CPUPercent is RuntimeDelta over the real elapsed time between the
-	// two reads, in percent of one CPU.
-	CPUPercent      float64 `json:"cpuPercent"`
-	RecursionMisses uint64  `json:"recursionMisses"`
+	// two reads (two snapshots for a gadget), in percent of one CPU.
+	CPUPercent float64 `json:"cpuPercent"`
+	// RecursionMisses is cumulative, accounted like Runtime.
+	RecursionMisses uint64 `json:"recursionMisses"`
 	// MapMemory is the memlock of the distinct maps used, in bytes;
 	// MapCount counts those maps.
 	MapMemory uint64 `json:"mapMemory"`
@@ -160,6 +170,14 @@ type Counters struct {
 	// AttributionsRejected counts load events whose PID named a process
 	// started after the event (the PID was reused): not attributed.
 	AttributionsRejected uint64 `json:"attributionsRejected"`
+	// EventsDropped counts applied events Run did not hand to OnEvent:
+	// its queue was full (a slow consumer), or Run ended on ctx with
+	// events still queued. The inventory applied them all.
+	EventsDropped uint64 `json:"eventsDropped"`
+	// SnapshotsDropped counts snapshots Run did not hand to OnSnapshot: a
+	// newer one replaced it while the consumer was busy, or Run ended on
+	// ctx before it was taken.
+	SnapshotsDropped uint64 `json:"snapshotsDropped"`
 }
 
 // Event is one program load or release after the inventory applied it, as
@@ -175,6 +193,14 @@ type Event struct {
 	Loader *ProcessRef `json:"loader,omitempty"`
 	// Gadget the program belongs (belonged) to; nil when unowned.
 	Gadget *Gadget `json:"gadget,omitempty"`
+	// Runtime (nanoseconds) and Runcount are, on a release, the program's
+	// cumulative counters as of the last sweep that read it: what it ran
+	// between that sweep and the release is not counted (the kernel's
+	// release hooks cannot sum per-CPU stats where its BTF has no type
+	// tags). Zero on loads and for a program released before its first
+	// sweep. Its gadget's cumulative includes the same values.
+	Runtime  uint64 `json:"runtime,omitempty"`
+	Runcount uint64 `json:"runcount,omitempty"`
 	// KernelTime is the event source's kernel timestamp in nanoseconds.
 	KernelTime uint64    `json:"kernelTime"`
 	Time       time.Time `json:"time"`
