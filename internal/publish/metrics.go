@@ -251,6 +251,8 @@ type metricsCollector struct {
 	mapCount, mapMemory, runcount, runtime *prometheus.Desc
 
 	events, eventsLost, resyncs, sweeps  *prometheus.Desc
+	repairs, loadsGone, attribRejected   *prometheus.Desc
+	eventsDropped, snapshotsDropped      *prometheus.Desc
 	programs, gadgets, lastSweep, source *prometheus.Desc
 	natsConnected, natsErrors, buildInfo *prometheus.Desc
 }
@@ -269,10 +271,20 @@ func newMetricsCollector(m *Metrics) *metricsCollector {
 		runcount:  prometheus.NewDesc("runcount_total", "Number of times the eBPF program or Gadget has run", seed, scope),
 		runtime:   prometheus.NewDesc("runtime_total", "Time that the eBPF program or Gadget has run in nanoseconds", seed, scope),
 
-		events:        prometheus.NewDesc("tracker_events_total", "Program events applied to the inventory, by kind (load, release).", []string{"kind"}, nil),
-		eventsLost:    prometheus.NewDesc("tracker_events_lost_total", "Program events the event source reported as lost.", nil, nil),
-		resyncs:       prometheus.NewDesc("tracker_resyncs_total", "Full inventory resyncs from the kernel's program IDs.", nil, nil),
-		sweeps:        prometheus.NewDesc("tracker_sweeps_total", "Stats sweeps completed.", nil, nil),
+		events:     prometheus.NewDesc("tracker_events_total", "Program events applied to the inventory, by kind (load, release).", []string{"kind"}, nil),
+		eventsLost: prometheus.NewDesc("tracker_events_lost_total", "Program events the event source reported as lost.", nil, nil),
+		resyncs:    prometheus.NewDesc("tracker_resyncs_total", "Full inventory resyncs from the kernel's program IDs.", nil, nil),
+		sweeps:     prometheus.NewDesc("tracker_sweeps_total", "Stats sweeps completed.", nil, nil),
+		repairs: prometheus.NewDesc("tracker_inventory_repairs_total",
+			"Programs a sweep's audit found missing from the inventory (kind=added: a load event was lost or late) or still in it though gone from the kernel (kind=removed).", []string{"kind"}, nil),
+		loadsGone: prometheus.NewDesc("tracker_loads_gone_total",
+			"Load events of programs already released when applied: published with their release, never inserted.", nil, nil),
+		attribRejected: prometheus.NewDesc("tracker_attributions_rejected_total",
+			"Load events whose PID named a process started after the event (a reused PID): not attributed.", nil, nil),
+		eventsDropped: prometheus.NewDesc("tracker_events_dropped_total",
+			"Applied events not handed to the publishers because their queue was full (a slow NATS server); the inventory has them.", nil, nil),
+		snapshotsDropped: prometheus.NewDesc("tracker_snapshots_dropped_total",
+			"Interval snapshots replaced by a newer one before a slow publisher took them.", nil, nil),
 		programs:      prometheus.NewDesc("tracker_programs", "eBPF programs in the inventory, owned or not.", nil, nil),
 		gadgets:       prometheus.NewDesc("tracker_gadgets", "Gadgets in the inventory.", nil, nil),
 		lastSweep:     prometheus.NewDesc("tracker_last_sweep_timestamp_seconds", "Unix time of the latest sweep.", nil, nil),
@@ -288,6 +300,7 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.mapCount, c.mapMemory, c.runcount, c.runtime,
 		c.events, c.eventsLost, c.resyncs, c.sweeps,
+		c.repairs, c.loadsGone, c.attribRejected, c.eventsDropped, c.snapshotsDropped,
 		c.programs, c.gadgets, c.lastSweep, c.source,
 		c.natsConnected, c.natsErrors, c.buildInfo,
 	} {
@@ -321,6 +334,12 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.eventsLost, prometheus.CounterValue, float64(ctr.EventsLost))
 	ch <- prometheus.MustNewConstMetric(c.resyncs, prometheus.CounterValue, float64(ctr.Resyncs))
 	ch <- prometheus.MustNewConstMetric(c.sweeps, prometheus.CounterValue, float64(ctr.Sweeps))
+	ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(ctr.RepairsAdded), "added")
+	ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(ctr.RepairsRemoved), "removed")
+	ch <- prometheus.MustNewConstMetric(c.loadsGone, prometheus.CounterValue, float64(ctr.LoadsGone))
+	ch <- prometheus.MustNewConstMetric(c.attribRejected, prometheus.CounterValue, float64(ctr.AttributionsRejected))
+	ch <- prometheus.MustNewConstMetric(c.eventsDropped, prometheus.CounterValue, float64(ctr.EventsDropped))
+	ch <- prometheus.MustNewConstMetric(c.snapshotsDropped, prometheus.CounterValue, float64(ctr.SnapshotsDropped))
 	ch <- prometheus.MustNewConstMetric(c.programs, prometheus.GaugeValue, float64(st.programs))
 	ch <- prometheus.MustNewConstMetric(c.gadgets, prometheus.GaugeValue, float64(st.gadgets))
 	if !st.time.IsZero() {
