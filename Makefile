@@ -25,13 +25,15 @@ run: build
 ## test: everything: unit tests, host kernel tests (as root), the qemu kernel matrix.
 test: lint unittest installcheck vmtest
 
-## lint: go vet, staticcheck, and no production code that only tests reach.
+## lint: go vet, staticcheck, no file over 500 lines or function over 80, and no
+## production code that only tests reach.
 # deadcode starts from the commands; packages that exist for tests and the
 # generated bindings are left out of its report.
 DEADCODE_IGNORE := internal/testgadget/|internal/testutil/|metricstest/|_bpfel\.go:
 lint:
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	$(GO) run ./test/linelimits
 	@out=$$($(GO) tool deadcode ./cmd/... ./examples/... ./test/bench | grep -Ev '$(DEADCODE_IGNORE)' || true); \
 	if [ -n "$$out" ]; then echo "deadcode: production functions no command reaches:"; echo "$$out"; exit 1; fi
 
