@@ -38,16 +38,18 @@ struct tracker_event {
 	char name[16]; /* bpf_prog_aux.name */
 	__u8 tag[8];   /* bpf_prog.tag */
 	char comm[16]; /* current task */
+	__u64 leader_start; /* start_boottime of the current thread group's leader */
 };
 
 /* The offsets decodeFentryRecord reads. */
-_Static_assert(sizeof(struct tracker_event) == 88, "keep in sync with fentry.go");
+_Static_assert(sizeof(struct tracker_event) == 96, "keep in sync with fentry.go");
 _Static_assert(__builtin_offsetof(struct tracker_event, lost) == 16, "keep in sync with fentry.go");
 _Static_assert(__builtin_offsetof(struct tracker_event, kind) == 24, "keep in sync with fentry.go");
 _Static_assert(__builtin_offsetof(struct tracker_event, tid) == 40, "keep in sync with fentry.go");
 _Static_assert(__builtin_offsetof(struct tracker_event, name) == 48, "keep in sync with fentry.go");
 _Static_assert(__builtin_offsetof(struct tracker_event, tag) == 64, "keep in sync with fentry.go");
 _Static_assert(__builtin_offsetof(struct tracker_event, comm) == 72, "keep in sync with fentry.go");
+_Static_assert(__builtin_offsetof(struct tracker_event, leader_start) == 88, "keep in sync with fentry.go");
 
 /* 1 MiB holds about 10900 records. */
 struct {
@@ -67,6 +69,7 @@ static __always_inline void emit(struct bpf_prog *prog, __u32 id, __u32 kind)
 {
 	struct tracker_event *e;
 	struct bpf_prog_aux *aux;
+	struct task_struct *task;
 	__u64 *lost_count;
 	__u64 pid_tgid;
 	__u32 zero = 0;
@@ -100,6 +103,11 @@ static __always_inline void emit(struct bpf_prog *prog, __u32 id, __u32 kind)
 		__builtin_memset(&e->tag, 0, sizeof(e->tag));
 	if (bpf_get_current_comm(&e->comm, sizeof(e->comm)))
 		__builtin_memset(&e->comm, 0, sizeof(e->comm));
+	/* With the tgid it names one process instance: user space checks it
+	 * against /proc/<tgid>/stat, so a reused PID is never blamed. The
+	 * boot clock is the one /proc's start time counts in. */
+	task = (struct task_struct *)bpf_get_current_task();
+	e->leader_start = BPF_CORE_READ(task, group_leader, start_boottime);
 	bpf_ringbuf_submit(e, 0);
 }
 

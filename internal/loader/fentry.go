@@ -58,7 +58,7 @@ const fentryLostPollInterval = time.Second
 
 // fentryRecordSize is sizeof(struct tracker_event) of bpf/tracker.bpf.c;
 // decodeFentryRecord reads its fields (keep in sync).
-const fentryRecordSize = 88
+const fentryRecordSize = 96
 
 // fentrySource is the Source fed by fentry programs on the kernel's program
 // load and release paths.
@@ -425,6 +425,8 @@ func decodeFentryRecord(b []byte) (ProgramEvent, uint64, error) {
 		TID:        le.Uint32(b[40:]),
 		Name:       fentryCString(b[48:64]),
 		Comm:       fentryCString(b[72:88]),
+		// Nanoseconds on the boot clock; /proc counts start times in ticks.
+		LoaderStartTime: le.Uint64(b[88:]),
 	}
 	copy(ev.Tag[:], b[64:72])
 	if ev.Kind != EventLoad && ev.Kind != EventRelease {

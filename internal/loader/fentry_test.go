@@ -49,6 +49,7 @@ func TestFentryDecodeRecord(t *testing.T) {
 	copy(b[48:], "my_prog")
 	copy(b[64:], []byte{1, 2, 3, 4, 5, 6, 7, 8})
 	copy(b[72:], "0123456789abcdef") // comm without NUL: all 16 bytes
+	le.PutUint64(b[88:], 5_000_000_000)
 
 	ev, lost, err := decodeFentryRecord(b)
 	if err != nil {
@@ -58,6 +59,7 @@ func TestFentryDecodeRecord(t *testing.T) {
 		Kind: EventRelease, ProgramID: 99, Type: 17, Name: "my_prog",
 		Tag: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}, PID: 1000, TID: 1001,
 		Comm: "0123456789abcdef", CgroupID: 42, KernelTime: 123456789,
+		LoaderStartTime: 5_000_000_000,
 	}
 	if ev != want {
 		t.Errorf("decoded %+v, want %+v", ev, want)

@@ -51,6 +51,11 @@ type ProgramEvent struct {
 	// Comm is the task's command name, empty when unknown.
 	Comm     string
 	CgroupID uint64
+	// LoaderStartTime is when the thread group of PID started, in
+	// nanoseconds since boot (the boot clock, suspend included: what
+	// /proc/<pid>/stat's start time counts in ticks). With PID it names one
+	// process instance. Set by the fentry source; 0 when unknown.
+	LoaderStartTime uint64
 	// KernelTime is the kernel's CLOCK_MONOTONIC timestamp of the event in
 	// nanoseconds (for poll: when the walk noticed it).
 	KernelTime uint64

@@ -293,6 +293,19 @@ func TestVMFentryLoaderIdentity(t *testing.T) {
 	if want := truncate(filepath.Base(os.Args[0]), 15); ev.Comm != want {
 		t.Errorf("Comm = %q, want %q (the test binary)", ev.Comm, want)
 	}
+	k, err := NewKernel("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	self, err := k.ReadProcess(uint32(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same instant, in ns on the boot clock and in /proc's ticks.
+	if got := ev.LoaderStartTime / (1e9 / ClockTicksPerSecond); got != self.StartTime {
+		t.Errorf("LoaderStartTime %d ns is tick %d, want /proc's start time %d", ev.LoaderStartTime, got, self.StartTime)
+	}
 	if ev.Name != "trk_identity" || ev.Type != uint32(ebpf.SocketFilter) || ev.Tag != info.Tag {
 		t.Errorf("name/type/tag = %q/%d/%x, want %q/%d/%x",
 			ev.Name, ev.Type, ev.Tag, "trk_identity", ebpf.SocketFilter, info.Tag)

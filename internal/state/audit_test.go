@@ -257,6 +257,37 @@ func TestAttributionChecksStartTime(t *testing.T) {
 	}
 }
 
+// With the loader's start time in the event (fentry), the process at the
+// PID must be that very instance: an older or younger one is not blamed.
+func TestAttributionChecksLoaderStartTime(t *testing.T) {
+	const sec = uint64(1e9)
+	k := newFakeKernel()
+	k.procs[30] = loader.Process{PID: 30, StartTime: 100 * loader.ClockTicksPerSecond, Comm: "now", Exe: "/now"}
+	for id := uint32(1); id <= 3; id++ {
+		k.progs[id] = prog(id)
+	}
+	tr, _ := newTracker(t, k)
+	load := func(id uint32, start uint64) {
+		tr.applyEvent(loader.ProgramEvent{Kind: loader.EventLoad, ProgramID: id, Tag: tag(byte(id)), PID: 30,
+			KernelTime: 200 * sec, LoaderStartTime: start})
+	}
+	load(1, 100*sec+sec/1000) // the same instance: within its tick
+	load(2, 40*sec)           // an older process that had PID 30 and exited
+	load(3, 100*sec+sec/50)   // two ticks off: another instance
+	snap := sweep(t, tr)
+	if r := programRow(t, snap, 1); r.GadgetName != "now" {
+		t.Fatalf("program of the instance the event names is not owned by it: %+v", r)
+	}
+	for _, id := range []uint32{2, 3} {
+		if r := programRow(t, snap, id); r.GadgetID != "" {
+			t.Fatalf("program %d owned by a process the event does not name: %+v", id, r)
+		}
+	}
+	if tr.counters.AttributionsRejected != 2 {
+		t.Fatalf("rejected %d, want 2", tr.counters.AttributionsRejected)
+	}
+}
+
 // Kernel threads are recognised by their flag, not by an empty exe.
 func TestKernelThreadByFlag(t *testing.T) {
 	k := newFakeKernel()

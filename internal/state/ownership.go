@@ -46,11 +46,22 @@ func (t *Tracker) eventProcess(ev loader.ProgramEvent) (*loader.Process, bool) {
 	if err != nil {
 		return nil, false
 	}
-	if t.startedAfter(proc.StartTime, ev.KernelTime) {
+	if t.otherInstance(proc.StartTime, ev) {
 		t.counters.AttributionsRejected++
 		return nil, false
 	}
 	return proc, true
+}
+
+// otherInstance reports whether the process now at the event's PID,
+// started at startTicks, cannot be the one the event names: its start
+// time differs from the loader's start time the event carries (fentry),
+// or, without one, it started after the event.
+func (t *Tracker) otherInstance(startTicks uint64, ev loader.ProgramEvent) bool {
+	if ev.LoaderStartTime != 0 {
+		return ev.LoaderStartTime/tickNs != startTicks
+	}
+	return t.startedAfter(startTicks, ev.KernelTime)
 }
 
 // tickNs is one clock tick of /proc start times, in nanoseconds.
