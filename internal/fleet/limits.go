@@ -46,12 +46,14 @@ const (
 )
 
 // Stats count what the fleet view took, refused and cut since it started.
-// Every message is counted once, in Accepted or in one of the Rejected,
-// Stale or Dropped counters.
+// An interval message is counted in Accepted, or in one of the Rejected,
+// Stale or DroppedNodes counters; events are not counted.
 type Stats struct {
 	// Nodes is the number of nodes shown now.
 	Nodes int `json:"nodes"`
-	// Accepted counts the interval messages applied.
+	// Accepted counts the interval messages that passed the checks and
+	// the ordering (a gadget beyond MaxGadgetsPerNode is then also counted
+	// in DroppedGadgets).
 	Accepted uint64 `json:"accepted"`
 	// RejectedSubject counts messages on subjects (or keys) not of the
 	// form <prefix>.<node>.<token>, or with tokens over MaxTokenBytes.
