@@ -1,80 +1,203 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+	"github.com/rs/zerolog"
 
 	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/publish"
 )
 
+// checkReport prints the lines of "run --check" and remembers a failure.
+type checkReport struct {
+	out    io.Writer
+	failed bool
+}
+
+// line prints what passed (err nil) or failed.
+func (r *checkReport) line(what string, err error, okText string) {
+	if err != nil {
+		fmt.Fprintf(r.out, "%-14s FAIL %v\n", what, err)
+		r.failed = true
+		return
+	}
+	fmt.Fprintf(r.out, "%-14s ok   %s\n", what, okText)
+}
+
+// warn prints a problem that does not stop the tracker.
+func (r *checkReport) warn(what string, err error) {
+	fmt.Fprintf(r.out, "%-14s warn %v\n", what, err)
+}
+
 // runCheck validates what "tracker run" would need and prints one line per
-// check. It fails when the tracker could not run.
+// check. It fails when the tracker could not run: without privileges or
+// an event source, with a port in use, with unreadable credential or TLS
+// files, or with a NATS URL that does not answer or refuses the
+// credentials.
 func runCheck(out io.Writer, d *daemonFlags) error {
-	failed := false
-	line := func(what string, err error, okText string) {
-		switch {
-		case err == nil:
-			fmt.Fprintf(out, "%-14s ok   %s\n", what, okText)
-		default:
-			fmt.Fprintf(out, "%-14s FAIL %v\n", what, err)
-		}
-	}
-	privErr := loader.CheckPrivileges()
-	line("privileges", privErr, "CAP_SYS_ADMIN")
-	failed = failed || privErr != nil
-	if w := loader.AttributionWarning(); w != "" {
-		fmt.Fprintf(out, "%-14s warn %s\n", "attribution", w)
-	} else {
-		line("attribution", nil, "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
-	}
-
-	if err := loader.CheckBTF(); err != nil {
-		fmt.Fprintf(out, "%-14s warn %v (the fentry source needs it)\n", "btf", err)
-	} else {
-		line("btf", nil, "/sys/kernel/btf/vmlinux")
-	}
-
-	if privErr == nil {
-		stats, err := loader.EnableStats()
-		line("bpf stats", err, "BPF_ENABLE_STATS")
-		if err == nil {
-			stats.Close()
-		}
-		failed = failed || err != nil
-
-		chosen := checkSources(out, d)
-		switch want := d.common.source; {
-		case want == loader.SourceAuto && chosen != "":
-			fmt.Fprintf(out, "%-14s ok   auto would use %s\n", "--source", chosen)
-		case want == loader.SourceAuto:
-			line("--source", errors.New("no event source works"), "")
-			failed = true
-		default:
-			src, err := loader.OpenSource(want, loader.SourceOptions{PollInterval: d.common.interval})
-			if err == nil {
-				src.Close()
-			}
-			line("--source", err, want)
-			failed = failed || err != nil
-		}
-	}
-
-	if d.nats.url == "" {
-		line("nats", nil, "embedded server on "+d.natsListen)
-	} else {
-		line("nats", nil, d.nats.url)
-	}
+	r := &checkReport{out: out}
+	checkKernel(r, d)
+	r.line("subject", publish.ValidateSubjectPrefix(d.nats.prefix), d.nats.prefix+".<node>.<gadget>")
+	checkNATS(r, d)
 	if d.metricsAddr == "" {
-		line("metrics", nil, "disabled")
+		r.line("metrics", nil, "disabled")
 	} else {
-		line("metrics", nil, "http://"+d.metricsAddr+"/metrics")
+		r.line("metrics", checkListen(d.metricsAddr), "http://"+d.metricsAddr+"/metrics")
 	}
-	if failed {
+	if r.failed {
 		return errors.New("check failed")
 	}
 	fmt.Fprintln(out, "check passed")
 	return nil
+}
+
+// checkKernel checks the privileges, BPF stats and event sources.
+func checkKernel(r *checkReport, d *daemonFlags) {
+	privErr := loader.CheckPrivileges()
+	r.line("privileges", privErr, "CAP_SYS_ADMIN")
+	if w := loader.AttributionWarning(); w != "" {
+		fmt.Fprintf(r.out, "%-14s warn %s\n", "attribution", w)
+	} else {
+		r.line("attribution", nil, "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+	}
+	if err := loader.CheckBTF(); err != nil {
+		r.warn("btf", fmt.Errorf("%w (the fentry source needs it)", err))
+	} else {
+		r.line("btf", nil, "/sys/kernel/btf/vmlinux")
+	}
+	if privErr != nil {
+		return
+	}
+	stats, err := loader.EnableStats()
+	r.line("bpf stats", err, "BPF_ENABLE_STATS")
+	if err == nil {
+		stats.Close()
+	}
+	chosen := checkSources(r.out, d)
+	switch want := d.common.source; {
+	case want == loader.SourceAuto && chosen != "":
+		r.line("--source", nil, "auto would use "+chosen)
+	case want == loader.SourceAuto:
+		r.line("--source", errors.New("no event source works"), "")
+	default:
+		src, err := loader.OpenSource(want, loader.SourceOptions{PollInterval: d.common.interval})
+		if err == nil {
+			src.Close()
+		}
+		r.line("--source", err, want)
+	}
+}
+
+// checkNATS checks the credential and TLS files, then the embedded
+// server's port or the configured servers: reachable, and accepting the
+// credentials.
+func checkNATS(r *checkReport, d *daemonFlags) {
+	filesOK := true
+	for _, c := range natsFileChecks(&d.nats) {
+		err := c.check()
+		r.line(c.what, err, c.path)
+		filesOK = filesOK && err == nil
+	}
+	if d.nats.url == "" {
+		r.line("nats", checkListen(d.natsListen), "embedded server on "+d.natsListen)
+		return
+	}
+	if !filesOK {
+		r.line("nats", errors.New("not tried: fix the files above"), "")
+		return
+	}
+	opts := d.nats.conn(d.nats.url, "bpfstats-tracker-check", zerolog.Nop())
+	opts.FailFast = true
+	nc, err := publish.ConnectNATS(opts)
+	if err != nil {
+		r.line("nats", err, "")
+		return
+	}
+	url := nc.ConnectedUrlRedacted()
+	nc.Close()
+	r.line("nats", nil, "connected to "+url)
+}
+
+// natsFileCheck reads and parses one file a NATS flag names.
+type natsFileCheck struct {
+	what, path string
+	check      func() error
+}
+
+// natsFileChecks are the checks of the files n names.
+func natsFileChecks(n *natsFlags) []natsFileCheck {
+	var checks []natsFileCheck
+	add := func(what, path string, check func() error) {
+		if path != "" {
+			checks = append(checks, natsFileCheck{what, path, check})
+		}
+	}
+	add("--nats-creds", n.creds, func() error { return checkCreds(n.creds) })
+	add("--nats-nkey", n.nkey, func() error {
+		_, err := nats.NkeyOptionFromSeed(n.nkey)
+		return err
+	})
+	add("--nats-tls-ca", n.tlsCA, func() error { return checkCA(n.tlsCA) })
+	if n.tlsCert != "" || n.tlsKey != "" {
+		add("--nats-tls-cert", n.tlsCert+" "+n.tlsKey, func() error {
+			if n.tlsCert == "" || n.tlsKey == "" {
+				return errors.New("--nats-tls-cert and --nats-tls-key go together")
+			}
+			_, err := tls.LoadX509KeyPair(n.tlsCert, n.tlsKey)
+			return err
+		})
+	}
+	return checks
+}
+
+// checkCreds parses a .creds file: a user JWT and a user nkey seed.
+func checkCreds(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	token, err := nkeys.ParseDecoratedJWT(data)
+	if err != nil {
+		return err
+	}
+	if _, err := jwt.DecodeUserClaims(token); err != nil {
+		return fmt.Errorf("no user JWT in %s: %w", path, err)
+	}
+	if _, err := nkeys.ParseDecoratedUserNKey(data); err != nil {
+		return fmt.Errorf("no user nkey seed in %s: %w", path, err)
+	}
+	return nil
+}
+
+// checkCA reads a PEM file of at least one CA certificate.
+func checkCA(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(data) {
+		return fmt.Errorf("no PEM certificate in %s", path)
+	}
+	return nil
+}
+
+// checkListen tells whether addr can be listened on now.
+func checkListen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return ln.Close()
 }
 
 // checkSources opens and closes every registered event source, prints one

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -54,16 +56,38 @@ func (d *daemonFlags) validate() error {
 	if err := d.common.validate(); err != nil {
 		return err
 	}
-	if d.nats.url != "" {
-		if _, err := publish.ParseURLs(d.nats.url); err != nil {
-			return usageError{fmt.Errorf("--nats-url: %w", err)}
+	if err := d.nats.validate(); err != nil {
+		return err
+	}
+	if d.nats.url == "" {
+		if err := validateListen(d.natsListen); err != nil {
+			return usagef("--nats-listen %.100q: %v", d.natsListen, err)
 		}
-	} else if _, _, err := net.SplitHostPort(d.natsListen); err != nil {
-		return usagef("--nats-listen %q: want host:port: %v", d.natsListen, err)
 	}
 	if d.metricsAddr != "" {
-		if _, _, err := net.SplitHostPort(d.metricsAddr); err != nil {
-			return usagef("--metrics-addr %q: want host:port (or empty to disable): %v", d.metricsAddr, err)
+		if err := validateListen(d.metricsAddr); err != nil {
+			return usagef("--metrics-addr %.100q (empty disables): %v", d.metricsAddr, err)
+		}
+	}
+	return nil
+}
+
+// validateListen checks a listen address: host:port, the host empty (all
+// addresses), an IP or a host name, the port a number in 0-65535.
+func validateListen(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want host:port: %w", err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 || port != strconv.Itoa(n) {
+		return fmt.Errorf("port %.20q is not a number in 0-65535", port)
+	}
+	if host == "" || net.ParseIP(host) != nil {
+		return nil
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || len(label) > 63 || strings.Trim(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
+			return fmt.Errorf("host %.100q is not an IP address or host name", host)
 		}
 	}
 	return nil

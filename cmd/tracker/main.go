@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -41,10 +42,11 @@ func main() {
 	os.Exit(runMain())
 }
 
-// runMain runs the command line until it is done or SIGINT/SIGTERM, and
-// returns the exit code.
+// runMain runs the command line until it is done or SIGINT, SIGTERM or
+// SIGHUP (a closed terminal or a service manager's stop: the same clean
+// shutdown; there is no reload), and returns the exit code.
 func runMain() int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	return exitCode(run(ctx, os.Args[1:], os.Stdout, os.Stderr), os.Stderr)
 }
@@ -53,18 +55,19 @@ func exitCode(err error, stderr io.Writer) int {
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
-	fmt.Fprintln(stderr, "tracker:", err)
 	var ue usageError
 	if errors.As(err, &ue) {
+		// Bad input is one line, whatever a value held.
+		fmt.Fprintln(stderr, "tracker:", strings.ReplaceAll(err.Error(), "\n", `\n`))
 		return 2
 	}
+	fmt.Fprintln(stderr, "tracker:", err)
 	return 1
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, mainUsage)
-		return usagef("no command given")
+		return usagef(`no command given (run "tracker --help" for the commands)`)
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
@@ -81,6 +84,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, mainUsage)
 		return nil
 	}
-	fmt.Fprint(stderr, mainUsage)
-	return usagef("unknown command %q", cmd)
+	return usagef(`unknown command %.100q (run "tracker --help" for the commands)`, cmd)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 
 	"github.com/rs/zerolog"
 
@@ -27,6 +28,23 @@ func (n *natsFlags) register(fs *flag.FlagSet, urlHelp string) {
 	fs.StringVar(&n.tlsCert, "nats-tls-cert", "", "client certificate file for NATS TLS")
 	fs.StringVar(&n.tlsKey, "nats-tls-key", "", "client key file for NATS TLS")
 	fs.BoolVar(&n.kv, "kv", false, "keep each gadget's latest message in the JetStream key-value bucket \"bpfstats\"")
+}
+
+// validate checks the flags that need no network: the URLs and the
+// subject prefix.
+func (n *natsFlags) validate() error {
+	if n.url != "" {
+		if _, err := publish.ParseURLs(n.url); err != nil {
+			return usageError{fmt.Errorf("--nats-url: %w", err)}
+		}
+	}
+	if err := publish.ValidateSubjectPrefix(n.prefix); err != nil {
+		return usageError{fmt.Errorf("--subject-prefix: %w", err)}
+	}
+	if (n.tlsCert == "") != (n.tlsKey == "") {
+		return usagef("--nats-tls-cert and --nats-tls-key go together")
+	}
+	return nil
 }
 
 func (n *natsFlags) conn(url, name string, log zerolog.Logger) publish.ConnOptions {

@@ -48,8 +48,8 @@ func sourceUsage() string {
 }
 
 func (c *commonFlags) validate() error {
-	if c.interval <= 0 {
-		return usagef("--interval must be positive, got %v", c.interval)
+	if err := validateInterval(c.interval); err != nil {
+		return err
 	}
 	if !slices.Contains(loader.SourceNames(), c.source) {
 		return usagef("unknown --source %q: want one of %s", c.source, strings.Join(loader.SourceNames(), ", "))
@@ -57,8 +57,27 @@ func (c *commonFlags) validate() error {
 	if c.node == "" {
 		return usagef("--node must not be empty")
 	}
-	if _, err := zerolog.ParseLevel(c.logLevel); err != nil || c.logLevel == "" {
-		return usagef("unknown --log-level %q: want debug, info, warn or error", c.logLevel)
+	return validateLogLevel(c.logLevel)
+}
+
+// The bounds of --interval: below MinInterval the sweeps and messages
+// cost more than they tell; above MaxInterval the fleet view (and
+// fleet.MaxInterval) would take a node for a liar.
+const (
+	MinInterval = 100 * time.Millisecond
+	MaxInterval = time.Hour
+)
+
+func validateInterval(d time.Duration) error {
+	if d < MinInterval || d > MaxInterval {
+		return usagef("--interval must be between %v and %v, got %v", MinInterval, MaxInterval, d)
+	}
+	return nil
+}
+
+func validateLogLevel(level string) error {
+	if _, err := zerolog.ParseLevel(level); err != nil || level == "" {
+		return usagef("unknown --log-level %.100q: want debug, info, warn or error", level)
 	}
 	return nil
 }
@@ -78,10 +97,17 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if envErr != nil {
 		return envErr
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
+	// The flag package prints the usage after every error: bad input is
+	// one line (from exitCode) instead, and the usage only with -h.
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.Usage()
+		return err
+	}
+	if err != nil {
 		return usageError{err}
 	}
 	if fs.NArg() > 0 {

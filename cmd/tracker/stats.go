@@ -45,7 +45,7 @@ func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) er
 	case "table":
 		return func(s *state.Snapshot) error {
 			fmt.Fprintf(out, "# %s node=%s source=%s programs=%d gadgets=%d\n",
-				s.Time.UTC().Format("2006-01-02T15:04:05Z"), s.Node, s.Source, len(s.Programs), len(s.Gadgets))
+				s.Time.UTC().Format("2006-01-02T15:04:05Z"), publish.TableCell(s.Node), s.Source, len(s.Programs), len(s.Gadgets))
 			return publish.WriteTable(out, cols, rows(s))
 		}, nil
 	case "json":

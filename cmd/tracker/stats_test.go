@@ -6,9 +6,12 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
 )
 
@@ -111,5 +114,65 @@ func TestStatsJSONGolden(t *testing.T) {
 				t.Errorf("JSON differs from %s (run with -update to accept):\n--- got\n%s", path, got)
 			}
 		})
+	}
+}
+
+// Names a program owner chose print escaped and cut in tables; the JSON
+// keeps them whole.
+func TestStatsTableEscapesHostileNames(t *testing.T) {
+	hostile := "\x1b]0;owned\x07\x1b[2J\r\n\xff\u202e" + strings.Repeat("n", 300)
+	snap := goldenSnapshot()
+	snap.Node = "node\x1b[1m"
+	for _, rows := range [][]state.Row{snap.Programs, snap.Gadgets} {
+		for i := range rows {
+			r := &rows[i]
+			r.GadgetName, r.GadgetImage, r.ProgName, r.ProgType, r.Tag = hostile, hostile, hostile, hostile, hostile
+			r.Comms = []string{hostile}
+			r.Loader = &state.ProcessRef{Comm: hostile, Exe: hostile}
+		}
+	}
+	for _, all := range []bool{false, true} {
+		var out bytes.Buffer
+		o := outputFlags{output: "table", fields: "comms,pids,progType,tag"}
+		print, err := o.printer(&out, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := print(snap); err != nil {
+			t.Fatal(err)
+		}
+		text := out.String()
+		t.Logf("table:\n%s", text)
+		if strings.ContainsAny(text, "\x1b\x07\r\u202e") || !utf8.ValidString(text) {
+			t.Fatalf("raw control bytes in the table: %q", text)
+		}
+		lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+		want := 2 + len(snap.Gadgets)
+		if all {
+			want = 2 + len(snap.Programs)
+		}
+		if len(lines) != want {
+			t.Fatalf("%d lines, want %d: a newline in a name must not start a row", len(lines), want)
+		}
+		if !strings.Contains(lines[0], `node=node\x1b[1m`) || !strings.Contains(lines[2], `\x1b]0;owned\x07\x1b[2J\x0d\x0a\xff\u202e`) {
+			t.Fatalf("escapes missing:\n%s", text)
+		}
+		for _, l := range lines {
+			if n := utf8.RuneCountInString(l); n > 8*publish.MaxCellRunes {
+				t.Fatalf("line of %d runes", n)
+			}
+		}
+	}
+	var out bytes.Buffer
+	print, err := (&outputFlags{output: "json"}).printer(&out, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := print(snap); err != nil {
+		t.Fatal(err)
+	}
+	var rows []state.Row
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil || rows[0].ProgName != strings.ToValidUTF8(hostile, "\ufffd") {
+		t.Fatalf("JSON lost the name: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"path"
 	"strings"
 	"time"
 
@@ -30,8 +31,14 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *interval <= 0 {
-		return usagef("--interval must be positive, got %v", *interval)
+	if err := validateInterval(*interval); err != nil {
+		return err
+	}
+	if err := validateLogLevel(*logLevel); err != nil {
+		return err
+	}
+	if _, err := path.Match(*nodeGlob, ""); err != nil {
+		return usagef("--node %.100q is not a shell pattern: %v", *nodeGlob, err)
 	}
 	if *count < 0 {
 		return usagef("--count must be >= 0, got %d", *count)
@@ -42,8 +49,8 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := o.validate(); err != nil {
 		return err
 	}
-	if _, err := publish.ParseURLs(n.url); err != nil {
-		return usageError{err}
+	if err := n.validate(); err != nil {
+		return err
 	}
 	cols, err := publish.SelectColumns(strings.Split(o.fields, ","))
 	if err != nil {

@@ -81,7 +81,17 @@ func startJSON(t *testing.T, args ...string) *statsRun {
 		sc.Buffer(nil, 64<<20)
 		for sc.Scan() {
 			var sourced []sourcedRow
-			if err := json.Unmarshal(sc.Bytes(), &sourced); err != nil {
+			if bytes.HasPrefix(sc.Bytes(), []byte("{")) {
+				// A top print: counters and rows.
+				var p struct {
+					Rows []sourcedRow `json:"rows"`
+				}
+				if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
+					t.Errorf("output line is not a fleet print: %v: %q", err, sc.Text())
+					continue
+				}
+				sourced = p.Rows
+			} else if err := json.Unmarshal(sc.Bytes(), &sourced); err != nil {
 				t.Errorf("output line is not a JSON array of rows: %v: %q", err, sc.Text())
 				continue
 			}
@@ -378,41 +388,80 @@ func runChild(t *testing.T, wrapper []string, args ...string) (int, string) {
 	return cmd.ProcessState.ExitCode(), stderr.String()
 }
 
+// Every bad flag or value exits 2 with exactly one "tracker: ..." line on
+// stderr: no usage dump.
 func TestBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
-		code int
 		msg  string
 	}{
-		{[]string{"stats", "--bogus"}, 2, "flag provided but not defined"},
-		{[]string{"stats", "--interval", "0s"}, 2, "--interval must be positive"},
-		{[]string{"stats", "--interval", "-1s"}, 2, "--interval must be positive"},
-		{[]string{"stats", "--source", "kprobe"}, 2, `unknown --source "kprobe"`},
-		{[]string{"stats", "-o", "yaml"}, 2, `unknown output format`},
-		{[]string{"stats", "--fields", "nope"}, 2, `unknown field "nope"`},
-		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{[]string{}, 2, "no command given"},
+		{[]string{"stats", "--bogus"}, "flag provided but not defined"},
+		{[]string{"stats", "--interval", "0s"}, "--interval must be between 100ms and 1h0m0s"},
+		{[]string{"stats", "--interval", "-1s"}, "--interval must be between"},
+		{[]string{"stats", "--interval", "50ms"}, "--interval must be between"},
+		{[]string{"stats", "--interval", "2h"}, "--interval must be between"},
+		{[]string{"stats", "--interval", "soon"}, `invalid value "soon" for flag -interval`},
+		{[]string{"stats", "--source", "kprobe"}, `unknown --source "kprobe"`},
+		{[]string{"stats", "-o", "yaml"}, `unknown output format`},
+		{[]string{"stats", "--fields", "nope"}, `unknown field "nope"`},
+		{[]string{"stats", "--log-level", "bogus"}, `unknown --log-level "bogus"`},
+		{[]string{"stats", "extra"}, `unexpected argument "extra"`},
+		{[]string{"run", "--nats-listen", "nope"}, "--nats-listen"},
+		{[]string{"run", "--nats-listen", "127.0.0.1:99999"}, "not a number in 0-65535"},
+		{[]string{"run", "--nats-listen", "127.0.0.1:http"}, "not a number in 0-65535"},
+		{[]string{"run", "--nats-listen", "bad host!:4222"}, "not an IP address or host name"},
+		{[]string{"run", "--nats-listen", "127.0.0.1:"}, "not a number"},
+		{[]string{"run", "--metrics-addr", "2224"}, "--metrics-addr"},
+		{[]string{"run", "--subject-prefix", "a.>"}, "--subject-prefix"},
+		{[]string{"run", "--subject-prefix", "a..b"}, "--subject-prefix"},
+		{[]string{"run", "--subject-prefix", "a\nb"}, "--subject-prefix"},
+		{[]string{"run", "--nats-url", "http://127.0.0.1:4222"}, "--nats-url"},
+		{[]string{"run", "--nats-tls-cert", "/etc/hostname"}, "go together"},
+		{[]string{"top", "--node", "["}, `--node "[" is not a shell pattern`},
+		{[]string{"top", "--log-level", "bogus"}, `unknown --log-level "bogus"`},
+		{[]string{"top", "--interval", "10ms"}, "--interval must be between"},
+		{[]string{"top", "--subject-prefix", "*"}, "--subject-prefix"},
+		{[]string{"top", "--nats-url", "ftp://x"}, "--nats-url"},
+		{[]string{"top", "--by", "gadget"}, `unknown --by "gadget"`},
+		{[]string{"top", "--count", "-1"}, "--count must be >= 0"},
+		{[]string{"top", "-o", "yaml"}, "unknown output format"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{}, "no command given"},
 	} {
 		code, stderr := runChild(t, nil, tc.args...)
-		if code != tc.code || !strings.Contains(stderr, tc.msg) {
-			t.Errorf("tracker %v: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.msg)
+		if code != 2 || !strings.Contains(stderr, tc.msg) {
+			t.Errorf("tracker %q: exit %d, stderr %q; want exit 2 and %q", tc.args, code, stderr, tc.msg)
 		}
-		// The error is one line (help text aside, which flag errors print).
-		if !strings.Contains(stderr, "tracker: ") {
-			t.Errorf("tracker %v: no 'tracker: ' error line in %q", tc.args, stderr)
+		if !strings.HasPrefix(stderr, "tracker: ") || strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
+			t.Errorf("tracker %q: stderr is not one 'tracker: ' line: %q", tc.args, stderr)
 		}
+	}
+}
+
+// Usage only on request, and then with exit 0.
+func TestHelpOnRequest(t *testing.T) {
+	for _, args := range [][]string{{"stats", "-h"}, {"run", "--help"}, {"top", "-h"}} {
+		var stderr bytes.Buffer
+		err := run(context.Background(), args, io.Discard, &stderr)
+		if code := exitCode(err, io.Discard); code != 0 || !strings.HasPrefix(stderr.String(), "Usage: tracker "+args[0]) {
+			t.Errorf("tracker %v: exit %d, stderr %.200q", args, code, stderr.String())
+		}
+	}
+	var stdout bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &stdout, io.Discard); err != nil || !strings.Contains(stdout.String(), "Commands:") {
+		t.Errorf("tracker --help: %v %q", err, stdout.String())
 	}
 }
 
 func TestEnvironmentSetsFlags(t *testing.T) {
 	t.Setenv("TRACKER_INTERVAL", "0s")
 	code, stderr := runChild(t, nil, "stats")
-	if code != 2 || !strings.Contains(stderr, "--interval must be positive") {
+	if code != 2 || !strings.Contains(stderr, "--interval must be between") {
 		t.Fatalf("TRACKER_INTERVAL=0s: exit %d %q", code, stderr)
 	}
 	// Flags win over the environment.
 	t.Setenv("TRACKER_SOURCE", "nope")
-	code, stderr = runChild(t, nil, "stats", "--source", "poll", "--interval", "50ms", "--count", "1", "-o", "json")
+	code, stderr = runChild(t, nil, "stats", "--source", "poll", "--interval", "100ms", "--count", "1", "-o", "json")
 	if code != 0 {
 		t.Fatalf("flags must override TRACKER_*: exit %d %q", code, stderr)
 	}
@@ -486,9 +535,10 @@ func startDaemon(t *testing.T, ready string, args ...string) (*exec.Cmd, *testut
 	return cmd, stderr
 }
 
-// SIGTERM and SIGINT stop the daemon cleanly: exit 0, everything detached.
+// SIGTERM, SIGINT and SIGHUP stop the daemon cleanly: exit 0, everything
+// detached.
 func TestRunStopsOnSignal(t *testing.T) {
-	for _, sig := range []os.Signal{unix.SIGTERM, unix.SIGINT} {
+	for _, sig := range []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP} {
 		cmd, stderr := startDaemon(t, "GADGETID", daemonTestArgs(t, "--print", "--interval", "100ms")...)
 		if err := cmd.Process.Signal(sig); err != nil {
 			t.Fatal(err)
@@ -508,23 +558,20 @@ func TestRunStopsOnSignal(t *testing.T) {
 
 func TestRunCheck(t *testing.T) {
 	requireRoot(t)
-	var out bytes.Buffer
-	err := run(context.Background(), []string{"run", "--check", "--metrics-addr", ""}, &out, io.Discard)
-	if err != nil {
-		t.Fatalf("run --check: %v\n%s", err, out.String())
+	code, report := runCheckArgs(t)
+	if code != 0 {
+		t.Fatalf("run --check: exit %d\n%s", code, report)
 	}
-	for _, want := range []string{"privileges     ok", "bpf stats      ok", "auto would use", "check passed"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("--check report lacks %q:\n%s", want, out.String())
+	for _, want := range []string{"privileges     ok", "bpf stats      ok", "auto would use", "subject        ok", "check passed"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("--check report lacks %q:\n%s", want, report)
 		}
 	}
 	// A forced source that cannot work fails the check.
 	if err := loader.CheckBTF(); err == nil {
 		if src, ferr := loader.OpenSource(loader.SourceFentry, loader.SourceOptions{}); ferr != nil {
-			out.Reset()
-			err := run(context.Background(), []string{"run", "--check", "--source", "fentry"}, &out, io.Discard)
-			if code := exitCode(err, io.Discard); code != 1 {
-				t.Errorf("--check --source fentry where fentry is refused: exit %d\n%s", code, out.String())
+			if code, report := runCheckArgs(t, "--source", "fentry"); code != 1 {
+				t.Errorf("--check --source fentry where fentry is refused: exit %d\n%s", code, report)
 			}
 		} else {
 			src.Close()

@@ -1,7 +1,9 @@
 // Package fleet reads the trackers' NATS messages into the latest state of every node: the "tracker top" view.
 //
 // It consumes what internal/publish sends: it reads NATS and publishes
-// nothing.
+// nothing. It trusts subjects, not bodies: a message's node and kind come
+// from its subject, its order from the publisher's (instance, seq), its
+// expiry from the consumer's own clock; see the limits in limits.go.
 package fleet
 
 import (
@@ -10,10 +12,13 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/bpfstats/tracker/internal/publish"
+	"github.com/bpfstats/tracker/internal/state"
 )
 
 // ExpiryIntervals is how many of its intervals a node may stay silent
@@ -25,153 +30,336 @@ const ExpiryIntervals = 3
 // use.
 type Fleet struct {
 	now             func() time.Time
+	prefix          string
 	defaultInterval time.Duration
 
 	mu    sync.Mutex
 	nodes map[string]*node
-	// invalid counts the messages Ingest rejected.
-	invalid uint64
+	// expired remembers where the nodes dropped for silence were, so that
+	// a replayed message cannot bring one back: up to MaxNodes, the
+	// oldest forgotten first (in expiredOrder).
+	expired      map[string]position
+	expiredOrder []string
+	// programs counts the program rows held by all nodes.
+	programs int
+	stats    Stats
+}
+
+// position is where a publisher was: its instance and seq, and its past
+// instances.
+type position struct {
+	instance string
+	seq      uint64
+	retired  []string
 }
 
 type node struct {
-	// lastSeen is when a message of the node last arrived.
+	// lastSeen is when a message of the node was last accepted, by the
+	// consumer's clock.
 	lastSeen time.Time
-	// interval is the node's publishing interval.
+	// interval is the node's publishing interval, within MinInterval and
+	// MaxInterval.
 	interval time.Duration
-	// latest is the newest snapshot time seen; older messages are stale.
-	latest  time.Time
-	info    *publish.NodeMessage
-	gadgets map[string]*publish.GadgetMessage
-	unowned *publish.UnownedMessage
+	// position is the publisher's newest instance and seq.
+	position
+	info *publish.NodeMessage
+	// gadgets are keyed by the subject's gadget token.
+	gadgets map[string]*slot
+	unowned *slot
 }
 
-// New returns an empty fleet. defaultInterval is assumed for nodes whose
-// messages carry neither interval nor elapsed time; now is time.Now when
-// nil.
-func New(defaultInterval time.Duration, now func() time.Time) *Fleet {
+// New returns an empty fleet of the trackers publishing under prefix
+// (publish.DefaultSubjectPrefix when empty). defaultInterval is assumed
+// for nodes whose messages carry neither interval nor elapsed time; now
+// is time.Now when nil.
+func New(prefix string, defaultInterval time.Duration, now func() time.Time) *Fleet {
 	if now == nil {
 		now = time.Now
+	}
+	if prefix == "" {
+		prefix = publish.DefaultSubjectPrefix
 	}
 	if defaultInterval <= 0 {
 		defaultInterval = 2 * time.Second
 	}
-	return &Fleet{now: now, defaultInterval: defaultInterval, nodes: make(map[string]*node)}
+	return &Fleet{now: now, prefix: prefix, defaultInterval: boundInterval(defaultInterval), nodes: make(map[string]*node), expired: make(map[string]position)}
 }
 
-// Ingest applies one message as received now. Event messages only mark
-// their node alive. Messages of another schema are an error.
-func (f *Fleet) Ingest(data []byte) error {
-	return f.ingestAt(data, f.now())
-}
-
-func (f *Fleet) ingestAt(data []byte, seen time.Time) error {
-	m, err := decode(data)
+// Stats returns the fleet's counters.
+func (f *Fleet) Stats() Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err != nil {
-		f.invalid++
-		return fmt.Errorf("decoding fleet message: %w", err)
-	}
-	n, ok := f.nodes[m.node]
+	s := f.stats
+	s.Nodes = len(f.nodes)
+	return s
+}
+
+// Ingest applies one message received now on subject
+// <prefix>.<node>.<token>. Event messages are ignored; a message the
+// fleet refuses is counted in Stats and returned as an error.
+func (f *Fleet) Ingest(subject string, data []byte) error {
+	rest, ok := strings.CutPrefix(subject, f.prefix+".")
 	if !ok {
-		n = &node{gadgets: make(map[string]*publish.GadgetMessage)}
-		f.nodes[m.node] = n
+		f.mu.Lock()
+		f.stats.RejectedSubject++
+		f.mu.Unlock()
+		return fmt.Errorf("subject %.300q not under %s", subject, f.prefix)
 	}
+	return f.ingestAt(rest, data, f.now())
+}
+
+// ingestAt applies the message of key <node>.<token>[.p<N>] (a subject
+// without its prefix, or a key-value key) as received at seen.
+func (f *Fleet) ingestAt(key string, data []byte, seen time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	nodeName, token, err := splitKey(key)
+	if err != nil {
+		f.stats.RejectedSubject++
+		return err
+	}
+	if token == publish.TokenEvents {
+		return nil
+	}
+	m, err := decode(token, data)
+	if err != nil {
+		f.stats.RejectedDecode++
+		return fmt.Errorf("decoding message of %.300q: %w", key, err)
+	}
+	if err := f.checkHeader(m.header); err != nil {
+		return fmt.Errorf("message of %.300q: %w", key, err)
+	}
+	n, err := f.nodeFor(nodeName, m.header)
+	if err != nil {
+		return err
+	}
+	if n == nil || !f.order(n, m.header) {
+		f.stats.Stale++
+		return fmt.Errorf("message of %.300q: stale (instance %.130q seq %d)", key, m.header.Instance, m.header.Seq)
+	}
+	f.stats.Accepted++
 	if seen.After(n.lastSeen) {
 		n.lastSeen = seen
 	}
-	if m.header != nil {
-		n.apply(m)
-	}
-	return nil
+	n.setInterval(m.header)
+	return f.apply(n, token, m)
 }
 
-// message is one decoded message of a node. Interval messages set header
-// and exactly one of gadget, unowned and info; an event sets none.
+// splitKey splits <node>.<token>[.p<N>] and checks the tokens.
+func splitKey(key string) (nodeName, token string, err error) {
+	toks := strings.Split(key, ".")
+	if len(toks) == 3 {
+		if n, err := strconv.Atoi(strings.TrimPrefix(toks[2], "p")); err != nil || n < 1 || !strings.HasPrefix(toks[2], "p") {
+			return "", "", fmt.Errorf("subject %.300q: want <prefix>.<node>.<token>", key)
+		}
+		toks = toks[:2]
+	}
+	if len(toks) != 2 || toks[0] == "" || toks[1] == "" {
+		return "", "", fmt.Errorf("subject %.300q: want <prefix>.<node>.<token>", key)
+	}
+	if len(toks[0]) > MaxTokenBytes || len(toks[1]) > MaxTokenBytes {
+		return "", "", fmt.Errorf("subject %.300q: token over %d bytes", key, MaxTokenBytes)
+	}
+	return toks[0], toks[1], nil
+}
+
+// message is one decoded interval message: header and exactly one of
+// gadget, unowned and info.
 type message struct {
-	node    string
 	header  *publish.Header
 	gadget  *publish.GadgetMessage
 	unowned *publish.UnownedMessage
 	info    *publish.NodeMessage
 }
 
-// decode checks a message's schema and node and decodes it by its type.
-func decode(data []byte) (message, error) {
-	var probe struct {
-		Schema string `json:"schema"`
-		Type   string `json:"type"`
-		Node   string `json:"node"`
-	}
-	if err := json.Unmarshal(data, &probe); err != nil {
-		return message{}, err
-	}
-	if probe.Schema != publish.SchemaVersion {
-		return message{}, fmt.Errorf("schema %q, want %q", probe.Schema, publish.SchemaVersion)
-	}
-	if probe.Node == "" {
-		return message{}, errors.New("no node")
-	}
-	m := message{node: probe.Node}
+// decode decodes data as the kind of message its subject token names and
+// checks its schema and type.
+func decode(token string, data []byte) (message, error) {
+	var m message
 	var v any
-	switch probe.Type {
-	case publish.TypeGadget:
-		m.gadget = new(publish.GadgetMessage)
-		m.header, v = &m.gadget.Header, m.gadget
-	case publish.TypeUnowned:
-		m.unowned = new(publish.UnownedMessage)
-		m.header, v = &m.unowned.Header, m.unowned
-	case publish.TypeNode:
+	var want string
+	switch token {
+	case publish.TokenNode:
 		m.info = new(publish.NodeMessage)
-		m.header, v = &m.info.Header, m.info
-	case publish.TypeEvent:
-		return m, nil
+		m.header, v, want = &m.info.Header, m.info, publish.TypeNode
+	case publish.TokenUnowned:
+		m.unowned = new(publish.UnownedMessage)
+		m.header, v, want = &m.unowned.Header, m.unowned, publish.TypeUnowned
 	default:
-		return message{}, fmt.Errorf("unknown message type %q", probe.Type)
+		m.gadget = new(publish.GadgetMessage)
+		m.header, v, want = &m.gadget.Header, m.gadget, publish.TypeGadget
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return message{}, err
 	}
+	h := m.header
+	switch {
+	case h.Schema != publish.SchemaVersion:
+		return message{}, fmt.Errorf("schema %.100q, want %q", h.Schema, publish.SchemaVersion)
+	case h.Type != want:
+		return message{}, fmt.Errorf("type %.100q on a %s subject", h.Type, want)
+	case len(h.Instance) > MaxLabelBytes:
+		return message{}, fmt.Errorf("instance over %d bytes", MaxLabelBytes)
+	}
 	return m, nil
 }
 
-// apply takes an interval message into the node's state unless it is
-// older than what the node shows.
-func (n *node) apply(m message) {
-	h := m.header
-	if h.Interval > 0 {
-		n.interval = h.Interval
-	} else if h.Elapsed > 0 {
-		n.interval = h.Elapsed
+// checkHeader rejects, and counts, a message from the future, with an
+// absurd interval or with impossible parts.
+func (f *Fleet) checkHeader(h *publish.Header) error {
+	if limit := f.now().Add(MaxClockSkew); h.Time.After(limit) {
+		f.stats.RejectedTime++
+		return fmt.Errorf("time %s is beyond now + %v", h.Time.Format(time.RFC3339), MaxClockSkew)
 	}
-	if h.Time.Before(n.latest) {
-		// Older than what is shown (a key-value entry read after a live
-		// message, or a late message): drop it.
-		return
+	if h.Interval != 0 && (h.Interval < MinInterval || h.Interval > MaxInterval) {
+		f.stats.RejectedInterval++
+		return fmt.Errorf("interval %d ns outside [%v, %v]", int64(h.Interval), MinInterval, MaxInterval)
 	}
-	n.latest = h.Time
-	switch {
-	case m.gadget != nil:
-		n.gadgets[m.gadget.Gadget.ID] = m.gadget
-	case m.unowned != nil:
-		n.unowned = m.unowned
-	case m.info != nil:
-		// The node message closes an interval: gadgets not published in
-		// it have ended.
-		n.info = m.info
-		for id, g := range n.gadgets {
-			if g.Seq != m.info.Seq {
-				delete(n.gadgets, id)
+	if h.Parts == 0 && h.Part <= 1 {
+		// A publisher without parts.
+		h.Part, h.Parts = 1, 1
+	}
+	if h.Parts < 1 || h.Parts > MaxParts || h.Part < 1 || h.Part > h.Parts {
+		f.stats.RejectedPart++
+		return fmt.Errorf("part %d of %d (at most %d parts)", h.Part, h.Parts, MaxParts)
+	}
+	return nil
+}
+
+// nodeFor returns the node named name, made for h when new unless the
+// fleet has MaxNodes already. It returns nil for a message older than the
+// position of a node that expired.
+func (f *Fleet) nodeFor(name string, h *publish.Header) (*node, error) {
+	if n, ok := f.nodes[name]; ok {
+		return n, nil
+	}
+	if len(f.nodes) >= MaxNodes {
+		f.stats.DroppedNodes++
+		return nil, fmt.Errorf("node %.300q dropped: the view has %d nodes already", name, MaxNodes)
+	}
+	n := &node{position: position{instance: h.Instance, seq: h.Seq}, gadgets: make(map[string]*slot)}
+	if pos, ok := f.expired[name]; ok {
+		n.position = pos
+		if !f.order(n, h) {
+			return nil, nil
+		}
+		delete(f.expired, name)
+	}
+	f.nodes[name] = n
+	return n, nil
+}
+
+// rememberExpired keeps the position of an expired node, forgetting the
+// oldest beyond MaxNodes.
+func (f *Fleet) rememberExpired(name string, pos position) {
+	f.expired[name] = pos
+	f.expiredOrder = append(f.expiredOrder, name)
+	for len(f.expired) > MaxNodes {
+		delete(f.expired, f.expiredOrder[0])
+		f.expiredOrder = f.expiredOrder[1:]
+	}
+	if len(f.expiredOrder) > 2*MaxNodes {
+		// Names that came back are still listed: keep those remembered.
+		kept := f.expiredOrder[:0]
+		for _, name := range f.expiredOrder {
+			if _, ok := f.expired[name]; ok {
+				kept = append(kept, name)
 			}
 		}
-		if n.unowned != nil && n.unowned.Seq != m.info.Seq {
-			n.unowned = nil
-		}
+		f.expiredOrder = slices.Clip(kept)
 	}
 }
 
-// Expire drops the nodes silent for more than ExpiryIntervals of their
-// intervals and returns their names.
+// order reports whether h is current for n: of its instance and not of an
+// older interval, or of a new instance, whose state replaces the old
+// one's. Times are never compared: publishers' clocks are not trusted.
+func (f *Fleet) order(n *node, h *publish.Header) bool {
+	switch {
+	case h.Instance == n.instance:
+		if h.Seq < n.seq {
+			return false
+		}
+		n.seq = h.Seq
+		return true
+	case slices.Contains(n.retired, h.Instance):
+		return false
+	}
+	// The tracker restarted: its old state is gone.
+	n.retired = append(n.retired, n.instance)
+	if len(n.retired) > retiredInstances {
+		n.retired = slices.Delete(n.retired, 0, 1)
+	}
+	n.instance, n.seq = h.Instance, h.Seq
+	for token, s := range n.gadgets {
+		f.dropSlot(s)
+		delete(n.gadgets, token)
+	}
+	if n.unowned != nil {
+		f.dropSlot(n.unowned)
+		n.unowned = nil
+	}
+	n.info = nil
+	return true
+}
+
+// setInterval takes the node's interval from h: its interval, else its
+// elapsed time, bounded.
+func (n *node) setInterval(h *publish.Header) {
+	switch {
+	case h.Interval > 0:
+		n.interval = h.Interval
+	case h.Elapsed > 0:
+		n.interval = boundInterval(h.Elapsed)
+	}
+}
+
+// apply takes an accepted message into the node's state.
+func (f *Fleet) apply(n *node, token string, m message) error {
+	h := m.header
+	switch {
+	case m.gadget != nil:
+		s, ok := n.gadgets[token]
+		if !ok {
+			if len(n.gadgets) >= MaxGadgetsPerNode {
+				f.stats.DroppedGadgets++
+				return errors.New("gadget dropped: the node has too many")
+			}
+			s = new(slot)
+			n.gadgets[token] = s
+		}
+		g := m.gadget
+		f.stats.capIdentity(&g.Gadget)
+		f.stats.capProcess(&g.Owner)
+		f.addPart(s, h, g.Gadget, g.Owner, g.Totals, g.Programs)
+	case m.unowned != nil:
+		if n.unowned == nil {
+			n.unowned = new(slot)
+		}
+		f.addPart(n.unowned, h, publish.GadgetIdentity{}, state.ProcessRef{}, m.unowned.Totals, m.unowned.Programs)
+	case m.info != nil:
+		f.stats.capNode(m.info)
+		n.info = m.info
+		f.closeInterval(n, h.Seq)
+	}
+	return nil
+}
+
+// closeInterval ends interval seq on the node message, which the tracker
+// publishes after the interval's other messages: gadgets not published in
+// it have ended, and parts still missing are lost.
+func (f *Fleet) closeInterval(n *node, seq uint64) {
+	for token, s := range n.gadgets {
+		if !f.closeSlot(s, seq) {
+			delete(n.gadgets, token)
+		}
+	}
+	if n.unowned != nil && !f.closeSlot(n.unowned, seq) {
+		n.unowned = nil
+	}
+}
+
+// Expire drops the nodes silent, by the consumer's clock, for more than
+// ExpiryIntervals of their bounded intervals, and returns their names.
 func (f *Fleet) Expire() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -183,7 +371,15 @@ func (f *Fleet) Expire() []string {
 			iv = f.defaultInterval
 		}
 		if now.Sub(n.lastSeen) > ExpiryIntervals*iv {
+			for _, s := range n.gadgets {
+				f.dropSlot(s)
+			}
+			if n.unowned != nil {
+				f.dropSlot(n.unowned)
+			}
 			delete(f.nodes, name)
+			f.rememberExpired(name, n.position)
+			f.stats.ExpiredNodes++
 			gone = append(gone, name)
 		}
 	}

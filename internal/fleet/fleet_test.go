@@ -27,25 +27,42 @@ type fleetGadget struct {
 	programs  []uint32
 }
 
-// interval encodes one interval of a node as a tracker publishes it.
-func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed time.Duration, gadgets []fleetGadget, unowned []uint32) [][]byte {
+// msg is one message as received: its subject and body.
+type msg struct {
+	subject string
+	data    []byte
+}
+
+// encode makes the message of v on bpfstats.<node>.<token>.
+func encode(t *testing.T, node, token string, v any) msg {
 	t.Helper()
-	h := publish.Header{Schema: publish.SchemaVersion, Node: node, Seq: seq, Time: at, Elapsed: elapsed, Interval: iv}
-	var out [][]byte
-	add := func(v any) {
-		data, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, data)
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return msg{subject: "bpfstats." + node + "." + token, data: data}
+}
+
+// interval encodes one interval of a node, of instance "i1", as a tracker
+// publishes it.
+func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed time.Duration, gadgets []fleetGadget, unowned []uint32) []msg {
+	t.Helper()
+	h := publish.Header{Schema: publish.SchemaVersion, Node: node, Seq: seq, Time: at, Elapsed: elapsed, Interval: iv, Instance: "i1"}
+	return instanceInterval(t, h, gadgets, unowned)
+}
+
+// instanceInterval encodes one interval with the header h.
+func instanceInterval(t *testing.T, h publish.Header, gadgets []fleetGadget, unowned []uint32) []msg {
+	t.Helper()
+	var out []msg
+	add := func(token string, v any) { out = append(out, encode(t, h.Node, token, v)) }
 	for _, g := range gadgets {
 		h.Type = publish.TypeGadget
 		m := publish.GadgetMessage{
 			Header: h,
-			Gadget:         publish.GadgetIdentity{ID: g.id, Name: "name-" + g.id, Image: g.image},
-			Owner:          state.ProcessRef{PID: 100, Comm: "owner"},
-			Totals:         publish.MessageTotals{Runtime: g.runtime, Runcount: 10, MapMemory: 1000, MapCount: 2, ProgramCount: len(g.programs), CPUPercent: 0.25},
+			Gadget: publish.GadgetIdentity{ID: g.id, Name: "name-" + g.id, Image: g.image},
+			Owner:  state.ProcessRef{PID: 100, Comm: "owner"},
+			Totals: publish.MessageTotals{Runtime: g.runtime, Runcount: 10, MapMemory: 1000, MapCount: 2, ProgramCount: len(g.programs), CPUPercent: 0.25},
 		}
 		for _, id := range g.programs {
 			m.Programs = append(m.Programs, state.Row{
@@ -53,23 +70,23 @@ func interval(t *testing.T, node string, seq uint64, at time.Time, iv, elapsed t
 				PIDs: []uint32{100, 200}, Comms: []string{"owner", "holder"},
 			})
 		}
-		add(m)
+		add(g.id, m)
 	}
 	h.Type = publish.TypeUnowned
 	u := publish.UnownedMessage{Header: h, Totals: publish.MessageTotals{ProgramCount: len(unowned), MapMemory: 5}}
 	for _, id := range unowned {
 		u.Programs = append(u.Programs, state.Row{ProgID: id})
 	}
-	add(u)
+	add(publish.TokenUnowned, u)
 	h.Type = publish.TypeNode
-	add(publish.NodeMessage{Header: h, Version: "test"})
+	add(publish.TokenNode, publish.NodeMessage{Header: h, Version: "test"})
 	return out
 }
 
-func ingestAll(t *testing.T, f *Fleet, msgs [][]byte) {
+func ingestAll(t *testing.T, f *Fleet, msgs []msg) {
 	t.Helper()
 	for _, m := range msgs {
-		if err := f.Ingest(m); err != nil {
+		if err := f.Ingest(m.subject, m.data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -85,7 +102,7 @@ func gadgetIDs(rows []state.Row) []string {
 
 func TestFleetDropsSilentNodeAfterThreeIntervals(t *testing.T) {
 	clock := &fakeClock{t: testTime}
-	f := New(time.Second, clock.now)
+	f := New("", time.Second, clock.now)
 	g := []fleetGadget{{id: "g1", image: "img"}}
 	ingestAll(t, f, interval(t, "fast", 1, testTime, time.Second, 0, g, nil))
 	ingestAll(t, f, interval(t, "slow", 1, testTime, 10*time.Second, 0, g, nil))
@@ -119,7 +136,7 @@ func TestFleetDropsSilentNodeAfterThreeIntervals(t *testing.T) {
 }
 
 func TestFleetEndedGadgetsAndStaleMessages(t *testing.T) {
-	f := New(time.Second, nil)
+	f := New("", time.Second, nil)
 	t1 := testTime
 	ingestAll(t, f, interval(t, "n", 1, t1, time.Second, 0,
 		[]fleetGadget{{id: "g1", runtime: 1}, {id: "g2", runtime: 1}}, []uint32{5}))
@@ -134,13 +151,18 @@ func TestFleetEndedGadgetsAndStaleMessages(t *testing.T) {
 		t.Fatalf("rows after g2 ended %v", got)
 	}
 	// The first interval arriving late (a key-value entry) changes nothing.
-	ingestAll(t, f, interval(t, "n", 1, t1, time.Second, 0, []fleetGadget{{id: "g1", runtime: 1}, {id: "g3"}}, nil))
+	for _, m := range interval(t, "n", 1, t1, time.Second, 0, []fleetGadget{{id: "g1", runtime: 1}, {id: "g3"}}, nil) {
+		if err := f.Ingest(m.subject, m.data); err == nil || !strings.Contains(err.Error(), "stale") {
+			t.Fatalf("late message %s: error %v, want stale", m.subject, err)
+		}
+	}
 	rows := f.GadgetRows("")
 	if got := gadgetIDs(rows); !reflect.DeepEqual(got, []string{"n/g1"}) || rows[0].Runtime != 2 {
 		t.Fatalf("stale interval applied: %+v", rows)
 	}
-	// A restarted tracker counts from 1 again, with newer times.
-	ingestAll(t, f, interval(t, "n", 1, t2.Add(time.Second), time.Second, 0, []fleetGadget{{id: "g4"}}, nil))
+	// A restarted tracker counts from 1 again, as a new instance.
+	h := publish.Header{Schema: publish.SchemaVersion, Node: "n", Seq: 1, Time: t1, Interval: time.Second, Instance: "i2"}
+	ingestAll(t, f, instanceInterval(t, h, []fleetGadget{{id: "g4"}}, nil))
 	if got := gadgetIDs(f.GadgetRows("")); !reflect.DeepEqual(got, []string{"n/g4"}) {
 		t.Fatalf("rows after restart %v", got)
 	}
@@ -149,17 +171,17 @@ func TestFleetEndedGadgetsAndStaleMessages(t *testing.T) {
 	}
 
 	for _, bad := range []string{`{"schema":"bpfstats/v2","type":"gadget","node":"n"}`, `not json`, `{"schema":"bpfstats/v1","type":"x","node":"n"}`} {
-		if err := f.Ingest([]byte(bad)); err == nil {
+		if err := f.Ingest("bpfstats.n.g5", []byte(bad)); err == nil {
 			t.Errorf("accepted %s", bad)
 		}
 	}
-	if f.invalid != 3 {
-		t.Errorf("%d messages counted invalid, want 3", f.invalid)
+	if s := f.Stats(); s.RejectedDecode != 3 || s.Stale != 4 || s.Nodes != 1 {
+		t.Errorf("stats %+v, want 3 rejected for decoding, 1 stale", s)
 	}
 }
 
 func TestFleetViews(t *testing.T) {
-	f := New(time.Second, nil)
+	f := New("", time.Second, nil)
 	open := func(id string, progs ...uint32) fleetGadget {
 		return fleetGadget{id: id, image: "trace_open:latest", runtime: 100, programs: progs}
 	}
@@ -207,7 +229,11 @@ func TestFleetViews(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(table.String()), "\n")
-	if len(lines) != 3 || !reflect.DeepEqual(strings.Fields(lines[0])[:4], []string{"NODENAME", "GADGETID", "GADGETNAME", "GADGETIMAGE"}) ||
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "# ") || !strings.Contains(lines[0], " nodes=3 accepted=10 rejected=0 ") {
+		t.Fatalf("table:\n%s", table.String())
+	}
+	lines = lines[1:]
+	if !reflect.DeepEqual(strings.Fields(lines[0])[:4], []string{"NODENAME", "GADGETID", "GADGETNAME", "GADGETIMAGE"}) ||
 		!strings.HasPrefix(lines[1], "web-1") || !strings.HasPrefix(lines[2], "web-2") {
 		t.Errorf("table:\n%s", table.String())
 	}
@@ -216,8 +242,9 @@ func TestFleetViews(t *testing.T) {
 	if err := f.Render(&js, Options{By: "image", JSON: true}); err != nil {
 		t.Fatal(err)
 	}
-	var decoded []ImageRow
-	if strings.Count(js.String(), "\n") != 1 || json.Unmarshal(js.Bytes(), &decoded) != nil || len(decoded) != 2 {
+	var decoded Print[ImageRow]
+	if strings.Count(js.String(), "\n") != 1 || json.Unmarshal(js.Bytes(), &decoded) != nil || len(decoded.Rows) != 2 ||
+		decoded.Fleet.Nodes != 3 || decoded.Fleet.Accepted != 10 {
 		t.Errorf("JSON print %q", js.String())
 	}
 	var byImage bytes.Buffer
@@ -236,9 +263,9 @@ func TestFleetViews(t *testing.T) {
 // Comms are distinct names, not one per pid: the fleet row takes the
 // union of its programs' lists.
 func TestFleetGadgetRowComms(t *testing.T) {
-	g := &publish.GadgetMessage{Programs: []state.Row{
-		{PIDs: []uint32{300, 100}, Comms: []string{"a", "b"}},
-		{PIDs: []uint32{200}, Comms: []string{"b"}},
+	g := &programSet{parts: [][]state.Row{
+		{{PIDs: []uint32{300, 100}, Comms: []string{"a", "b"}}},
+		{{PIDs: []uint32{200}, Comms: []string{"b"}}},
 	}}
 	r := gadgetRow("n", g)
 	if !slices.Equal(r.PIDs, []uint32{100, 200, 300}) || !slices.Equal(r.Comms, []string{"a", "b"}) {

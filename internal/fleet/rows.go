@@ -17,8 +17,10 @@ func (f *Fleet) GadgetRows(glob string) []state.Row {
 	for _, name := range f.matching(glob) {
 		n := f.nodes[name]
 		start := len(rows)
-		for _, g := range n.gadgets {
-			rows = append(rows, gadgetRow(name, g))
+		for _, s := range n.gadgets {
+			if s.shown != nil {
+				rows = append(rows, gadgetRow(name, s.shown))
+			}
 		}
 		slices.SortFunc(rows[start:], func(a, b state.Row) int {
 			return cmp.Or(cmp.Compare(a.GadgetName, b.GadgetName), cmp.Compare(a.GadgetID, b.GadgetID))
@@ -27,29 +29,32 @@ func (f *Fleet) GadgetRows(glob string) []state.Row {
 	return rows
 }
 
-func gadgetRow(node string, g *publish.GadgetMessage) state.Row {
-	owner := g.Owner
+func gadgetRow(node string, g *programSet) state.Row {
+	owner := g.owner
 	r := state.Row{
 		NodeName:    node,
-		GadgetID:    g.Gadget.ID,
-		GadgetName:  g.Gadget.Name,
-		GadgetImage: g.Gadget.Image,
-		Totals:      state.Totals(g.Totals),
+		GadgetID:    g.identity.ID,
+		GadgetName:  g.identity.Name,
+		GadgetImage: g.identity.Image,
+		Totals:      state.Totals(g.totals),
 		Loader:      &owner,
 		PIDs:        []uint32{},
 		Comms:       []string{},
 	}
 	// A row's comms are the distinct names of its pids, not one per pid:
-	// take the union of both lists, as the tracker does.
-	for _, p := range g.Programs {
-		for _, pid := range p.PIDs {
-			if !slices.Contains(r.PIDs, pid) {
-				r.PIDs = append(r.PIDs, pid)
+	// take the union of both lists, as the tracker does, each up to
+	// MaxListEntries.
+	for _, part := range g.parts {
+		for _, p := range part {
+			for _, pid := range p.PIDs {
+				if len(r.PIDs) < MaxListEntries && !slices.Contains(r.PIDs, pid) {
+					r.PIDs = append(r.PIDs, pid)
+				}
 			}
-		}
-		for _, c := range p.Comms {
-			if !slices.Contains(r.Comms, c) {
-				r.Comms = append(r.Comms, c)
+			for _, c := range p.Comms {
+				if len(r.Comms) < MaxListEntries && !slices.Contains(r.Comms, c) {
+					r.Comms = append(r.Comms, c)
+				}
 			}
 		}
 	}
@@ -66,16 +71,12 @@ func (f *Fleet) ProgramRows(glob string) []state.Row {
 	for _, name := range f.matching(glob) {
 		n := f.nodes[name]
 		start := len(rows)
-		for _, g := range n.gadgets {
-			for _, p := range g.Programs {
-				p.NodeName = name
-				rows = append(rows, p)
-			}
-		}
-		if n.unowned != nil {
-			for _, p := range n.unowned.Programs {
-				p.NodeName = name
-				rows = append(rows, p)
+		for _, s := range n.slots() {
+			for _, part := range s.shown.parts {
+				for _, p := range part {
+					p.NodeName = name
+					rows = append(rows, p)
+				}
 			}
 		}
 		slices.SortFunc(rows[start:], func(a, b state.Row) int { return cmp.Compare(a.ProgID, b.ProgID) })
@@ -120,11 +121,13 @@ func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 	}
 	for _, name := range f.matching(glob) {
 		n := f.nodes[name]
-		for _, g := range n.gadgets {
-			add(g.Gadget.Image, name, g.Totals, 1)
+		for _, s := range n.gadgets {
+			if g := s.shown; g != nil {
+				add(g.identity.Image, name, g.totals, 1)
+			}
 		}
-		if unowned && n.unowned != nil && len(n.unowned.Programs) > 0 {
-			add("", name, n.unowned.Totals, 0)
+		if u := n.unowned; unowned && u != nil && u.shown != nil && u.shown.rows > 0 {
+			add("", name, u.shown.totals, 0)
 		}
 	}
 	rows := make([]ImageRow, 0, len(byImage))
@@ -135,4 +138,19 @@ func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 	}
 	slices.SortFunc(rows, func(a, b ImageRow) int { return cmp.Compare(a.GadgetImage, b.GadgetImage) })
 	return rows
+}
+
+// slots returns the node's gadgets and its unowned programs that have a
+// shown interval.
+func (n *node) slots() []*slot {
+	out := make([]*slot, 0, len(n.gadgets)+1)
+	for _, s := range n.gadgets {
+		if s.shown != nil {
+			out = append(out, s)
+		}
+	}
+	if n.unowned != nil && n.unowned.shown != nil {
+		out = append(out, n.unowned)
+	}
+	return out
 }

@@ -11,7 +11,9 @@ import (
 )
 
 // LoadKV reads every entry of the key-value bucket into the fleet, each as
-// seen when it was written.
+// seen when the server stored it (or now, if that is later). The keys,
+// <node>.<token> and <node>.<token>.p<N> for the parts after the first,
+// stand in for subjects.
 func (f *Fleet) LoadKV(ctx context.Context, nc *nats.Conn, bucket string) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -35,7 +37,11 @@ func (f *Fleet) LoadKV(ctx context.Context, nc *nats.Conn, bucket string) error 
 				return nil
 			}
 			// A bad entry does not hide the others; the fleet counts it.
-			_ = f.ingestAt(e.Value(), e.Created())
+			seen := f.now()
+			if c := e.Created(); c.Before(seen) {
+				seen = c
+			}
+			_ = f.ingestAt(e.Key(), e.Value(), seen)
 		case <-ctx.Done():
 			return fmt.Errorf("reading key-value bucket %s: %w", bucket, ctx.Err())
 		}
@@ -52,10 +58,10 @@ func Run(ctx context.Context, nc *nats.Conn, opts Options, out io.Writer) error 
 		return err
 	}
 	log := opts.Logger
-	f := New(opts.Interval, opts.Now)
+	f := New(opts.SubjectPrefix, opts.Interval, opts.Now)
 	subject := opts.SubjectPrefix + ".>"
 	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
-		if err := f.Ingest(m.Data); err != nil {
+		if err := f.Ingest(m.Subject, m.Data); err != nil {
 			log.Debug().Err(err).Str("subject", m.Subject).Msg("ignoring message")
 		}
 	})

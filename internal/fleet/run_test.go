@@ -99,9 +99,11 @@ func TestClusterFleet(t *testing.T) {
 				}
 			}
 		case line := <-out:
-			if err := json.Unmarshal(line, &last); err != nil {
+			var p Print[state.Row]
+			if err := json.Unmarshal(line, &p); err != nil {
 				t.Fatalf("Run printed %q: %v", line, err)
 			}
+			last = p.Rows
 			var got []string
 			for _, r := range last {
 				if r.GadgetID != "gadget-"+r.NodeName || r.ProgID != 0 || r.Runcount != 166165 {
@@ -166,12 +168,15 @@ func TestRunReadsKVFirst(t *testing.T) {
 		if err := Run(ctx, nc, Options{KV: true, JSON: true, Count: 1, Interval: time.Hour}, &out); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
-		var rows []state.Row
-		if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+		var p Print[state.Row]
+		if err := json.Unmarshal(out.Bytes(), &p); err != nil {
 			t.Fatalf("top output %q: %v", out.String(), err)
 		}
+		if p.Fleet.Rejected() != 0 || p.Fleet.Stale != 0 {
+			t.Errorf("a tracker's own messages were refused: %+v", p.Fleet)
+		}
 		var got []string
-		for _, r := range rows {
+		for _, r := range p.Rows {
 			got = append(got, r.NodeName+"/"+r.GadgetID)
 		}
 		return got

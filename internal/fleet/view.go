@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
@@ -70,19 +71,27 @@ func (o *Options) setDefaults() error {
 	return nil
 }
 
-// Render writes the view opts selects: the table of publish.WriteTable
-// with a NODENAME first column, or one JSON array on one line.
+// Print is one print of "tracker top -o json", one JSON object per line:
+// the fleet's counters, then the rows (state.Row, or ImageRow with --by
+// image).
+type Print[R any] struct {
+	// Time is the consumer's clock at the print.
+	Time  time.Time `json:"time"`
+	Fleet Stats     `json:"fleet"`
+	Rows  []R       `json:"rows"`
+}
+
+// Render writes the view opts selects: a "#" line of the fleet's counters
+// then the table of publish.WriteTable with a NODENAME first column, or
+// one JSON Print on one line.
 func (f *Fleet) Render(w io.Writer, opts Options) error {
+	stats, now := f.Stats(), f.now().UTC()
 	if opts.By == "image" {
 		rows := f.ImageRows(opts.NodeGlob, opts.All)
 		if opts.JSON {
-			data, err := json.Marshal(rows)
-			if err != nil {
-				return fmt.Errorf("encoding fleet rows: %w", err)
-			}
-			_, err = w.Write(append(data, '\n'))
-			return err
+			return writePrint(w, Print[ImageRow]{Time: now, Fleet: stats, Rows: rows})
 		}
+		writeStatsLine(w, now, stats)
 		return writeImageTable(w, rows)
 	}
 	var rows []state.Row
@@ -92,18 +101,39 @@ func (f *Fleet) Render(w io.Writer, opts Options) error {
 		rows = f.GadgetRows(opts.NodeGlob)
 	}
 	if opts.JSON {
-		return publish.WriteJSON(w, rows)
+		return writePrint(w, Print[state.Row]{Time: now, Fleet: stats, Rows: rows})
 	}
 	cols, err := fleetColumns(opts.Columns)
 	if err != nil {
 		return err
 	}
+	writeStatsLine(w, now, stats)
 	if err := publish.WriteTable(w, cols, rows); err != nil {
 		return err
 	}
 	// A blank line between prints.
 	_, err = io.WriteString(w, "\n")
 	return err
+}
+
+func writePrint[R any](w io.Writer, p Print[R]) error {
+	if p.Rows == nil {
+		p.Rows = []R{}
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encoding fleet rows: %w", err)
+	}
+	_, err = w.Write(append(data, '\n'))
+	return err
+}
+
+// writeStatsLine writes the "#" line heading a table: the time, the nodes
+// shown and what the view refused or cut since it started.
+func writeStatsLine(w io.Writer, now time.Time, s Stats) {
+	fmt.Fprintf(w, "# %s nodes=%d accepted=%d rejected=%d stale=%d dropped=%d capped=%d incomplete=%d expired=%d\n",
+		now.Format("2006-01-02T15:04:05Z"), s.Nodes, s.Accepted, s.Rejected(), s.Stale, s.Dropped(),
+		s.CappedLabels+s.CappedLists, s.IncompleteIntervals, s.ExpiredNodes)
 }
 
 // fleetColumns puts the nodeName column first, before cols or the default
@@ -134,7 +164,7 @@ func writeImageTable(w io.Writer, rows []ImageRow) error {
 	header := []string{"GADGETIMAGE", "NODES", "GADGETS", "PROGRAMS", "RUNTIME", "RUNCOUNT", "MAPMEMORY", "MAPCOUNT", "CPUPERCENT"}
 	cells := [][]string{header}
 	for _, r := range rows {
-		image := r.GadgetImage
+		image := publish.TableCell(r.GadgetImage)
 		if image == "" {
 			image = "(unowned)"
 		}
@@ -148,13 +178,13 @@ func writeImageTable(w io.Writer, rows []ImageRow) error {
 	width := make([]int, len(header))
 	for _, line := range cells {
 		for j, v := range line {
-			width[j] = max(width[j], len(v))
+			width[j] = max(width[j], utf8.RuneCountInString(v))
 		}
 	}
 	var b strings.Builder
 	for _, line := range cells {
 		for j, v := range line {
-			pad := strings.Repeat(" ", width[j]-len(v))
+			pad := strings.Repeat(" ", width[j]-utf8.RuneCountInString(v))
 			if j == 0 {
 				b.WriteString(v + pad)
 			} else {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/bpfstats/tracker/internal/state"
 )
@@ -82,7 +84,9 @@ func SelectColumns(extra []string) ([]Column, error) {
 }
 
 // WriteTable writes rows as a table with upper-case headers, numbers
-// aligned right as in the seed's output.
+// aligned right as in the seed's output. Every cell goes through
+// TableCell: names a program owner or a NATS publisher chose cannot put
+// terminal escapes on the screen or widen the table past MaxCellRunes.
 func WriteTable(w io.Writer, cols []Column, rows []state.Row) error {
 	cells := make([][]string, len(rows)+1)
 	width := make([]int, len(cols))
@@ -94,15 +98,15 @@ func WriteTable(w io.Writer, cols []Column, rows []state.Row) error {
 	for i := range rows {
 		cells[i+1] = make([]string, len(cols))
 		for j, c := range cols {
-			v := c.value(&rows[i])
+			v := TableCell(c.value(&rows[i]))
 			cells[i+1][j] = v
-			width[j] = max(width[j], len(v))
+			width[j] = max(width[j], utf8.RuneCountInString(v))
 		}
 	}
 	var b strings.Builder
 	for _, line := range cells {
 		for j, v := range line {
-			pad := strings.Repeat(" ", width[j]-len(v))
+			pad := strings.Repeat(" ", width[j]-utf8.RuneCountInString(v))
 			switch {
 			case cols[j].Right:
 				b.WriteString(pad + v)
@@ -147,4 +151,62 @@ func ColumnHelp() string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// MaxCellRunes is the widest a table cell gets: longer values are cut to
+// MaxCellRunes-1 runes and an ellipsis. JSON output keeps whole values.
+const MaxCellRunes = 64
+
+// TableCell makes v safe to print in a table cell: control characters,
+// other non-printable runes (bidi overrides, zero-width marks) and invalid
+// UTF-8 become visible escapes (\x1b, \u202e, \xff), a backslash becomes
+// \\ so that an escape is never ambiguous, and the result is cut to
+// MaxCellRunes runes, the last one "…".
+func TableCell(v string) string {
+	clean := true
+	for _, r := range v {
+		if r == utf8.RuneError || r == '\\' || !unicode.IsPrint(r) {
+			clean = false
+			break
+		}
+	}
+	if clean && utf8.RuneCountInString(v) <= MaxCellRunes {
+		return v
+	}
+	var b strings.Builder
+	// cut is b's length when it last held at most MaxCellRunes-1 runes:
+	// where an over-long cell ends before its ellipsis.
+	cut, runes := 0, 0
+	for i := 0; i < len(v); {
+		unit, size := cellUnit(v[i:])
+		i += size
+		runes += utf8.RuneCountInString(unit)
+		if runes > MaxCellRunes {
+			return b.String()[:cut] + "…"
+		}
+		b.WriteString(unit)
+		if runes <= MaxCellRunes-1 {
+			cut = b.Len()
+		}
+	}
+	return b.String()
+}
+
+// cellUnit returns the first rune of v as TableCell prints it and the
+// number of bytes it took.
+func cellUnit(v string) (string, int) {
+	r, size := utf8.DecodeRuneInString(v)
+	switch {
+	case r == utf8.RuneError && size <= 1:
+		return fmt.Sprintf("\\x%02x", v[0]), 1
+	case r == '\\':
+		return "\\\\", size
+	case unicode.IsPrint(r):
+		return v[:size], size
+	case r < 0x80:
+		return fmt.Sprintf("\\x%02x", r), size
+	case r <= 0xffff:
+		return fmt.Sprintf("\\u%04x", r), size
+	}
+	return fmt.Sprintf("\\U%08x", r), size
 }

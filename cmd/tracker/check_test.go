@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+
+	"github.com/bpfstats/tracker/internal/testutil"
+)
+
+// runCheckArgs runs "tracker run --check" in-process with the test's free
+// ports and args, and returns the exit code and report.
+func runCheckArgs(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(context.Background(), append([]string{"run", "--check"}, daemonTestArgs(t, args...)...), &out, io.Discard)
+	return exitCode(err, io.Discard), out.String()
+}
+
+// validCreds writes a .creds file of a fresh user and returns its path.
+func validCreds(t *testing.T) string {
+	t.Helper()
+	account, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := user.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := jwt.NewUserClaims(pub).Encode(account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := user.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := jwt.FormatUserConfig(token, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "user.creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// "run --check" fails exactly where "run" would: ports in use, files that
+// do not parse, a NATS URL that does not answer or refuses the password.
+func TestRunCheckFailsWhereRunWould(t *testing.T) {
+	requireRoot(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { taken.Close() })
+	garbage := filepath.Join(t.TempDir(), "garbage")
+	if err := os.WriteFile(garbage, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := testutil.StartNATS(t, &server.Options{Username: "tracker", Password: "right"})
+	url := srv.ClientURL()
+
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 0, "check passed"},
+		{[]string{"--metrics-addr", taken.Addr().String()}, 1, "metrics        FAIL"},
+		// daemonTestArgs' own --nats-listen comes first: this one wins.
+		{[]string{"--nats-listen", taken.Addr().String()}, 1, "nats           FAIL"},
+		{[]string{"--nats-creds", garbage}, 1, "--nats-creds   FAIL"},
+		{[]string{"--nats-creds", filepath.Join(t.TempDir(), "missing")}, 1, "--nats-creds   FAIL"},
+		{[]string{"--nats-creds", validCreds(t)}, 0, "--nats-creds   ok"},
+		{[]string{"--nats-nkey", garbage}, 1, "--nats-nkey    FAIL"},
+		{[]string{"--nats-tls-ca", garbage}, 1, "--nats-tls-ca  FAIL"},
+		{[]string{"--nats-tls-cert", garbage, "--nats-tls-key", garbage}, 1, "--nats-tls-cert FAIL"},
+		{[]string{"--nats-url", "nats://" + testutil.FreeAddr(t)}, 1, "nats           FAIL"},
+		{[]string{"--nats-url", url, "--nats-user", "tracker", "--nats-password", "wrong"}, 1, "credentials rejected"},
+		{[]string{"--nats-url", url, "--nats-user", "tracker", "--nats-password", "right"}, 0, "nats           ok   connected to"},
+	} {
+		code, report := runCheckArgs(t, tc.args...)
+		if code != tc.code || !strings.Contains(report, tc.want) {
+			t.Errorf("run --check %v: exit %d, want %d and %q in:\n%s", tc.args, code, tc.code, tc.want, report)
+		}
+		if tc.code == 1 && strings.Contains(report, "check passed") {
+			t.Errorf("run --check %v: failed but says passed:\n%s", tc.args, report)
+		}
+	}
+}
