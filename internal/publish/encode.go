@@ -38,53 +38,55 @@ func (s *NATSSink) newIntervalEncoder(n int, limit int64) *intervalEncoder {
 	return &intervalEncoder{s: s, limit: int(min(limit, 1<<30)), msgs: make([]outMsg, 0, n)}
 }
 
-// add encodes v, a message without program rows, for token (a reserved
-// token or a gadget ID).
-func (e *intervalEncoder) add(token string, v any) error {
+// add encodes v, a message without program rows, for the subject token
+// tok (a reserved token or a gadget's token).
+func (e *intervalEncoder) add(tok string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("encoding %s message: %w", token, err)
+		return fmt.Errorf("encoding %s message: %w", tok, err)
 	}
 	if len(data) > e.limit {
 		e.dropped++
-		return fmt.Errorf("%s message of %d bytes exceeds the server's max_payload of %d", token, len(data), e.limit)
+		return fmt.Errorf("%s message of %d bytes exceeds the server's max_payload of %d", tok, len(data), e.limit)
 	}
-	e.push(token, 1, data)
+	e.push(tok, 1, data)
 	return nil
 }
 
-// push appends data to the sink's buffer as the message of token's part.
-func (e *intervalEncoder) push(token string, part int, data []byte) {
+// push appends data to the sink's buffer as the message of part of the
+// subject token tok.
+func (e *intervalEncoder) push(tok string, part int, data []byte) {
 	buf := &e.s.encBuf
 	start := buf.Len()
 	buf.Write(data)
 	end := buf.Len()
 	e.msgs = append(e.msgs, outMsg{
-		subject: e.s.Subject(token),
-		key:     kvKey(e.s.node, token, part),
+		subject: e.s.tokenSubject(tok),
+		key:     kvKey(e.s.node, tok, part),
 		data:    buf.Bytes()[start:end:end],
 	})
 }
 
 // addRows encodes msg, a GadgetMessage or UnownedMessage whose Header is
-// h and whose Programs are empty, with rows as its programs: in as many
+// h and whose Programs are empty, with rows as its programs, for the
+// subject token tok: in as many
 // parts as it takes to keep every message within limit. Every part is the
 // same message (same seq, same totals) with its share of the rows, in
 // order. A row that cannot fit even alone is dropped and counted.
-func (e *intervalEncoder) addRows(token string, h *Header, msg any, rows []state.Row) error {
+func (e *intervalEncoder) addRows(tok string, h *Header, msg any, rows []state.Row) error {
 	// The widest envelope: Part and Parts never exceed one per row plus one.
 	h.Part, h.Parts = len(rows)+1, len(rows)+1
 	env, err := envelope(msg)
 	if err != nil {
-		return fmt.Errorf("encoding %s message: %w", token, err)
+		return fmt.Errorf("encoding %s message: %w", tok, err)
 	}
 	room := e.limit - len(env)
 	if room < 0 {
 		e.dropped++
-		return fmt.Errorf("%s message of %d bytes without programs exceeds the server's max_payload of %d", token, len(env), e.limit)
+		return fmt.Errorf("%s message of %d bytes without programs exceeds the server's max_payload of %d", tok, len(env), e.limit)
 	}
 	if err := e.encodeRows(rows); err != nil {
-		return fmt.Errorf("encoding %s program rows: %w", token, err)
+		return fmt.Errorf("encoding %s program rows: %w", tok, err)
 	}
 	parts := e.packRows(room)
 	rowBytes := e.s.rowBuf.Bytes()
@@ -93,7 +95,7 @@ func (e *intervalEncoder) addRows(token string, h *Header, msg any, rows []state
 		h.Part = i + 1
 		env, err := envelope(msg)
 		if err != nil {
-			return fmt.Errorf("encoding %s message: %w", token, err)
+			return fmt.Errorf("encoding %s message: %w", tok, err)
 		}
 		buf := &e.s.partBuf
 		buf.Reset()
@@ -105,7 +107,7 @@ func (e *intervalEncoder) addRows(token string, h *Header, msg any, rows []state
 			buf.Write(rowBytes[e.rowStart(j):e.rowEnds[j]])
 		}
 		buf.WriteString("]}")
-		e.push(token, h.Part, buf.Bytes())
+		e.push(tok, h.Part, buf.Bytes())
 	}
 	return nil
 }

@@ -74,16 +74,8 @@ func (s *NATSSink) openKV(ctx context.Context, c *sinkConn) (jetstream.KeyValue,
 }
 
 // kvKey is the key-value key of part of the message on
-// <prefix>.<node>.<token>: <node>.<gadget token>, <node>._unowned or
-// <node>._node, with ".p<part>" appended for part 2 on. Node and gadget
-// tokens hold only [A-Za-z0-9_-], which keys allow.
-func kvKey(node, token string, part int) string {
-	key := node + "."
-	switch token {
-	case TokenUnowned, TokenNode:
-		key += token
-	default:
-		key += gadgetToken(token)
-	}
-	return key + partKey(part)
+// <prefix>.<node>.<tok>: <node>.<tok>, with ".p<part>" appended for part 2
+// on. Node and subject tokens hold only [A-Za-z0-9_-], which keys allow.
+func kvKey(node, tok string, part int) string {
+	return node + "." + tok + partKey(part)
 }

@@ -158,8 +158,12 @@ func TestNATSNodeToken(t *testing.T) {
 			t.Errorf("gadgetToken(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if got := kvKey("n", "a.b", 3); got != "n."+hashToken("a.b")+".p3" {
-		t.Errorf("kvKey = %q", got)
+	sink := &NATSSink{node: "n", prefix: "p"}
+	if got := sink.GadgetSubject("_node"); got != "p.n.g_node" {
+		t.Errorf("GadgetSubject(_node) = %q", got)
+	}
+	if got := sink.Subject(TokenNode); got != "p.n._node" {
+		t.Errorf("Subject(TokenNode) = %q", got)
 	}
 }
 

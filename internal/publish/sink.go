@@ -174,16 +174,27 @@ func (s *NATSSink) Instance() string { return s.instance }
 // Node returns the node's subject token.
 func (s *NATSSink) Node() string { return s.node }
 
-// Subject returns <prefix>.<node>.<token>, where token is a gadget ID
-// (made a token with its hash when it cannot be one) or one of the
-// reserved tokens.
+// Subject returns <prefix>.<node>.<token> for one of the reserved tokens
+// (TokenUnowned, TokenEvents, TokenNode); any other token is taken for a
+// gadget ID, see GadgetSubject.
 func (s *NATSSink) Subject(token string) string {
 	switch token {
 	case TokenUnowned, TokenEvents, TokenNode:
-	default:
-		token = gadgetToken(token)
+		return s.tokenSubject(token)
 	}
-	return s.prefix + "." + s.node + "." + token
+	return s.GadgetSubject(token)
+}
+
+// GadgetSubject returns the subject of the gadget with ID id: the ID is
+// the last token when it is plain, else its hash (see NodeToken); an ID
+// that looks like a reserved token gets a 'g' in front.
+func (s *NATSSink) GadgetSubject(id string) string {
+	return s.tokenSubject(gadgetToken(id))
+}
+
+// tokenSubject returns <prefix>.<node>.<tok>.
+func (s *NATSSink) tokenSubject(tok string) string {
+	return s.prefix + "." + s.node + "." + tok
 }
 
 // Connected tells whether the connection is up now.
@@ -301,7 +312,7 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64) ([]outMsg
 	for _, g := range snap.Gadgets {
 		msg := gadgetMessage(h, snap, g, len(byGadget[g.GadgetID]))
 		msg.Type = TypeGadget
-		if err := e.addRows(g.GadgetID, &msg.Header, &msg, byGadget[g.GadgetID]); err != nil {
+		if err := e.addRows(gadgetToken(g.GadgetID), &msg.Header, &msg, byGadget[g.GadgetID]); err != nil {
 			errs = append(errs, err)
 		}
 	}
