@@ -49,16 +49,16 @@ func (e *intervalEncoder) add(tok string, v any) error {
 		e.dropped++
 		return fmt.Errorf("%s message of %d bytes exceeds the server's max_payload of %d", tok, len(data), e.limit)
 	}
-	e.push(tok, 1, data)
+	start := e.s.encBuf.Len()
+	e.s.encBuf.Write(data)
+	e.push(tok, 1, start)
 	return nil
 }
 
-// push appends data to the sink's buffer as the message of part of the
+// push makes the sink's buffer from start on the message of part of the
 // subject token tok.
-func (e *intervalEncoder) push(tok string, part int, data []byte) {
+func (e *intervalEncoder) push(tok string, part, start int) {
 	buf := &e.s.encBuf
-	start := buf.Len()
-	buf.Write(data)
 	end := buf.Len()
 	e.msgs = append(e.msgs, outMsg{
 		subject: e.s.tokenSubject(tok),
@@ -97,8 +97,8 @@ func (e *intervalEncoder) addRows(tok string, h *Header, msg any, rows []state.R
 		if err != nil {
 			return fmt.Errorf("encoding %s message: %w", tok, err)
 		}
-		buf := &e.s.partBuf
-		buf.Reset()
+		buf := &e.s.encBuf
+		start := buf.Len()
 		buf.Write(env[:len(env)-2])
 		for j := p.first; j < p.end; j++ {
 			if j > p.first {
@@ -107,7 +107,7 @@ func (e *intervalEncoder) addRows(tok string, h *Header, msg any, rows []state.R
 			buf.Write(rowBytes[e.rowStart(j):e.rowEnds[j]])
 		}
 		buf.WriteString("]}")
-		e.push(tok, h.Part, buf.Bytes())
+		e.push(tok, h.Part, start)
 	}
 	return nil
 }

@@ -100,9 +100,9 @@ type NATSSink struct {
 	kvFailing bool
 	// kvKeys are the keys written in the previous interval.
 	kvKeys map[string]struct{}
-	// encBuf holds the encoded messages of the interval being published;
-	// rowBuf the program rows of one message and partBuf one part.
-	encBuf, rowBuf, partBuf bytes.Buffer
+	// encBuf holds the encoded messages of the interval being published,
+	// rowBuf the encoded program rows of one message.
+	encBuf, rowBuf bytes.Buffer
 
 	closeOnce sync.Once
 }
