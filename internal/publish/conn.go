@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -54,7 +55,9 @@ type ConnOptions struct {
 // connHooks let the sink count what the connection reports.
 type connHooks struct {
 	asyncError func()
-	closed     func()
+	// closed runs when nats.go closed nc: asked to, or for good after a
+	// server error.
+	closed func(nc *nats.Conn)
 }
 
 func (o *ConnOptions) setDefaults() {
@@ -227,7 +230,8 @@ func natsOptions(opts *ConnOptions, hooks connHooks) ([]nats.Option, error) {
 func stateHandlers(log zerolog.Logger, hooks connHooks) []nats.Option {
 	return []nats.Option{
 		nats.ConnectHandler(func(nc *nats.Conn) {
-			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS connected")
+			log.Info().Str("url", nc.ConnectedUrlRedacted()).Int64("maxPayload", nc.MaxPayload()).
+				Msg("NATS connected")
 		}),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			if nc.IsClosed() {
@@ -237,7 +241,7 @@ func stateHandlers(log zerolog.Logger, hooks connHooks) []nats.Option {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", nc.ConnectedUrlRedacted()).Uint64("reconnects", nc.Stats().Reconnects).
-				Msg("NATS reconnected")
+				Int64("maxPayload", nc.MaxPayload()).Msg("NATS reconnected")
 		}),
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Debug().Err(err).Msg("NATS reconnect attempt failed")
@@ -249,7 +253,7 @@ func stateHandlers(log zerolog.Logger, hooks connHooks) []nats.Option {
 			}
 			ev.Msg("NATS connection closed")
 			if hooks.closed != nil {
-				hooks.closed()
+				hooks.closed(nc)
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -320,4 +324,101 @@ func backoff(base, ceiling time.Duration, attempts int) time.Duration {
 	}
 	half := d / 2
 	return half + rand.N(half+1)
+}
+
+// sinkConn is one connection of a NATSSink. nats.go gives a connection up
+// for good after some server errors (e.g. "maximum control line
+// exceeded"); the sink then replaces it with a new one.
+type sinkConn struct {
+	nc *nats.Conn
+	// closed is closed once nc's closed handler ran.
+	closed chan struct{}
+}
+
+// dial connects with the sink's options, see connect.
+func (s *NATSSink) dial() (*sinkConn, error) {
+	c := &sinkConn{closed: make(chan struct{})}
+	var once sync.Once
+	nc, err := connect(s.opts.Conn, connHooks{
+		asyncError: func() { s.asyncError.Add(1) },
+		closed: func(nc *nats.Conn) {
+			once.Do(func() { close(c.closed) })
+			s.connClosed(c, nc)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.nc = nc
+	return c, nil
+}
+
+// install makes c the sink's connection, unless the sink is closing, and
+// tells whether it did. A connection closed already (its closed handler
+// may have run before c was installed) starts its replacement at once.
+// The caller holds s.connMu.
+func (s *NATSSink) install(c *sinkConn) bool {
+	if s.closing {
+		return false
+	}
+	if old := s.conn.Load(); old != nil {
+		s.retiredReconnects += old.nc.Stats().Reconnects + 1
+	}
+	s.conn.Store(c)
+	if c.nc.IsClosed() && !s.redialing {
+		s.startRedial()
+	}
+	return true
+}
+
+// connClosed replaces c, whose nc nats.go closed, unless the sink closed
+// it or c was replaced already.
+func (s *NATSSink) connClosed(c *sinkConn, nc *nats.Conn) {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.closing || s.redialing || s.conn.Load() != c {
+		return
+	}
+	s.log.Warn().Err(nc.LastError()).Msg("NATS connection closed for good by the client library, connecting again")
+	s.startRedial()
+}
+
+// startRedial starts replacing the sink's connection. The caller holds
+// s.connMu.
+func (s *NATSSink) startRedial() {
+	s.redialing = true
+	s.redial.Add(1)
+	go s.redialLoop()
+}
+
+// redialLoop connects again with the sink's options after a capped,
+// jittered backoff, until it succeeds or the sink is closed. A server
+// that is down is not a failure here: the new connection then keeps
+// reconnecting by itself, as at start.
+func (s *NATSSink) redialLoop() {
+	defer s.redial.Done()
+	base, ceiling := s.opts.Conn.ReconnectWait, s.opts.Conn.MaxReconnectWait
+	for attempt := 1; ; attempt++ {
+		select {
+		case <-s.done:
+			return
+		case <-time.After(backoff(base, ceiling, attempt)):
+		}
+		c, err := s.dial()
+		if err != nil {
+			s.log.Warn().Err(err).Int("attempt", attempt).Msg("NATS connecting again failed, retrying")
+			continue
+		}
+		s.connMu.Lock()
+		s.redialing = false
+		installed := s.install(c)
+		s.connMu.Unlock()
+		if !installed {
+			c.nc.Close()
+			return
+		}
+		s.log.Info().Str("status", c.nc.Status().String()).Int("attempt", attempt).
+			Msg("NATS connection replaced")
+		return
+	}
 }

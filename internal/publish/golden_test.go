@@ -53,8 +53,9 @@ func checkGoldenJSON(t *testing.T, name string, data []byte) {
 // intervalMessage returns the encoded message of the interval for token.
 func intervalMessage(t *testing.T, snap *state.Snapshot, token string) []byte {
 	t.Helper()
-	sink := &NATSSink{node: "node_a", prefix: DefaultSubjectPrefix, seq: 3, opts: NATSOptions{Interval: time.Second}}
-	msgs, err := sink.intervalMessages(snap)
+	sink := &NATSSink{node: "node_a", prefix: DefaultSubjectPrefix, seq: 3, instance: "5f0c2a9e4b7d1e38",
+		opts: NATSOptions{Interval: time.Second}}
+	msgs, err := sink.intervalMessages(snap, defaultMaxPayload)
 	if err != nil {
 		t.Fatal(err)
 	}

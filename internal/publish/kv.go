@@ -4,18 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// putKV writes the interval's messages to the key-value bucket and deletes
-// the keys of gadgets that are gone. The caller holds s.mu.
-func (s *NATSSink) putKV(msgs []outMsg) error {
+// putKV writes the interval's messages to the key-value bucket through c
+// and deletes the keys written in the previous interval that were not
+// written now: those of gadgets that are gone and of parts no longer
+// needed. The caller holds s.mu.
+func (s *NATSSink) putKV(c *sinkConn, msgs []outMsg) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.KVTimeout)
 	defer cancel()
-	if s.kv == nil {
-		kv, err := s.openKV(ctx)
+	if s.kv == nil || s.kvConn != c {
+		kv, err := s.openKV(ctx, c)
 		if err != nil {
 			s.pubErrors.Add(1)
 			if !s.kvFailing {
@@ -24,7 +25,7 @@ func (s *NATSSink) putKV(msgs []outMsg) error {
 			}
 			return err
 		}
-		s.kv = kv
+		s.kv, s.kvConn = kv, c
 		s.kvFailing = false
 		s.log.Info().Str("bucket", s.opts.KVBucket).Dur("ttl", s.opts.KVTTL).Msg("NATS key-value bucket ready")
 	}
@@ -50,8 +51,8 @@ func (s *NATSSink) putKV(msgs []outMsg) error {
 	return errors.Join(errs...)
 }
 
-func (s *NATSSink) openKV(ctx context.Context) (jetstream.KeyValue, error) {
-	js, err := jetstream.New(s.nc)
+func (s *NATSSink) openKV(ctx context.Context, c *sinkConn) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(c.nc)
 	if err != nil {
 		return nil, fmt.Errorf("opening JetStream: %w", err)
 	}
@@ -72,26 +73,9 @@ func (s *NATSSink) openKV(ctx context.Context) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
-// kvKey is the key-value key of the message on <prefix>.<node>.<token>:
-// <node>.<gadgetID>, <node>._unowned or <node>._node.
-func kvKey(node, token string) string {
-	key := kvToken(node) + "."
-	switch token {
-	case TokenUnowned, TokenNode:
-		return key + token
-	}
-	return key + kvToken(gadgetToken(token))
-}
-
-// kvToken restricts a subject token to the characters JetStream allows in
-// keys.
-func kvToken(tok string) string {
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9',
-			r == '-', r == '_', r == '=', r == '/':
-			return r
-		}
-		return '_'
-	}, tok)
+// kvKey is the key-value key of part of the message on
+// <prefix>.<node>.<tok>: <node>.<tok>, with ".p<part>" appended for part 2
+// on. Node and subject tokens hold only [A-Za-z0-9_-], which keys allow.
+func kvKey(node, tok string, part int) string {
+	return node + "." + tok + partKey(part)
 }

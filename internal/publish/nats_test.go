@@ -120,22 +120,50 @@ func logSample(t *testing.T, m *nats.Msg) {
 
 func TestNATSNodeToken(t *testing.T) {
 	for in, want := range map[string]string{
-		"node-1":              "node-1",
-		"web1.example.com":    "web1_example_com",
-		"a*b>c":               "a_b_c",
-		"with space\tand\nnl": "with_space_and_nl",
-		"":                    "_",
-		"ünïcode":             "ünïcode",
+		"node-1":           "node-1",
+		"web1.example.com": "web1_example_com",
+		"":                 "_",
 	} {
 		if got := NodeToken(in); got != want {
 			t.Errorf("NodeToken(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if got := gadgetToken("_node"); got != "g_node" {
-		t.Errorf("gadget ID %q must not collide with a reserved token, got %q", "_node", got)
+	// Anything else is a hash of the whole name, distinct per name.
+	seen := map[string]string{}
+	for _, in := range []string{"a*b>c", "a b", "with space\tand\nnl", "ünïcode", strings.Repeat("n", 65), strings.Repeat("n", 66)} {
+		got := NodeToken(in)
+		if len(got) != 21 || got[0] != 'h' || !plainToken(got) || got != NodeToken(in) {
+			t.Errorf("NodeToken(%q) = %q, want h and 20 hex digits", in, got)
+		}
+		if prev, ok := seen[got]; ok {
+			t.Errorf("NodeToken(%q) = NodeToken(%q) = %q", in, prev, got)
+		}
+		seen[got] = in
 	}
-	if got := kvToken("ünï:x"); got != "_n__x" {
-		t.Errorf("kvToken = %q", got)
+	if got := NodeToken(strings.Repeat("n", 64)); got != strings.Repeat("n", 64) {
+		t.Errorf("64-byte name made %q", got)
+	}
+	for in, want := range map[string]string{
+		"6bcfcca7a12": "6bcfcca7a12",
+		"_node":       "g_node",
+		"_unowned":    "g_unowned",
+		"a.b":         hashToken("a.b"),
+		">":           hashToken(">"),
+		"*":           hashToken("*"),
+		"ünï":         hashToken("ünï"),
+		"a\nb":        hashToken("a\nb"),
+		"":            hashToken(""),
+	} {
+		if got := gadgetToken(in); got != want || !plainToken(got) {
+			t.Errorf("gadgetToken(%q) = %q, want %q", in, got, want)
+		}
+	}
+	sink := &NATSSink{node: "n", prefix: "p"}
+	if got := sink.GadgetSubject("_node"); got != "p.n.g_node" {
+		t.Errorf("GadgetSubject(_node) = %q", got)
+	}
+	if got := sink.Subject(TokenNode); got != "p.n._node" {
+		t.Errorf("Subject(TokenNode) = %q", got)
 	}
 }
 
@@ -196,7 +224,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	}
 	t.Cleanup(es.Shutdown)
 	sub := testutil.Subscribe(t, es.ClientURL(), "bpfstats.>")
-	sink := newTestSink(t, es.ClientURL(), "node a.example", log, nil)
+	sink := newTestSink(t, es.ClientURL(), "node_a.example", log, nil)
 	if !sink.Connected() {
 		t.Fatal("not connected to the embedded server")
 	}
@@ -210,7 +238,11 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	owner := snap.GadgetInfo["6bcfcca7a12"].Owner
-	hdr := Header{Schema: SchemaVersion, Node: node, Seq: 1, Time: testTime, Elapsed: time.Second, Interval: time.Second}
+	if len(sink.Instance()) != 16 {
+		t.Errorf("instance %q, want 16 hex digits", sink.Instance())
+	}
+	hdr := Header{Schema: SchemaVersion, Node: node, Seq: 1, Time: testTime, Elapsed: time.Second, Interval: time.Second,
+		Instance: sink.Instance(), Part: 1, Parts: 1}
 
 	m := sub.Next(t, "bpfstats.node_a_example.6bcfcca7a12", is("bpfstats.node_a_example.6bcfcca7a12"))
 	logSample(t, m)
@@ -247,11 +279,14 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	m = sub.Next(t, "bpfstats.node_a_example._node", is("bpfstats.node_a_example._node"))
 	logSample(t, m)
 	gotN := decode[NodeMessage](t, m)
+	nodeHdr := hdr
+	nodeHdr.Part, nodeHdr.Parts = 0, 0
 	wantN := NodeMessage{
-		Header:  hdr,
-		Version: "v0.0.0-test",
-		Kernel:  "6.18.0-test",
-		Source:  "perf",
+		Header:   nodeHdr,
+		NodeName: "node_a.example",
+		Version:  "v0.0.0-test",
+		Kernel:   "6.18.0-test",
+		Source:   "perf",
 		Counts: NodeCounts{
 			Programs: 3, Gadgets: 1, Unowned: 1, EventsLoad: 5, EventsRelease: 2, EventsLost: 1,
 		},

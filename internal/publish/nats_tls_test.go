@@ -110,15 +110,15 @@ func TestNATSTLSClientCert(t *testing.T) {
 		o.Conn.TLSCAFile = filepath.Join(dir, "ca.pem")
 		o.Conn.TLSCertFile, o.Conn.TLSKeyFile = cliCert, cliKey
 	})
-	if !sink.Connected() || !sink.nc.TLSRequired() {
-		t.Fatalf("connected %v over TLS %v", sink.Connected(), sink.nc.TLSRequired())
+	if !sink.Connected() || !sink.conn.Load().nc.TLSRequired() {
+		t.Fatalf("connected %v over TLS %v", sink.Connected(), sink.conn.Load().nc.TLSRequired())
 	}
 	// Plain clients are refused: listen on the sink's own connection.
-	sub, err := sink.nc.SubscribeSync("bpfstats.node-tls._node")
+	sub, err := sink.conn.Load().nc.SubscribeSync("bpfstats.node-tls._node")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sink.nc.Flush(); err != nil {
+	if err := sink.conn.Load().nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := sink.Publish(testSnapshot("node-tls", "g1", testTime)); err != nil {

@@ -1,11 +1,14 @@
 package publish
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/bpfstats/tracker/internal/state"
 )
@@ -134,7 +137,10 @@ type PublisherStats struct {
 // the interval's gadget and unowned messages.
 type NodeMessage struct {
 	Header
-	Version string `json:"version"`
+	// NodeName is the node's name as configured, a label (see
+	// CleanLabel): the readable name when the node token is a hash.
+	NodeName string `json:"nodeName"`
+	Version  string `json:"version"`
 	// Kernel is the node's uname release.
 	Kernel string `json:"kernel"`
 	// Source is the event source in use.
@@ -156,35 +162,115 @@ type EventMessage struct {
 	state.Event
 }
 
-// NodeToken makes name one valid NATS subject token: '.', '*', '>',
-// whitespace and control characters become '_'. An empty name is "_".
+// MaxTokenLen is the longest node or gadget subject token used as is;
+// longer ones become a hash token (see NodeToken).
+const MaxTokenLen = 64
+
+// MaxLabelLen caps every label value in messages (gadget ID, name and
+// image, comm, exe, program name), in bytes: see CleanLabel.
+const MaxLabelLen = 128
+
+// maxPrefixLen caps the subject prefix so that subjects stay far below the
+// server's control line limit (4096 bytes by default).
+const maxPrefixLen = 256
+
+// NodeToken makes a node name one subject token: '.' becomes '_'
+// (web1.example.com is web1_example_com); a name that is then longer than
+// MaxTokenLen or has a character outside [A-Za-z0-9_-] becomes its
+// hashToken. An empty name is "_".
 func NodeToken(name string) string {
 	if name == "" {
 		return "_"
 	}
-	return strings.Map(func(r rune) rune {
-		if r == '.' || r == '*' || r == '>' || unicode.IsSpace(r) || unicode.IsControl(r) {
-			return '_'
-		}
-		return r
-	}, name)
+	if tok := strings.ReplaceAll(name, ".", "_"); plainToken(tok) {
+		return tok
+	}
+	return hashToken(name)
 }
 
-// gadgetToken is NodeToken for a gadget ID, kept clear of the reserved
-// tokens, which start with '_'.
+// gadgetToken is the subject token of a gadget ID: the ID itself when it
+// is plain (see plainToken), else its hashToken; a plain ID starting with
+// '_' gets a 'g' in front so that no ID can be a reserved token.
 func gadgetToken(id string) string {
-	tok := NodeToken(id)
-	if strings.HasPrefix(tok, "_") {
-		tok = "g" + tok
+	if !plainToken(id) {
+		return hashToken(id)
 	}
-	return tok
+	if strings.HasPrefix(id, "_") {
+		return "g" + id
+	}
+	return id
+}
+
+// plainToken tells whether tok is a non-empty token of at most MaxTokenLen
+// characters of [A-Za-z0-9_-]: safe as a subject token and as a key-value
+// key token.
+func plainToken(tok string) bool {
+	if tok == "" || len(tok) > MaxTokenLen {
+		return false
+	}
+	for i := 0; i < len(tok); i++ {
+		switch c := tok[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// hashToken is the token of a value that cannot be one: 'h' and the first
+// 20 hex digits of the value's SHA-256, the same on every node and run.
+func hashToken(value string) string {
+	sum := sha256.Sum256([]byte(value))
+	return "h" + hex.EncodeToString(sum[:10])
+}
+
+// CleanLabel makes a label value safe to publish and print: control and
+// format characters (escape sequences, newlines, bidirectional overrides)
+// and line separators are removed, invalid UTF-8 becomes U+FFFD, and the
+// result is cut to at most MaxLabelLen bytes at a character boundary.
+// Clean labels come back unchanged, without allocating.
+func CleanLabel(s string) string {
+	if cleanASCII(s) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp) {
+			continue
+		}
+		if b.Len()+utf8.RuneLen(r) > MaxLabelLen {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// cleanASCII tells whether s is short printable ASCII, which CleanLabel
+// keeps as is.
+func cleanASCII(s string) bool {
+	if len(s) > MaxLabelLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidateSubjectPrefix checks that prefix is one or more literal subject
-// tokens.
+// tokens, at most 256 bytes in all.
 func ValidateSubjectPrefix(prefix string) error {
+	if len(prefix) > maxPrefixLen {
+		return fmt.Errorf("invalid subject prefix: %d bytes, want at most %d", len(prefix), maxPrefixLen)
+	}
 	for _, tok := range strings.Split(prefix, ".") {
-		if tok == "" || NodeToken(tok) != tok {
+		if tok == "" || strings.ContainsFunc(tok, func(r rune) bool {
+			return r == '*' || r == '>' || unicode.IsSpace(r) || unicode.IsControl(r)
+		}) {
 			return fmt.Errorf("invalid subject prefix %q: want dot-separated tokens without '*', '>' or whitespace", prefix)
 		}
 	}

@@ -2,6 +2,8 @@ package publish
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +13,6 @@ import (
 	"time"
 
 	"github.com/bpfstats/tracker/internal/state"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -27,7 +28,7 @@ type NATSOptions struct {
 	// "bpfstats-tracker <node>".
 	Conn ConnOptions
 	// Node names this machine (e.g. the hostname); it is made into one
-	// subject token with NodeToken.
+	// subject token with NodeToken, and published as a label on _node.
 	Node string
 	// SubjectPrefix defaults to DefaultSubjectPrefix.
 	SubjectPrefix string
@@ -40,9 +41,10 @@ type NATSOptions struct {
 	Interval time.Duration
 
 	// KV also puts every interval message into the JetStream key-value
-	// bucket KVBucket (key <node>.<gadgetID>, <node>._unowned,
-	// <node>._node) so that a consumer starting later sees the whole fleet
-	// at once. The server must have JetStream enabled.
+	// bucket KVBucket (key <node>.<gadget token>, <node>._unowned,
+	// <node>._node, with ".p<N>" appended for part N > 1) so that a
+	// consumer starting later sees the whole fleet at once. The server
+	// must have JetStream enabled.
 	KV bool
 	// KVBucket defaults to DefaultKVBucket.
 	KVBucket string
@@ -54,17 +56,33 @@ type NATSOptions struct {
 }
 
 // NATSSink publishes snapshots and events to NATS. It implements Sink and
-// EventSink. While the connection is down, interval publishes are skipped
-// (and counted) rather than buffered: the next interval after reconnecting
-// publishes the then current state. Events are buffered, up to the
-// connection's reconnect buffer.
+// EventSink. Every message fits the server's max_payload: program rows are
+// split into parts. While the connection is down, interval publishes are
+// skipped (and counted) rather than buffered: the next interval after
+// reconnecting publishes the then current state. Events are buffered, up
+// to the connection's reconnect buffer. A connection nats.go closes for
+// good (after a server error) is replaced by a new one.
 type NATSSink struct {
-	nc     *nats.Conn
 	opts   NATSOptions
 	node   string
 	prefix string
-	log    zerolog.Logger
-	closed chan struct{}
+	// instance is the Header.Instance of this sink's messages.
+	instance string
+	log      zerolog.Logger
+
+	// conn is the current connection; see conn.go for its replacement.
+	conn atomic.Pointer[sinkConn]
+	// connMu guards replacing conn, closing, redialing,
+	// retiredReconnects and the start of redial goroutines.
+	connMu    sync.Mutex
+	closing   bool
+	redialing bool
+	// done is closed by Close, ending a redial.
+	done   chan struct{}
+	redial sync.WaitGroup
+	// retiredReconnects are the reconnects of replaced connections plus
+	// the replacements.
+	retiredReconnects uint64
 
 	published  atomic.Uint64
 	skipped    atomic.Uint64
@@ -77,11 +95,14 @@ type NATSSink struct {
 	// wasSkipping is true while intervals are being skipped, to log once.
 	wasSkipping bool
 	kv          jetstream.KeyValue
-	kvFailing   bool
-	// kvKeys are the gadget keys written in the previous interval.
+	// kvConn is the connection kv was opened on.
+	kvConn    *sinkConn
+	kvFailing bool
+	// kvKeys are the keys written in the previous interval.
 	kvKeys map[string]struct{}
-	// encBuf holds the encoded messages of the interval being published.
-	encBuf bytes.Buffer
+	// encBuf holds the encoded messages of the interval being published,
+	// rowBuf the encoded program rows of one message.
+	encBuf, rowBuf bytes.Buffer
 
 	closeOnce sync.Once
 }
@@ -121,41 +142,63 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 		opts.Conn.Name = "bpfstats-tracker " + node
 	}
 	s := &NATSSink{
-		opts:   opts,
-		node:   node,
-		prefix: opts.SubjectPrefix,
-		log:    opts.Conn.Logger,
-		closed: make(chan struct{}),
-		kvKeys: make(map[string]struct{}),
+		opts:     opts,
+		node:     node,
+		prefix:   opts.SubjectPrefix,
+		instance: newInstanceID(),
+		log:      opts.Conn.Logger,
+		done:     make(chan struct{}),
+		kvKeys:   make(map[string]struct{}),
 	}
-	var closeOnce sync.Once
-	nc, err := connect(opts.Conn, connHooks{
-		asyncError: func() { s.asyncError.Add(1) },
-		closed:     func() { closeOnce.Do(func() { close(s.closed) }) },
-	})
+	c, err := s.dial()
 	if err != nil {
 		return nil, err
 	}
-	s.nc = nc
+	s.connMu.Lock()
+	s.install(c)
+	s.connMu.Unlock()
 	return s, nil
 }
+
+// newInstanceID is a random Header.Instance: 16 hex digits.
+func newInstanceID() string {
+	var b [8]byte
+	// crypto/rand.Read does not fail.
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Instance returns the Header.Instance of this sink's messages.
+func (s *NATSSink) Instance() string { return s.instance }
 
 // Node returns the node's subject token.
 func (s *NATSSink) Node() string { return s.node }
 
-// Subject returns <prefix>.<node>.<token>, where token is a gadget ID or
-// one of the reserved tokens.
+// Subject returns <prefix>.<node>.<token> for one of the reserved tokens
+// (TokenUnowned, TokenEvents, TokenNode); any other token is taken for a
+// gadget ID, see GadgetSubject.
 func (s *NATSSink) Subject(token string) string {
 	switch token {
 	case TokenUnowned, TokenEvents, TokenNode:
-	default:
-		token = gadgetToken(token)
+		return s.tokenSubject(token)
 	}
-	return s.prefix + "." + s.node + "." + token
+	return s.GadgetSubject(token)
+}
+
+// GadgetSubject returns the subject of the gadget with ID id: the ID is
+// the last token when it is plain, else its hash (see NodeToken); an ID
+// that looks like a reserved token gets a 'g' in front.
+func (s *NATSSink) GadgetSubject(id string) string {
+	return s.tokenSubject(gadgetToken(id))
+}
+
+// tokenSubject returns <prefix>.<node>.<tok>.
+func (s *NATSSink) tokenSubject(tok string) string {
+	return s.prefix + "." + s.node + "." + tok
 }
 
 // Connected tells whether the connection is up now.
-func (s *NATSSink) Connected() bool { return s.nc.IsConnected() }
+func (s *NATSSink) Connected() bool { return s.conn.Load().nc.IsConnected() }
 
 // PublishErrors counts failed publishes, failed key-value writes and
 // asynchronous errors the server reported (e.g. permission violations).
@@ -170,9 +213,12 @@ func (s *NATSSink) Stats() PublisherStats {
 		SkippedIntervals: s.skipped.Load(),
 		PublishErrors:    s.PublishErrors(),
 	}
-	if s.nc != nil {
-		st.Reconnects = s.nc.Stats().Reconnects
+	s.connMu.Lock()
+	st.Reconnects = s.retiredReconnects
+	if c := s.conn.Load(); c != nil {
+		st.Reconnects += c.nc.Stats().Reconnects
 	}
+	s.connMu.Unlock()
 	return st
 }
 
@@ -184,16 +230,19 @@ type outMsg struct {
 }
 
 // Publish sends the snapshot's gadget, _unowned and _node messages, in that
-// order. While disconnected it returns nil without publishing. Errors are
-// counted in PublishErrors and returned.
+// order, gadget and _unowned messages in as many parts as the server's
+// max_payload requires. While disconnected it returns nil without
+// publishing. Errors are counted in PublishErrors and returned; one
+// message failing does not keep the others from being sent.
 func (s *NATSSink) Publish(snap *state.Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.nc.IsConnected() {
+	c := s.conn.Load()
+	if !c.nc.IsConnected() {
 		s.skipped.Add(1)
 		if !s.wasSkipping {
 			s.wasSkipping = true
-			s.log.Warn().Str("status", s.nc.Status().String()).
+			s.log.Warn().Str("status", c.nc.Status().String()).
 				Msg("NATS not connected, skipping interval publishes until reconnected")
 		}
 		return nil
@@ -203,14 +252,14 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 		s.log.Info().Uint64("skipped", s.skipped.Load()).Msg("NATS connected, publishing intervals again")
 	}
 	s.seq++
-	msgs, err := s.intervalMessages(snap)
-	if err != nil {
-		s.pubErrors.Add(1)
-		return err
-	}
 	var errs []error
+	// The server may have changed with a reconnect: read its limit now.
+	msgs, err := s.intervalMessages(snap, c.nc.MaxPayload())
+	if err != nil {
+		errs = append(errs, err)
+	}
 	for _, m := range msgs {
-		if err := s.nc.Publish(m.subject, m.data); err != nil {
+		if err := c.nc.Publish(m.subject, m.data); err != nil {
 			s.pubErrors.Add(1)
 			errs = append(errs, fmt.Errorf("publishing %s: %w", m.subject, err))
 			continue
@@ -218,7 +267,7 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 		s.published.Add(1)
 	}
 	if s.opts.KV {
-		if err := s.putKV(msgs); err != nil {
+		if err := s.putKV(c, msgs); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -228,13 +277,13 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 // PublishEvent sends ev on <prefix>.<node>._events at once. While
 // reconnecting, events are buffered up to the reconnect buffer's size.
 func (s *NATSSink) PublishEvent(ev *state.Event) error {
-	data, err := json.Marshal(EventMessage{Schema: SchemaVersion, Type: TypeEvent, Node: s.node, Event: *ev})
+	data, err := json.Marshal(EventMessage{Schema: SchemaVersion, Type: TypeEvent, Node: s.node, Event: cleanEvent(ev)})
 	if err != nil {
 		s.pubErrors.Add(1)
 		return fmt.Errorf("encoding event: %w", err)
 	}
 	subject := s.Subject(TokenEvents)
-	if err := s.nc.Publish(subject, data); err != nil {
+	if err := s.conn.Load().nc.Publish(subject, data); err != nil {
 		s.pubErrors.Add(1)
 		return fmt.Errorf("publishing %s: %w", subject, err)
 	}
@@ -242,9 +291,12 @@ func (s *NATSSink) PublishEvent(ev *state.Event) error {
 	return nil
 }
 
-// intervalMessages encodes one snapshot: a message per gadget, then
-// _unowned, then _node. The caller holds s.mu.
-func (s *NATSSink) intervalMessages(snap *state.Snapshot) ([]outMsg, error) {
+// intervalMessages encodes one snapshot: the messages (parts) of every
+// gadget, then _unowned, then _node, each at most limit bytes. A message
+// or row that cannot fit is left out, counted in PublishErrors and
+// reported in the error; the other messages are still returned. The
+// caller holds s.mu.
+func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64) ([]outMsg, error) {
 	h := Header{
 		Schema:   SchemaVersion,
 		Node:     s.node,
@@ -252,29 +304,37 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot) ([]outMsg, error) {
 		Time:     snap.Time,
 		Elapsed:  snap.Elapsed,
 		Interval: s.opts.Interval,
+		Instance: s.instance,
 	}
 	byGadget, unowned := s.programsByGadget(snap)
-	e := s.newIntervalEncoder(len(snap.Gadgets) + 2)
-	h.Type = TypeGadget
+	e := s.newIntervalEncoder(len(snap.Gadgets)+2, limit)
+	var errs []error
 	for _, g := range snap.Gadgets {
-		if err := e.add(g.GadgetID, gadgetMessage(h, snap, g, byGadget[g.GadgetID])); err != nil {
-			return nil, err
+		msg := gadgetMessage(h, snap, g, len(byGadget[g.GadgetID]))
+		msg.Type = TypeGadget
+		if err := e.addRows(gadgetToken(g.GadgetID), &msg.Header, &msg, byGadget[g.GadgetID]); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	h.Type = TypeUnowned
-	msg := UnownedMessage{Header: h, Totals: gadgetTotals(snap.Unowned, unowned), Programs: unowned}
-	if err := e.add(TokenUnowned, msg); err != nil {
-		return nil, err
+	msg := UnownedMessage{Header: h, Totals: gadgetTotals(snap.Unowned, len(unowned)), Programs: []state.Row{}}
+	msg.Type = TypeUnowned
+	if err := e.addRows(TokenUnowned, &msg.Header, &msg, unowned); err != nil {
+		errs = append(errs, err)
 	}
 	h.Type = TypeNode
 	if err := e.add(TokenNode, s.nodeMessage(h, snap, len(unowned))); err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
-	return e.msgs, nil
+	if e.dropped > 0 {
+		s.pubErrors.Add(e.dropped)
+		errs = append(errs, fmt.Errorf("%d program rows or messages left out: larger than the server's max_payload of %d bytes", e.dropped, e.limit))
+	}
+	return e.msgs, errors.Join(errs...)
 }
 
 // programsByGadget splits the snapshot's program rows, named after this
-// node, into those of each gadget and the unowned ones; neither is nil.
+// node and with clean labels, into those of each gadget and the unowned
+// ones.
 func (s *NATSSink) programsByGadget(snap *state.Snapshot) (map[string][]state.Row, []state.Row) {
 	byGadget := make(map[string][]state.Row, len(snap.Gadgets))
 	for _, g := range snap.Gadgets {
@@ -284,16 +344,20 @@ func (s *NATSSink) programsByGadget(snap *state.Snapshot) (map[string][]state.Ro
 	for _, r := range snap.Programs {
 		r.NodeName = s.node
 		if r.GadgetID == "" {
+			cleanRow(&r)
 			unowned = append(unowned, r)
 			continue
 		}
-		byGadget[r.GadgetID] = append(byGadget[r.GadgetID], r)
+		id := r.GadgetID
+		cleanRow(&r)
+		byGadget[id] = append(byGadget[id], r)
 	}
 	return byGadget, unowned
 }
 
-// gadgetMessage is the message of gadget row g with its program rows.
-func gadgetMessage(h Header, snap *state.Snapshot, g state.Row, progs []state.Row) GadgetMessage {
+// gadgetMessage is the message of gadget row g, with clean labels and no
+// program rows yet; programs is the number of its program rows.
+func gadgetMessage(h Header, snap *state.Snapshot, g state.Row, programs int) GadgetMessage {
 	info, ok := snap.GadgetInfo[g.GadgetID]
 	if !ok {
 		info = state.Gadget{ID: g.GadgetID, Name: g.GadgetName, Image: g.GadgetImage}
@@ -301,15 +365,13 @@ func gadgetMessage(h Header, snap *state.Snapshot, g state.Row, progs []state.Ro
 			info.Owner = *g.Loader
 		}
 	}
-	if progs == nil {
-		progs = []state.Row{}
-	}
+	id := cleanGadget(state.Gadget{ID: g.GadgetID, Name: g.GadgetName, Image: g.GadgetImage})
 	return GadgetMessage{
 		Header:   h,
-		Gadget:   GadgetIdentity{ID: g.GadgetID, Name: g.GadgetName, Image: g.GadgetImage},
-		Owner:    info.Owner,
-		Totals:   gadgetTotals(g, progs),
-		Programs: progs,
+		Gadget:   GadgetIdentity{ID: id.ID, Name: id.Name, Image: id.Image},
+		Owner:    cleanProcessRef(info.Owner),
+		Totals:   gadgetTotals(g, programs),
+		Programs: []state.Row{},
 	}
 }
 
@@ -317,10 +379,11 @@ func gadgetMessage(h Header, snap *state.Snapshot, g state.Row, progs []state.Ro
 func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) NodeMessage {
 	c := snap.Counters
 	return NodeMessage{
-		Header:  h,
-		Version: s.opts.Version,
-		Kernel:  s.opts.Kernel,
-		Source:  snap.Source,
+		Header:   h,
+		NodeName: CleanLabel(s.opts.Node),
+		Version:  CleanLabel(s.opts.Version),
+		Kernel:   CleanLabel(s.opts.Kernel),
+		Source:   CleanLabel(snap.Source),
 		Counts: NodeCounts{
 			Programs:      len(snap.Programs),
 			Gadgets:       len(snap.Gadgets),
@@ -336,62 +399,39 @@ func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) Node
 	}
 }
 
-// intervalEncoder encodes the messages of one interval into the sink's
-// buffer: at thousands of programs the _unowned message alone is
-// megabytes, and growing a fresh buffer each interval dominated the
-// publish. nats.Conn.Publish and the key-value put copy the bytes.
-type intervalEncoder struct {
-	s    *NATSSink
-	enc  *json.Encoder
-	msgs []outMsg
-}
-
-// newIntervalEncoder empties the sink's buffer. The caller holds s.mu.
-func (s *NATSSink) newIntervalEncoder(n int) *intervalEncoder {
-	s.encBuf.Reset()
-	return &intervalEncoder{s: s, enc: json.NewEncoder(&s.encBuf), msgs: make([]outMsg, 0, n)}
-}
-
-// add encodes v as the message for token (a gadget ID or a reserved token).
-func (e *intervalEncoder) add(token string, v any) error {
-	buf := &e.s.encBuf
-	start := buf.Len()
-	if err := e.enc.Encode(v); err != nil {
-		return fmt.Errorf("encoding %s message: %w", token, err)
-	}
-	// Encode ends with a newline that Marshal does not write.
-	end := buf.Len() - 1
-	e.msgs = append(e.msgs, outMsg{subject: e.s.Subject(token), key: kvKey(e.s.node, token), data: buf.Bytes()[start:end:end]})
-	return nil
-}
-
 // gadgetTotals takes the totals from the gadget row, which the inventory
 // computed over distinct maps, and the program count from the rows when
 // the gadget row lacks it.
-func gadgetTotals(g state.Row, progs []state.Row) MessageTotals {
+func gadgetTotals(g state.Row, programs int) MessageTotals {
 	t := MessageTotals(g.Totals)
 	if t.ProgramCount == 0 {
-		t.ProgramCount = len(progs)
+		t.ProgramCount = programs
 	}
 	return t
 }
 
-// Close drains the connection, waiting at most the drain timeout, then
-// closes it. It is idempotent.
+// Close stops replacing closed connections, drains the connection,
+// waiting at most the drain timeout, then closes it. It is idempotent.
 func (s *NATSSink) Close() error {
 	s.closeOnce.Do(func() {
-		if !s.nc.IsConnected() {
-			s.nc.Close()
+		s.connMu.Lock()
+		s.closing = true
+		close(s.done)
+		s.connMu.Unlock()
+		s.redial.Wait()
+		c := s.conn.Load()
+		if !c.nc.IsConnected() {
+			c.nc.Close()
 			return
 		}
-		if err := s.nc.Drain(); err != nil {
-			s.nc.Close()
+		if err := c.nc.Drain(); err != nil {
+			c.nc.Close()
 			return
 		}
 		select {
-		case <-s.closed:
+		case <-c.closed:
 		case <-time.After(s.opts.Conn.DrainTimeout + 500*time.Millisecond):
-			s.nc.Close()
+			c.nc.Close()
 		}
 	})
 	return nil

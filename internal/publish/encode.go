@@ -1,0 +1,270 @@
+package publish
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// defaultMaxPayload is the limit assumed when the server did not say its
+// own: a stock nats-server's max_payload.
+const defaultMaxPayload = 1 << 20
+
+// intervalEncoder encodes the messages of one interval into the sink's
+// buffers, splitting program rows into parts of at most limit bytes: at
+// thousands of programs the _unowned message alone is megabytes, and
+// growing fresh buffers each interval dominated the publish.
+// nats.Conn.Publish and the key-value put copy the bytes.
+type intervalEncoder struct {
+	s     *NATSSink
+	limit int
+	msgs  []outMsg
+	// rowEnds are the end offsets of the rows encoded into s.rowBuf.
+	rowEnds []int
+	// dropped counts rows and messages that could not fit limit.
+	dropped uint64
+}
+
+// newIntervalEncoder empties the sink's buffers; messages will be at most
+// limit bytes. The caller holds s.mu.
+func (s *NATSSink) newIntervalEncoder(n int, limit int64) *intervalEncoder {
+	s.encBuf.Reset()
+	if limit <= 0 {
+		limit = defaultMaxPayload
+	}
+	return &intervalEncoder{s: s, limit: int(min(limit, 1<<30)), msgs: make([]outMsg, 0, n)}
+}
+
+// add encodes v, a message without program rows, for the subject token
+// tok (a reserved token or a gadget's token).
+func (e *intervalEncoder) add(tok string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding %s message: %w", tok, err)
+	}
+	if len(data) > e.limit {
+		e.dropped++
+		return fmt.Errorf("%s message of %d bytes exceeds the server's max_payload of %d", tok, len(data), e.limit)
+	}
+	start := e.s.encBuf.Len()
+	e.s.encBuf.Write(data)
+	e.push(tok, 1, start)
+	return nil
+}
+
+// push makes the sink's buffer from start on the message of part of the
+// subject token tok.
+func (e *intervalEncoder) push(tok string, part, start int) {
+	buf := &e.s.encBuf
+	end := buf.Len()
+	e.msgs = append(e.msgs, outMsg{
+		subject: e.s.tokenSubject(tok),
+		key:     kvKey(e.s.node, tok, part),
+		data:    buf.Bytes()[start:end:end],
+	})
+}
+
+// addRows encodes msg, a GadgetMessage or UnownedMessage whose Header is
+// h and whose Programs are empty, with rows as its programs, for the
+// subject token tok: in as many
+// parts as it takes to keep every message within limit. Every part is the
+// same message (same seq, same totals) with its share of the rows, in
+// order. A row that cannot fit even alone is dropped and counted.
+func (e *intervalEncoder) addRows(tok string, h *Header, msg any, rows []state.Row) error {
+	// The widest envelope: Part and Parts never exceed one per row plus one.
+	h.Part, h.Parts = len(rows)+1, len(rows)+1
+	env, err := envelope(msg)
+	if err != nil {
+		return fmt.Errorf("encoding %s message: %w", tok, err)
+	}
+	room := e.limit - len(env)
+	if room < 0 {
+		e.dropped++
+		return fmt.Errorf("%s message of %d bytes without programs exceeds the server's max_payload of %d", tok, len(env), e.limit)
+	}
+	if err := e.encodeRows(rows); err != nil {
+		return fmt.Errorf("encoding %s program rows: %w", tok, err)
+	}
+	parts := e.packRows(room)
+	rowBytes := e.s.rowBuf.Bytes()
+	h.Parts = len(parts)
+	for i, p := range parts {
+		h.Part = i + 1
+		env, err := envelope(msg)
+		if err != nil {
+			return fmt.Errorf("encoding %s message: %w", tok, err)
+		}
+		buf := &e.s.encBuf
+		start := buf.Len()
+		buf.Write(env[:len(env)-2])
+		for j := p.first; j < p.end; j++ {
+			if j > p.first {
+				buf.WriteByte(',')
+			}
+			buf.Write(rowBytes[e.rowStart(j):e.rowEnds[j]])
+		}
+		buf.WriteString("]}")
+		e.push(tok, h.Part, start)
+	}
+	return nil
+}
+
+// envelope encodes msg, whose program rows are empty, checking that it
+// ends with them: the rows of a part go between its last two bytes.
+func envelope(msg any) ([]byte, error) {
+	env, err := json.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.HasSuffix(env, []byte(`"programs":[]}`)) {
+		return nil, fmt.Errorf("message does not end with its program rows: %.80s", env)
+	}
+	return env, nil
+}
+
+// encodeRows encodes rows into the sink's row buffer, one after another,
+// recording where each ends.
+func (e *intervalEncoder) encodeRows(rows []state.Row) error {
+	buf := &e.s.rowBuf
+	buf.Reset()
+	e.rowEnds = e.rowEnds[:0]
+	enc := json.NewEncoder(buf)
+	for i := range rows {
+		if err := enc.Encode(&rows[i]); err != nil {
+			return err
+		}
+		// Encode ends with a newline that Marshal does not write.
+		buf.Truncate(buf.Len() - 1)
+		e.rowEnds = append(e.rowEnds, buf.Len())
+	}
+	return nil
+}
+
+func (e *intervalEncoder) rowStart(i int) int {
+	if i == 0 {
+		return 0
+	}
+	return e.rowEnds[i-1]
+}
+
+// rowRange is the rows [first, end) of one part.
+type rowRange struct{ first, end int }
+
+// packRows splits the encoded rows into consecutive parts of at most room
+// bytes (rows and the commas between them), at least one part. A row
+// longer than room is dropped: it is cut out of the row buffer's ends.
+func (e *intervalEncoder) packRows(room int) []rowRange {
+	e.dropOversized(room)
+	parts := []rowRange{{}}
+	size := 0
+	for i := range e.rowEnds {
+		n := e.rowEnds[i] - e.rowStart(i)
+		cur := &parts[len(parts)-1]
+		if cur.end > cur.first && size+1+n > room {
+			parts = append(parts, rowRange{first: i, end: i})
+			cur, size = &parts[len(parts)-1], 0
+		}
+		if cur.end > cur.first {
+			size++
+		}
+		size += n
+		cur.end = i + 1
+	}
+	return parts
+}
+
+// dropOversized removes the rows longer than room from the row buffer and
+// rowEnds, counting them.
+func (e *intervalEncoder) dropOversized(room int) {
+	rows := e.s.rowBuf.Bytes()
+	kept, w := e.rowEnds[:0], 0
+	start := 0
+	for _, end := range e.rowEnds {
+		if end-start > room {
+			e.dropped++
+		} else {
+			w += copy(rows[w:], rows[start:end])
+			kept = append(kept, w)
+		}
+		start = end
+	}
+	e.s.rowBuf.Truncate(w)
+	e.rowEnds = kept
+}
+
+// partKey is the key-value key suffix of part: none for the first, so
+// that a message that fits keeps the key it always had.
+func partKey(part int) string {
+	if part <= 1 {
+		return ""
+	}
+	return ".p" + strconv.Itoa(part)
+}
+
+// cleanRow caps and cleans the labels of a row copy (see CleanLabel),
+// copying its slices and loader rather than changing the snapshot's.
+func cleanRow(r *state.Row) {
+	r.GadgetID = CleanLabel(r.GadgetID)
+	r.GadgetName = CleanLabel(r.GadgetName)
+	r.GadgetImage = CleanLabel(r.GadgetImage)
+	r.ProgName = CleanLabel(r.ProgName)
+	r.ProgType = CleanLabel(r.ProgType)
+	r.Tag = CleanLabel(r.Tag)
+	r.Comms = cleanLabels(r.Comms)
+	r.Loader = cleanProcess(r.Loader)
+}
+
+// cleanLabels is labels cleaned, labels itself when already clean.
+func cleanLabels(labels []string) []string {
+	for i, l := range labels {
+		if CleanLabel(l) == l {
+			continue
+		}
+		out := make([]string, len(labels))
+		copy(out, labels[:i])
+		for j := i; j < len(labels); j++ {
+			out[j] = CleanLabel(labels[j])
+		}
+		return out
+	}
+	return labels
+}
+
+// cleanProcess is p with clean labels, p itself when already clean.
+func cleanProcess(p *state.ProcessRef) *state.ProcessRef {
+	if p == nil {
+		return nil
+	}
+	c := cleanProcessRef(*p)
+	if c == *p {
+		return p
+	}
+	return &c
+}
+
+func cleanProcessRef(p state.ProcessRef) state.ProcessRef {
+	p.Comm, p.Exe = CleanLabel(p.Comm), CleanLabel(p.Exe)
+	return p
+}
+
+// cleanGadget is g with clean labels.
+func cleanGadget(g state.Gadget) state.Gadget {
+	g.ID, g.Name, g.Image = CleanLabel(g.ID), CleanLabel(g.Name), CleanLabel(g.Image)
+	g.Owner = cleanProcessRef(g.Owner)
+	return g
+}
+
+// cleanEvent is a copy of ev with clean labels.
+func cleanEvent(ev *state.Event) state.Event {
+	c := *ev
+	c.ProgName, c.ProgType, c.Tag = CleanLabel(c.ProgName), CleanLabel(c.ProgType), CleanLabel(c.Tag)
+	c.Loader = cleanProcess(c.Loader)
+	if c.Gadget != nil {
+		g := cleanGadget(*c.Gadget)
+		c.Gadget = &g
+	}
+	return c
+}
