@@ -118,6 +118,19 @@ type NodeCounts struct {
 	EventsLoad    uint64 `json:"eventsLoad"`
 	EventsRelease uint64 `json:"eventsRelease"`
 	EventsLost    uint64 `json:"eventsLost"`
+	// RepairsAdded and RepairsRemoved count what the sweeps' audits
+	// repaired: programs the events missed, releases they missed.
+	RepairsAdded   uint64 `json:"repairsAdded"`
+	RepairsRemoved uint64 `json:"repairsRemoved"`
+	// LoadsGone counts loads applied after their program was released
+	// (published with their release); AttributionsRejected loads whose
+	// PID named another process instance than the loader.
+	LoadsGone            uint64 `json:"loadsGone"`
+	AttributionsRejected uint64 `json:"attributionsRejected"`
+	// EventsDropped and SnapshotsDropped count what a slow publisher
+	// missed: the inventory applied every event all the same.
+	EventsDropped    uint64 `json:"eventsDropped"`
+	SnapshotsDropped uint64 `json:"snapshotsDropped"`
 }
 
 // PublisherStats are the NATS sink's own counters.

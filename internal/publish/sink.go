@@ -391,6 +391,13 @@ func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) Node
 			EventsLoad:    c.EventsLoad,
 			EventsRelease: c.EventsRelease,
 			EventsLost:    c.EventsLost,
+
+			RepairsAdded:         c.RepairsAdded,
+			RepairsRemoved:       c.RepairsRemoved,
+			LoadsGone:            c.LoadsGone,
+			AttributionsRejected: c.AttributionsRejected,
+			EventsDropped:        c.EventsDropped,
+			SnapshotsDropped:     c.SnapshotsDropped,
 		},
 		Resyncs:       c.Resyncs,
 		Sweeps:        c.Sweeps,
