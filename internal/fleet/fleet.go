@@ -43,6 +43,9 @@ type Fleet struct {
 	// programs counts the program rows held by all nodes.
 	programs int
 	stats    Stats
+	// images keeps the per-image rollups' counters from going down when
+	// a gadget instance or a node goes away (ImageRows).
+	images state.CounterSets
 }
 
 // position is where a publisher was: its instance and seq, and its past

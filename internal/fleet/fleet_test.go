@@ -272,3 +272,30 @@ func TestFleetGadgetRowComms(t *testing.T) {
 		t.Fatalf("pids %v comms %v, want [100 200 300] [a b]", r.PIDs, r.Comms)
 	}
 }
+
+// A per-image rollup never goes down when one of its gadgets (or its
+// node) goes away: what that gadget counted stays in the rollup.
+func TestImageRollupNeverDecreases(t *testing.T) {
+	clock := &fakeClock{t: testTime}
+	f := New("bpfstats", time.Second, clock.now)
+	runtime := func() uint64 {
+		t.Helper()
+		rows := f.ImageRows("", false)
+		if len(rows) != 1 {
+			t.Fatalf("image rows %+v", rows)
+		}
+		return rows[0].Runtime
+	}
+	both := []fleetGadget{{id: "g1", image: "img", runtime: 100, programs: []uint32{1}}, {id: "g2", image: "img", runtime: 50, programs: []uint32{2}}}
+	ingestAll(t, f, interval(t, "n1", 1, clock.t, time.Second, 0, both, nil))
+	if got := runtime(); got != 150 {
+		t.Fatalf("rollup %d, want 150", got)
+	}
+	clock.advance(time.Second)
+	// g2 ended; g1 ran 20 more.
+	ingestAll(t, f, interval(t, "n1", 2, clock.t, time.Second, time.Second,
+		[]fleetGadget{{id: "g1", image: "img", runtime: 120, programs: []uint32{1}}}, nil))
+	if got := runtime(); got != 170 {
+		t.Fatalf("rollup %d after g2 left, want 170 (never below 150)", got)
+	}
+}

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 
 	"github.com/bpfstats/tracker/internal/publish"
@@ -105,7 +106,9 @@ func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	byImage := make(map[string]*ImageRow)
-	add := func(image, node string, t publish.MessageTotals, gadgets int) {
+	f.images.Begin()
+	add := func(image, node, member string, t publish.MessageTotals, gadgets int) {
+		f.images.Observe(imageSet(glob, unowned, image), node+"\x00"+member, state.Totals(t))
 		r, ok := byImage[image]
 		if !ok {
 			r = &ImageRow{GadgetImage: image, NodeNames: []string{}}
@@ -123,21 +126,34 @@ func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 		n := f.nodes[name]
 		for _, s := range n.gadgets {
 			if g := s.shown; g != nil {
-				add(g.identity.Image, name, g.totals, 1)
+				add(g.identity.Image, name, g.identity.ID, g.totals, 1)
 			}
 		}
 		if u := n.unowned; unowned && u != nil && u.shown != nil && u.shown.rows > 0 {
-			add("", name, u.shown.totals, 0)
+			add("", name, "", u.shown.totals, 0)
 		}
 	}
+	f.images.End()
 	rows := make([]ImageRow, 0, len(byImage))
 	for _, r := range byImage {
+		// Gadgets (or nodes) of the image that went away keep counting:
+		// the rollup's cumulative counters never go down.
+		gone := f.images.Retired(imageSet(glob, unowned, r.GadgetImage))
+		r.Runtime += gone.Runtime
+		r.Runcount += gone.Runcount
+		r.RecursionMisses += gone.RecursionMisses
 		slices.Sort(r.NodeNames)
 		r.Nodes = len(r.NodeNames)
 		rows = append(rows, *r)
 	}
 	slices.SortFunc(rows, func(a, b ImageRow) int { return cmp.Compare(a.GadgetImage, b.GadgetImage) })
 	return rows
+}
+
+// imageSet names the rollup of image under one view (node glob and
+// whether unowned programs are shown), so that two views never mix counts.
+func imageSet(glob string, unowned bool, image string) string {
+	return fmt.Sprintf("%s\x00%t\x00%s", glob, unowned, image)
 }
 
 // slots returns the node's gadgets and its unowned programs that have a

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -82,8 +81,8 @@ type Metrics struct {
 	mu     sync.Mutex
 	latest *metricsState // nil until the first Publish
 	// counters keeps the seed's gadget-level counters monotonic per label
-	// set; only Publish uses it.
-	counters seriesCounters
+	// set, across the gadget instances that share it; only Publish uses it.
+	counters state.CounterSets
 }
 
 // metricsState is what Metrics keeps of a snapshot: Publish must not keep
@@ -157,13 +156,13 @@ func (m *Metrics) Publish(snap *state.Snapshot) error {
 	// set twice, which Prometheus rejects. Their rows are summed: with
 	// only the seed's labels that is the cost of "that tool".
 	index := make(map[string]int, len(snap.Gadgets))
-	m.counters.begin()
+	m.counters.Begin()
 	for i := range snap.Gadgets {
 		row := &snap.Gadgets[i]
 		labels := []string{row.GadgetImage, row.GadgetName, "", ""}
 		s := newRowSeries(row, labels, m.opts.All)
 		key := seriesKey(s.labels)
-		m.counters.observe(key, row.GadgetID, &s)
+		m.counters.Observe(key, gadgetMember(row), row.Totals)
 		if j, ok := index[key]; ok {
 			st.series[j].add(&s)
 			continue
@@ -171,9 +170,11 @@ func (m *Metrics) Publish(snap *state.Snapshot) error {
 		index[key] = len(st.series)
 		st.series = append(st.series, s)
 	}
-	m.counters.end()
+	m.counters.End()
 	for i := range st.series {
-		m.counters.apply(seriesKey(st.series[i].labels), &st.series[i])
+		r := m.counters.Retired(seriesKey(st.series[i].labels))
+		st.series[i].runcount += float64(r.Runcount)
+		st.series[i].runtime += float64(r.Runtime)
 	}
 	if m.opts.All {
 		for i := range snap.Programs {
@@ -206,14 +207,25 @@ func (m *Metrics) snapshot() *metricsState {
 	return m.latest
 }
 
+// gadgetMember names a gadget instance among those sharing a label set:
+// its ID and, as a user-set ID may be shared, its owner's PID.
+func gadgetMember(row *state.Row) string {
+	if row.Loader == nil {
+		return row.GadgetID
+	}
+	return row.GadgetID + "/" + strconv.FormatUint(uint64(row.Loader.PID), 10)
+}
+
 func newRowSeries(row *state.Row, labels []string, withProgID bool) rowSeries {
 	if !withProgID {
 		labels = labels[:3]
 	}
 	// Names come from processes (comm, exe, environment) and may hold any
-	// bytes; a label that is not UTF-8 would abort the whole scrape.
+	// bytes: a label that is not UTF-8 would abort the whole scrape, and one
+	// of megabytes or with control characters has no place in a series.
+	// The same cleaning as in NATS messages (CleanLabel).
 	for i, l := range labels {
-		labels[i] = strings.ToValidUTF8(l, "\uFFFD")
+		labels[i] = CleanLabel(l)
 	}
 	return rowSeries{
 		labels:    labels,
