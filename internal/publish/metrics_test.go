@@ -224,8 +224,9 @@ func TestMetricsGadgetSeries(t *testing.T) {
 	wantMetricValue(t, mfs, "runtime_total", bpftrace, 2000)
 	wantMetricValue(t, mfs, "mapCount", bpftrace, 4)
 
-	// Escaped label values survive the round trip.
-	wantMetricValue(t, mfs, "runcount_total", map[string]string{"gadgetName": `say "hi"\`, "gadgetImage": "line1\nline2"}, 1)
+	// Quotes and backslashes survive the round trip escaped; control
+	// characters are removed (CleanLabel).
+	wantMetricValue(t, mfs, "runcount_total", map[string]string{"gadgetName": `say "hi"\`, "gadgetImage": "line1line2"}, 1)
 
 	wantMetricValue(t, mfs, "tracker_events_total", map[string]string{"kind": "load"}, 12)
 	wantMetricValue(t, mfs, "tracker_events_total", map[string]string{"kind": "release"}, 3)
