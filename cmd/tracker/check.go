@@ -70,6 +70,11 @@ func checkKernel(r *checkReport, d *daemonFlags) {
 	} else {
 		r.line("attribution", nil, "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
 	}
+	if w := pidNamespaceWarning(); w != "" {
+		fmt.Fprintf(r.out, "%-14s warn %s\n", "pid namespace", w)
+	} else {
+		r.line("pid namespace", nil, "the host's: event PIDs name the loaders")
+	}
 	if err := loader.CheckBTF(); err != nil {
 		r.warn("btf", fmt.Errorf("%w (the fentry source needs it)", err))
 	} else {

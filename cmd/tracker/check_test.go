@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -101,6 +102,34 @@ func TestRunCheckFailsWhereRunWould(t *testing.T) {
 		}
 		if tc.code == 1 && strings.Contains(report, "check passed") {
 			t.Errorf("run --check %v: failed but says passed:\n%s", tc.args, report)
+		}
+	}
+}
+
+// In a child PID namespace (a container without hostPID) the fentry
+// source's PIDs are host PIDs: --check says they are not used.
+func TestRunCheckInChildPIDNamespace(t *testing.T) {
+	requireRoot(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Fatalf("unshare (util-linux) is needed: %v", err)
+	}
+	for _, tc := range []struct {
+		wrapper []string
+		want    string
+	}{
+		{nil, "pid namespace  ok   the host's"},
+		{[]string{unshare, "--pid", "--fork", "--mount-proc"}, "pid namespace  warn running in a child PID namespace"},
+	} {
+		argv := append(append(tc.wrapper, os.Args[0]), "run", "--check", "--nats-listen", testutil.FreeAddr(t), "--metrics-addr", "")
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), childEnv+"=1")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+		if !strings.Contains(string(out), tc.want) {
+			t.Errorf("%v: report lacks %q:\n%s", argv, tc.want, out)
 		}
 	}
 }

@@ -185,10 +185,16 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 		return nil, err
 	}
 	log.Info().Str("source", src.Name()).Str("node", c.node).Dur("interval", c.interval).Msg("event source attached")
+	ignorePIDs := false
+	if w := pidNamespaceWarning(); w != "" && src.Name() == loader.SourceFentry {
+		log.Warn().Msg(w)
+		ignorePIDs = true
+	}
 	tr := state.New(kernel, state.Options{
-		Node:   c.node,
-		Source: src.Name(),
-		Self:   state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version},
+		Node:            c.node,
+		Source:          src.Name(),
+		Self:            state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version},
+		IgnoreEventPIDs: ignorePIDs,
 	})
 	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr}, nil
 }
@@ -215,4 +221,19 @@ func (p *pipeline) Close() error {
 		p.kernel = nil
 	}
 	return errors.Join(errs...)
+}
+
+// pidNamespaceWarning says why fentry event PIDs cannot be used, when the
+// tracker runs in a child PID namespace (a container without hostPID):
+// the kernel hooks report host PIDs, which name other processes here or
+// none. The perf source's PIDs are translated into our namespace.
+func pidNamespaceWarning() string {
+	child, err := loader.InChildPIDNamespace()
+	switch {
+	case err != nil:
+		return "cannot tell the PID namespace (" + err.Error() + "): fentry event PIDs are not used, programs are attributed by fd holders only"
+	case child:
+		return "running in a child PID namespace: fentry event PIDs are host PIDs, programs are attributed by fd holders only (run with the host's PID namespace, e.g. hostPID: true)"
+	}
+	return ""
 }

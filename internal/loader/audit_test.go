@@ -87,26 +87,17 @@ func TestReadAllProgramsAudits(t *testing.T) {
 	}
 }
 
-func TestParseNSpid(t *testing.T) {
-	for _, c := range []struct {
-		status string
-		child  bool
-		ok     bool
-	}{
-		{"Name:\tx\nNSpid:\t42\nNSsid:\t1\n", false, true},
-		{"Name:\tx\nNSpid:\t4242\t7\n", true, true},
-		{"NSpid:\t1\t2\t3", true, true},
-		{"Name:\tx\n", false, false},
-		{"NSpid:\n", false, false},
-	} {
-		child, err := parseNSpid([]byte(c.status))
-		if child != c.child || (err == nil) != c.ok {
-			t.Errorf("parseNSpid(%q) = %v, %v; want %v, ok %v", c.status, child, err, c.child, c.ok)
-		}
-	}
-	// This machine's tests run on the host.
+func TestInChildPIDNamespace(t *testing.T) {
+	// This machine's tests run in the host's PID namespace.
 	if child, err := InChildPIDNamespace(); err != nil || child {
 		t.Errorf("InChildPIDNamespace() = %v, %v on the host", child, err)
+	}
+	// Another namespace file (the network one) has another inode.
+	if child, err := inChildPIDNamespace("/proc/self/ns/net"); err != nil || !child {
+		t.Errorf("inChildPIDNamespace(ns/net) = %v, %v; want a child", child, err)
+	}
+	if _, err := inChildPIDNamespace("/nonexistent"); err == nil {
+		t.Error("no error for a missing namespace file")
 	}
 }
 

@@ -432,32 +432,22 @@ func readWholeFile(pathZ []byte, buf *[]byte) ([]byte, error) {
 // below the host's (a container without the host PID namespace). There,
 // PIDs that hooks read in the kernel (the fentry source's) name host
 // processes, not the ones this process sees in /proc, and must not be
-// looked up. It reads the NSpid line of /proc/self/status, which lists
-// the process's PID in each namespace from the host's down: more than one
-// entry means a child namespace. Comparing /proc/self/ns/pid with
-// /proc/1/ns/pid cannot tell, as both are the container's. Requires Linux
-// 4.1 (NSpid); an error when the line is missing.
+// looked up. The initial PID namespace has a fixed inode number
+// (PROC_PID_INIT_INO); any other one behind /proc/self/ns/pid is a child.
+// Neither /proc/1/ns/pid (the container's own init) nor the NSpid line of
+// /proc/self/status (which lists PIDs only from the namespace /proc was
+// mounted in down, one entry in a container) can tell. Requires Linux 3.8.
 func InChildPIDNamespace() (bool, error) {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false, fmt.Errorf("reading PID namespaces: %w", err)
-	}
-	return parseNSpid(data)
+	return inChildPIDNamespace("/proc/self/ns/pid")
 }
 
-// parseNSpid reports whether the NSpid line of a /proc/<pid>/status has
-// more than one PID.
-func parseNSpid(status []byte) (bool, error) {
-	for line := range bytes.Lines(status) {
-		rest, ok := bytes.CutPrefix(line, []byte("NSpid:"))
-		if !ok {
-			continue
-		}
-		n := len(bytes.Fields(rest))
-		if n == 0 {
-			return false, errors.New("reading PID namespaces: empty NSpid line")
-		}
-		return n > 1, nil
+// procPIDInitIno is PROC_PID_INIT_INO of include/linux/proc_ns.h.
+const procPIDInitIno = 0xEFFFFFFC
+
+func inChildPIDNamespace(nsFile string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(nsFile, &st); err != nil {
+		return false, fmt.Errorf("reading PID namespace: %w", err)
 	}
-	return false, errors.New("reading PID namespaces: no NSpid line in /proc/self/status (Linux 4.1)")
+	return st.Ino != procPIDInitIno, nil
 }
