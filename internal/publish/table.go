@@ -47,6 +47,11 @@ func Columns() []Column {
 		{Name: "runtimeDelta", Help: "Run time in nanoseconds since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuntimeDelta, 10) }},
 		{Name: "runcountDelta", Help: "Runs since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuncountDelta, 10) }},
 		{Name: "tag", Help: "eBPF program tag (hash of its instructions)", value: func(r *state.Row) string { return r.Tag }},
+		{Name: "nsPerRun", Help: "Average run time of one run in nanoseconds, since the program loaded (the Gadget started)", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.NsPerRun, 'f', 1, 64) }},
+		{Name: "nsPerRunDelta", Help: "Average run time of one run in nanoseconds, since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.NsPerRunDelta, 'f', 1, 64) }},
+		{Name: "runsPerSecond", Help: "Runs per second since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.RunsPerSecond, 'f', 1, 64) }},
+		{Name: "cpuPercentNorm", Help: "Run time since the previous interval, in percent of all online CPUs (normalized: cpuPercent is per core, bpftop's CPU%, and can exceed 100)", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.CPUPercentNorm, 'f', 2, 64) }},
+		{Name: "statsCostPercent", Help: "Estimated cost of the kernel's run-time stats accounting for the row since the previous interval, in percent of one CPU (runs x per-run cost measured at start)", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.StatsCostPercent, 'f', 3, 64) }},
 	}
 }
 

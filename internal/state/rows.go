@@ -108,6 +108,7 @@ func (t *Tracker) programRow(p *program, a *rowArenas) Row {
 	}
 	row.MapCount = len(row.MapIDs)
 	row.Comms = t.comms(row.PIDs)
+	t.fillCost(&row, p.interval)
 	if g := p.gadget; g != nil {
 		row.GadgetID, row.GadgetName, row.GadgetImage = g.info.ID, g.info.Name, g.info.Image
 	}
@@ -161,7 +162,12 @@ func (s *rowSum) add(r *Row, share runStats) {
 // total finishes a sum: a map shared by two of its programs counts once,
 // and the cumulative and delta columns are the holder's ledger's at now.
 func (t *Tracker) total(s *rowSum, l *ledger, now time.Time) Row {
+	var interval time.Duration
+	if l.reported {
+		interval = max(now.Sub(l.lastAt), 0)
+	}
 	l.report(&s.row, s.live, now)
+	t.fillCost(&s.row, interval)
 	for mid := range s.maps {
 		s.row.MapIDs = append(s.row.MapIDs, mid)
 		s.row.MapMemory += t.maps[mid].info.Memlock

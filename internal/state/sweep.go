@@ -196,13 +196,14 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 		p.hasDelta = true
 		p.runtimeD = info.RunTime - p.info.RunTime
 		p.runcntD = info.RunCount - p.info.RunCount
-		p.cpu = 0
+		p.cpu, p.interval = 0, 0
 		if dt := now.Sub(p.readAt); dt > 0 {
 			p.cpu = float64(p.runtimeD) / float64(dt.Nanoseconds()) * 100
+			p.interval = dt
 		}
 	} else {
 		p.hasDelta = false
-		p.runtimeD, p.runcntD, p.cpu = 0, 0, 0
+		p.runtimeD, p.runcntD, p.cpu, p.interval = 0, 0, 0, 0
 	}
 	p.read = true
 	p.loadTime = info.LoadTime

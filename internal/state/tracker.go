@@ -3,6 +3,7 @@
 package state
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/bpfstats/tracker/internal/loader"
@@ -36,6 +37,13 @@ type Options struct {
 	// without the host PID namespace, see loader.InChildPIDNamespace):
 	// looked up in /proc they would name unrelated processes.
 	IgnoreEventPIDs bool
+	// CPUs is the number of online CPUs: CPUPercentNorm is CPUPercent
+	// divided by it. runtime.NumCPU() when 0.
+	CPUs int
+	// StatsCost is what the kernel's stats accounting costs per program
+	// run, as loader.MeasureStatsCost measured it; 0 when unknown, and
+	// every StatsCostPercent is then 0.
+	StatsCost time.Duration
 }
 
 // Self identifies the tracker's own process to the inventory.
@@ -107,6 +115,9 @@ type program struct {
 	runtimeD uint64
 	runcntD  uint64
 	cpu      float64
+	// interval is the time between the two reads the deltas span; 0
+	// without a delta.
+	interval time.Duration
 	pids     []uint32
 	// tagHex caches the hex form of tagOf.
 	tagHex string
@@ -133,6 +144,9 @@ type mapEntry struct {
 func New(k Kernel, opts Options) *Tracker {
 	if opts.now == nil {
 		opts.now = time.Now
+	}
+	if opts.CPUs <= 0 {
+		opts.CPUs = runtime.NumCPU()
 	}
 	return &Tracker{
 		kernel:    k,

@@ -125,6 +125,9 @@ type Row struct {
 	MapIDs []uint32 `json:"mapIDs,omitempty"`
 	// Tag is the program tag in hex (programs only).
 	Tag string `json:"tag,omitempty"`
+	// Cost are the columns derived from Totals that explain the row's
+	// cost; their JSON fields are the row's.
+	Cost
 }
 
 // Snapshot is the result of one sweep.
