@@ -87,6 +87,11 @@ func checkKernel(r *checkReport, d *daemonFlags) {
 	r.line("bpf stats", err, "BPF_ENABLE_STATS")
 	if err == nil {
 		stats.Close()
+		if cost, err := loader.MeasureStatsCost(); err != nil {
+			r.warn("stats cost", err)
+		} else {
+			r.line("stats cost", nil, fmt.Sprintf("%v per program run (BPF_PROG_TEST_RUN, stats on minus off)", cost))
+		}
 	}
 	chosen := checkSources(r.out, d)
 	switch want := d.common.source; {

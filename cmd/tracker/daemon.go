@@ -120,7 +120,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		// Last, so that a printed table means the interval was published.
 		out.sinks = append(out.sinks, sinkFunc(print))
 	}
-	p, err := openPipeline(&d.common, log)
+	p, err := openPipeline(&d.common, log, true)
 	if err != nil {
 		return err
 	}

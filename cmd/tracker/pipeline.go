@@ -145,7 +145,7 @@ type pipeline struct {
 
 // openPipeline checks privileges, enables stats and attaches the event
 // source (before the inventory's snapshot, which Run takes).
-func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
+func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeline, error) {
 	if err := loader.CheckPrivileges(); err != nil {
 		return nil, err
 	}
@@ -164,6 +164,14 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 	}
 	if holderIter != nil {
 		log.Info().Err(holderIter).Msg("task_file iterator unavailable, scanning /proc for holders")
+	}
+	// Measured before stats are on: the cost of the accounting itself,
+	// shown per row as statsCostPercent. A one-shot skips it (100 ms).
+	var statsCost time.Duration
+	if measureCost {
+		if statsCost, err = loader.MeasureStatsCost(); err != nil {
+			log.Info().Err(err).Msg("cost of BPF stats unknown: statsCostPercent stays 0")
+		}
 	}
 	stats, err := loader.EnableStats()
 	if err != nil {
@@ -195,6 +203,7 @@ func openPipeline(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
 		Source:          src.Name(),
 		Self:            state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version},
 		IgnoreEventPIDs: ignorePIDs,
+		StatsCost:       statsCost,
 	})
 	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr}, nil
 }

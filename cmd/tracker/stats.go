@@ -105,7 +105,7 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log := newLogger(stderr, c.logLevel)
-	p, err := openPipeline(&c, log)
+	p, err := openPipeline(&c, log, *count != 1)
 	if err != nil {
 		return err
 	}
