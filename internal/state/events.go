@@ -43,23 +43,6 @@ type goneProgram struct {
 // load is then read by ID and found gone; a release finds nothing).
 const goneSweeps = 2
 
-// apply updates the inventory with one event and returns the first event
-// it queued for consumers (taking them off the queue), or nil when the
-// event changed nothing (a duplicate load, the release of an unknown
-// program). EventLost is counted only: the caller must call Resync (Run
-// does). Run uses applyEvent and flush instead.
-func (t *Tracker) apply(ev loader.ProgramEvent) *Event {
-	n := len(t.outbox)
-	t.applyEvent(ev)
-	var first *Event
-	if len(t.outbox) > n {
-		first = t.outbox[n]
-	}
-	clear(t.outbox[n:])
-	t.outbox = t.outbox[:n]
-	return first
-}
-
 // applyEvent updates the inventory with one event and queues what
 // consumers should be told.
 func (t *Tracker) applyEvent(ev loader.ProgramEvent) {
