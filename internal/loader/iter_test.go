@@ -193,8 +193,8 @@ func TestIterReadProgramsAgree(t *testing.T) {
 			if want := uint64(round) * perCPU * uint64(i+1); g.RunCount != want || g.RunTime == 0 {
 				t.Errorf("round %d: program %d: run count %d, time %d; want count %d", round, id, g.RunCount, g.RunTime, want)
 			}
-			var tool bpftoolProg
-			bpftool(t, &tool, "prog", "show", "id", strconv.Itoa(int(id)))
+			var tool testutil.BpftoolProg
+			testutil.Bpftool(t, &tool, "prog", "show", "id", strconv.Itoa(int(id)))
 			if tool.RunCnt != g.RunCount || tool.RunTimeNs != g.RunTime || !slices.Equal(tool.MapIDs, g.MapIDs) {
 				t.Errorf("round %d: program %d: iterator count %d time %d maps %v, bpftool %d %d %v",
 					round, id, g.RunCount, g.RunTime, g.MapIDs, tool.RunCnt, tool.RunTimeNs, tool.MapIDs)

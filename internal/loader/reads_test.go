@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -152,56 +151,18 @@ func readsStats(t testing.TB) {
 	t.Cleanup(func() { s.Close() })
 }
 
-// bpftool runs bpftool with -j and decodes its output into v.
-func bpftool(t testing.TB, v any, args ...string) {
-	t.Helper()
-	path, err := exec.LookPath("bpftool")
-	if err != nil {
-		t.Skip("bpftool not installed: " + err.Error())
-	}
-	out, err := exec.Command(path, append(args, "-j")...).Output()
-	if err != nil {
-		t.Fatalf("bpftool %v: %v", args, err)
-	}
-	if err := json.Unmarshal(out, v); err != nil {
-		t.Fatalf("decoding bpftool %v: %v\n%s", args, err, out)
-	}
-}
-
-type bpftoolProg struct {
-	ID        uint32   `json:"id"`
-	Type      string   `json:"type"`
-	Name      string   `json:"name"`
-	Tag       string   `json:"tag"`
-	RunTimeNs uint64   `json:"run_time_ns"`
-	RunCnt    uint64   `json:"run_cnt"`
-	LoadedAt  int64    `json:"loaded_at"`
-	MapIDs    []uint32 `json:"map_ids"`
-}
-
-type bpftoolMap struct {
-	ID           uint32 `json:"id"`
-	Type         string `json:"type"`
-	Name         string `json:"name"`
-	BytesKey     uint32 `json:"bytes_key"`
-	BytesValue   uint32 `json:"bytes_value"`
-	MaxEntries   uint32 `json:"max_entries"`
-	Flags        uint32 `json:"flags"`
-	BytesMemlock uint64 `json:"bytes_memlock"`
-}
-
 func TestReadProgramMatchesBpftool(t *testing.T) {
 	f := readsLoad(t)
 	readsStats(t)
 	readsRun(t, f.prog, 1000)
 
-	var before, after bpftoolProg
-	bpftool(t, &before, "prog", "show", "id", strconv.Itoa(int(f.progID)))
+	var before, after testutil.BpftoolProg
+	testutil.Bpftool(t, &before, "prog", "show", "id", strconv.Itoa(int(f.progID)))
 	got, err := f.kernel.ReadProgram(f.progID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bpftool(t, &after, "prog", "show", "id", strconv.Itoa(int(f.progID)))
+	testutil.Bpftool(t, &after, "prog", "show", "id", strconv.Itoa(int(f.progID)))
 
 	if got.ID != f.progID || got.ID != after.ID {
 		t.Errorf("ID %d, want %d (bpftool %d)", got.ID, f.progID, after.ID)
@@ -283,8 +244,8 @@ func TestReadMapMatchesBpftool(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var want bpftoolMap
-		bpftool(t, &want, "map", "show", "id", strconv.Itoa(int(c.id)))
+		var want testutil.BpftoolMap
+		testutil.Bpftool(t, &want, "map", "show", "id", strconv.Itoa(int(c.id)))
 		if got.ID != c.id || got.Name != c.name || got.Name != want.Name || got.Type != uint32(c.typ) || want.Type != c.tool {
 			t.Errorf("map %d: got %+v, bpftool %+v", c.id, got, want)
 		}
@@ -308,8 +269,8 @@ func TestProgramIDsMatchesBpftool(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var progs []bpftoolProg
-		bpftool(t, &progs, "prog", "show")
+		var progs []testutil.BpftoolProg
+		testutil.Bpftool(t, &progs, "prog", "show")
 		after, err := f.kernel.ProgramIDs()
 		if err != nil {
 			t.Fatal(err)

@@ -1,10 +1,8 @@
 package testgadget
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,44 +20,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// bpftoolProg is the part of "bpftool prog show -j" the tests check.
-type bpftoolProg struct {
-	ID      uint32       `json:"id"`
-	Type    string       `json:"type"`
-	Name    string       `json:"name"`
-	MapIDs  []uint32     `json:"map_ids"`
-	RunTime uint64       `json:"run_time_ns"`
-	RunCnt  uint64       `json:"run_cnt"`
-	PIDs    []bpftoolPID `json:"pids"`
-}
-
-type bpftoolPID struct {
-	PID  uint32 `json:"pid"`
-	Comm string `json:"comm"`
-}
-
-// bpftoolProgs lists the kernel's programs with bpftool, the independent check.
-func bpftoolProgs(t *testing.T) map[uint32]bpftoolProg {
-	t.Helper()
-	path, err := exec.LookPath("bpftool")
-	if err != nil {
-		t.Skip("bpftool: " + err.Error())
-	}
-	out, err := exec.Command(path, "prog", "show", "-j").Output()
-	if err != nil {
-		t.Fatalf("bpftool prog show: %v", err)
-	}
-	var list []bpftoolProg
-	if err := json.Unmarshal(out, &list); err != nil {
-		t.Fatalf("decoding bpftool output: %v", err)
-	}
-	progs := make(map[uint32]bpftoolProg, len(list))
-	for _, p := range list {
-		progs[p.ID] = p
-	}
-	return progs
-}
-
 func sorted(ids ...uint32) []uint32 {
 	ids = slices.Clone(ids)
 	slices.Sort(ids)
@@ -67,7 +27,7 @@ func sorted(ids ...uint32) []uint32 {
 }
 
 // checkProg asserts that bpftool shows program id with name and maps.
-func checkProg(t *testing.T, progs map[uint32]bpftoolProg, id uint32, name string, mapIDs ...uint32) bpftoolProg {
+func checkProg(t *testing.T, progs map[uint32]testutil.BpftoolProg, id uint32, name string, mapIDs ...uint32) testutil.BpftoolProg {
 	t.Helper()
 	p, ok := progs[id]
 	if !ok {
@@ -153,7 +113,7 @@ func TestStartGadget(t *testing.T) {
 		t.Error("gadget environment lacks BPFSTATS_GADGET_NAME=test_gadget")
 	}
 
-	progs := bpftoolProgs(t)
+	progs := testutil.BpftoolProgs(t)
 	m1, m2, m3 := g.MapIDs[0], g.MapIDs[1], g.MapIDs[2]
 	a := checkProg(t, progs, g.ProgramIDs[0], "prog_a", m1, m2)
 	b := checkProg(t, progs, g.ProgramIDs[1], "prog_b", m2, m3)
@@ -169,8 +129,8 @@ func TestStartGadget(t *testing.T) {
 		if !withPIDs {
 			t.Skip("bpftool shows no pids on any program (built without skeletons)")
 		}
-		for _, p := range []bpftoolProg{a, b} {
-			if !slices.ContainsFunc(p.PIDs, func(h bpftoolPID) bool { return h.PID == g.PID }) {
+		for _, p := range []testutil.BpftoolProg{a, b} {
+			if !slices.ContainsFunc(p.PIDs, func(h testutil.BpftoolPID) bool { return h.PID == g.PID }) {
 				t.Errorf("program %d: bpftool pids %v lack the gadget %d", p.ID, p.PIDs, g.PID)
 			}
 		}
@@ -200,9 +160,9 @@ func TestStartGadgetAttached(t *testing.T) {
 	enableStats(t)
 	g := StartGadget(t, nil, TwoProgramsThreeMaps(true))
 
-	before := bpftoolProgs(t)
+	before := testutil.BpftoolProgs(t)
 	Syscalls(1000)
-	after := bpftoolProgs(t)
+	after := testutil.BpftoolProgs(t)
 	for i, name := range []string{"prog_a", "prog_b"} {
 		id := g.ProgramIDs[i]
 		p0 := checkProg(t, before, id, name, g.MapIDs[i], g.MapIDs[i+1])
@@ -211,9 +171,9 @@ func TestStartGadgetAttached(t *testing.T) {
 			t.Errorf("program %d: type %q, want raw_tracepoint", id, p0.Type)
 		}
 		// Our 1000 getpid calls alone run each program 1000 times.
-		if p1.RunCnt < p0.RunCnt+1000 || p1.RunTime <= p0.RunTime {
+		if p1.RunCnt < p0.RunCnt+1000 || p1.RunTimeNs <= p0.RunTimeNs {
 			t.Errorf("program %d: run_cnt %d -> %d, run_time_ns %d -> %d; want +1000 runs and more time",
-				id, p0.RunCnt, p1.RunCnt, p0.RunTime, p1.RunTime)
+				id, p0.RunCnt, p1.RunCnt, p0.RunTimeNs, p1.RunTimeNs)
 		}
 	}
 }
@@ -236,7 +196,7 @@ func TestLoadSocketFilter(t *testing.T) {
 	if infoID, _ := info.ID(); uint32(infoID) != id {
 		t.Errorf("ProgramID %d, Info().ID %d", id, infoID)
 	}
-	checkProg(t, bpftoolProgs(t), id, "sf_prog", MapID(t, m1), MapID(t, m2))
+	checkProg(t, testutil.BpftoolProgs(t), id, "sf_prog", MapID(t, m1), MapID(t, m2))
 }
 
 func TestLoadGetpidTracepoint(t *testing.T) {
@@ -255,7 +215,7 @@ func TestLoadGetpidTracepoint(t *testing.T) {
 		t.Errorf("run count %d -> %d, run time %v -> %v; want +1000 runs and more time",
 			s0.RunCount, s1.RunCount, s0.Runtime, s1.Runtime)
 	}
-	p := checkProg(t, bpftoolProgs(t), ProgramID(t, prog), "getpid_tp")
+	p := checkProg(t, testutil.BpftoolProgs(t), ProgramID(t, prog), "getpid_tp")
 	if p.RunCnt < s1.RunCount {
 		t.Errorf("bpftool run_cnt %d < Stats().RunCount %d read before it", p.RunCnt, s1.RunCount)
 	}
