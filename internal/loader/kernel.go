@@ -41,6 +41,9 @@ type Kernel struct {
 	procReader  procReader
 	iters       *iterators
 	closed      bool
+	// metaMapInfo and metaCache serve ReadProgramMetadata.
+	metaMapInfo sysMapInfoBTF
+	metaCache   map[metadataKey]map[string]string
 
 	// batchMu guards the fields below, owned by ReadPrograms and by the
 	// iterator path of appendProgramIDs. It is separate from mu because
