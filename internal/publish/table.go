@@ -45,6 +45,12 @@ func Columns() []Column {
 		{Name: "runtimeDelta", Help: "Run time in nanoseconds since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuntimeDelta, 10) }},
 		{Name: "runcountDelta", Help: "Runs since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatUint(r.RuncountDelta, 10) }},
 		{Name: "tag", Help: "eBPF program tag (hash of its instructions)", value: func(r *state.Row) string { return r.Tag }},
+		{Name: "cgroup", Help: "cgroup v2 path of the loader (of the owner for a gadget)", value: func(r *state.Row) string { return r.Cgroup }},
+		{Name: "unit", Help: "systemd unit of the loader, from its cgroup (user@UID.service/UNIT inside a user manager)", value: func(r *state.Row) string { return r.Unit }},
+		{Name: "slice", Help: "systemd slice holding the unit", value: func(r *state.Row) string { return r.Slice }},
+		{Name: "containerID", Help: "Container ID of the loader, from its cgroup (containerd, CRI-O, Docker, Podman)", value: func(r *state.Row) string { return r.ContainerID }},
+		{Name: "podUID", Help: "Kubernetes pod UID of the loader, from its cgroup", value: func(r *state.Row) string { return r.PodUID }},
+		{Name: "podQoS", Help: "Kubernetes QoS class of the pod (Guaranteed, Burstable, BestEffort)", value: func(r *state.Row) string { return r.PodQoS }},
 	}
 }
 
