@@ -8,12 +8,11 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include "gadget_labels.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-const volatile char bpf_metadata_gadget_id[64] = "";
-const volatile char bpf_metadata_gadget_name[64] = "";
-const volatile char bpf_metadata_gadget_image[128] = "";
+// An integer metadata variable, which bpftool shows as a number.
 const volatile __u32 bpf_metadata_labels_version = 1;
 
 // verdict is what the socket filter returns; reading it makes the program
