@@ -114,7 +114,9 @@ func (k *Kernel) ReadProgramMetadata(id uint32) (ProgramMetadata, error) {
 // rodataVars reads the bpf_metadata_* variables of map mapID when it is a
 // .rodata map with BTF; found is false for any other map, or one gone.
 func (k *Kernel) rodataVars(mapID uint32) (found bool, vars map[string]string, err error) {
-	fd, err := bpfFDByID(unix.BPF_MAP_GET_FD_BY_ID, mapID)
+	// Read-only: the tracker never writes a map.
+	attr := sysIDAttr{ID: mapID, OpenFlags: bpfFRdonly}
+	fd, err := bpfSyscall(unix.BPF_MAP_GET_FD_BY_ID, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
 	if err != nil {
 		return false, nil, nil // gone with the program, or not ours to read
 	}
