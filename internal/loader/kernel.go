@@ -9,8 +9,8 @@ import (
 )
 
 // Kernel reads programs, maps and processes from the running kernel and
-// /proc. It implements state.Kernel (and its extensions state.BatchReader
-// and state.AuditReader). The zero value is not usable; call NewKernel.
+// /proc. It implements state.Kernel (and its extensions state.BatchReader,
+// state.AuditReader, state.MetadataReader and state.CgroupResolver). The zero value is not usable; call NewKernel.
 //
 // Reads use raw bpf(2) calls and reused buffers: one program read is three
 // syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see
