@@ -19,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "gadget_labels.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -91,9 +92,13 @@ static const struct exec_call empty;
 const struct event *const unused_event __attribute__((unused));
 const enum counter unused_counter __attribute__((unused));
 
+// count is in every program: it carries the gadget labels' use.
 static __always_inline void count(__u32 which)
 {
-	__u64 *n = bpf_map_lookup_elem(&counters, &which);
+	__u64 *n;
+
+	GADGET_LABELS_USE();
+	n = bpf_map_lookup_elem(&counters, &which);
 
 	if (n)
 		*n += 1;

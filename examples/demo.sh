@@ -55,7 +55,8 @@ stop() {
 launch() {
 	name=$1 image=$2 bin=$3
 	log=bin/$(basename "$bin").log
-	# No BPFSTATS_GADGET_ID: the tracker derives a stable 11-digit one.
+	# The gadget copies name and image into its programs' labels. No
+	# BPFSTATS_GADGET_ID: the tracker derives a stable 11-digit one.
 	BPFSTATS_GADGET_NAME=$name BPFSTATS_GADGET_IMAGE=$image \
 		nohup "$bin" -interval 10s >"$log" 2>&1 </dev/null &
 	pid=$!

@@ -50,21 +50,24 @@ type traceexecExecCall struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	traceexecMapCounters      = "counters"
-	traceexecMapEvents        = "events"
-	traceexecMapInflight      = "inflight"
-	traceexecProgIgExecRawE   = "ig_exec_raw_e"
-	traceexecProgIgExecRawX   = "ig_exec_raw_x"
-	traceexecProgIgExecveE    = "ig_execve_e"
-	traceexecProgIgExecveX    = "ig_execve_x"
-	traceexecProgIgExecveatE  = "ig_execveat_e"
-	traceexecProgIgExecveatX  = "ig_execveat_x"
-	traceexecProgIgSchedExec  = "ig_sched_exec"
-	traceexecProgIgSchedRaw   = "ig_sched_raw"
-	traceexecVarNrExecve      = "nr_execve"
-	traceexecVarNrExecveat    = "nr_execveat"
-	traceexecVarUnusedCounter = "unused_counter"
-	traceexecVarUnusedEvent   = "unused_event"
+	traceexecMapCounters               = "counters"
+	traceexecMapEvents                 = "events"
+	traceexecMapInflight               = "inflight"
+	traceexecProgIgExecRawE            = "ig_exec_raw_e"
+	traceexecProgIgExecRawX            = "ig_exec_raw_x"
+	traceexecProgIgExecveE             = "ig_execve_e"
+	traceexecProgIgExecveX             = "ig_execve_x"
+	traceexecProgIgExecveatE           = "ig_execveat_e"
+	traceexecProgIgExecveatX           = "ig_execveat_x"
+	traceexecProgIgSchedExec           = "ig_sched_exec"
+	traceexecProgIgSchedRaw            = "ig_sched_raw"
+	traceexecVarBpfMetadataGadgetId    = "bpf_metadata_gadget_id"
+	traceexecVarBpfMetadataGadgetImage = "bpf_metadata_gadget_image"
+	traceexecVarBpfMetadataGadgetName  = "bpf_metadata_gadget_name"
+	traceexecVarNrExecve               = "nr_execve"
+	traceexecVarNrExecveat             = "nr_execveat"
+	traceexecVarUnusedCounter          = "unused_counter"
+	traceexecVarUnusedEvent            = "unused_event"
 )
 
 // loadTraceexec returns the embedded CollectionSpec for traceexec.
@@ -132,10 +135,13 @@ type traceexecMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type traceexecVariableSpecs struct {
-	NrExecve      *ebpf.VariableSpec `ebpf:"nr_execve"`
-	NrExecveat    *ebpf.VariableSpec `ebpf:"nr_execveat"`
-	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	BpfMetadataGadgetId    *ebpf.VariableSpec `ebpf:"bpf_metadata_gadget_id"`
+	BpfMetadataGadgetImage *ebpf.VariableSpec `ebpf:"bpf_metadata_gadget_image"`
+	BpfMetadataGadgetName  *ebpf.VariableSpec `ebpf:"bpf_metadata_gadget_name"`
+	NrExecve               *ebpf.VariableSpec `ebpf:"nr_execve"`
+	NrExecveat             *ebpf.VariableSpec `ebpf:"nr_execveat"`
+	UnusedCounter          *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEvent            *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
 // traceexecObjects contains all objects after they have been loaded into the kernel.
@@ -175,10 +181,13 @@ func (m *traceexecMaps) Close() error {
 //
 // It can be passed to loadTraceexecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type traceexecVariables struct {
-	NrExecve      *ebpf.Variable `ebpf:"nr_execve"`
-	NrExecveat    *ebpf.Variable `ebpf:"nr_execveat"`
-	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	BpfMetadataGadgetId    *ebpf.Variable `ebpf:"bpf_metadata_gadget_id"`
+	BpfMetadataGadgetImage *ebpf.Variable `ebpf:"bpf_metadata_gadget_image"`
+	BpfMetadataGadgetName  *ebpf.Variable `ebpf:"bpf_metadata_gadget_name"`
+	NrExecve               *ebpf.Variable `ebpf:"nr_execve"`
+	NrExecveat             *ebpf.Variable `ebpf:"nr_execveat"`
+	UnusedCounter          *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEvent            *ebpf.Variable `ebpf:"unused_event"`
 }
 
 // traceexecPrograms contains all programs after they have been loaded into the kernel.

@@ -3,8 +3,11 @@
 //
 // It loads bpf/trace_open.bpf.c, attaches it, drains its ring buffer and
 // prints counts to stderr until SIGINT or SIGTERM. Run it as root; it needs
-// Linux 5.8 (ring buffer). Label it for the tracker with the environment:
+// Linux 5.8 (ring buffer). Label it for the tracker with flags, which it
+// writes into its programs (bpf_metadata_gadget_* in .rodata), or with the
+// environment, which the flags default to:
 //
+//	trace_open -gadget-name mytraceopen -gadget-image trace_open:latest
 //	BPFSTATS_GADGET_NAME=mytraceopen BPFSTATS_GADGET_IMAGE=trace_open:latest trace_open
 package main
 

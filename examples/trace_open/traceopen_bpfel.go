@@ -47,19 +47,22 @@ type traceopenInflight struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	traceopenMapCounters      = "counters"
-	traceopenMapEvents        = "events"
-	traceopenMapInflight      = "inflight"
-	traceopenProgIgOpenRawE   = "ig_open_raw_e"
-	traceopenProgIgOpenRawX   = "ig_open_raw_x"
-	traceopenProgIgOpenat2E   = "ig_openat2_e"
-	traceopenProgIgOpenat2X   = "ig_openat2_x"
-	traceopenProgIgOpenatE    = "ig_openat_e"
-	traceopenProgIgOpenatX    = "ig_openat_x"
-	traceopenVarNrOpenat      = "nr_openat"
-	traceopenVarNrOpenat2     = "nr_openat2"
-	traceopenVarUnusedCounter = "unused_counter"
-	traceopenVarUnusedEvent   = "unused_event"
+	traceopenMapCounters               = "counters"
+	traceopenMapEvents                 = "events"
+	traceopenMapInflight               = "inflight"
+	traceopenProgIgOpenRawE            = "ig_open_raw_e"
+	traceopenProgIgOpenRawX            = "ig_open_raw_x"
+	traceopenProgIgOpenat2E            = "ig_openat2_e"
+	traceopenProgIgOpenat2X            = "ig_openat2_x"
+	traceopenProgIgOpenatE             = "ig_openat_e"
+	traceopenProgIgOpenatX             = "ig_openat_x"
+	traceopenVarBpfMetadataGadgetId    = "bpf_metadata_gadget_id"
+	traceopenVarBpfMetadataGadgetImage = "bpf_metadata_gadget_image"
+	traceopenVarBpfMetadataGadgetName  = "bpf_metadata_gadget_name"
+	traceopenVarNrOpenat               = "nr_openat"
+	traceopenVarNrOpenat2              = "nr_openat2"
+	traceopenVarUnusedCounter          = "unused_counter"
+	traceopenVarUnusedEvent            = "unused_event"
 )
 
 // loadTraceopen returns the embedded CollectionSpec for traceopen.
@@ -125,10 +128,13 @@ type traceopenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type traceopenVariableSpecs struct {
-	NrOpenat      *ebpf.VariableSpec `ebpf:"nr_openat"`
-	NrOpenat2     *ebpf.VariableSpec `ebpf:"nr_openat2"`
-	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	BpfMetadataGadgetId    *ebpf.VariableSpec `ebpf:"bpf_metadata_gadget_id"`
+	BpfMetadataGadgetImage *ebpf.VariableSpec `ebpf:"bpf_metadata_gadget_image"`
+	BpfMetadataGadgetName  *ebpf.VariableSpec `ebpf:"bpf_metadata_gadget_name"`
+	NrOpenat               *ebpf.VariableSpec `ebpf:"nr_openat"`
+	NrOpenat2              *ebpf.VariableSpec `ebpf:"nr_openat2"`
+	UnusedCounter          *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEvent            *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
 // traceopenObjects contains all objects after they have been loaded into the kernel.
@@ -168,10 +174,13 @@ func (m *traceopenMaps) Close() error {
 //
 // It can be passed to loadTraceopenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type traceopenVariables struct {
-	NrOpenat      *ebpf.Variable `ebpf:"nr_openat"`
-	NrOpenat2     *ebpf.Variable `ebpf:"nr_openat2"`
-	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	BpfMetadataGadgetId    *ebpf.Variable `ebpf:"bpf_metadata_gadget_id"`
+	BpfMetadataGadgetImage *ebpf.Variable `ebpf:"bpf_metadata_gadget_image"`
+	BpfMetadataGadgetName  *ebpf.Variable `ebpf:"bpf_metadata_gadget_name"`
+	NrOpenat               *ebpf.Variable `ebpf:"nr_openat"`
+	NrOpenat2              *ebpf.Variable `ebpf:"nr_openat2"`
+	UnusedCounter          *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEvent            *ebpf.Variable `ebpf:"unused_event"`
 }
 
 // traceopenPrograms contains all programs after they have been loaded into the kernel.

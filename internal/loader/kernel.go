@@ -9,8 +9,8 @@ import (
 )
 
 // Kernel reads programs, maps and processes from the running kernel and
-// /proc. It implements state.Kernel (and its extensions state.BatchReader
-// and state.AuditReader). The zero value is not usable; call NewKernel.
+// /proc. It implements state.Kernel (and its extensions state.BatchReader,
+// state.AuditReader, state.MetadataReader and state.CgroupResolver). The zero value is not usable; call NewKernel.
 //
 // Reads use raw bpf(2) calls and reused buffers: one program read is three
 // syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see
@@ -41,6 +41,9 @@ type Kernel struct {
 	procReader  procReader
 	iters       *iterators
 	closed      bool
+	// metaMapInfo and metaCache serve ReadProgramMetadata.
+	metaMapInfo sysMapInfoBTF
+	metaCache   map[metadataKey]map[string]string
 
 	// batchMu guards the fields below, owned by ReadPrograms and by the
 	// iterator path of appendProgramIDs. It is separate from mu because
@@ -59,6 +62,9 @@ type Kernel struct {
 	// known and knownNext are the map ID caches of the last and the
 	// current sweep.
 	known, knownNext progCache
+
+	// cgroups resolves cgroup IDs (CgroupPath), with a lock of its own.
+	cgroups cgroupPaths
 }
 
 // KernelOptions configures NewKernelWithOptions.
@@ -106,8 +112,8 @@ func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
 	}, nil
 }
 
-// Close releases the BPF iterators. The Kernel stays usable, reading
-// through bpf(2) and /proc only. Close is idempotent.
+// Close releases the BPF iterators and the cgroup mount fd. The Kernel
+// stays usable, reading through bpf(2) and /proc only. Close is idempotent.
 func (k *Kernel) Close() error {
 	// Wait for reads in flight (lock order: batchMu, then mu).
 	k.batchMu.Lock()
@@ -115,6 +121,7 @@ func (k *Kernel) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.closed = true
+	k.cgroups.close()
 	if k.iters == nil {
 		return nil
 	}
@@ -177,6 +184,11 @@ type Process struct {
 	// environment when it was first read, keyed without the prefix
 	// ("NAME", "IMAGE", "ID").
 	Labels map[string]string
+	// Cgroup is the process's cgroup v2 path (the "0::" line of
+	// /proc/<pid>/cgroup; the v1 name=systemd line on a host without
+	// cgroup v2) when it was first read: see ParseCgroupPath. "" when it
+	// cannot be read.
+	Cgroup string
 }
 
 // BootOffset returns how far CLOCK_BOOTTIME is ahead of CLOCK_MONOTONIC

@@ -353,6 +353,7 @@ type procReader struct {
 	stat    []byte
 	link    []byte
 	environ []byte
+	cgroup  []byte
 	cache   map[procKey]procCacheEntry
 }
 
@@ -366,6 +367,7 @@ type procKey struct {
 type procCacheEntry struct {
 	exe    string
 	labels map[string]string
+	cgroup string
 }
 
 // procCacheMax bounds the ReadProcess cache; it starts over when full.

@@ -169,14 +169,14 @@ func (k *Kernel) selfFdinfoField(fd int, key string) (uint64, error) {
 	return v, nil
 }
 
-// ReadProcess reads <procRoot>/<pid>: stat, exe and the gadget labels of
-// environ. An error wrapping os.ErrNotExist means the process has exited.
+// ReadProcess reads <procRoot>/<pid>: stat, exe, cgroup and the gadget
+// labels of environ. An error wrapping os.ErrNotExist means the process has exited.
 // Exe is empty when it cannot be read (kernel threads, zombies); Labels is
 // nil when environ has none or cannot be read.
 //
-// environ is read once per process instance (PID, start time and exe):
-// later reads of the same instance are three syscalls for stat and one for
-// exe.
+// environ and cgroup are read once per process instance (PID, start time
+// and exe): later reads of the same instance are three syscalls for stat
+// and one for exe.
 func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -203,9 +203,15 @@ func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
 	if c, ok := r.cache[key]; ok && c.exe == string(exe) {
 		p.Exe = c.exe
 		p.Labels = maps.Clone(c.labels)
+		p.Cgroup = c.cgroup
 		return p, nil
 	}
 	p.Exe = string(exe)
+
+	r.path = appendPathZ(r.path[:0], []byte(k.procRoot), []byte("/"), pidName, []byte("/cgroup"))
+	if data, err := readWholeFile(r.path, &r.cgroup); err == nil {
+		p.Cgroup = parseProcCgroup(data)
+	}
 
 	r.path = appendPathZ(r.path[:0], []byte(k.procRoot), []byte("/"), pidName, []byte("/environ"))
 	env, err := readWholeFile(r.path, &r.environ)
@@ -220,7 +226,7 @@ func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
 	if r.cache == nil || len(r.cache) >= procCacheMax {
 		r.cache = make(map[procKey]procCacheEntry)
 	}
-	r.cache[key] = procCacheEntry{exe: p.Exe, labels: maps.Clone(p.Labels)}
+	r.cache[key] = procCacheEntry{exe: p.Exe, labels: maps.Clone(p.Labels), cgroup: p.Cgroup}
 	return p, nil
 }
 

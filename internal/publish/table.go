@@ -52,6 +52,12 @@ func Columns() []Column {
 		{Name: "runsPerSecond", Help: "Runs per second since the previous interval", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.RunsPerSecond, 'f', 1, 64) }},
 		{Name: "cpuPercentNorm", Help: "Run time since the previous interval, in percent of all online CPUs (normalized: cpuPercent is per core, bpftop's CPU%, and can exceed 100)", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.CPUPercentNorm, 'f', 2, 64) }},
 		{Name: "statsCostPercent", Help: "Estimated cost of the kernel's run-time stats accounting for the row since the previous interval, in percent of one CPU (runs x per-run cost measured at start)", Right: true, value: func(r *state.Row) string { return strconv.FormatFloat(r.StatsCostPercent, 'f', 3, 64) }},
+		{Name: "cgroup", Help: "cgroup v2 path of the loader (of the owner for a gadget)", value: func(r *state.Row) string { return r.Cgroup }},
+		{Name: "unit", Help: "systemd unit of the loader, from its cgroup (user@UID.service/UNIT inside a user manager)", value: func(r *state.Row) string { return r.Unit }},
+		{Name: "slice", Help: "systemd slice holding the unit", value: func(r *state.Row) string { return r.Slice }},
+		{Name: "containerID", Help: "Container ID of the loader, from its cgroup (containerd, CRI-O, Docker, Podman)", value: func(r *state.Row) string { return r.ContainerID }},
+		{Name: "podUID", Help: "Kubernetes pod UID of the loader, from its cgroup", value: func(r *state.Row) string { return r.PodUID }},
+		{Name: "podQoS", Help: "Kubernetes QoS class of the pod (Guaranteed, Burstable, BestEffort)", value: func(r *state.Row) string { return r.PodQoS }},
 	}
 }
 

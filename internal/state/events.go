@@ -169,7 +169,9 @@ func (t *Tracker) loadGone(ev loader.ProgramEvent, g *goneProgram) {
 	var gadget *gadget
 	if proc, ok := t.eventProcess(ev); ok {
 		p.loader = &ProcessRef{PID: proc.PID, Comm: proc.Comm, Exe: proc.Exe}
-		gadget = t.gadgets[instance{pid: proc.PID, startTime: proc.StartTime}]
+		// A gone program's labels cannot be read: its process's gadget
+		// without labels, if any.
+		gadget = t.gadgets[gadgetKey{owner: instance{pid: proc.PID, startTime: proc.StartTime}}]
 	} else if ev.PID != 0 && ev.Comm != "" && !t.opts.IgnoreEventPIDs {
 		p.loader = &ProcessRef{PID: ev.PID, Comm: ev.Comm}
 	}

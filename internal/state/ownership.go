@@ -25,9 +25,11 @@ func (t *Tracker) attribute(p *program, ev loader.ProgramEvent) {
 		if ev.Comm != "" {
 			p.loader = &ProcessRef{PID: ev.PID, Comm: ev.Comm}
 		}
+		t.place(p, ev.CgroupID, nil)
 		return
 	}
 	p.loader = &ProcessRef{PID: proc.PID, Comm: proc.Comm, Exe: proc.Exe}
+	t.place(p, ev.CgroupID, proc)
 	if proc.Kernel {
 		// Kernel threads (and loads from kernel context) own nothing.
 		p.resolved = true
@@ -117,11 +119,18 @@ func (t *Tracker) process(pid uint32) (*loader.Process, error) {
 	return &fresh, nil
 }
 
+// setOwner makes proc's gadget for p's labels own p; a nil proc means
+// no process: the gadget of p's labels alone (p must have labels).
 func (t *Tracker) setOwner(p *program, proc *loader.Process) {
-	key := instance{pid: proc.PID, startTime: proc.StartTime}
+	labels := t.labelsOf(p)
+	key := gadgetKey{label: labels.key()}
+	if proc != nil {
+		key.owner = instance{pid: proc.PID, startTime: proc.StartTime}
+		t.place(p, 0, proc)
+	}
 	g, ok := t.gadgets[key]
 	if !ok {
-		g = &gadget{owner: key, info: t.gadgetInfo(proc)}
+		g = &gadget{key: key, info: t.gadgetInfo(proc, labels, key.label)}
 		t.gadgets[key] = g
 	}
 	if p.gadget == g {
@@ -141,38 +150,54 @@ func (t *Tracker) unown(p *program) {
 	}
 	p.gadget.programs--
 	if p.gadget.programs == 0 {
-		delete(t.gadgets, p.gadget.owner)
+		delete(t.gadgets, p.gadget.key)
 	}
 	p.gadget = nil
 }
 
-func (t *Tracker) gadgetInfo(proc *loader.Process) Gadget {
-	g := Gadget{
-		ID:    proc.Labels[labelID],
-		Name:  proc.Labels[labelName],
-		Image: proc.Labels[labelImage],
-		Owner: ProcessRef{PID: proc.PID, Comm: proc.Comm, Exe: proc.Exe},
+// gadgetInfo names the gadget of proc (nil: none) for programs with
+// labels (labelKey is their key): each of ID, name and image from the
+// labels, else the environment, else the process (see Gadget).
+func (t *Tracker) gadgetInfo(proc *loader.Process, labels *programLabels, labelKey string) Gadget {
+	var g Gadget
+	if labels != nil {
+		g = Gadget{ID: labels.id, Name: labels.name, Image: labels.image}
 	}
+	if proc == nil {
+		if g.ID == "" {
+			g.ID = gadgetID(t.opts.Node, 0, 0, labelKey)
+		}
+		return g
+	}
+	g.Owner = ProcessRef{PID: proc.PID, Comm: proc.Comm, Exe: proc.Exe}
+	g.Placement = placementOf(proc.Cgroup)
+	if labelKey == "" {
+		// The environment's ID names the process's one unlabelled gadget.
+		g.ID = proc.Labels[labelID]
+	}
+	g.Name = cmp.Or(g.Name, proc.Labels[labelName])
+	g.Image = cmp.Or(g.Image, proc.Labels[labelImage])
 	if self := t.opts.Self; self.PID != 0 && self.PID == proc.PID {
 		g.Name = cmp.Or(g.Name, self.Name)
 		g.Image = cmp.Or(g.Image, self.Image)
 	}
 	if g.ID == "" {
-		g.ID = gadgetID(t.opts.Node, proc.PID, proc.StartTime)
+		g.ID = gadgetID(t.opts.Node, proc.PID, proc.StartTime, labelKey)
 	}
-	if g.Name == "" {
-		g.Name = proc.Comm
-	}
-	if g.Image == "" {
-		g.Image = proc.Exe
-	}
+	g.Name = cmp.Or(g.Name, proc.Comm)
+	g.Image = cmp.Or(g.Image, proc.Exe)
 	return g
 }
 
-// gadgetID is the generated ID of the gadget owned by one process instance
-// on one node: 11 hex digits, stable for the life of the process.
-func gadgetID(node string, pid uint32, startTime uint64) string {
-	sum := sha256.Sum256(fmt.Appendf(nil, "%s/%d/%d", node, pid, startTime))
+// gadgetID is the generated ID of a gadget on one node: 11 hex digits,
+// stable for the life of the owner process (pid 0 for none) and the
+// labels' key.
+func gadgetID(node string, pid uint32, startTime uint64, labelKey string) string {
+	in := fmt.Appendf(nil, "%s/%d/%d", node, pid, startTime)
+	if labelKey != "" {
+		in = fmt.Appendf(in, "/%s", labelKey)
+	}
+	sum := sha256.Sum256(in)
 	return hex.EncodeToString(sum[:])[:11]
 }
 
@@ -188,8 +213,11 @@ func (t *Tracker) settleOwners() error {
 	defer func() { t.sweepRead = nil }()
 	// An owner that exited no longer owns anything.
 	for key, g := range t.gadgets {
-		proc, err := t.process(key.pid)
-		if err == nil && proc.StartTime == key.startTime {
+		if key.owner.pid == 0 {
+			continue // labelled programs no process holds
+		}
+		proc, err := t.process(key.owner.pid)
+		if err == nil && proc.StartTime == key.owner.startTime {
 			continue
 		}
 		for _, p := range t.programs {
@@ -201,8 +229,9 @@ func (t *Tracker) settleOwners() error {
 	}
 	relevant := make(map[uint32]struct{}, len(t.gadgets))
 	for key := range t.gadgets {
-		relevant[key.pid] = struct{}{}
+		relevant[key.owner.pid] = struct{}{}
 	}
+	var holderless []*program
 	for id, p := range t.programs {
 		p.pids = append(p.pids[:0], holders[id]...)
 		slices.Sort(p.pids)
@@ -212,13 +241,24 @@ func (t *Tracker) settleOwners() error {
 				t.process(pid) //nolint:errcheck // a holder that exited has no comm to show
 			}
 		}
+		t.relabel(p)
 		if p.resolved && (p.gadget != nil || len(p.pids) == 0) {
+			if p.gadget == nil {
+				holderless = append(holderless, p)
+			}
 			continue
 		}
 		p.resolved = true
 		if owner := t.pickHolder(p.pids); owner != nil {
 			t.setOwner(p, owner)
+		} else {
+			holderless = append(holderless, p)
 		}
+	}
+	// After the holders, so that a labelled program joins its live
+	// gadget rather than one of its own.
+	for _, p := range holderless {
+		t.ownByLabels(p)
 	}
 	// Forget processes that neither hold programs nor own gadgets.
 	for pid := range t.processes {
@@ -238,7 +278,7 @@ func (t *Tracker) pickHolder(pids []uint32) *loader.Process {
 		if err != nil || proc.Kernel {
 			continue
 		}
-		if _, ok := t.gadgets[instance{pid: proc.PID, startTime: proc.StartTime}]; ok {
+		if t.ownsGadget(proc) {
 			return proc
 		}
 		if first == nil {

@@ -102,6 +102,9 @@ func (t *Tracker) programRow(p *program, a *rowArenas) Row {
 		MapIDs: cut(&a.maps, p.info.MapIDs),
 		Tag:    p.tagHex,
 		PIDs:   cut(&a.pids, p.pids),
+		// Where the loader ran; where the owner runs when no load event
+		// named the loader.
+		Placement: p.where,
 	}
 	for _, mid := range row.MapIDs {
 		row.MapMemory += t.maps[mid].info.Memlock
@@ -121,13 +124,17 @@ func (t *Tracker) gadgetSum(byGadget map[*gadget]*rowSum, g *gadget) *rowSum {
 	if sum, ok := byGadget[g]; ok {
 		return sum
 	}
-	sum := newRowSum(Row{
+	head := Row{
 		NodeName:    t.opts.Node,
 		GadgetID:    g.info.ID,
 		GadgetName:  g.info.Name,
 		GadgetImage: g.info.Image,
-		Loader:      &g.info.Owner,
-	})
+		Placement:   g.info.Placement,
+	}
+	if g.key.owner.pid != 0 {
+		head.Loader = &g.info.Owner
+	}
+	sum := newRowSum(head)
 	byGadget[g] = sum
 	return sum
 }

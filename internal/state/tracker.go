@@ -17,6 +17,14 @@ const (
 	labelID    = "ID"
 )
 
+// Label keys read from a program's .rodata (the bpf_metadata_ variables,
+// without the prefix).
+const (
+	metaID    = "gadget_id"
+	metaName  = "gadget_name"
+	metaImage = "gadget_image"
+)
+
 // Options configures a Tracker.
 type Options struct {
 	// Node names this machine; it salts generated gadget IDs so that they
@@ -59,7 +67,7 @@ type Tracker struct {
 	opts   Options
 
 	programs map[uint32]*program
-	gadgets  map[instance]*gadget
+	gadgets  map[gadgetKey]*gadget
 	maps     map[uint32]*mapEntry
 	// processes caches what was read of a process instance, keyed by PID
 	// and checked against its start time.
@@ -93,6 +101,37 @@ type instance struct {
 	startTime uint64
 }
 
+// gadgetKey names one gadget: its owner instance (zero for labelled
+// programs no process holds) and the key of its programs' labels ("" for
+// programs without any): one process may run many labelled gadgets.
+type gadgetKey struct {
+	owner instance
+	label string
+}
+
+// programLabels are the gadget labels a program carries in its .rodata.
+type programLabels struct {
+	id, name, image string
+	// final is false when the read found no .rodata map on a program not
+	// yet swept: its loader may bind one right after the load (as libbpf
+	// does), so the next sweep reads again.
+	final bool
+}
+
+// key tells labelled gadgets apart: by ID, else by name and image; "" for
+// a program without labels.
+func (l *programLabels) key() string {
+	switch {
+	case l == nil:
+		return ""
+	case l.id != "":
+		return "id\x00" + l.id
+	case l.name != "" || l.image != "":
+		return "ni\x00" + l.name + "\x00" + l.image
+	}
+	return ""
+}
+
 type program struct {
 	id       uint32
 	tag      [8]byte
@@ -103,6 +142,11 @@ type program struct {
 	gadget *gadget // nil: unowned
 	// loader is the process that loaded the program, when an event said so.
 	loader *ProcessRef
+	// labels are read once (see labelsOf); nil until then.
+	labels *programLabels
+	// where is the loader's placement (the owner's when no event named
+	// the loader); where.Cgroup is "" until known.
+	where Placement
 	// resolved is true once ownership was decided from an event or a holder.
 	resolved bool
 	// announced is true once its load was published: its release will be.
@@ -128,7 +172,7 @@ type program struct {
 
 type gadget struct {
 	info     Gadget
-	owner    instance
+	key      gadgetKey
 	programs int
 	// ledger accumulates what the gadget's programs ran (see retire.go).
 	ledger ledger
@@ -152,7 +196,7 @@ func New(k Kernel, opts Options) *Tracker {
 		kernel:    k,
 		opts:      opts,
 		programs:  make(map[uint32]*program),
-		gadgets:   make(map[instance]*gadget),
+		gadgets:   make(map[gadgetKey]*gadget),
 		maps:      make(map[uint32]*mapEntry),
 		processes: make(map[uint32]*loader.Process),
 		seen:      make(map[uint32]struct{}),

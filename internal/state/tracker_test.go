@@ -294,7 +294,7 @@ func TestGadgetAggregationDistinctMaps(t *testing.T) {
 	if g.GadgetName != "mytraceopen" || g.GadgetImage != "trace_open:latest" {
 		t.Fatalf("labels not used: %+v", g)
 	}
-	if g.GadgetID != gadgetID("n1", 42, 77) || len(g.GadgetID) != 11 {
+	if g.GadgetID != gadgetID("n1", 42, 77, "") || len(g.GadgetID) != 11 {
 		t.Fatalf("gadget id %q", g.GadgetID)
 	}
 	if g.ProgID != 0 || g.ProgName != "" {
@@ -383,7 +383,7 @@ func TestOwnershipFromHoldersAndOwnerExit(t *testing.T) {
 	// A PID reused by another process instance is another gadget.
 	k.procs[20] = loader.Process{PID: 20, StartTime: 99, Comm: "other", Exe: "/other"}
 	snap = sweep(t, tr)
-	if r := programRow(t, snap, 1); r.GadgetName != "other" || r.GadgetID != gadgetID("n1", 20, 99) {
+	if r := programRow(t, snap, 1); r.GadgetName != "other" || r.GadgetID != gadgetID("n1", 20, 99, "") {
 		t.Fatalf("reused PID must make a new gadget: %+v", r)
 	}
 }

@@ -33,17 +33,78 @@ type BatchReader interface {
 	ReadPrograms(ids []uint32, fn func(id uint32, info *loader.ProgramInfo, err error)) error
 }
 
+// MetadataReader is an extension point of Kernel: loader.Kernel reads the
+// bpf_metadata_* variables of a program's .rodata, and the tracker then
+// takes gadget labels from the programs themselves.
+type MetadataReader interface {
+	// ReadProgramMetadata reads program id's metadata variables.
+	ReadProgramMetadata(id uint32) (loader.ProgramMetadata, error)
+}
+
+// CgroupResolver is an extension point of Kernel: loader.Kernel turns the
+// cgroup ID of a load event (the fentry source's) into its path. Without
+// it, or when it fails, the loader's cgroup comes from /proc
+// (loader.Process.Cgroup).
+type CgroupResolver interface {
+	// CgroupPath returns the cgroup v2 path of cgroup id.
+	CgroupPath(id uint64) (string, error)
+}
+
 // Gadget is one running instance of an eBPF tool: the programs owned by
-// one process instance.
+// one process instance that carry the same program labels (none, for a
+// process labelled from its environment only), or the labelled programs
+// no process holds (kept by pins or links; Owner is then empty).
+//
+// Each of ID, Name and Image comes from the first of: the programs' own
+// labels (the bpf_metadata_gadget_{id,name,image} variables of their
+// .rodata, see loader.ReadProgramMetadata), the owner's environment
+// (BPFSTATS_GADGET_{ID,NAME,IMAGE}; the ID only for a gadget without
+// program labels, since one process may run many), then the owner
+// process itself.
 type Gadget struct {
-	// ID is BPFSTATS_GADGET_ID or an 11-hex-digit hash of the owner instance.
+	// ID is the program label, BPFSTATS_GADGET_ID, or an 11-hex-digit
+	// hash of the node, the owner instance and the program labels.
 	ID string `json:"id"`
-	// Name is BPFSTATS_GADGET_NAME or the owner's comm.
+	// Name is the program label, BPFSTATS_GADGET_NAME or the owner's comm.
 	Name string `json:"name"`
-	// Image is BPFSTATS_GADGET_IMAGE or the owner's executable path.
+	// Image is the program label, BPFSTATS_GADGET_IMAGE or the owner's
+	// executable path.
 	Image string `json:"image"`
 	// Owner is the process instance that owns the gadget's programs.
 	Owner ProcessRef `json:"owner"`
+	// Placement is where the owner runs.
+	Placement
+}
+
+// Placement is where a process runs: its cgroup v2 path and what the path
+// tells (see loader.ParseCgroupPath). Fields are empty when unknown.
+type Placement struct {
+	// Cgroup is the cgroup v2 path, "/system.slice/foo.service".
+	Cgroup string `json:"cgroup,omitempty"`
+	// Unit is the systemd unit, "foo.service"; inside a user manager
+	// "user@1000.service/app.scope".
+	Unit string `json:"unit,omitempty"`
+	// Slice is the slice holding Unit ("system.slice", "user-1000.slice").
+	Slice string `json:"slice,omitempty"`
+	// ContainerID is the container's 64-hex-digit ID (containerd, CRI-O,
+	// Docker, Podman naming).
+	ContainerID string `json:"containerID,omitempty"`
+	// PodUID and PodQoS are the Kubernetes pod's UID and QoS class
+	// ("Guaranteed", "Burstable", "BestEffort").
+	PodUID string `json:"podUID,omitempty"`
+	PodQoS string `json:"podQoS,omitempty"`
+}
+
+// placementOf derives the Placement of a cgroup path.
+func placementOf(cgroup string) Placement {
+	if cgroup == "" {
+		return Placement{}
+	}
+	cg := loader.ParseCgroupPath(cgroup)
+	return Placement{
+		Cgroup: cg.Path, Unit: cg.Unit, Slice: cg.Slice,
+		ContainerID: cg.ContainerID, PodUID: cg.PodUID, PodQoS: cg.PodQoS,
+	}
 }
 
 // ProcessRef is a process as reported to users.
@@ -128,6 +189,10 @@ type Row struct {
 	// Cost are the columns derived from Totals that explain the row's
 	// cost; their JSON fields are the row's.
 	Cost
+	// Placement is where a program's loader ran when it loaded it (its
+	// owner's when no load event named the loader), or where a gadget's
+	// owner runs; empty on the unowned row.
+	Placement
 }
 
 // Snapshot is the result of one sweep.

@@ -36,6 +36,13 @@ type GadgetSpec struct {
 	Maps []GadgetMap `json:"maps"`
 	// Programs are loaded in order, after the maps.
 	Programs []GadgetProgram `json:"programs"`
+	// Labelled are instances of the labelled test object, loaded after
+	// Programs, each with its labels; their program IDs follow those of
+	// Programs in Gadget.ProgramIDs.
+	Labelled []ProgramLabels `json:"labelled,omitempty"`
+	// Cgroup, when set, is a cgroup v2 directory the child moves itself
+	// into (writing its PID to cgroup.procs) before loading anything.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // GadgetMap is one map of a gadget.
@@ -221,6 +228,11 @@ func loadGadget(specJSON string) ([]io.Closer, childReport, error) {
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
 		return nil, report, fmt.Errorf("decoding %s: %w", childEnv, err)
 	}
+	if spec.Cgroup != "" {
+		if err := joinCgroup(spec.Cgroup); err != nil {
+			return nil, report, err
+		}
+	}
 
 	maps := make(map[string]*ebpf.Map)
 	for _, ms := range spec.Maps {
@@ -268,6 +280,18 @@ func loadGadget(specJSON string) ([]io.Closer, childReport, error) {
 		id, err := objectID(prog.FD())
 		if err != nil {
 			return closers, report, fmt.Errorf("reading ID of program %q: %w", ps.Name, err)
+		}
+		report.ProgramIDs = append(report.ProgramIDs, id)
+	}
+	for _, labels := range spec.Labelled {
+		prog, err := newLabelled(labels)
+		if err != nil {
+			return closers, report, err
+		}
+		closers = append(closers, prog)
+		id, err := objectID(prog.FD())
+		if err != nil {
+			return closers, report, fmt.Errorf("reading ID of labelled program %q: %w", labels.ID, err)
 		}
 		report.ProgramIDs = append(report.ProgramIDs, id)
 	}

@@ -52,6 +52,7 @@ type options struct {
 	quiet, verbose bool
 	interval       time.Duration
 	attach         string
+	labels         Labels
 }
 
 // Main parses the command line, runs the gadget until SIGINT or SIGTERM and
@@ -62,6 +63,9 @@ func Main[E any](cfg Config[E]) {
 	flag.BoolVar(&opts.verbose, "v", false, "print every event")
 	flag.DurationVar(&opts.interval, "interval", 5*time.Second, "how often to print the counts")
 	flag.StringVar(&opts.attach, "attach", "auto", `"tracepoint", "raw_tp", or "auto": tracepoint if tracefs is mounted`)
+	flag.StringVar(&opts.labels.ID, "gadget-id", os.Getenv("BPFSTATS_GADGET_ID"), "gadget ID the programs carry (bpf_metadata_gadget_id; default $BPFSTATS_GADGET_ID)")
+	flag.StringVar(&opts.labels.Name, "gadget-name", os.Getenv("BPFSTATS_GADGET_NAME"), "gadget name the programs carry (bpf_metadata_gadget_name; default $BPFSTATS_GADGET_NAME)")
+	flag.StringVar(&opts.labels.Image, "gadget-image", os.Getenv("BPFSTATS_GADGET_IMAGE"), "gadget image the programs carry (bpf_metadata_gadget_image; default $BPFSTATS_GADGET_IMAGE)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -90,6 +94,9 @@ func run[E any](ctx context.Context, cfg Config[E], opts options) error {
 		if err := cfg.SetRawTracepointVars(spec); err != nil {
 			return err
 		}
+	}
+	if err := opts.labels.Set(spec); err != nil {
+		return err
 	}
 
 	coll, err := ebpf.NewCollection(spec)

@@ -1,0 +1,116 @@
+package state
+
+import (
+	"strings"
+
+	"github.com/bpfstats/tracker/internal/loader"
+)
+
+// rodataSuffix ends the name of an object's read-only globals map, where
+// its loader puts the program labels.
+const rodataSuffix = ".rodata"
+
+// labelsOf returns p's program labels, reading them the first time (one
+// read per program: its ID and tag never change its labels). A read that
+// found no .rodata map before the first sweep read p is repeated once by
+// relabel; after that read, the map IDs tell without a syscall.
+func (t *Tracker) labelsOf(p *program) *programLabels {
+	if p.labels != nil {
+		return p.labels
+	}
+	r, ok := t.kernel.(MetadataReader)
+	if !ok || (p.read && !t.usesRodata(p)) {
+		p.labels = &programLabels{final: true}
+		return p.labels
+	}
+	md, err := r.ReadProgramMetadata(p.id)
+	l := &programLabels{final: err != nil || md.Rodata || p.read}
+	// A tag that differs: the ID is another program's now; p is gone.
+	if err == nil && tagsMatch(p.tag, md.Tag) {
+		l.id, l.name, l.image = md.Vars[metaID], md.Vars[metaName], md.Vars[metaImage]
+	}
+	p.labels = l
+	return l
+}
+
+// usesRodata reports whether one of the maps p used at its last read is
+// a .rodata map.
+func (t *Tracker) usesRodata(p *program) bool {
+	for _, id := range p.info.MapIDs {
+		if m, ok := t.maps[id]; ok && strings.HasSuffix(m.info.Name, rodataSuffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// relabel reads again the labels of a program read when it had no
+// .rodata map yet, now that a sweep read it, and moves it to the gadget
+// of its labels if they differ.
+func (t *Tracker) relabel(p *program) {
+	if p.labels == nil || p.labels.final || !p.read {
+		return
+	}
+	before := p.labels.key()
+	p.labels = nil
+	if t.labelsOf(p).key() == before || p.gadget == nil {
+		return
+	}
+	owner := p.gadget.key.owner
+	if owner.pid == 0 {
+		return
+	}
+	if proc, err := t.process(owner.pid); err == nil && proc.StartTime == owner.startTime {
+		t.setOwner(p, proc)
+	}
+}
+
+// ownByLabels gives a labelled program no process holds to the gadget of
+// its labels: one a process owns when there is one (the rest of its
+// programs are held), else one of its own, so that the labels survive
+// their process and a tracker restart.
+func (t *Tracker) ownByLabels(p *program) {
+	key := t.labelsOf(p).key()
+	if key == "" || p.gadget != nil {
+		return
+	}
+	for k, g := range t.gadgets {
+		if k.label == key && k.owner.pid != 0 {
+			t.unown(p)
+			p.gadget = g
+			g.programs++
+			p.resolved = true
+			return
+		}
+	}
+	t.setOwner(p, nil)
+}
+
+// ownsGadget reports whether proc owns a gadget of any labels.
+func (t *Tracker) ownsGadget(proc *loader.Process) bool {
+	owner := instance{pid: proc.PID, startTime: proc.StartTime}
+	for k := range t.gadgets {
+		if k.owner == owner {
+			return true
+		}
+	}
+	return false
+}
+
+// place sets where p's loader ran, once: from the load event's cgroup ID
+// when the kernel resolves it (the fentry source), else from the
+// process's cgroup (nil proc: unknown yet).
+func (t *Tracker) place(p *program, cgroupID uint64, proc *loader.Process) {
+	if p.where.Cgroup != "" {
+		return
+	}
+	if r, ok := t.kernel.(CgroupResolver); ok && cgroupID != 0 {
+		if path, err := r.CgroupPath(cgroupID); err == nil {
+			p.where = placementOf(path)
+			return
+		}
+	}
+	if proc != nil {
+		p.where = placementOf(proc.Cgroup)
+	}
+}
