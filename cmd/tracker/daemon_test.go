@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -185,4 +186,69 @@ func TestDaemonLeavesNothingBehind(t *testing.T) {
 		}
 	}
 	t.Logf("daemon had loaded %d programs of its own; all gone", len(loaded))
+}
+
+// The seed's gadget counters never go down when one of two instances that
+// share their labels ends: the ended instance's runs stay counted, so the
+// series grows by at least what the live instance ran between the scrapes
+// (a drop would be a counter reset and a rate() spike).
+func TestDaemonGadgetCountersSurviveAnInstance(t *testing.T) {
+	requireRoot(t)
+	env := map[string]string{"BPFSTATS_GADGET_NAME": "twins", "BPFSTATS_GADGET_IMAGE": "twins:1"}
+	stay := testgadget.StartGadget(t, env, testgadget.TwoProgramsThreeMaps(true))
+	leave := testgadget.StartGadget(t, env, testgadget.TwoProgramsThreeMaps(true))
+	metricsAddr := testutil.FreeAddr(t)
+	startDaemon(t, "GADGETID", daemonTestArgs(t, "--metrics-addr", metricsAddr, "--interval", "200ms", "--metrics-all", "--print")...)
+	url := "http://" + metricsAddr + publish.MetricsPath
+	gadget := map[string]string{"gadgetName": "twins", "progID": ""}
+	progs := func(mfs map[string]*dto.MetricFamily, ids []uint32) (sum float64, found int) {
+		for _, id := range ids {
+			if v, err := metricstest.Value(mfs, "runcount_total", map[string]string{"progID": fmt.Sprint(id)}); err == nil {
+				sum += v
+				found++
+			}
+		}
+		return sum, found
+	}
+	// scrape polls /metrics until ok accepts a scrape.
+	scrape := func(what string, ok func(map[string]*dto.MetricFamily) bool) map[string]*dto.MetricFamily {
+		t.Helper()
+		deadline := time.Now().Add(testutil.Wait)
+		for {
+			mfs, err := metricstest.ScrapeAndParse(url)
+			if err == nil && ok(mfs) {
+				return mfs
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no scrape with %s within %v (last error: %v)", what, testutil.Wait, err)
+			}
+			time.Sleep(100 * time.Millisecond) // polling an HTTP endpoint: nothing to wait on
+		}
+	}
+	before := scrape("both instances running", func(mfs map[string]*dto.MetricFamily) bool {
+		_, n1 := progs(mfs, stay.ProgramIDs)
+		ran, n2 := progs(mfs, leave.ProgramIDs)
+		return n1 == len(stay.ProgramIDs) && n2 == len(leave.ProgramIDs) && ran > 0
+	})
+	gBefore, err := metricstest.Value(before, "runcount_total", gadget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stayBefore, _ := progs(before, stay.ProgramIDs)
+	leaveBefore, _ := progs(before, leave.ProgramIDs)
+
+	leave.Stop()
+	after := scrape("the ended instance gone", func(mfs map[string]*dto.MetricFamily) bool {
+		_, gone := progs(mfs, leave.ProgramIDs)
+		return gone == 0
+	})
+	gAfter, err := metricstest.Value(after, "runcount_total", gadget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stayAfter, _ := progs(after, stay.ProgramIDs)
+	if grew := stayAfter - stayBefore; gAfter-gBefore < grew {
+		t.Fatalf("gadget runcount_total went from %v to %v while the live instance ran %v more (the ended one had %v): counts were lost",
+			gBefore, gAfter, grew, leaveBefore)
+	}
 }
