@@ -7,11 +7,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bpfstats/tracker/internal/loader"
-	"github.com/bpfstats/tracker/internal/state"
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/rs/zerolog"
+
+	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/state"
 )
 
 // freshness is the latency of one event source, in milliseconds.

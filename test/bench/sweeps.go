@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/bpfstats/tracker/internal/loader"
-	"github.com/bpfstats/tracker/internal/state"
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/state"
 )
 
 // Method names of the stats sweep.
