@@ -95,14 +95,16 @@ func (t *timedKernel) ReadProcess(pid uint32) (loader.Process, error) {
 	return t.Kernel.ReadProcess(pid)
 }
 
-// phase is one step of "tracker stats --count 1".
+// phase is one building block of a one-shot, timed.
 type phase struct {
 	name string
 	ms   float64
 }
 
-// measureStatsPhases replays what "tracker stats --all --count 1 -o json"
-// does, in this process, timing each step.
+// measureStatsPhases times, in this process, the building blocks a
+// "tracker stats --all --count 1 -o json" may use: enabling stats, an
+// event source, the iterators, the first sweep's kernel reads, encoding.
+// Which of them the command really uses depends on its version.
 func measureStatsPhases() ([]phase, error) {
 	var phases []phase
 	start := time.Now()

@@ -9,82 +9,201 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/bpfstats/tracker/internal/loader"
 )
 
-// daemonUsage is the tracker daemon's own cost.
+// daemonSetup is how one "tracker run" is measured.
+type daemonSetup struct {
+	natsServer  string // nats-server binary; "" for the tracker's embedded server
+	activeEvery int    // every activeEvery-th program runs each interval; 0: none
+	interval    time.Duration
+	warmup      time.Duration // after the first message (or the start, embedded)
+	window      time.Duration
+}
+
+// daemonUsage is the tracker daemon's own cost at one program count.
 type daemonUsage struct {
+	n              int
+	setup          daemonSetup
 	cpuPercent     float64 // user+sys over wall time, % of one CPU, steady state
-	startupCPU     float64 // CPU seconds used in the warm-up
+	startupCPU     float64 // CPU seconds used until the window
 	maxRSSMiB      float64 // VmHWM
 	rssMiB         float64 // VmRSS at the end
-	window, warmup time.Duration
+	natsCPUPercent float64 // the standalone server's CPU over the window
+	msgs, bytes    float64 // received by the subscriber per interval
+	logLines       int     // lines the tracker logged at warn or above
+	firstLog       string
 	err            error
 }
 
-// measureDaemon runs "tracker run" for warmup+window and reads its CPU
-// time and peak RSS from /proc.
-func measureDaemon(tracker string, warmup, window time.Duration) daemonUsage {
-	u := daemonUsage{window: window, warmup: warmup}
-	port, err := freePort()
+// measureDaemon runs "tracker run" as set up, with the helper's programs
+// running as asked, and reads its CPU time and peak RSS from /proc and
+// what it published from a subscriber on bpfstats.>.
+func measureDaemon(tracker string, n int, h *helper, setup daemonSetup) daemonUsage {
+	u := daemonUsage{n: n, setup: setup}
+	if setup.activeEvery > 0 {
+		if _, err := h.do(fmt.Sprintf("active %d %v", setup.activeEvery, setup.interval), "active"); err != nil {
+			u.err = err
+			return u
+		}
+		defer h.do("idle", "idle")
+	}
+	args := []string{"run", "--metrics-addr", "", "--interval", setup.interval.String(), "--log-level", "warn"}
+	var sub *subscriber
+	natsPID := 0
+	if setup.natsServer != "" {
+		srv, err := startNATSServer(setup.natsServer)
+		if err != nil {
+			u.err = err
+			return u
+		}
+		defer srv.stop()
+		natsPID = srv.pid()
+		if sub, err = subscribe(srv.url, "bpfstats.>"); err != nil {
+			u.err = err
+			return u
+		}
+		defer sub.close()
+		args = append(args, "--nats-url", srv.url)
+	} else {
+		port, err := freePort()
+		if err != nil {
+			u.err = err
+			return u
+		}
+		args = append(args, "--nats-listen", "127.0.0.1:"+strconv.Itoa(port))
+	}
+	d, err := startDaemon(tracker, args)
 	if err != nil {
 		u.err = err
 		return u
 	}
-	var stderr strings.Builder
-	cmd := exec.Command(tracker, "run", "--metrics-addr", "", "--nats-listen", "127.0.0.1:"+strconv.Itoa(port),
-		"--interval", "1s", "--log-level", "warn")
-	cmd.Stderr = &limitedWriter{w: &stderr, n: 64 << 10}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		u.err = err
-		return u
+	defer d.stop()
+	u.err = d.measure(&u, sub, natsPID)
+	u.logLines, u.firstLog = d.log.lines()
+	return u
+}
+
+// daemon is a running "tracker run".
+type daemon struct {
+	cmd    *exec.Cmd
+	log    *logCounter
+	exited chan error
+}
+
+func startDaemon(tracker string, args []string) (*daemon, error) {
+	d := &daemon{cmd: exec.Command(tracker, args...), log: &logCounter{}, exited: make(chan error, 1)}
+	d.cmd.Stderr = d.log
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := d.cmd.Start(); err != nil {
+		return nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
-	pid := cmd.Process.Pid
+	go func() { d.exited <- d.cmd.Wait() }()
+	return d, nil
+}
+
+// sleep waits for d unless the daemon exits first.
+func (d *daemon) sleep(dur time.Duration, until <-chan struct{}) error {
 	select {
-	case err := <-exited:
-		u.err = fmt.Errorf("tracker run exited during warm-up: %v: %s", err, stderr.String())
-		exited <- err
-		return u
-	case <-time.After(warmup):
+	case err := <-d.exited:
+		d.exited <- err
+		_, first := d.log.lines()
+		return fmt.Errorf("tracker run exited: %v: %s", err, first)
+	case <-until:
+		return nil
+	case <-time.After(dur):
+		if until != nil {
+			return fmt.Errorf("no message from tracker run within %v", dur)
+		}
+		return nil
+	}
+}
+
+// measure waits for the warm-up, then measures the window.
+func (d *daemon) measure(u *daemonUsage, sub *subscriber, natsPID int) error {
+	pid := d.cmd.Process.Pid
+	if sub != nil {
+		if err := d.sleep(2*time.Minute, sub.first); err != nil {
+			return err
+		}
+	}
+	if err := d.sleep(u.setup.warmup, nil); err != nil {
+		return err
 	}
 	t0, err := cpuTicks(pid)
 	if err != nil {
-		u.err = err
-		return u
+		return err
+	}
+	var n0 uint64
+	var m0, b0 int64
+	if sub != nil {
+		if n0, err = cpuTicks(natsPID); err != nil {
+			return err
+		}
+		m0, b0 = sub.counts()
 	}
 	start := time.Now()
-	select {
-	case err := <-exited:
-		u.err = fmt.Errorf("tracker run exited: %v: %s", err, stderr.String())
-		exited <- err
-		return u
-	case <-time.After(window):
+	if err := d.sleep(u.setup.window, nil); err != nil {
+		return err
 	}
 	t1, err := cpuTicks(pid)
 	if err != nil {
-		u.err = err
-		return u
+		return err
 	}
 	wall := time.Since(start).Seconds()
+	intervals := wall / u.setup.interval.Seconds()
+	if sub != nil {
+		m1, b1 := sub.counts()
+		u.msgs, u.bytes = float64(m1-m0)/intervals, float64(b1-b0)/intervals
+		n1, err := cpuTicks(natsPID)
+		if err != nil {
+			return err
+		}
+		u.natsCPUPercent = float64(n1-n0) / loader.ClockTicksPerSecond / wall * 100
+	}
 	u.startupCPU = float64(t0) / loader.ClockTicksPerSecond
 	u.cpuPercent = float64(t1-t0) / loader.ClockTicksPerSecond / wall * 100
-	u.maxRSSMiB, u.rssMiB, u.err = memory(pid)
-	return u
+	u.maxRSSMiB, u.rssMiB, err = memory(pid)
+	return err
+}
+
+// stop ends the daemon with SIGTERM (SIGKILL after 15 s).
+func (d *daemon) stop() {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+}
+
+// logCounter counts the lines written to it and keeps the first.
+type logCounter struct {
+	mu    sync.Mutex
+	n     int
+	first strings.Builder
+}
+
+func (l *logCounter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n == 0 && l.first.Len() < 300 {
+		line, _, _ := strings.Cut(string(p), "\n")
+		l.first.WriteString(line[:min(len(line), 300-l.first.Len())])
+	}
+	l.n += strings.Count(string(p), "\n")
+	return len(p), nil
+}
+
+func (l *logCounter) lines() (int, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n, l.first.String()
 }
 
 // cpuTicks returns utime+stime of pid in clock ticks.

@@ -32,92 +32,60 @@ type freshness struct {
 // call to the tracker's OnEvent for it.
 func measureFreshness(source string, count int, pace time.Duration) freshness {
 	f := freshness{source: source, want: count}
-	k, err := loader.NewKernel("")
+	w, err := startWatch(source)
 	if err != nil {
 		f.err = err
 		return f
 	}
-	defer k.Close()
-	src, err := loader.OpenSource(source, loader.SourceOptions{PollInterval: time.Second})
-	if err != nil {
-		f.err = err
-		return f
-	}
-	tr := state.New(k, state.Options{Node: "bench", Source: src.Name()})
-
-	var mu sync.Mutex
-	loadSeen := make(map[uint32]time.Time)
-	releaseSeen := make(map[uint32]time.Time)
-	closing := make(map[uint32]bool) // closed by the harness, under mu
-	ready := make(chan struct{})
-	var readyOnce sync.Once
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() {
-		runErr <- tr.Run(ctx, state.RunConfig{
-			Source:   src,
-			Interval: time.Second,
-			Log:      zerolog.Nop(),
-			OnSnapshot: func(snap *state.Snapshot) {
-				readyOnce.Do(func() { close(ready) })
-				// A sweep also drops programs that are gone, before their
-				// release event arrives (which then changes nothing).
-				now := time.Now()
-				present := make(map[uint32]bool, len(snap.Programs))
-				for _, r := range snap.Programs {
-					present[r.ProgID] = true
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				for id := range closing {
-					if _, ok := releaseSeen[id]; !ok && !present[id] {
-						releaseSeen[id] = now
-					}
-				}
-			},
-			OnEvent: func(ev *state.Event) {
-				now := time.Now()
-				mu.Lock()
-				defer mu.Unlock()
-				switch ev.Kind {
-				case "load":
-					loadSeen[ev.ProgID] = now
-				case "release":
-					if _, ok := releaseSeen[ev.ProgID]; !ok {
-						releaseSeen[ev.ProgID] = now
-					}
-				}
-			},
-		})
-	}()
+	defer w.stop()
+	progs, calls, err := loadPaced(count, pace, w.loading)
 	defer func() {
-		cancel()
-		src.Close()
-		<-runErr
+		for _, p := range progs {
+			p.prog.Close() // no-op for the released ones
+		}
 	}()
-	select {
-	case <-ready:
-	case <-time.After(30 * time.Second):
-		f.err = errors.New("no first sweep within 30 s")
+	if err != nil {
+		f.err = err
 		return f
 	}
+	f.loadCall = median(calls)
+	w.waitAll(progs, w.loadSeen)
+	next := time.Now()
+	for i := range progs {
+		time.Sleep(time.Until(next))
+		next = next.Add(pace)
+		w.mu.Lock()
+		w.closing[progs[i].id] = true
+		w.mu.Unlock()
+		progs[i].closed = time.Now()
+		progs[i].prog.Close()
+	}
+	w.waitAll(progs, w.releaseSeen)
 
+	loads, releases := w.latencies(progs)
+	f.loads, f.releases = len(loads), len(releases)
+	f.loadP50, f.loadP99 = percentile(loads, 50), percentile(loads, 99)
+	f.releaseP50, f.releaseP99 = percentile(releases, 50), percentile(releases, 99)
+	return f
+}
+
+// freshProgram is one program loaded by a freshness run.
+type freshProgram struct {
+	prog      *ebpf.Program
+	id        uint32
+	loadStart time.Time
+	closed    time.Time
+}
+
+// loadPaced loads count tiny socket filters, one every pace, tells
+// loaded the ID of each, and returns them with the duration of each
+// BPF_PROG_LOAD call in ms.
+func loadPaced(count int, pace time.Duration, loaded func(uint32)) ([]freshProgram, []float64, error) {
 	spec := &ebpf.ProgramSpec{
 		Name: "bench_fresh", Type: ebpf.SocketFilter, License: "Dual MIT/GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 	}
-	type loaded struct {
-		prog      *ebpf.Program
-		id        uint32
-		loadStart time.Time
-		closed    time.Time
-	}
-	progs := make([]loaded, 0, count)
-	defer func() {
-		for _, p := range progs {
-			p.prog.Close()
-		}
-	}()
+	progs := make([]freshProgram, 0, count)
 	var calls []float64
 	next := time.Now()
 	for range count {
@@ -127,63 +95,158 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 		p, err := ebpf.NewProgram(spec)
 		calls = append(calls, float64(time.Since(start).Microseconds())/1000)
 		if err != nil {
-			f.err = fmt.Errorf("loading: %w", err)
-			return f
+			return progs, nil, fmt.Errorf("loading: %w", err)
 		}
 		info, err := p.Info()
 		if err != nil {
 			p.Close()
-			f.err = err
-			return f
+			return progs, nil, err
 		}
 		id, _ := info.ID()
-		progs = append(progs, loaded{prog: p, id: uint32(id), loadStart: start})
+		loaded(uint32(id))
+		progs = append(progs, freshProgram{prog: p, id: uint32(id), loadStart: start})
 	}
-	f.loadCall = median(calls)
-	waitAll := func(seen map[uint32]time.Time) {
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			mu.Lock()
-			n := 0
-			for _, p := range progs {
-				if _, ok := seen[p.id]; ok {
-					n++
-				}
-			}
-			mu.Unlock()
-			if n == len(progs) {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+	return progs, calls, nil
+}
+
+// watch is a state.Tracker running on an event source in this process,
+// noting when it saw each program come and go.
+type watch struct {
+	src    loader.Source
+	k      *loader.Kernel
+	cancel context.CancelFunc
+	runErr chan error
+
+	mu          sync.Mutex
+	loadSeen    map[uint32]time.Time
+	releaseSeen map[uint32]time.Time
+	opening     map[uint32]bool // loaded by the harness
+	closing     map[uint32]bool // closed by the harness
+}
+
+// startWatch starts the tracker and waits for its first sweep.
+func startWatch(source string) (*watch, error) {
+	k, err := loader.NewKernel("")
+	if err != nil {
+		return nil, err
+	}
+	src, err := loader.OpenSource(source, loader.SourceOptions{PollInterval: time.Second})
+	if err != nil {
+		k.Close()
+		return nil, err
+	}
+	w := &watch{src: src, k: k, runErr: make(chan error, 1),
+		loadSeen: make(map[uint32]time.Time), releaseSeen: make(map[uint32]time.Time),
+		opening: make(map[uint32]bool), closing: make(map[uint32]bool)}
+	tr := state.New(k, state.Options{Node: "bench", Source: src.Name()})
+	ready := make(chan struct{})
+	var readyOnce sync.Once
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	go func() {
+		w.runErr <- tr.Run(ctx, state.RunConfig{
+			Source:   src,
+			Interval: time.Second,
+			Log:      zerolog.Nop(),
+			OnSnapshot: func(snap *state.Snapshot) {
+				readyOnce.Do(func() { close(ready) })
+				w.onSnapshot(snap)
+			},
+			OnEvent: w.onEvent,
+		})
+	}()
+	select {
+	case <-ready:
+		return w, nil
+	case <-time.After(30 * time.Second):
+		w.stop()
+		return nil, errors.New("no first sweep within 30 s")
+	}
+}
+
+// loading notes that the harness loaded program id.
+func (w *watch) loading(id uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.opening[id] = true
+}
+
+// onSnapshot notes the loads and releases a sweep saw: a sweep lists new
+// programs and drops gone ones before their event arrives (the poll
+// source has none), and the event then changes nothing.
+func (w *watch) onSnapshot(snap *state.Snapshot) {
+	now := time.Now()
+	present := make(map[uint32]bool, len(snap.Programs))
+	for _, r := range snap.Programs {
+		present[r.ProgID] = true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id := range w.opening {
+		if _, ok := w.loadSeen[id]; !ok && present[id] {
+			w.loadSeen[id] = now
 		}
 	}
-	waitAll(loadSeen)
-	next = time.Now()
-	for i := range progs {
-		time.Sleep(time.Until(next))
-		next = next.Add(pace)
-		mu.Lock()
-		closing[progs[i].id] = true
-		mu.Unlock()
-		progs[i].closed = time.Now()
-		progs[i].prog.Close()
+	for id := range w.closing {
+		if _, ok := w.releaseSeen[id]; !ok && !present[id] {
+			w.releaseSeen[id] = now
+		}
 	}
-	waitAll(releaseSeen)
+}
 
-	mu.Lock()
-	defer mu.Unlock()
-	var loads, releases []float64
+func (w *watch) onEvent(ev *state.Event) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch ev.Kind {
+	case "load":
+		if _, ok := w.loadSeen[ev.ProgID]; !ok {
+			w.loadSeen[ev.ProgID] = now
+		}
+	case "release":
+		if _, ok := w.releaseSeen[ev.ProgID]; !ok {
+			w.releaseSeen[ev.ProgID] = now
+		}
+	}
+}
+
+// waitAll waits up to 5 s until seen holds every program.
+func (w *watch) waitAll(progs []freshProgram, seen map[uint32]time.Time) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		w.mu.Lock()
+		n := 0
+		for _, p := range progs {
+			if _, ok := seen[p.id]; ok {
+				n++
+			}
+		}
+		w.mu.Unlock()
+		if n == len(progs) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// latencies returns the load and release latencies seen, in ms.
+func (w *watch) latencies(progs []freshProgram) (loads, releases []float64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for _, p := range progs {
-		if t, ok := loadSeen[p.id]; ok {
+		if t, ok := w.loadSeen[p.id]; ok {
 			loads = append(loads, float64(t.Sub(p.loadStart).Microseconds())/1000)
 		}
-		if t, ok := releaseSeen[p.id]; ok {
+		if t, ok := w.releaseSeen[p.id]; ok {
 			releases = append(releases, float64(t.Sub(p.closed).Microseconds())/1000)
 		}
 	}
-	progs = nil // closed above
-	f.loads, f.releases = len(loads), len(releases)
-	f.loadP50, f.loadP99 = percentile(loads, 50), percentile(loads, 99)
-	f.releaseP50, f.releaseP99 = percentile(releases, 50), percentile(releases, 99)
-	return f
+	return loads, releases
+}
+
+func (w *watch) stop() {
+	w.cancel()
+	w.src.Close()
+	<-w.runErr
+	w.k.Close()
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -68,4 +70,71 @@ func timeMethods(reps int, methods []method) (map[string]float64, map[string]int
 		out[name] = median(xs)
 	}
 	return out, counts, nil
+}
+
+// linearFit returns the least-squares line y = a + slope·x through the
+// points.
+func linearFit(xs, ys []float64) (a, slope float64) {
+	n := float64(len(xs))
+	var sx, sy, sxx, sxy float64
+	for i := range xs {
+		sx += xs[i]
+		sy += ys[i]
+		sxx += xs[i] * xs[i]
+		sxy += xs[i] * ys[i]
+	}
+	den := n*sxx - sx*sx
+	if den == 0 {
+		return sy / n, 0
+	}
+	slope = (n*sxy - sx*sy) / den
+	return (sy - slope*sx) / n, slope
+}
+
+// allocsRow is one variant of BenchmarkSweepAllocs: allocations per
+// program by N.
+type allocsRow struct {
+	name string
+	perN map[int]float64
+}
+
+// allocsTable reads the allocs/prog metric of BenchmarkSweepAllocs out of
+// go test -bench output, by variant and N.
+func allocsTable(out string) ([]allocsRow, []int) {
+	var rows []allocsRow
+	var sizes []int
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.HasPrefix(f[0], "BenchmarkSweepAllocs/") {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], "BenchmarkSweepAllocs/")
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
+			name = name[:i] // the GOMAXPROCS suffix
+		}
+		variant, nText, ok := strings.Cut(name, "/n=")
+		n, err := strconv.Atoi(nText)
+		if !ok || err != nil {
+			continue
+		}
+		i := slices.Index(f, "allocs/prog")
+		if i < 1 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[i-1], 64)
+		if err != nil {
+			continue
+		}
+		j := slices.IndexFunc(rows, func(r allocsRow) bool { return r.name == variant })
+		if j < 0 {
+			rows = append(rows, allocsRow{name: variant, perN: make(map[int]float64)})
+			j = len(rows) - 1
+		}
+		rows[j].perN[n] = v
+		if !slices.Contains(sizes, n) {
+			sizes = append(sizes, n)
+		}
+	}
+	slices.Sort(sizes)
+	return rows, sizes
 }

@@ -18,7 +18,7 @@ const (
 	sweepIterFloor      = "floor: iter/bpf_prog running an empty program, output read"
 	sweepTrackerSyscall = "tracker fallback: ReadPrograms, bpf(2)"
 	sweepTrackerFull    = "tracker: whole state.Sweep (stats, maps, holders, rows)"
-	sweepCiliumIG       = "Inspektor Gadget: cilium ID walk + NewProgramFromID + Info() + Stats()"
+	sweepCiliumIG       = "Inspektor Gadget: cilium ID walk + NewProgramFromID + Info()"
 	sweepBpftool        = "bpftool: GET_NEXT_ID + GET_FD_BY_ID + GET_INFO + close"
 )
 
@@ -86,8 +86,9 @@ const (
 	pidsProcWalk    = "/proc/*/fd walk + fdinfo + comm (os package)"
 )
 
-// measurePids times the pid/comm resolution of every program.
-func measurePids(reps int, helperPID int) (map[string]float64, map[string]int, error) {
+// measurePids times the pid/comm resolution of every program; each of
+// holderPIDs must be found holding some.
+func measurePids(reps int, holderPIDs []int) (map[string]float64, map[string]int, error) {
 	iterK, err := loader.NewKernel("")
 	if err != nil {
 		return nil, nil, err
@@ -117,8 +118,10 @@ func measurePids(reps int, helperPID int) (map[string]float64, map[string]int, e
 					}
 				}
 			}
-			if _, ok := comms[uint32(helperPID)]; !ok {
-				return 0, fmt.Errorf("helper %d not found among holders", helperPID)
+			for _, pid := range holderPIDs {
+				if _, ok := comms[uint32(pid)]; !ok {
+					return 0, fmt.Errorf("holder %d not found among holders", pid)
+				}
 			}
 			return len(holders), nil
 		}
