@@ -77,6 +77,12 @@ func (t *timedKernel) ReadPrograms(ids []uint32, fn func(uint32, *loader.Program
 	return t.Kernel.ReadPrograms(ids, fn)
 }
 
+func (t *timedKernel) ReadAllPrograms(ids []uint32, fn func(uint32, *loader.ProgramInfo, error)) error {
+	start := time.Now()
+	defer func() { t.programs += time.Since(start) }()
+	return t.Kernel.ReadAllPrograms(ids, fn)
+}
+
 func (t *timedKernel) ReadMap(id uint32) (loader.MapInfo, error) {
 	start := time.Now()
 	defer func() { t.maps += time.Since(start); t.nMaps++ }()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,7 @@ type daemonUsage struct {
 	natsCPUPercent float64 // the standalone server's CPU over the window
 	msgs, bytes    float64 // received by the subscriber per interval
 	logLines       int     // lines the tracker logged at warn or above
+	publishErrs    int     // of which about a failed publish
 	firstLog       string
 	err            error
 }
@@ -43,7 +45,7 @@ type daemonUsage struct {
 // measureDaemon runs "tracker run" as set up, with the helper's programs
 // running as asked, and reads its CPU time and peak RSS from /proc and
 // what it published from a subscriber on bpfstats.>.
-func measureDaemon(tracker string, n int, h *helper, setup daemonSetup) daemonUsage {
+func measureDaemon(tracker string, n int, h helperGroup, setup daemonSetup) daemonUsage {
 	u := daemonUsage{n: n, setup: setup}
 	if setup.activeEvery > 0 {
 		if _, err := h.do(fmt.Sprintf("active %d %v", setup.activeEvery, setup.interval), "active"); err != nil {
@@ -85,6 +87,7 @@ func measureDaemon(tracker string, n int, h *helper, setup daemonSetup) daemonUs
 	defer d.stop()
 	u.err = d.measure(&u, sub, natsPID)
 	u.logLines, u.firstLog = d.log.lines()
+	u.publishErrs = d.log.publishFailures()
 	return u
 }
 
@@ -182,28 +185,47 @@ func (d *daemon) stop() {
 	}
 }
 
-// logCounter counts the lines written to it and keeps the first.
+// logCounter counts the lines written to it and keeps the first few
+// distinct ones.
 type logCounter struct {
-	mu    sync.Mutex
-	n     int
-	first strings.Builder
+	mu      sync.Mutex
+	n       int
+	publish int // lines about a failed publish
+	partial string
+	first   []string
 }
 
 func (l *logCounter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.n == 0 && l.first.Len() < 300 {
-		line, _, _ := strings.Cut(string(p), "\n")
-		l.first.WriteString(line[:min(len(line), 300-l.first.Len())])
+	text := l.partial + string(p)
+	lines := strings.Split(text, "\n")
+	l.partial = lines[len(lines)-1]
+	for _, line := range lines[:len(lines)-1] {
+		l.n++
+		if strings.Contains(line, `"message":"publishing`) {
+			l.publish++
+		}
+		line = line[:min(len(line), 300)]
+		if len(l.first) < 3 && !slices.Contains(l.first, line) {
+			l.first = append(l.first, line)
+		}
 	}
-	l.n += strings.Count(string(p), "\n")
 	return len(p), nil
 }
 
+// lines returns how many lines were written and the first few distinct
+// ones.
 func (l *logCounter) lines() (int, string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.n, l.first.String()
+	return l.n, strings.Join(l.first, "\n")
+}
+
+func (l *logCounter) publishFailures() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.publish
 }
 
 // cpuTicks returns utime+stime of pid in clock ticks.

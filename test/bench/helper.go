@@ -39,30 +39,34 @@ func (h heldProgram) close() {
 	}
 }
 
-// runHelper loads n socket filters, each with one or two small array maps
+// runHelper loads n socket filters (numbered from first), each with one or two small array maps
 // of its own, prints "ready", and holds them until stdin closes. Every
 // program is run once so that its stats are not all zero. Meanwhile it
 // answers the harness's commands on stdin (see helperSession).
 func runHelper(args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: " + helperArg + " N")
+	if len(args) != 2 {
+		return errors.New("usage: " + helperArg + " N FIRST")
 	}
 	n, err := strconv.Atoi(args[0])
 	if err != nil || n < 0 {
 		return fmt.Errorf("bad program count %q", args[0])
 	}
+	first, err := strconv.Atoi(args[1])
+	if err != nil || first < 0 {
+		return fmt.Errorf("bad first program number %q", args[1])
+	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("raising RLIMIT_MEMLOCK: %w", err)
 	}
-	// Each program and its maps are 2.5 fds on average; the default
-	// limit (often 20000 or less) does not hold 20000 programs.
-	if err := raiseNoFile(uint64(3*n + 1024)); err != nil {
+	// Each program and its maps are 2.5 fds on average (the harness
+	// gives a helper no more programs than its hard limit allows).
+	if err := raiseNoFile(uint64(n*5/2 + 512)); err != nil {
 		return err
 	}
 	s := &helperSession{}
 	defer s.close()
 	for i := range n {
-		p, err := loadHeld(i)
+		p, err := loadHeld(first + i)
 		if err != nil {
 			return err
 		}
@@ -136,14 +140,15 @@ type helper struct {
 	pid    int
 }
 
-// startHelper starts a helper holding n programs and waits until they are
-// loaded. The helper dies with the harness (PR_SET_PDEATHSIG).
-func startHelper(n int) (*helper, error) {
+// startHelper starts a helper holding n programs numbered from first. The
+// helper dies with the harness (PR_SET_PDEATHSIG). Its wait reports when
+// they are loaded.
+func startHelper(n, first int) (*helper, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, helperArg, strconv.Itoa(n))
+	cmd := exec.Command(self, helperArg, strconv.Itoa(n), strconv.Itoa(first))
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
@@ -157,12 +162,7 @@ func startHelper(n int) (*helper, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting helper: %w", err)
 	}
-	h := &helper{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(stdout), pid: cmd.Process.Pid}
-	if _, err := h.answer("ready", 5*time.Minute); err != nil {
-		h.stop()
-		return nil, fmt.Errorf("helper with %d programs: %w", n, err)
-	}
-	return h, nil
+	return &helper{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(stdout), pid: cmd.Process.Pid}, nil
 }
 
 // do sends a command to the helper and returns the words of its answer,

@@ -119,10 +119,13 @@ func run() error {
 
 	r := &report{started: time.Now(), cfg: c}
 	r.machine = describeMachine(c.bpftool, c.out)
+	if r.perHelper, err = programsPerHelper(); err != nil {
+		return err
+	}
 	for _, n := range c.sizes {
 		logf("N=%d: loading programs in a helper process", n)
 		start := time.Now()
-		h, err := startHelper(n)
+		h, err := startHelpers(n)
 		if err != nil {
 			return err
 		}
@@ -151,6 +154,7 @@ type sizeResult struct {
 	pids, pidsSpread map[string]float64
 	pidsCount        map[string]int
 	pidsSpreadCount  map[string]int
+	helpers          int // processes holding the programs at first
 	holders          int // processes of the spread measurement
 	fresh            []freshness
 	daemons          []daemonUsage
@@ -159,7 +163,7 @@ type sizeResult struct {
 	programsAll      int
 }
 
-func measureSize(c *config, n int, h *helper) (*sizeResult, error) {
+func measureSize(c *config, n int, h helperGroup) (*sizeResult, error) {
 	res := &sizeResult{n: n}
 	var err error
 	logf("N=%d: stats sweep", n)
@@ -167,8 +171,9 @@ func measureSize(c *config, n int, h *helper) (*sizeResult, error) {
 		return nil, err
 	}
 	res.programsAll = res.sweepCount[sweepBpftool]
-	logf("N=%d: pid/comm resolution, one holder", n)
-	if res.pids, res.pidsCount, err = measurePids(c.reps, []int{h.pid}); err != nil {
+	logf("N=%d: pid/comm resolution, %d holder process(es)", n, len(h))
+	res.helpers = len(h)
+	if res.pids, res.pidsCount, err = measurePids(c.reps, h.pids()); err != nil {
 		return nil, err
 	}
 	for _, src := range []struct {
@@ -210,7 +215,7 @@ func measureCommands(c *config, res *sizeResult) error {
 // measureDaemons runs tracker run as users do (standalone nats-server, a
 // subscriber, a share of programs running) and, at the target N, as the
 // first benchmarks did (embedded server, no subscriber, idle programs).
-func measureDaemons(c *config, res *sizeResult, h *helper) {
+func measureDaemons(c *config, res *sizeResult, h helperGroup) {
 	setup := daemonSetup{natsServer: c.natsServer, activeEvery: c.activeEvery,
 		interval: time.Second, warmup: 3 * time.Second, window: c.window}
 	if slices.Contains(c.daemonSizes, res.n) {
@@ -227,12 +232,12 @@ func measureDaemons(c *config, res *sizeResult, h *helper) {
 
 // measureSpread hands the programs to many holder processes and measures
 // the pid/comm resolution again. The helper's own fds are closed after it.
-func measureSpread(c *config, res *sizeResult, h *helper) error {
-	k := min(c.holders, res.n)
-	if k <= 1 {
+func measureSpread(c *config, res *sizeResult, h helperGroup) error {
+	k := min(c.holders, res.n) / len(h) // holders per helper
+	if k*len(h) <= len(h) {
 		return nil
 	}
-	logf("N=%d: pid/comm resolution, programs spread over %d processes", res.n, k)
+	logf("N=%d: pid/comm resolution, programs spread over %d processes", res.n, k*len(h))
 	words, err := h.do(fmt.Sprintf("spread %d", k), "spread")
 	if err != nil {
 		return err

@@ -24,6 +24,8 @@ type report struct {
 	machine machine
 	results []*sizeResult
 	goBench string
+	// perHelper is the most programs one helper process holds.
+	perHelper int
 }
 
 type machine struct {
@@ -150,8 +152,9 @@ func (r *report) header(b *strings.Builder) {
 	p("| machine | |\n|---|---|\n")
 	p("| CPU | %s, %d CPUs |\n| memory | %s |\n| kernel | %s |\n| Go | %s |\n| tracker (`git describe --dirty`) | %s |\n| bpftool | %s |\n| run took | %v |\n\n",
 		m.cpu, m.cpus, m.memory, m.kernel, m.goVersion, commit, m.bpftool, r.elapsed.Round(time.Second))
-	p("Programs: a helper process loads N socket filters, each with one or two array maps of its own,\n")
-	p("and holds their fds; the counts below are all programs on the machine at the time.\n\n")
+	p("Programs: helper processes load N socket filters, each with one or two array maps of its own,\n")
+	p("and hold their fds (one helper up to %d programs, the most its fd limit allows); the counts\n", r.perHelper)
+	p("below are all programs on the machine at the time.\n\n")
 }
 
 // methodTable prints one row per method and one column per N.

@@ -31,25 +31,29 @@ func (r *report) daemonSection(b *strings.Builder) {
 	p("first message and a warm-up, from /proc/<pid>/stat and status; bytes are subjects plus payloads\n")
 	p("the subscriber received. The `embedded` row is the earlier setup: embedded NATS server, no\n")
 	p("subscriber, idle programs.\n\n")
-	p("| N | setup | CPU, %% of a core | start-up CPU | peak RSS (VmHWM) | RSS at end | msgs / interval | bytes / interval | nats-server CPU | log lines |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| N | setup | CPU, %% of a core | start-up CPU | peak RSS (VmHWM) | RSS at end | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
 		for _, d := range s.daemons {
 			setup := d.setupName()
 			if d.err != nil {
-				p("| %d | %s | error: %v | | | | | | | |\n", d.n, setup, d.err)
+				p("| %d | %s | error: %v | | | | | | | | |\n", d.n, setup, d.err)
 				continue
 			}
-			p("| %d | %s | %.2f %% | %.2f s | %.1f MiB | %.1f MiB | %.0f | %s | %.2f %% | %d |\n", d.n, setup,
-				d.cpuPercent, d.startupCPU, d.maxRSSMiB, d.rssMiB, d.msgs, bytesText(d.bytes), d.natsCPUPercent, d.logLines)
+			p("| %d | %s | %.2f %% | %.2f s | %.1f MiB | %.1f MiB | %.0f | %s | %.2f %% | %d | %d |\n", d.n, setup,
+				d.cpuPercent, d.startupCPU, d.maxRSSMiB, d.rssMiB, d.msgs, bytesText(d.bytes), d.natsCPUPercent, d.logLines, d.publishErrs)
 		}
 	}
 	p("\n")
-	p("What the tracker logged at warn or above, per run (the first line of each):\n\n")
+	p("What the tracker logged at warn or above, per run (its first distinct lines):\n\n")
 	for _, s := range r.results {
 		for _, d := range s.daemons {
-			if d.err == nil {
-				p("- N=%d, %s: %d lines; `%s`\n", d.n, d.setupName(), d.logLines, strings.ReplaceAll(d.firstLog, "`", "'"))
+			if d.err != nil {
+				continue
+			}
+			p("- N=%d, %s: %d lines\n", d.n, d.setupName(), d.logLines)
+			for line := range strings.Lines(d.firstLog) {
+				p("  - `%s`\n", strings.ReplaceAll(strings.TrimSpace(line), "`", "'"))
 			}
 		}
 	}

@@ -24,9 +24,15 @@ func (r *report) pidsSection(b *strings.Builder) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## 2. pid/comm resolution, µs per program\n\n")
 	p("Which processes hold each program, and their comm. Per program held; ratio: method / tracker.\n")
-	p("First with every program held by the one helper process:\n\n")
+	p("First with the programs held by as few helper processes as the fd limit allows (one up to\n")
+	p("several thousand programs: the hard RLIMIT_NOFILE here cannot be raised):\n\n")
 	r.methodTable(b, []string{pidsTrackerIter, pidsTrackerProc, pidsProcWalk},
 		func(s *sizeResult) (map[string]float64, map[string]int) { return s.pids, s.pidsCount }, pidsTrackerIter)
+	p("| holder processes |")
+	for _, s := range r.results {
+		p(" %d | |", s.helpers)
+	}
+	p("\n")
 	holders := 0
 	for _, s := range r.results {
 		holders = max(holders, s.holders)

@@ -47,6 +47,11 @@ func (r *report) targets(b *strings.Builder) {
 				"of a core at one sweep per second; the daemon also published %s per interval (section 4).",
 				full, full/10, bytesText(d.bytes)))
 		}
+		if d.publishErrs > 0 {
+			why = append(why, fmt.Sprintf("Publishing failed: the tracker logged %d failed publishes to the standalone "+
+				"nats-server in this run (section 4, e.g. `nats: maximum payload exceeded`: a gadget's message over the "+
+				"server's default 1 MiB max_payload), so its CPU and bytes leave out what it could not send.", d.publishErrs))
+		}
 	} else {
 		p("| `tracker run` CPU and peak RSS | not measured at N=%d (-daemon-n) | **missed**: not measured |\n", n)
 	}

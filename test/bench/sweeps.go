@@ -14,9 +14,9 @@ import (
 
 // Method names of the stats sweep.
 const (
-	sweepTrackerIter    = "tracker: ReadPrograms, iter/bpf_prog"
+	sweepTrackerIter    = "tracker: ReadAllPrograms (a sweep's read), iter/bpf_prog"
 	sweepIterFloor      = "floor: iter/bpf_prog running an empty program, output read"
-	sweepTrackerSyscall = "tracker fallback: ReadPrograms, bpf(2)"
+	sweepTrackerSyscall = "tracker fallback: ReadAllPrograms, GET_NEXT_ID + bpf(2)"
 	sweepTrackerFull    = "tracker: whole state.Sweep (stats, maps, holders, rows)"
 	sweepCiliumIG       = "Inspektor Gadget: cilium ID walk + NewProgramFromID + Info()"
 	sweepBpftool        = "bpftool: GET_NEXT_ID + GET_FD_BY_ID + GET_INFO + close"
@@ -45,7 +45,7 @@ func measureSweeps(reps int) (map[string]float64, map[string]int, error) {
 	readAll := func(k *loader.Kernel) func() (int, error) {
 		return func() (int, error) {
 			n := 0
-			err := k.ReadPrograms(ids, func(id uint32, info *loader.ProgramInfo, err error) {
+			err := k.ReadAllPrograms(ids, func(id uint32, info *loader.ProgramInfo, err error) {
 				if err == nil {
 					n++
 				}
