@@ -71,7 +71,18 @@ func (r *report) growth(b *strings.Builder) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	first, last := ds[0], ds[len(ds)-1]
 	p("Growth from N=%d to N=%d: a least-squares line value = a + slope × N through the rows above, and\n", first.n, last.n)
-	p("the ratio of the last value to the first (N grew %.0f×).\n\n", float64(last.n)/float64(first.n))
+	p("the ratio of the last value to the first (N grew %.0f×).", float64(last.n)/float64(first.n))
+	var failed []string
+	for _, d := range ds {
+		if d.publishErrs > 0 {
+			failed = append(failed, strconv.Itoa(d.n))
+		}
+	}
+	if len(failed) > 0 {
+		p(" Publishes failed at N=%s: there the bytes (and the CPU of sending them) are\n", strings.Join(failed, ", "))
+		p("short of what the tracker tried to publish, and the fit understates the growth.")
+	}
+	p("\n\n")
 	p("| figure | slope per program | per 1000 programs | a (N=0) | N=%d / N=%d |\n|---|---|---|---|---|\n", last.n, first.n)
 	xs := make([]float64, len(ds))
 	for i, d := range ds {

@@ -39,7 +39,11 @@ func (r *report) targets(b *strings.Builder) {
 	p("| target | measured | verdict |\n|---|---|---|\n")
 	var why []string
 	if d := userDaemon(s); d != nil && d.err == nil {
-		p("| `tracker run` CPU ≤ %.1f %% of a core (1 s interval) | %.2f %% | %s |\n", targetCPU, d.cpuPercent, verdict(d.cpuPercent, targetCPU))
+		failed := ""
+		if d.publishErrs > 0 {
+			failed = fmt.Sprintf(" (with %d failed publishes, see below)", d.publishErrs)
+		}
+		p("| `tracker run` CPU ≤ %.1f %% of a core (1 s interval) | %.2f %%%s | %s |\n", targetCPU, d.cpuPercent, failed, verdict(d.cpuPercent, targetCPU))
 		p("| `tracker run` peak RSS ≤ %.0f MiB | %.1f MiB | %s |\n", targetRSSMiB, d.maxRSSMiB, verdict(d.maxRSSMiB, targetRSSMiB))
 		if d.cpuPercent > targetCPU {
 			full := s.sweep[sweepTrackerFull] * float64(s.sweepCount[sweepTrackerFull]) / 1000
