@@ -24,8 +24,12 @@ $GO build -trimpath -o bin/nats-server github.com/nats-io/nats-server/v2
 gobench=$(mktemp)
 trap 'rm -f "$gobench"' EXIT
 echo "bench: Go benchmarks" >&2
-timeout 4m $GO test -run '^$' -bench . -benchtime 1s ./internal/state >"$gobench"
-BENCH_PROGRAMS=1000 timeout 2m $GO test -run '^$' -bench 'ReadPrograms|HoldersMany' -benchtime 1s ./internal/loader >>"$gobench"
+# A failing benchmark does not stop the harness: its FAIL lines go into
+# the report with the rest.
+timeout 4m $GO test -run '^$' -bench . -benchtime 1s ./internal/state >"$gobench" 2>&1 ||
+	echo "bench: a Go benchmark of internal/state failed (see the report)" >&2
+BENCH_PROGRAMS=1000 timeout 2m $GO test -run '^$' -bench 'ReadPrograms|HoldersMany' -benchtime 1s ./internal/loader >>"$gobench" 2>&1 ||
+	echo "bench: a Go benchmark of internal/loader failed (see the report)" >&2
 
 # The harness stops itself after -time-limit; timeout is the backstop.
 timeout 12m ./bin/bench -tracker bin/tracker -nats-server bin/nats-server -out docs/benchmarks.md -go-bench "$gobench" "$@"
