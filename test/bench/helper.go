@@ -15,76 +15,140 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // helperArg is the first argument that turns the harness binary into the
-// helper process that loads and holds the programs.
-const helperArg = "__load-helper"
+// helper process that loads and holds the programs; holderArg turns it
+// into one of the processes the helper spreads them over.
+const (
+	helperArg = "__load-helper"
+	holderArg = "__hold-helper"
+)
 
-// runHelper loads n socket filters, each with one or two small array maps
+// heldProgram is one program of the helper and the maps it uses.
+type heldProgram struct {
+	prog *ebpf.Program
+	maps []*ebpf.Map
+}
+
+func (h heldProgram) close() {
+	h.prog.Close()
+	for _, m := range h.maps {
+		m.Close()
+	}
+}
+
+// runHelper loads n socket filters (numbered from first), each with one or two small array maps
 // of its own, prints "ready", and holds them until stdin closes. Every
-// program is run once so that its stats are not all zero.
+// program is run once so that its stats are not all zero. Meanwhile it
+// answers the harness's commands on stdin (see helperSession).
 func runHelper(args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: " + helperArg + " N")
+	if len(args) != 2 {
+		return errors.New("usage: " + helperArg + " N FIRST")
 	}
 	n, err := strconv.Atoi(args[0])
 	if err != nil || n < 0 {
 		return fmt.Errorf("bad program count %q", args[0])
 	}
+	first, err := strconv.Atoi(args[1])
+	if err != nil || first < 0 {
+		return fmt.Errorf("bad first program number %q", args[1])
+	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("raising RLIMIT_MEMLOCK: %w", err)
 	}
-	var objs []io.Closer
-	defer func() {
-		for _, o := range objs {
-			o.Close()
-		}
-	}()
+	// Each program and its maps are 2.5 fds on average (the harness
+	// gives a helper no more programs than its hard limit allows).
+	if err := raiseNoFile(uint64(n*5/2 + 512)); err != nil {
+		return err
+	}
+	s := &helperSession{}
+	defer s.close()
 	for i := range n {
-		insns := asm.Instructions{}
-		for j := range 1 + i%2 {
-			m, err := ebpf.NewMap(&ebpf.MapSpec{
-				Name: fmt.Sprintf("bench_m%d", j), Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 4,
-			})
-			if err != nil {
-				return fmt.Errorf("creating map %d of program %d: %w", j, i, err)
-			}
-			objs = append(objs, m)
-			insns = append(insns, asm.LoadMapPtr(asm.R1, m.FD()))
-		}
-		insns = append(insns, asm.Mov.Imm(asm.R0, 0), asm.Return())
-		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name: fmt.Sprintf("bench_%d", i), Type: ebpf.SocketFilter, Instructions: insns, License: "Dual MIT/GPL",
-		})
+		p, err := loadHeld(first + i)
 		if err != nil {
-			return fmt.Errorf("loading program %d: %w", i, err)
+			return err
 		}
-		objs = append(objs, p)
-		if _, err := p.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
-			return fmt.Errorf("running program %d: %w", i, err)
-		}
+		s.progs = append(s.progs, p)
 	}
 	fmt.Println("ready")
-	io.Copy(io.Discard, os.Stdin) // until the harness closes it or dies
+	return s.serve(os.Stdin, os.Stdout)
+}
+
+// loadHeld loads the i-th program of the helper with its maps and runs it
+// once.
+func loadHeld(i int) (heldProgram, error) {
+	var h heldProgram
+	insns := asm.Instructions{}
+	for j := range 1 + i%2 {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{
+			Name: fmt.Sprintf("bench_m%d", j), Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 4,
+		})
+		if err != nil {
+			h.close()
+			return h, fmt.Errorf("creating map %d of program %d: %w", j, i, err)
+		}
+		h.maps = append(h.maps, m)
+		insns = append(insns, asm.LoadMapPtr(asm.R1, m.FD()))
+	}
+	insns = append(insns, asm.Mov.Imm(asm.R0, 0), asm.Return())
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: fmt.Sprintf("bench_%d", i), Type: ebpf.SocketFilter, Instructions: insns, License: "Dual MIT/GPL",
+	})
+	if err != nil {
+		for _, m := range h.maps {
+			m.Close()
+		}
+		return h, fmt.Errorf("loading program %d: %w", i, err)
+	}
+	h.prog = p
+	if _, err := p.Run(&ebpf.RunOptions{Data: make([]byte, 64)}); err != nil {
+		h.close()
+		return h, fmt.Errorf("running program %d: %w", i, err)
+	}
+	return h, nil
+}
+
+// raiseNoFile raises RLIMIT_NOFILE to at least want.
+func raiseNoFile(want uint64) error {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("reading RLIMIT_NOFILE: %w", err)
+	}
+	if lim.Cur >= want {
+		return nil
+	}
+	lim.Cur, lim.Max = want, max(lim.Max, want)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raising RLIMIT_NOFILE to %d: %w", want, err)
+	}
 	return nil
 }
 
-// helper is a running helper process.
-type helper struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	pid   int
+// runHolder holds the fds it inherited (3 and up) until stdin closes
+// (the helper ends, or dies: PR_SET_PDEATHSIG).
+func runHolder() {
+	io.Copy(io.Discard, os.Stdin)
 }
 
-// startHelper starts a helper holding n programs and waits until they are
-// loaded. The helper dies with the harness (PR_SET_PDEATHSIG).
-func startHelper(n int) (*helper, error) {
+// helper is a running helper process, seen from the harness.
+type helper struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stdout *bufio.Reader
+	pid    int
+}
+
+// startHelper starts a helper holding n programs numbered from first. The
+// helper dies with the harness (PR_SET_PDEATHSIG). Its wait reports when
+// they are loaded.
+func startHelper(n, first int) (*helper, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, helperArg, strconv.Itoa(n))
+	cmd := exec.Command(self, helperArg, strconv.Itoa(n), strconv.Itoa(first))
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
@@ -98,26 +162,39 @@ func startHelper(n int) (*helper, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting helper: %w", err)
 	}
-	h := &helper{cmd: cmd, stdin: stdin, pid: cmd.Process.Pid}
-	ready := make(chan error, 1)
+	return &helper{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(stdout), pid: cmd.Process.Pid}, nil
+}
+
+// do sends a command to the helper and returns the words of its answer,
+// which must start with want.
+func (h *helper) do(command, want string) ([]string, error) {
+	if _, err := fmt.Fprintln(h.stdin, command); err != nil {
+		return nil, fmt.Errorf("helper command %q: %w", command, err)
+	}
+	return h.answer(want, time.Minute)
+}
+
+// answer reads one line from the helper, which must start with want.
+func (h *helper) answer(want string, timeout time.Duration) ([]string, error) {
+	type result struct {
+		line string
+		err  error
+	}
+	ch := make(chan result, 1)
 	go func() {
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err == nil && strings.TrimSpace(line) != "ready" {
-			err = fmt.Errorf("helper said %q", line)
-		}
-		ready <- err
+		line, err := h.stdout.ReadString('\n')
+		ch <- result{line, err}
 	}()
 	select {
-	case err := <-ready:
-		if err != nil {
-			h.stop()
-			return nil, fmt.Errorf("helper with %d programs: %w", n, err)
+	case r := <-ch:
+		words := strings.Fields(r.line)
+		if r.err != nil || len(words) == 0 || words[0] != want {
+			return nil, fmt.Errorf("helper said %q (%v), want %q", r.line, r.err, want)
 		}
-	case <-time.After(3 * time.Minute):
-		h.stop()
-		return nil, fmt.Errorf("helper with %d programs not ready after 3 minutes", n)
+		return words[1:], nil
+	case <-time.After(timeout):
+		return nil, fmt.Errorf("helper did not say %q within %v", want, timeout)
 	}
-	return h, nil
 }
 
 // stop releases the helper's programs and waits for it to exit.

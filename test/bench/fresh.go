@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/rs/zerolog"
+
+	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// freshness is the latency of one event source, in milliseconds.
+type freshness struct {
+	source                 string
+	loadP50, loadP99       float64
+	releaseP50, releaseP99 float64
+	loads, releases        int // events seen, of want each
+	want                   int
+	loadCall               float64 // median BPF_PROG_LOAD time, ms
+	err                    error
+}
+
+// measureFreshness runs a tracker (state.Tracker.Run, 1 s sweeps) on the
+// source in this process, loads count programs one every pace, then
+// releases them, and times each from the start of its load (or close)
+// call to the tracker's OnEvent for it.
+func measureFreshness(source string, count int, pace time.Duration) freshness {
+	f := freshness{source: source, want: count}
+	w, err := startWatch(source)
+	if err != nil {
+		f.err = err
+		return f
+	}
+	defer w.stop()
+	progs, calls, err := loadPaced(count, pace, w.loading)
+	defer func() {
+		for _, p := range progs {
+			p.prog.Close() // no-op for the released ones
+		}
+	}()
+	if err != nil {
+		f.err = err
+		return f
+	}
+	f.loadCall = median(calls)
+	w.waitAll(progs, w.loadSeen)
+	next := time.Now()
+	for i := range progs {
+		time.Sleep(time.Until(next))
+		next = next.Add(pace)
+		w.mu.Lock()
+		w.closing[progs[i].id] = true
+		w.mu.Unlock()
+		progs[i].closed = time.Now()
+		progs[i].prog.Close()
+	}
+	w.waitAll(progs, w.releaseSeen)
+
+	loads, releases := w.latencies(progs)
+	f.loads, f.releases = len(loads), len(releases)
+	f.loadP50, f.loadP99 = percentile(loads, 50), percentile(loads, 99)
+	f.releaseP50, f.releaseP99 = percentile(releases, 50), percentile(releases, 99)
+	return f
+}
+
+// freshProgram is one program loaded by a freshness run.
+type freshProgram struct {
+	prog      *ebpf.Program
+	id        uint32
+	loadStart time.Time
+	closed    time.Time
+}
+
+// loadPaced loads count tiny socket filters, one every pace, tells
+// loaded the ID of each, and returns them with the duration of each
+// BPF_PROG_LOAD call in ms.
+func loadPaced(count int, pace time.Duration, loaded func(uint32)) ([]freshProgram, []float64, error) {
+	spec := &ebpf.ProgramSpec{
+		Name: "bench_fresh", Type: ebpf.SocketFilter, License: "Dual MIT/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	}
+	progs := make([]freshProgram, 0, count)
+	var calls []float64
+	next := time.Now()
+	for range count {
+		time.Sleep(time.Until(next))
+		next = next.Add(pace)
+		start := time.Now()
+		p, err := ebpf.NewProgram(spec)
+		calls = append(calls, float64(time.Since(start).Microseconds())/1000)
+		if err != nil {
+			return progs, nil, fmt.Errorf("loading: %w", err)
+		}
+		info, err := p.Info()
+		if err != nil {
+			p.Close()
+			return progs, nil, err
+		}
+		id, _ := info.ID()
+		loaded(uint32(id))
+		progs = append(progs, freshProgram{prog: p, id: uint32(id), loadStart: start})
+	}
+	return progs, calls, nil
+}
+
+// watch is a state.Tracker running on an event source in this process,
+// noting when it saw each program come and go.
+type watch struct {
+	src    loader.Source
+	k      *loader.Kernel
+	cancel context.CancelFunc
+	runErr chan error
+
+	mu          sync.Mutex
+	loadSeen    map[uint32]time.Time
+	releaseSeen map[uint32]time.Time
+	opening     map[uint32]bool // loaded by the harness
+	closing     map[uint32]bool // closed by the harness
+}
+
+// startWatch starts the tracker and waits for its first sweep.
+func startWatch(source string) (*watch, error) {
+	k, err := loader.NewKernel("")
+	if err != nil {
+		return nil, err
+	}
+	src, err := loader.OpenSource(source, loader.SourceOptions{PollInterval: time.Second})
+	if err != nil {
+		k.Close()
+		return nil, err
+	}
+	w := &watch{src: src, k: k, runErr: make(chan error, 1),
+		loadSeen: make(map[uint32]time.Time), releaseSeen: make(map[uint32]time.Time),
+		opening: make(map[uint32]bool), closing: make(map[uint32]bool)}
+	tr := state.New(k, state.Options{Node: "bench", Source: src.Name()})
+	ready := make(chan struct{})
+	var readyOnce sync.Once
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	go func() {
+		w.runErr <- tr.Run(ctx, state.RunConfig{
+			Source:   src,
+			Interval: time.Second,
+			Log:      zerolog.Nop(),
+			OnSnapshot: func(snap *state.Snapshot) {
+				readyOnce.Do(func() { close(ready) })
+				w.onSnapshot(snap)
+			},
+			OnEvent: w.onEvent,
+		})
+	}()
+	select {
+	case <-ready:
+		return w, nil
+	case <-time.After(30 * time.Second):
+		w.stop()
+		return nil, errors.New("no first sweep within 30 s")
+	}
+}
+
+// loading notes that the harness loaded program id.
+func (w *watch) loading(id uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.opening[id] = true
+}
+
+// onSnapshot notes the loads and releases a sweep saw: a sweep lists new
+// programs and drops gone ones before their event arrives (the poll
+// source has none), and the event then changes nothing.
+func (w *watch) onSnapshot(snap *state.Snapshot) {
+	now := time.Now()
+	present := make(map[uint32]bool, len(snap.Programs))
+	for _, r := range snap.Programs {
+		present[r.ProgID] = true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id := range w.opening {
+		if _, ok := w.loadSeen[id]; !ok && present[id] {
+			w.loadSeen[id] = now
+		}
+	}
+	for id := range w.closing {
+		if _, ok := w.releaseSeen[id]; !ok && !present[id] {
+			w.releaseSeen[id] = now
+		}
+	}
+}
+
+func (w *watch) onEvent(ev *state.Event) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch ev.Kind {
+	case "load":
+		if _, ok := w.loadSeen[ev.ProgID]; !ok {
+			w.loadSeen[ev.ProgID] = now
+		}
+	case "release":
+		if _, ok := w.releaseSeen[ev.ProgID]; !ok {
+			w.releaseSeen[ev.ProgID] = now
+		}
+	}
+}
+
+// waitAll waits up to 5 s until seen holds every program.
+func (w *watch) waitAll(progs []freshProgram, seen map[uint32]time.Time) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		w.mu.Lock()
+		n := 0
+		for _, p := range progs {
+			if _, ok := seen[p.id]; ok {
+				n++
+			}
+		}
+		w.mu.Unlock()
+		if n == len(progs) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// latencies returns the load and release latencies seen, in ms.
+func (w *watch) latencies(progs []freshProgram) (loads, releases []float64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range progs {
+		if t, ok := w.loadSeen[p.id]; ok {
+			loads = append(loads, float64(t.Sub(p.loadStart).Microseconds())/1000)
+		}
+		if t, ok := w.releaseSeen[p.id]; ok {
+			releases = append(releases, float64(t.Sub(p.closed).Microseconds())/1000)
+		}
+	}
+	return loads, releases
+}
+
+func (w *watch) stop() {
+	w.cancel()
+	w.src.Close()
+	<-w.runErr
+	w.k.Close()
+}
