@@ -29,6 +29,7 @@ const (
 	TokenUnowned = "_unowned"
 	TokenEvents  = "_events"
 	TokenNode    = "_node"
+	TokenSummary = "_summary"
 )
 
 // Message types, the "type" field of every message.
@@ -37,6 +38,7 @@ const (
 	TypeUnowned = "unowned"
 	TypeNode    = "node"
 	TypeEvent   = "event"
+	TypeSummary = "summary"
 )
 
 // Header is the part common to every interval message.
@@ -164,6 +166,26 @@ type NodeMessage struct {
 	// SweepDuration is how long the sweep's kernel reads took, in nanoseconds.
 	SweepDuration time.Duration  `json:"sweepDuration"`
 	Publisher     PublisherStats `json:"publisher"`
+}
+
+// SummaryMessage is published on <prefix>.<node>._summary every interval,
+// last: the node's health and each gadget's identity and totals in one
+// compact message, what fleet-wide consumers follow (program rows stay on
+// the gadget subjects, for drill-down).
+type SummaryMessage struct {
+	NodeMessage
+	// Gadgets are the node's gadgets, sorted by name then ID.
+	Gadgets []GadgetSummary `json:"gadgets"`
+	// Unowned sums the programs without a gadget.
+	Unowned MessageTotals `json:"unowned"`
+}
+
+// GadgetSummary is one gadget in a SummaryMessage.
+type GadgetSummary struct {
+	Gadget GadgetIdentity `json:"gadget"`
+	// OwnerPID is the owning process, 0 for a gadget no process holds.
+	OwnerPID uint32        `json:"ownerPID,omitempty"`
+	Totals   MessageTotals `json:"totals"`
 }
 
 // EventMessage is published on <prefix>.<node>._events for every program
