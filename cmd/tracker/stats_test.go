@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite golden files in testdata")
@@ -59,24 +59,6 @@ func goldenSnapshot() *state.Snapshot {
 	}
 }
 
-// canonicalJSON decodes data and encodes it again indented: object keys
-// come out sorted, so only key presence and values are compared. Numbers
-// stay exact.
-func canonicalJSON(t *testing.T, data []byte) []byte {
-	t.Helper()
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("decoding %s: %v", data, err)
-	}
-	out, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(out, '\n')
-}
-
 // TestStatsJSONGolden pins the rows "tracker stats -o json" prints, with
 // and without --all.
 func TestStatsJSONGolden(t *testing.T) {
@@ -98,21 +80,7 @@ func TestStatsJSONGolden(t *testing.T) {
 			if err := print(snap); err != nil {
 				t.Fatal(err)
 			}
-			got := canonicalJSON(t, out.Bytes())
-			path := filepath.Join("testdata", tc.golden)
-			if *updateGolden {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if !bytes.Equal(got, canonicalJSON(t, want)) {
-				t.Errorf("JSON differs from %s (run with -update to accept):\n--- got\n%s", path, got)
-			}
+			testutil.CheckGoldenJSON(t, filepath.Join("testdata", tc.golden), out.Bytes(), *updateGolden)
 		})
 	}
 }

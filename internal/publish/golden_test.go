@@ -1,53 +1,19 @@
 package publish
 
 import (
-	"bytes"
-	"encoding/json"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/bpfstats/tracker/internal/state"
+	"github.com/bpfstats/tracker/internal/testutil"
 )
-
-// canonicalJSON decodes data and encodes it again indented: object keys
-// come out sorted, so only key presence and values are compared. Numbers
-// stay exact (no float64 round trip).
-func canonicalJSON(t *testing.T, data []byte) []byte {
-	t.Helper()
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("decoding %s: %v", data, err)
-	}
-	out, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(out, '\n')
-}
 
 // checkGoldenJSON compares data with testdata/name as canonical JSON, or
 // rewrites the file with -update.
 func checkGoldenJSON(t *testing.T, name string, data []byte) {
 	t.Helper()
-	got := canonicalJSON(t, data)
-	path := filepath.Join("testdata", name)
-	if updateMetricsGolden() {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal(got, canonicalJSON(t, want)) {
-		t.Errorf("JSON differs from %s (run with -update to accept):\n--- got\n%s", path, got)
-	}
+	testutil.CheckGoldenJSON(t, filepath.Join("testdata", name), data, updateMetricsGolden())
 }
 
 // intervalMessage returns the encoded message of the interval for token.
