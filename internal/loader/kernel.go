@@ -65,6 +65,8 @@ type Kernel struct {
 
 	// cgroups resolves cgroup IDs (CgroupPath), with a lock of its own.
 	cgroups cgroupPaths
+	// links describes BPF links (ReadAttachments), with a lock of its own.
+	links linkTargets
 }
 
 // KernelOptions configures NewKernelWithOptions.
