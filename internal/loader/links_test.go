@@ -243,3 +243,37 @@ func TestLinkDescriptionHelpers(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkReadAttachments times one walk over b's links plus the
+// machine's: the cost is per link (four syscalls when cached).
+func BenchmarkReadAttachments(b *testing.B) {
+	testutil.RequireRoot(b)
+	k, err := NewKernelWithOptions(KernelOptions{NoIterators: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { k.Close() })
+	prog, _ := testgadget.AttachSysEnter(b, "tk_link_bench")
+	for range 199 {
+		// task_newtask rarely fires while the benchmark runs.
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "task_newtask", Program: prog})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { l.Close() })
+	}
+	n := 0
+	count := func(uint32, string) { n++ }
+	if err := k.ReadAttachments(count); err != nil {
+		b.Fatal(err)
+	}
+	links := n
+	b.ResetTimer()
+	for b.Loop() {
+		if err := k.ReadAttachments(count); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(links), "ns/link")
+	b.ReportMetric(float64(links), "links")
+}
