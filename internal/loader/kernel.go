@@ -10,7 +10,8 @@ import (
 
 // Kernel reads programs, maps and processes from the running kernel and
 // /proc. It implements state.Kernel (and its extensions state.BatchReader,
-// state.AuditReader, state.MetadataReader and state.CgroupResolver). The zero value is not usable; call NewKernel.
+// state.AuditReader, state.MetadataReader, state.CgroupResolver and
+// state.AttachReader). The zero value is not usable; call NewKernel.
 //
 // Reads use raw bpf(2) calls and reused buffers: one program read is three
 // syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see

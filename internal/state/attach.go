@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/bpfstats/tracker/internal/loader"
 )
 
 // AttachReader is an extension point of Kernel: loader.Kernel walks the
@@ -18,6 +20,8 @@ type AttachReader interface {
 	// errors.ErrUnsupported means the kernel cannot list links.
 	ReadAttachments(fn func(progID uint32, attach string)) error
 }
+
+var _ AttachReader = (*loader.Kernel)(nil)
 
 // NoLink is the one Attach entry of a program that no BPF link attaches
 // when the sweep walked the links: it is not attached, or attached
