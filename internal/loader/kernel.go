@@ -10,7 +10,8 @@ import (
 
 // Kernel reads programs, maps and processes from the running kernel and
 // /proc. It implements state.Kernel (and its extensions state.BatchReader,
-// state.AuditReader, state.MetadataReader and state.CgroupResolver). The zero value is not usable; call NewKernel.
+// state.AuditReader, state.MetadataReader, state.CgroupResolver and
+// state.AttachReader). The zero value is not usable; call NewKernel.
 //
 // Reads use raw bpf(2) calls and reused buffers: one program read is three
 // syscalls (GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, close). Where they load (see
@@ -65,6 +66,8 @@ type Kernel struct {
 
 	// cgroups resolves cgroup IDs (CgroupPath), with a lock of its own.
 	cgroups cgroupPaths
+	// links describes BPF links (ReadAttachments), with a lock of its own.
+	links linkTargets
 }
 
 // KernelOptions configures NewKernelWithOptions.

@@ -100,6 +100,9 @@ func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	end := t.opts.now()
 	snap := t.snapshot(end)
 	snap.SweepDuration = end.Sub(start)
+	if err := t.readAttach(snap); err != nil {
+		errs = append(errs, err)
+	}
 	if !t.lastSweep.IsZero() {
 		snap.Elapsed = end.Sub(t.lastSweep)
 	}

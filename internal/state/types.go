@@ -193,6 +193,10 @@ type Row struct {
 	// owner's when no load event named the loader), or where a gadget's
 	// owner runs; empty on the unowned row.
 	Placement
+	// Attach says where a program is attached, one entry per BPF link
+	// (see AttachReader), or is [NoLink]; empty on gadget rows and when
+	// the kernel cannot list links.
+	Attach []string `json:"attach,omitempty"`
 }
 
 // Snapshot is the result of one sweep.
