@@ -1,5 +1,7 @@
 package state
 
+import "github.com/bpfstats/tracker/internal/cri"
+
 // PodResolver is the extension point that names the Kubernetes pod of a
 // container: Options.Pods, implemented by internal/cri's Resolver, which
 // asks the container runtime over its CRI socket. The pod's name and
@@ -11,15 +13,9 @@ type PodResolver interface {
 	// must not block: the tracker calls it for every row of every
 	// snapshot, so a resolver that has to ask the runtime starts the
 	// question and answers on a later call.
-	Pod(containerID string) (Pod, bool)
-}
-
-// Pod names a Kubernetes pod, as the container runtime knows it.
-type Pod struct {
-	Name, Namespace string
-	// UID is the pod's UID; when the runtime and the cgroup path both
-	// know one and they differ, the answer is not used.
-	UID string
+	// When the answer's UID and the cgroup path's pod UID differ, the
+	// answer is not used.
+	Pod(containerID string) (cri.Pod, bool)
 }
 
 // namePods fills PodName and PodNamespace of every placement of snap

@@ -1,14 +1,18 @@
 package state
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/bpfstats/tracker/internal/cri"
+)
 
 // podMap is a PodResolver answering from a map and counting calls.
 type podMap struct {
-	pods  map[string]Pod
+	pods  map[string]cri.Pod
 	calls int
 }
 
-func (m *podMap) Pod(containerID string) (Pod, bool) {
+func (m *podMap) Pod(containerID string) (cri.Pod, bool) {
 	m.calls++
 	p, ok := m.pods[containerID]
 	return p, ok
@@ -25,7 +29,7 @@ func TestPodNamesFromResolver(t *testing.T) {
 	proc := k.procs[10]
 	proc.Cgroup = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod8a2c7f3e_1b4d_4c5e_9f60_0a1b2c3d4e5f.slice/cri-containerd-" + cid + ".scope"
 	k.procs[10] = proc
-	pods := &podMap{pods: map[string]Pod{}}
+	pods := &podMap{pods: map[string]cri.Pod{}}
 	tr := New(k, Options{Node: "n1", Source: "test", Pods: pods})
 	tr.apply(load(4, 10))
 
@@ -37,7 +41,7 @@ func TestPodNamesFromResolver(t *testing.T) {
 		t.Fatal("the resolver was never asked")
 	}
 
-	pods.pods[cid] = Pod{Name: "ig-x7k2p", Namespace: "gadget", UID: uid}
+	pods.pods[cid] = cri.Pod{Name: "ig-x7k2p", Namespace: "gadget", UID: uid}
 	snap = sweep(t, tr)
 	r := programRow(t, snap, 4)
 	if r.PodName != "ig-x7k2p" || r.PodNamespace != "gadget" {
@@ -56,7 +60,7 @@ func TestPodNamesFromResolver(t *testing.T) {
 		t.Errorf("unowned row named pod %q", snap.Unowned.PodName)
 	}
 
-	pods.pods[cid] = Pod{Name: "other", Namespace: "gadget", UID: "00000000-0000-0000-0000-000000000000"}
+	pods.pods[cid] = cri.Pod{Name: "other", Namespace: "gadget", UID: "00000000-0000-0000-0000-000000000000"}
 	snap = sweep(t, tr)
 	if r := programRow(t, snap, 4); r.PodName != "" || r.PodNamespace != "" {
 		t.Fatalf("an answer with another pod UID was used: %+v", r.Placement)
@@ -67,7 +71,7 @@ func TestPodNamesFromResolver(t *testing.T) {
 func TestPodResolverNotAskedWithoutContainer(t *testing.T) {
 	k := newLabelKernel()
 	daemon(k)
-	pods := &podMap{pods: map[string]Pod{"": {Name: "x", Namespace: "y"}}}
+	pods := &podMap{pods: map[string]cri.Pod{"": {Name: "x", Namespace: "y"}}}
 	tr := New(k, Options{Node: "n1", Source: "test", Pods: pods})
 	tr.apply(load(4, 10))
 	snap := sweep(t, tr)
