@@ -14,6 +14,7 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
+	"github.com/bpfstats/tracker/internal/cri"
 	"github.com/bpfstats/tracker/internal/loader"
 	"github.com/bpfstats/tracker/internal/state"
 )
@@ -25,6 +26,8 @@ type commonFlags struct {
 	node     string
 	logLevel string
 	all      bool
+	// criSocket is the CRI runtime socket naming pods; "" is off.
+	criSocket string
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
@@ -34,6 +37,8 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.node, "node", host, "node name reported in rows and NATS subjects")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug|info|warn|error")
 	fs.BoolVar(&c.all, "all", false, "one row per program, including programs without a gadget")
+	fs.StringVar(&c.criSocket, "cri-socket", "", "container runtime (CRI) socket that names the pods of containers (podName, podNamespace): "+
+		cri.ContainerdSocket+" for containerd, "+cri.CRIOSocket+" for CRI-O; empty: pods have their UID only")
 }
 
 // sourceUsage is the help of --source: the values, then one line per
@@ -141,6 +146,8 @@ type pipeline struct {
 	source  loader.Source
 	kernel  *loader.Kernel
 	tracker *state.Tracker
+	// cri names pods; nil without --cri-socket.
+	cri *cri.Resolver
 }
 
 // openPipeline checks privileges, enables stats and attaches the event
@@ -198,14 +205,16 @@ func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeli
 		log.Warn().Msg(w)
 		ignorePIDs = true
 	}
+	criResolver, pods := openPods(c.criSocket, log)
 	tr := state.New(kernel, state.Options{
 		Node:            c.node,
 		Source:          src.Name(),
 		Self:            state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version},
 		IgnoreEventPIDs: ignorePIDs,
 		StatsCost:       statsCost,
+		Pods:            pods,
 	})
-	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr}, nil
+	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr, cri: criResolver}, nil
 }
 
 // run drives the tracker until ctx ends or count sweeps are done.
@@ -229,6 +238,10 @@ func (p *pipeline) Close() error {
 		errs = append(errs, p.kernel.Close())
 		p.kernel = nil
 	}
+	if p.cri != nil {
+		errs = append(errs, p.cri.Close())
+		p.cri = nil
+	}
 	return errors.Join(errs...)
 }
 
@@ -245,4 +258,26 @@ func pidNamespaceWarning() string {
 		return "running in a child PID namespace: fentry event PIDs are host PIDs, programs are attributed by fd holders only (run with the host's PID namespace, e.g. hostPID: true)"
 	}
 	return ""
+}
+
+// openPods opens the CRI resolver of --cri-socket (nil, nil when empty).
+// A runtime that does not answer yet is no error: it may start after the
+// tracker, and lookups connect again.
+func openPods(socket string, log zerolog.Logger) (*cri.Resolver, state.PodResolver) {
+	if socket == "" {
+		return nil, nil
+	}
+	r, err := cri.New(socket, cri.Options{})
+	if err != nil {
+		log.Warn().Err(err).Msg("pods are not named")
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if v, err := r.Version(ctx); err != nil {
+		log.Warn().Err(err).Str("socket", socket).Msg("CRI runtime not answering yet: pods are named once it does")
+	} else {
+		log.Info().Str("runtime", v).Str("socket", socket).Msg("CRI runtime names pods")
+	}
+	return r, r
 }

@@ -23,7 +23,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Lookup("nats-url").DefValue = n.url
 	all := fs.Bool("all", false, "one row per program, unowned programs included")
 	nodeGlob := fs.String("node", "", "only nodes whose name matches this shell pattern")
-	by := fs.String("by", "", `"image": one row per gadget image, summed across nodes`)
+	by := fs.String("by", "", `"image", "unit", "container" or "pod": one row per gadget image, systemd unit, container or pod (namespace/name, else UID), summed across nodes`)
 	interval := fs.Duration("interval", 2*time.Second, "time between two prints")
 	count := fs.Int("count", 0, "number of prints; 0 runs until interrupted")
 	logLevel := fs.String("log-level", "warn", "log level: debug|info|warn|error")
@@ -43,8 +43,8 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *count < 0 {
 		return usagef("--count must be >= 0, got %d", *count)
 	}
-	if *by != "" && *by != "image" {
-		return usagef(`unknown --by %q: want "image"`, *by)
+	if !fleet.ValidBy(*by) {
+		return usagef(`unknown --by %q: want "image", "unit", "container" or "pod"`, *by)
 	}
 	if err := o.validate(); err != nil {
 		return err

@@ -46,6 +46,8 @@ type Fleet struct {
 	// images keeps the per-image rollups' counters from going down when
 	// a gadget instance or a node goes away (ImageRows).
 	images state.CounterSets
+	// groups are the same for the placement rollups, by Options.By (by.go).
+	groups map[string]*state.CounterSets
 }
 
 // position is where a publisher was: its instance and seq, and its past

@@ -23,7 +23,8 @@ type Options struct {
 	// All shows program rows, unowned programs included, instead of
 	// gadget rows.
 	All bool
-	// By is "" or "image" (one row per gadget image across nodes).
+	// By is "" or "image" (one row per gadget image across nodes), or
+	// ByUnit, ByContainer, ByPod (GroupRows).
 	By string
 	// NodeGlob keeps the nodes whose name matches (path.Match); "" keeps all.
 	NodeGlob string
@@ -60,10 +61,8 @@ func (o *Options) setDefaults() error {
 	if o.KVBucket == "" {
 		o.KVBucket = publish.DefaultKVBucket
 	}
-	switch o.By {
-	case "", "image":
-	default:
-		return fmt.Errorf("invalid rollup %q: want \"image\" or nothing", o.By)
+	if !ValidBy(o.By) {
+		return fmt.Errorf("invalid rollup %q: want image, unit, container, pod or nothing", o.By)
 	}
 	if _, err := path.Match(o.NodeGlob, ""); err != nil {
 		return fmt.Errorf("invalid node pattern %q: %w", o.NodeGlob, err)
@@ -86,6 +85,9 @@ type Print[R any] struct {
 // one JSON Print on one line.
 func (f *Fleet) Render(w io.Writer, opts Options) error {
 	stats, now := f.Stats(), f.now().UTC()
+	if isPlacementBy(opts.By) {
+		return f.renderGroups(w, opts, now, stats)
+	}
 	if opts.By == "image" {
 		rows := f.ImageRows(opts.NodeGlob, opts.All)
 		if opts.JSON {

@@ -249,6 +249,7 @@ func (t *Tracker) event(kind string, p *program, kernelTime uint64) *Event {
 	}
 	if p.gadget != nil {
 		g := p.gadget.info
+		t.namePod(&g.Placement)
 		out.Gadget = &g
 	}
 	return out

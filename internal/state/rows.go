@@ -46,6 +46,7 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		}
 		return a.GadgetID < b.GadgetID
 	})
+	t.namePods(snap)
 	return snap
 }
 

@@ -52,6 +52,9 @@ type Options struct {
 	// run, as loader.MeasureStatsCost measured it; 0 when unknown, and
 	// every StatsCostPercent is then 0.
 	StatsCost time.Duration
+	// Pods names the Kubernetes pods of containers (rows' PodName and
+	// PodNamespace); nil leaves them empty.
+	Pods PodResolver
 }
 
 // Self identifies the tracker's own process to the inventory.

@@ -93,6 +93,9 @@ type Placement struct {
 	// ("Guaranteed", "Burstable", "BestEffort").
 	PodUID string `json:"podUID,omitempty"`
 	PodQoS string `json:"podQoS,omitempty"`
+	// PodName and PodNamespace come from the container runtime (see PodResolver).
+	PodName      string `json:"podName,omitempty"`
+	PodNamespace string `json:"podNamespace,omitempty"`
 }
 
 // placementOf derives the Placement of a cgroup path.
