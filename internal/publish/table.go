@@ -58,6 +58,8 @@ func Columns() []Column {
 		{Name: "containerID", Help: "Container ID of the loader, from its cgroup (containerd, CRI-O, Docker, Podman)", value: func(r *state.Row) string { return r.ContainerID }},
 		{Name: "podUID", Help: "Kubernetes pod UID of the loader, from its cgroup", value: func(r *state.Row) string { return r.PodUID }},
 		{Name: "podQoS", Help: "Kubernetes QoS class of the pod (Guaranteed, Burstable, BestEffort)", value: func(r *state.Row) string { return r.PodQoS }},
+		{Name: "podName", Help: "Kubernetes pod name, from the container runtime (--cri-socket); empty without it", value: func(r *state.Row) string { return r.PodName }},
+		{Name: "podNamespace", Help: "Kubernetes pod namespace, from the container runtime (--cri-socket)", value: func(r *state.Row) string { return r.PodNamespace }},
 		{Name: "attach", Help: "Where the program is attached, one entry per BPF link: raw_tp:TP, tracing:fentry/FUNC (fexit, fmod_ret, lsm, tp_btf), cgroup:PATH:TYPE, xdp:DEV, tcx:DEV:ingress, netkit:DEV:primary, netns:INODE:TYPE, kprobe:FUNC+OFF, uprobe:PATH+0xOFF, tracepoint:NAME, iter:TARGET, netfilter:PF:HOOK:PRIO, sockmap:map=ID:TYPE; \"no link\" when no BPF link attaches it (not attached, or attached the legacy way: perf_event ioctl, tc/XDP netlink, socket filter, sockmap, prog array, struct_ops map)", value: func(r *state.Row) string { return strings.Join(r.Attach, ",") }},
 	}
 }
