@@ -146,4 +146,3 @@ func gadgetTotals(g state.Row, programs int) MessageTotals {
 	}
 	return t
 }
-
