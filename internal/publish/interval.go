@@ -22,7 +22,15 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 		Interval: s.opts.Interval,
 		Instance: s.instance,
 	}
-	byGadget, unowned := s.programsByGadget(snap)
+	// A summary needs no program rows: not copying them is most of what
+	// a summary-only node saves.
+	var byGadget map[string][]state.Row
+	var unowned []state.Row
+	unownedCount := snap.Unowned.ProgramCount
+	if !s.opts.SummaryOnly {
+		byGadget, unowned = s.programsByGadget(snap)
+		unownedCount = len(unowned)
+	}
 	e := s.newIntervalEncoder(len(snap.Gadgets)+3, limit)
 	gadgets := make([]GadgetSummary, 0, len(snap.Gadgets))
 	var errs []error
@@ -39,7 +47,7 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 			errs = append(errs, err)
 		}
 	}
-	msg := UnownedMessage{Header: h, Totals: gadgetTotals(snap.Unowned, len(unowned)), Programs: []state.Row{}}
+	msg := UnownedMessage{Header: h, Totals: gadgetTotals(snap.Unowned, unownedCount), Programs: []state.Row{}}
 	msg.Type = TypeUnowned
 	if !s.opts.SummaryOnly {
 		if err := s.addProgramMessage(e, TokenUnowned, &msg.Header, &msg, &msg.Rows,
@@ -48,7 +56,7 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 		}
 	}
 	h.Type = TypeNode
-	node := s.nodeMessage(h, snap, len(unowned))
+	node := s.nodeMessage(h, snap, unownedCount)
 	if err := e.add(TokenNode, node); err != nil {
 		errs = append(errs, err)
 	}

@@ -232,11 +232,11 @@ func (s *NATSSink) Instance() string { return s.instance }
 func (s *NATSSink) Node() string { return s.node }
 
 // Subject returns <prefix>.<node>.<token> for one of the reserved tokens
-// (TokenUnowned, TokenEvents, TokenNode); any other token is taken for a
-// gadget ID, see GadgetSubject.
+// (TokenUnowned, TokenEvents, TokenNode, TokenSummary); any other token
+// is taken for a gadget ID, see GadgetSubject.
 func (s *NATSSink) Subject(token string) string {
 	switch token {
-	case TokenUnowned, TokenEvents, TokenNode:
+	case TokenUnowned, TokenEvents, TokenNode, TokenSummary:
 		return s.tokenSubject(token)
 	}
 	return s.GadgetSubject(token)
