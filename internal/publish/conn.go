@@ -333,6 +333,9 @@ type sinkConn struct {
 	nc *nats.Conn
 	// closed is closed once nc's closed handler ran.
 	closed chan struct{}
+	// shared marks NATSOptions.SharedConn, which the sink neither
+	// replaces nor closes.
+	shared bool
 }
 
 // dial connects with the sink's options, see connect.

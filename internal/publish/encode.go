@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strconv"
+	"sync"
 
 	"github.com/bpfstats/tracker/internal/state"
 )
@@ -13,29 +13,41 @@ import (
 // own: a stock nats-server's max_payload.
 const defaultMaxPayload = 1 << 20
 
+// EncodeBuffers are the buffers an interval is encoded into. A sink has
+// its own; sinks publishing from one goroutine (the simulator's nodes)
+// may share one through NATSOptions.Buffers, so that K nodes do not hold
+// K sets of buffers. The zero value is ready to use.
+type EncodeBuffers struct {
+	mu sync.Mutex
+	// enc holds the encoded messages of the interval being published,
+	// row the encoded array elements (program rows) of one message.
+	enc, row bytes.Buffer
+}
+
 // intervalEncoder encodes the messages of one interval into the sink's
 // buffers, splitting program rows into parts of at most limit bytes: at
 // thousands of programs the _unowned message alone is megabytes, and
 // growing fresh buffers each interval dominated the publish.
-// nats.Conn.Publish and the key-value put copy the bytes.
+// nats.Conn.Publish copies the bytes; the key-value writes copy them.
 type intervalEncoder struct {
 	s     *NATSSink
+	b     *EncodeBuffers
 	limit int
 	msgs  []outMsg
-	// rowEnds are the end offsets of the rows encoded into s.rowBuf.
+	// rowEnds are the end offsets of the elements encoded into b.row.
 	rowEnds []int
 	// dropped counts rows and messages that could not fit limit.
 	dropped uint64
 }
 
 // newIntervalEncoder empties the sink's buffers; messages will be at most
-// limit bytes. The caller holds s.mu.
+// limit bytes. The caller holds s.mu and s.bufs.mu.
 func (s *NATSSink) newIntervalEncoder(n int, limit int64) *intervalEncoder {
-	s.encBuf.Reset()
+	s.bufs.enc.Reset()
 	if limit <= 0 {
 		limit = defaultMaxPayload
 	}
-	return &intervalEncoder{s: s, limit: int(min(limit, 1<<30)), msgs: make([]outMsg, 0, n)}
+	return &intervalEncoder{s: s, b: s.bufs, limit: int(min(limit, 1<<30)), msgs: make([]outMsg, 0, n)}
 }
 
 // add encodes v, a message without program rows, for the subject token
@@ -49,91 +61,111 @@ func (e *intervalEncoder) add(tok string, v any) error {
 		e.dropped++
 		return fmt.Errorf("%s message of %d bytes exceeds the server's max_payload of %d", tok, len(data), e.limit)
 	}
-	start := e.s.encBuf.Len()
-	e.s.encBuf.Write(data)
-	e.push(tok, 1, start)
+	start := e.b.enc.Len()
+	e.b.enc.Write(data)
+	e.push(tok, 1, 1, start)
 	return nil
 }
 
-// push makes the sink's buffer from start on the message of part of the
-// subject token tok.
-func (e *intervalEncoder) push(tok string, part, start int) {
-	buf := &e.s.encBuf
+// push makes the sink's buffer from start on the message of part of parts
+// of the subject token tok.
+func (e *intervalEncoder) push(tok string, part, parts, start int) {
+	buf := &e.b.enc
 	end := buf.Len()
 	e.msgs = append(e.msgs, outMsg{
 		subject: e.s.tokenSubject(tok),
-		key:     kvKey(e.s.node, tok, part),
+		tok:     tok,
+		part:    part,
+		parts:   parts,
 		data:    buf.Bytes()[start:end:end],
 	})
 }
 
-// addRows encodes msg, a GadgetMessage or UnownedMessage whose Header is
-// h and whose Programs are empty, with rows as its programs, for the
-// subject token tok: in as many
-// parts as it takes to keep every message within limit. Every part is the
-// same message (same seq, same totals) with its share of the rows, in
-// order. A row that cannot fit even alone is dropped and counted.
-func (e *intervalEncoder) addRows(tok string, h *Header, msg any, rows []state.Row) error {
-	// The widest envelope: Part and Parts never exceed one per row plus one.
-	h.Part, h.Parts = len(rows)+1, len(rows)+1
-	env, err := envelope(msg)
+// itemEncoder encodes element i of a message's array.
+type itemEncoder func(enc *json.Encoder, i int) error
+
+// rowItems encodes program rows, whole or as CompactRow.
+func rowItems(rows []state.Row, compact bool) itemEncoder {
+	return func(enc *json.Encoder, i int) error {
+		r := &rows[i]
+		if compact {
+			return enc.Encode(CompactRow{ProgID: r.ProgID, Totals: r.Totals, Cost: r.Cost})
+		}
+		return enc.Encode(r)
+	}
+}
+
+// addArray encodes msg, whose Header is h and whose array field key is
+// empty, with n elements encoded by item in that array, for the subject
+// token tok: in as many parts as it takes to keep every message within
+// limit. Every part is the same message (same seq, same totals) with its
+// share of the elements, in order. An element that cannot fit even alone
+// is dropped and counted.
+func (e *intervalEncoder) addArray(tok string, h *Header, msg any, key string, n int, item itemEncoder) error {
+	// The widest envelope: Part and Parts never exceed one per element plus one.
+	h.Part, h.Parts = n+1, n+1
+	env, _, err := envelope(msg, key)
 	if err != nil {
 		return fmt.Errorf("encoding %s message: %w", tok, err)
 	}
 	room := e.limit - len(env)
 	if room < 0 {
 		e.dropped++
-		return fmt.Errorf("%s message of %d bytes without programs exceeds the server's max_payload of %d", tok, len(env), e.limit)
+		return fmt.Errorf("%s message of %d bytes without its %s exceeds the server's max_payload of %d", tok, len(env), key, e.limit)
 	}
-	if err := e.encodeRows(rows); err != nil {
-		return fmt.Errorf("encoding %s program rows: %w", tok, err)
+	if err := e.encodeItems(n, item); err != nil {
+		return fmt.Errorf("encoding %s %s: %w", tok, key, err)
 	}
 	parts := e.packRows(room)
-	rowBytes := e.s.rowBuf.Bytes()
+	rowBytes := e.b.row.Bytes()
 	h.Parts = len(parts)
 	for i, p := range parts {
 		h.Part = i + 1
-		env, err := envelope(msg)
+		env, split, err := envelope(msg, key)
 		if err != nil {
 			return fmt.Errorf("encoding %s message: %w", tok, err)
 		}
-		buf := &e.s.encBuf
+		buf := &e.b.enc
 		start := buf.Len()
-		buf.Write(env[:len(env)-2])
+		buf.Write(env[:split])
 		for j := p.first; j < p.end; j++ {
 			if j > p.first {
 				buf.WriteByte(',')
 			}
 			buf.Write(rowBytes[e.rowStart(j):e.rowEnds[j]])
 		}
-		buf.WriteString("]}")
-		e.push(tok, h.Part, start)
+		buf.Write(env[split:])
+		e.push(tok, h.Part, h.Parts, start)
 	}
 	return nil
 }
 
-// envelope encodes msg, whose program rows are empty, checking that it
-// ends with them: the rows of a part go between its last two bytes.
-func envelope(msg any) ([]byte, error) {
+// envelope encodes msg, whose array field key is empty, and returns where
+// the array's elements go: between its brackets. A key with its quotes
+// cannot occur inside a JSON string (the quotes would be escaped), so the
+// last occurrence is the field.
+func envelope(msg any, key string) ([]byte, int, error) {
 	env, err := json.Marshal(msg)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if !bytes.HasSuffix(env, []byte(`"programs":[]}`)) {
-		return nil, fmt.Errorf("message does not end with its program rows: %.80s", env)
+	field := `"` + key + `":[]`
+	at := bytes.LastIndex(env, []byte(field))
+	if at < 0 {
+		return nil, 0, fmt.Errorf("message has no empty %s array: %.80s", key, env)
 	}
-	return env, nil
+	return env, at + len(field) - 1, nil
 }
 
-// encodeRows encodes rows into the sink's row buffer, one after another,
-// recording where each ends.
-func (e *intervalEncoder) encodeRows(rows []state.Row) error {
-	buf := &e.s.rowBuf
+// encodeItems encodes n array elements into the row buffer, one after
+// another, recording where each ends.
+func (e *intervalEncoder) encodeItems(n int, item itemEncoder) error {
+	buf := &e.b.row
 	buf.Reset()
 	e.rowEnds = e.rowEnds[:0]
 	enc := json.NewEncoder(buf)
-	for i := range rows {
-		if err := enc.Encode(&rows[i]); err != nil {
+	for i := 0; i < n; i++ {
+		if err := item(enc, i); err != nil {
 			return err
 		}
 		// Encode ends with a newline that Marshal does not write.
@@ -179,7 +211,7 @@ func (e *intervalEncoder) packRows(room int) []rowRange {
 // dropOversized removes the rows longer than room from the row buffer and
 // rowEnds, counting them.
 func (e *intervalEncoder) dropOversized(room int) {
-	rows := e.s.rowBuf.Bytes()
+	rows := e.b.row.Bytes()
 	kept, w := e.rowEnds[:0], 0
 	start := 0
 	for _, end := range e.rowEnds {
@@ -191,17 +223,8 @@ func (e *intervalEncoder) dropOversized(room int) {
 		}
 		start = end
 	}
-	e.s.rowBuf.Truncate(w)
+	e.b.row.Truncate(w)
 	e.rowEnds = kept
-}
-
-// partKey is the key-value key suffix of part: none for the first, so
-// that a message that fits keeps the key it always had.
-func partKey(part int) string {
-	if part <= 1 {
-		return ""
-	}
-	return ".p" + strconv.Itoa(part)
 }
 
 // cleanRow caps and cleans the labels of a row copy (see CleanLabel),

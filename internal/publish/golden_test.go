@@ -19,9 +19,9 @@ func checkGoldenJSON(t *testing.T, name string, data []byte) {
 // intervalMessage returns the encoded message of the interval for token.
 func intervalMessage(t *testing.T, snap *state.Snapshot, token string) []byte {
 	t.Helper()
-	sink := &NATSSink{node: "node_a", prefix: DefaultSubjectPrefix, seq: 3, instance: "5f0c2a9e4b7d1e38",
-		opts: NATSOptions{Interval: time.Second}}
-	msgs, err := sink.intervalMessages(snap, defaultMaxPayload)
+	sink := offlineSink("node_a", 3, "5f0c2a9e4b7d1e38")
+	sink.opts.Interval = time.Second
+	msgs, err := sink.intervalMessages(snap, defaultMaxPayload, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,4 +55,11 @@ func TestMessageGolden(t *testing.T) {
 		GadgetInfo: map[string]state.Gadget{},
 	}
 	checkGoldenJSON(t, "message_unowned_empty.golden", intervalMessage(t, empty, TokenUnowned))
+}
+
+// offlineSink is a sink without a connection, for encoding only, about to
+// publish interval seq.
+func offlineSink(node string, seq uint64, instance string) *NATSSink {
+	return &NATSSink{node: node, prefix: DefaultSubjectPrefix, seq: seq, instance: instance,
+		opts: NATSOptions{FullEvery: DefaultFullEvery}, tokens: map[string]*tokenState{}, bufs: &EncodeBuffers{}}
 }

@@ -73,11 +73,13 @@ type partMsg struct {
 
 // interval is what a subscriber received of one seq, by subject.
 type interval struct {
-	parts map[string][]partMsg
-	node  *NodeMessage
+	parts   map[string][]partMsg
+	node    *NodeMessage
+	summary []SummaryMessage
 }
 
-// collectIntervals reads sub until the _node message of seq last arrived,
+// collectIntervals reads sub until the last _summary part of seq last
+// arrived (the interval's last message),
 // checking every message against limit, and returns the intervals by seq.
 func collectIntervals(t *testing.T, sub *testutil.Subscription, node string, last uint64, limit int) map[uint64]*interval {
 	t.Helper()
@@ -96,10 +98,14 @@ func collectIntervals(t *testing.T, sub *testutil.Subscription, node string, las
 			iv = &interval{parts: map[string][]partMsg{}}
 			got[h.Seq] = iv
 		}
-		if h.Type == TypeNode {
+		switch h.Type {
+		case TypeNode:
 			n := decode[NodeMessage](t, m)
 			iv.node = &n
-			if h.Seq == last {
+			continue
+		case TypeSummary:
+			iv.summary = append(iv.summary, decode[SummaryMessage](t, m))
+			if h.Seq == last && h.Part == h.Parts {
 				return got
 			}
 			continue
@@ -204,9 +210,9 @@ func TestNATSOversizedRow(t *testing.T) {
 	for i := range 2000 {
 		huge.PIDs = append(huge.PIDs, uint32(100000+i))
 	}
-	sink := &NATSSink{node: "node_a", prefix: DefaultSubjectPrefix, seq: 1, instance: "i", kvKeys: map[string]struct{}{}}
+	sink := offlineSink("node_a", 1, "i")
 	const limit = 4096
-	msgs, err := sink.intervalMessages(snap, limit)
+	msgs, err := sink.intervalMessages(snap, limit, false)
 	if err == nil || !strings.Contains(err.Error(), "1 program rows or messages left out") {
 		t.Errorf("error %v, want one row left out", err)
 	}
@@ -226,8 +232,8 @@ func TestNATSOversizedRow(t *testing.T) {
 		if err := json.Unmarshal(m.data, &p); err != nil {
 			t.Fatalf("%v: %s", err, m.data)
 		}
-		if want := kvKey("node_a", "g1", len(parts)+1); m.key != want {
-			t.Errorf("part %d key %q, want %q", len(parts)+1, m.key, want)
+		if m.tok != "g1" || m.part != len(parts)+1 {
+			t.Errorf("part %d: token %q part %d", len(parts)+1, m.tok, m.part)
 		}
 		parts = append(parts, p)
 	}
@@ -300,18 +306,19 @@ func TestNATSHostileGadgetIDs(t *testing.T) {
 	}
 	// Every message has its own subject and key: no gadget takes the
 	// place of _node or _unowned, nor of another gadget.
-	msgs, err := sink.intervalMessages(snap, 1<<20)
+	msgs, err := sink.intervalMessages(snap, 1<<20, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	subjects, keys := map[string]bool{}, map[string]bool{}
 	for _, m := range msgs {
-		if subjects[m.subject] || keys[m.key] || !strings.HasPrefix(m.key, "hostile.") {
-			t.Errorf("subject %s, key %s taken twice or malformed", m.subject, m.key)
+		key := kvKey(sink.Node(), m.tok, m.part)
+		if subjects[m.subject] || keys[key] || !strings.HasPrefix(key, "hostile.") {
+			t.Errorf("subject %s, key %s taken twice or malformed", m.subject, key)
 		}
-		subjects[m.subject], keys[m.key] = true, true
+		subjects[m.subject], keys[key] = true, true
 	}
-	if len(keys) != len(ids)+2 || !keys["hostile._node"] || !keys["hostile._unowned"] || !keys["hostile.g_node"] {
+	if len(keys) != len(ids)+3 || !keys["hostile._node"] || !keys["hostile._unowned"] || !keys["hostile._summary"] || !keys["hostile.g_node"] {
 		t.Errorf("keys %v", keys)
 	}
 }
@@ -420,6 +427,7 @@ func TestNATSKVParts(t *testing.T) {
 	if err := sink.Publish(snap); err != nil {
 		t.Fatal(err)
 	}
+	waitKV(t, sink)
 	nc, err := ConnectNATS(ConnOptions{URLs: srv.ClientURL(), FailFast: true})
 	if err != nil {
 		t.Fatal(err)
@@ -456,6 +464,7 @@ func TestNATSKVParts(t *testing.T) {
 	if err := sink.Publish(small); err != nil {
 		t.Fatal(err)
 	}
+	waitKV(t, sink)
 	parts = readParts()
 	if ids := checkParts(t, "g1", parts, sink.Instance()); len(parts) != 1 || !slices.Equal(ids, wantIDs(small)["g1"]) {
 		t.Errorf("after shrinking: %d parts with %v", len(parts), ids)

@@ -301,6 +301,22 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 		t.Errorf("node message:\n got %+v\nwant %+v", gotN, wantN)
 	}
 
+	// The summary closes the interval: _node's fields, each gadget's
+	// identity and totals, the unowned totals.
+	m = sub.Next(t, "bpfstats.node_a_example._summary", is("bpfstats.node_a_example._summary"))
+	logSample(t, m)
+	gotS := decode[SummaryMessage](t, m)
+	wantS := SummaryMessage{
+		NodeMessage: wantN,
+		Gadgets:     []GadgetSummary{{Gadget: wantG.Gadget, OwnerPID: owner.PID, Totals: wantG.Totals}},
+		Unowned:     wantU.Totals,
+	}
+	wantS.Header = hdr
+	wantS.Type = TypeSummary
+	if !reflect.DeepEqual(gotS, wantS) {
+		t.Errorf("summary message:\n got %+v\nwant %+v", gotS, wantS)
+	}
+
 	ev := &state.Event{
 		Kind: "load", ProgID: 1262, ProgName: "ig_openat_e", ProgType: "tracepoint", Tag: "a04f5eef06a7f555",
 		Loader: &owner, Gadget: &state.Gadget{ID: "6bcfcca7a12", Name: "mytraceopen", Image: "trace_open:latest", Owner: owner},
@@ -319,8 +335,8 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	if n := sink.PublishErrors(); n != 0 {
 		t.Errorf("%d publish errors", n)
 	}
-	if st := sink.Stats(); st.Published != 4 {
-		t.Errorf("published %d messages, want 4", st.Published)
+	if st := sink.Stats(); st.Published != 5 {
+		t.Errorf("published %d messages, want 5", st.Published)
 	}
 	if err := sink.Close(); err != nil || sink.Connected() {
 		t.Errorf("Close: %v, connected %v", err, sink.Connected())
@@ -480,6 +496,7 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	if err := sink.Publish(snap); err != nil {
 		t.Fatal(err)
 	}
+	waitKV(t, sink)
 
 	nc, err := ConnectNATS(ConnOptions{URLs: es.ClientURL(), Name: "bpfstats-kv-reader", FailFast: true, Logger: log})
 	if err != nil {
@@ -494,8 +511,8 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every interval message has its key, so that a consumer starting
-	// later reads the whole node from the bucket alone.
+	// Every gadget, _unowned and the summary have their key, so that a
+	// consumer starting later reads the whole node from the bucket alone.
 	keys := func() []string {
 		t.Helper()
 		lister, err := kv.ListKeys(context.Background())
@@ -509,11 +526,11 @@ func TestEmbeddedNATSKV(t *testing.T) {
 		slices.Sort(keys)
 		return keys
 	}
-	if got, want := keys(), []string{"node-kv._node", "node-kv._unowned", "node-kv.g1", "node-kv.g2"}; !slices.Equal(got, want) {
+	if got, want := keys(), []string{"node-kv._summary", "node-kv._unowned", "node-kv.g1", "node-kv.g2"}; !slices.Equal(got, want) {
 		t.Fatalf("keys %v, want %v", got, want)
 	}
-	if st, err := kv.Status(context.Background()); err != nil || st.TTL() != 3*time.Second {
-		t.Errorf("bucket status %v, %v; want TTL of three intervals", st, err)
+	if st, err := kv.Status(context.Background()); err != nil || st.TTL() != time.Duration(DefaultFullEvery+3)*time.Second {
+		t.Errorf("bucket status %v, %v; want TTL of FullEvery plus three intervals", st, err)
 	}
 	e, err := kv.Get(context.Background(), "node-kv.g2")
 	if err != nil {
@@ -527,10 +544,11 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	if err := sink.Publish(testSnapshot("node-kv", "g1", testTime.Add(time.Second))); err != nil {
 		t.Fatal(err)
 	}
+	waitKV(t, sink)
 	if _, err := kv.Get(context.Background(), "node-kv.g2"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("key of an ended gadget: %v", err)
 	}
-	if got, want := keys(), []string{"node-kv._node", "node-kv._unowned", "node-kv.g1"}; !slices.Equal(got, want) {
+	if got, want := keys(), []string{"node-kv._summary", "node-kv._unowned", "node-kv.g1"}; !slices.Equal(got, want) {
 		t.Fatalf("keys after g2 ended %v, want %v", got, want)
 	}
 	if n := sink.PublishErrors(); n != 0 {
@@ -572,3 +590,20 @@ func TestNATSBackoff(t *testing.T) {
 
 // The metrics read the sink's state at scrape time.
 var _ NATSStatus = (*NATSSink)(nil)
+
+// waitKV waits until the sink's key-value writes were acknowledged (or
+// failed).
+func waitKV(t *testing.T, s *NATSSink) {
+	t.Helper()
+	s.mu.Lock()
+	w := s.kv
+	s.mu.Unlock()
+	if w == nil {
+		t.Fatal("key-value bucket not open")
+	}
+	select {
+	case <-w.js.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%d key-value writes still in flight after 10s", w.js.PublishAsyncPending())
+	}
+}

@@ -45,7 +45,8 @@ const (
 type Header struct {
 	// Schema is SchemaVersion.
 	Schema string `json:"schema"`
-	// Type is one of TypeGadget, TypeUnowned, TypeNode, TypeEvent.
+	// Type is one of TypeGadget, TypeUnowned, TypeNode, TypeSummary,
+	// TypeEvent.
 	Type string `json:"type"`
 	// Node is the publishing node's subject token.
 	Node string `json:"node"`
@@ -64,10 +65,11 @@ type Header struct {
 	// so a consumer orders a node's messages by (Instance, Seq) and sees a
 	// restart, without trusting clocks.
 	Instance string `json:"instance,omitempty"`
-	// Part and Parts split one gadget's or _unowned's program rows over
-	// several messages of the same Seq when they would not fit the
-	// server's max_payload: Part counts from 1 to Parts. Every part carries
-	// the whole totals. Both are 1 when the rows fit in one message.
+	// Part and Parts split one gadget's or _unowned's program rows (the
+	// summary's gadgets) over several messages of the same Seq when they
+	// would not fit the server's max_payload: Part counts from 1 to Parts.
+	// Every part carries the whole totals. Both are 1 when the rows fit in
+	// one message.
 	Part  int `json:"part,omitempty"`
 	Parts int `json:"parts,omitempty"`
 }
@@ -94,13 +96,28 @@ func (t MessageTotals) MarshalJSON() ([]byte, error) {
 	}{state.Totals(t), t.ProgramCount})
 }
 
+// Values of the Rows field of gadget and _unowned messages.
+const (
+	// RowsFull marks program rows with every field.
+	RowsFull = "full"
+	// RowsCompact marks program rows holding only CompactRow's fields:
+	// the program's numbers, its other fields as in the gadget's last
+	// RowsFull message (or key-value entry).
+	RowsCompact = "compact"
+)
+
 // GadgetMessage is published on <prefix>.<node>.<gadgetID> every interval.
 type GadgetMessage struct {
 	Header
 	Gadget GadgetIdentity   `json:"gadget"`
 	Owner  state.ProcessRef `json:"owner"`
 	Totals MessageTotals    `json:"totals"`
-	// Programs are the gadget's program rows, sorted by ProgID.
+	// Rows is absent when the publisher sends full rows every interval
+	// (the default); with NATSOptions.CompactRows it is RowsFull or
+	// RowsCompact.
+	Rows string `json:"rows,omitempty"`
+	// Programs are the gadget's program rows, sorted by ProgID; in a
+	// RowsCompact message only CompactRow's fields are set.
 	Programs []state.Row `json:"programs"`
 }
 
@@ -108,8 +125,19 @@ type GadgetMessage struct {
 // also when there are no unowned programs.
 type UnownedMessage struct {
 	Header
-	Totals   MessageTotals `json:"totals"`
-	Programs []state.Row   `json:"programs"`
+	Totals MessageTotals `json:"totals"`
+	// Rows is as in GadgetMessage.
+	Rows     string      `json:"rows,omitempty"`
+	Programs []state.Row `json:"programs"`
+}
+
+// CompactRow is a program row of a RowsCompact message: the program's ID
+// and the numbers that change every interval. Decoded into a state.Row it
+// sets the same fields.
+type CompactRow struct {
+	ProgID uint32 `json:"progID"`
+	state.Totals
+	state.Cost
 }
 
 // NodeCounts are a node's inventory sizes and event totals.
@@ -146,6 +174,13 @@ type PublisherStats struct {
 	PublishErrors uint64 `json:"publishErrors"`
 	// Reconnects counts reconnections since start.
 	Reconnects uint64 `json:"reconnects"`
+	// KVWrites counts key-value writes and deletes sent (asynchronously);
+	// KVSkipped those not sent because too many were in flight (retried
+	// the next interval); KVErrors those that failed, also counted in
+	// PublishErrors. All zero without NATSOptions.KV.
+	KVWrites  uint64 `json:"kvWrites"`
+	KVSkipped uint64 `json:"kvSkipped"`
+	KVErrors  uint64 `json:"kvErrors"`
 }
 
 // NodeMessage is published on <prefix>.<node>._node every interval, after
@@ -169,12 +204,14 @@ type NodeMessage struct {
 }
 
 // SummaryMessage is published on <prefix>.<node>._summary every interval,
-// last: the node's health and each gadget's identity and totals in one
+// last (after _node, with the same NodeMessage fields but Type
+// TypeSummary): the node's health and each gadget's identity and totals in one
 // compact message, what fleet-wide consumers follow (program rows stay on
 // the gadget subjects, for drill-down).
 type SummaryMessage struct {
 	NodeMessage
-	// Gadgets are the node's gadgets, sorted by name then ID.
+	// Gadgets are the node's gadgets, sorted by name then ID; split over
+	// parts (see Header.Part) when they do not fit one message.
 	Gadgets []GadgetSummary `json:"gadgets"`
 	// Unowned sums the programs without a gadget.
 	Unowned MessageTotals `json:"unowned"`

@@ -1,7 +1,6 @@
 package publish
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,7 +12,7 @@ import (
 	"time"
 
 	"github.com/bpfstats/tracker/internal/state"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
 
@@ -40,19 +39,50 @@ type NATSOptions struct {
 	// so that consumers can tell a silent node from a slow one.
 	Interval time.Duration
 
-	// KV also puts every interval message into the JetStream key-value
-	// bucket KVBucket (key <node>.<gadget token>, <node>._unowned,
-	// <node>._node, with ".p<N>" appended for part N > 1) so that a
-	// consumer starting later sees the whole fleet at once. The server
-	// must have JetStream enabled.
+	// CompactRows sends a gadget's (and _unowned's) full program rows
+	// only when the gadget is new, a row's slow fields (name, tag, type,
+	// maps, loader, holders, labels) or the program set changed, after a
+	// reconnect, and once every FullEvery intervals; the other intervals'
+	// messages have compact rows (see CompactRow). Off, every message has
+	// full rows, as bpfstats/v1 always had.
+	CompactRows bool
+	// FullEvery is how many intervals apart a gadget's full rows go out at
+	// least (CompactRows) and an unchanged key-value entry is rewritten
+	// (KV); default DefaultFullEvery.
+	FullEvery int
+	// SummaryOnly publishes only _node and _summary, not the gadget and
+	// _unowned messages: for nodes only fleet consumers follow (the
+	// simulator's largest fleets).
+	SummaryOnly bool
+
+	// KV also keeps the latest full message of every gadget and
+	// _unowned, and the latest summary, in the JetStream key-value bucket
+	// KVBucket (key <node>.<gadget token>, <node>._unowned,
+	// <node>._summary, with ".p<N>" appended for part N > 1) so that a
+	// consumer starting later sees the whole fleet at once. A gadget's
+	// entry is written when its full message changed (see CompactRows),
+	// the summary every interval, asynchronously. The server must have
+	// JetStream enabled.
 	KV bool
 	// KVBucket defaults to DefaultKVBucket.
 	KVBucket string
-	// KVTTL is how long a key lives without being rewritten; default three
-	// intervals (30s without an interval).
+	// KVTTL is how long a key lives without being rewritten; default
+	// FullEvery plus three intervals (of 10s without an interval).
 	KVTTL time.Duration
-	// KVTimeout bounds the key-value writes of one interval (default 2s).
+	// KVTimeout bounds opening the bucket and each write's
+	// acknowledgement (default 2s).
 	KVTimeout time.Duration
+	// KVMaxPending bounds the key-value writes in flight (default 256); a
+	// write beyond it is skipped, counted and retried the next interval.
+	KVMaxPending int
+
+	// SharedConn, when set, is used instead of connecting with Conn: many
+	// sinks (the simulator's nodes) share it. The sink neither replaces
+	// nor closes it.
+	SharedConn *nats.Conn
+	// Buffers, when set, are the encoding buffers, shared by sinks that
+	// publish from one goroutine; default the sink's own.
+	Buffers *EncodeBuffers
 }
 
 // NATSSink publishes snapshots and events to NATS. It implements Sink and
@@ -88,21 +118,31 @@ type NATSSink struct {
 	skipped    atomic.Uint64
 	pubErrors  atomic.Uint64
 	asyncError atomic.Uint64
+	kvWrites   atomic.Uint64
+	kvSkipped  atomic.Uint64
+	kvErrors   atomic.Uint64
+	// kvFailedMu guards kvFailed, the keys whose asynchronous write
+	// failed since the last interval.
+	kvFailedMu sync.Mutex
+	kvFailed   map[string]struct{}
+	// kvWarned is when a failed write was last logged.
+	kvWarned atomic.Int64
 
 	mu sync.Mutex
 	// seq numbers the published intervals.
 	seq uint64
 	// wasSkipping is true while intervals are being skipped, to log once.
 	wasSkipping bool
-	kv          jetstream.KeyValue
-	// kvConn is the connection kv was opened on.
-	kvConn    *sinkConn
+	// lastConn and lastReconnects are the connection of the previous
+	// interval and its reconnects: a change resends everything.
+	lastConn       *sinkConn
+	lastReconnects uint64
+	// kv writes to the bucket, nil until it is open.
+	kv        *kvWriter
 	kvFailing bool
-	// kvKeys are the keys written in the previous interval.
-	kvKeys map[string]struct{}
-	// encBuf holds the encoded messages of the interval being published,
-	// rowBuf the encoded program rows of one message.
-	encBuf, rowBuf bytes.Buffer
+	// tokens are the gadgets (and _unowned, _summary) being tracked.
+	tokens map[string]*tokenState
+	bufs   *EncodeBuffers
 
 	closeOnce sync.Once
 }
@@ -127,14 +167,21 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 	if opts.KVBucket == "" {
 		opts.KVBucket = DefaultKVBucket
 	}
+	if opts.FullEvery <= 0 {
+		opts.FullEvery = DefaultFullEvery
+	}
 	if opts.KVTTL <= 0 {
-		opts.KVTTL = 30 * time.Second
-		if opts.Interval > 0 {
-			opts.KVTTL = max(3*opts.Interval, time.Second)
+		iv := opts.Interval
+		if iv <= 0 {
+			iv = 10 * time.Second
 		}
+		opts.KVTTL = max(time.Duration(opts.FullEvery+3)*iv, time.Second)
 	}
 	if opts.KVTimeout <= 0 {
 		opts.KVTimeout = 2 * time.Second
+	}
+	if opts.KVMaxPending <= 0 {
+		opts.KVMaxPending = 256
 	}
 	opts.Conn.setDefaults()
 	node := NodeToken(opts.Node)
@@ -148,11 +195,21 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 		instance: newInstanceID(),
 		log:      opts.Conn.Logger,
 		done:     make(chan struct{}),
-		kvKeys:   make(map[string]struct{}),
+		tokens:   make(map[string]*tokenState),
+		kvFailed: make(map[string]struct{}),
+		bufs:     opts.Buffers,
 	}
-	c, err := s.dial()
-	if err != nil {
-		return nil, err
+	if s.bufs == nil {
+		s.bufs = &EncodeBuffers{}
+	}
+	var c *sinkConn
+	if opts.SharedConn != nil {
+		c = &sinkConn{nc: opts.SharedConn, closed: make(chan struct{}), shared: true}
+	} else {
+		var err error
+		if c, err = s.dial(); err != nil {
+			return nil, err
+		}
 	}
 	s.connMu.Lock()
 	s.install(c)
@@ -175,11 +232,11 @@ func (s *NATSSink) Instance() string { return s.instance }
 func (s *NATSSink) Node() string { return s.node }
 
 // Subject returns <prefix>.<node>.<token> for one of the reserved tokens
-// (TokenUnowned, TokenEvents, TokenNode); any other token is taken for a
-// gadget ID, see GadgetSubject.
+// (TokenUnowned, TokenEvents, TokenNode, TokenSummary); any other token
+// is taken for a gadget ID, see GadgetSubject.
 func (s *NATSSink) Subject(token string) string {
 	switch token {
-	case TokenUnowned, TokenEvents, TokenNode:
+	case TokenUnowned, TokenEvents, TokenNode, TokenSummary:
 		return s.tokenSubject(token)
 	}
 	return s.GadgetSubject(token)
@@ -212,6 +269,9 @@ func (s *NATSSink) Stats() PublisherStats {
 		Published:        s.published.Load(),
 		SkippedIntervals: s.skipped.Load(),
 		PublishErrors:    s.PublishErrors(),
+		KVWrites:         s.kvWrites.Load(),
+		KVSkipped:        s.kvSkipped.Load(),
+		KVErrors:         s.kvErrors.Load(),
 	}
 	s.connMu.Lock()
 	st.Reconnects = s.retiredReconnects
@@ -224,16 +284,21 @@ func (s *NATSSink) Stats() PublisherStats {
 
 type outMsg struct {
 	subject string
-	// key is the message's key-value key.
-	key  string
+	// tok is the subject's last token; the message is part of parts.
+	tok         string
+	part, parts int
+	// kv marks a message to write to the key-value bucket.
+	kv   bool
 	data []byte
 }
 
-// Publish sends the snapshot's gadget, _unowned and _node messages, in that
-// order, gadget and _unowned messages in as many parts as the server's
-// max_payload requires. While disconnected it returns nil without
-// publishing. Errors are counted in PublishErrors and returned; one
-// message failing does not keep the others from being sent.
+// Publish sends the snapshot's gadget, _unowned, _node and _summary
+// messages, in that order, gadget, _unowned and _summary messages in as
+// many parts as the server's max_payload requires. While disconnected it
+// returns nil without publishing. Errors are counted in PublishErrors and
+// returned; one message failing does not keep the others from being
+// sent. Key-value writes are sent asynchronously: their failures are
+// counted (PublisherStats.KVErrors) and logged, not returned.
 func (s *NATSSink) Publish(snap *state.Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -253,8 +318,19 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 	}
 	s.seq++
 	var errs []error
+	resync := s.connChanged(c)
+	if s.opts.KV {
+		opened, err := s.openKV(c)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		resync = resync || opened
+		s.takeFailedKeys()
+	}
+	s.bufs.mu.Lock()
+	defer s.bufs.mu.Unlock()
 	// The server may have changed with a reconnect: read its limit now.
-	msgs, err := s.intervalMessages(snap, c.nc.MaxPayload())
+	msgs, err := s.intervalMessages(snap, c.nc.MaxPayload(), resync)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -266,12 +342,23 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 		}
 		s.published.Add(1)
 	}
-	if s.opts.KV {
-		if err := s.putKV(c, msgs); err != nil {
-			errs = append(errs, err)
-		}
+	if s.kv != nil {
+		s.writeKV(msgs)
+	}
+	if s.tracking() {
+		s.forgetGone()
 	}
 	return errors.Join(errs...)
+}
+
+// connChanged tells whether c is not the connection of the previous
+// interval or reconnected since: consumers may have missed messages, so
+// everything is sent in full again.
+func (s *NATSSink) connChanged(c *sinkConn) bool {
+	rc := c.nc.Stats().Reconnects
+	changed := c != s.lastConn || rc != s.lastReconnects
+	s.lastConn, s.lastReconnects = c, rc
+	return changed
 }
 
 // PublishEvent sends ev on <prefix>.<node>._events at once. While
@@ -291,132 +378,6 @@ func (s *NATSSink) PublishEvent(ev *state.Event) error {
 	return nil
 }
 
-// intervalMessages encodes one snapshot: the messages (parts) of every
-// gadget, then _unowned, then _node, each at most limit bytes. A message
-// or row that cannot fit is left out, counted in PublishErrors and
-// reported in the error; the other messages are still returned. The
-// caller holds s.mu.
-func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64) ([]outMsg, error) {
-	h := Header{
-		Schema:   SchemaVersion,
-		Node:     s.node,
-		Seq:      s.seq,
-		Time:     snap.Time,
-		Elapsed:  snap.Elapsed,
-		Interval: s.opts.Interval,
-		Instance: s.instance,
-	}
-	byGadget, unowned := s.programsByGadget(snap)
-	e := s.newIntervalEncoder(len(snap.Gadgets)+2, limit)
-	var errs []error
-	for _, g := range snap.Gadgets {
-		msg := gadgetMessage(h, snap, g, len(byGadget[g.GadgetID]))
-		msg.Type = TypeGadget
-		if err := e.addRows(gadgetToken(g.GadgetID), &msg.Header, &msg, byGadget[g.GadgetID]); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	msg := UnownedMessage{Header: h, Totals: gadgetTotals(snap.Unowned, len(unowned)), Programs: []state.Row{}}
-	msg.Type = TypeUnowned
-	if err := e.addRows(TokenUnowned, &msg.Header, &msg, unowned); err != nil {
-		errs = append(errs, err)
-	}
-	h.Type = TypeNode
-	if err := e.add(TokenNode, s.nodeMessage(h, snap, len(unowned))); err != nil {
-		errs = append(errs, err)
-	}
-	if e.dropped > 0 {
-		s.pubErrors.Add(e.dropped)
-		errs = append(errs, fmt.Errorf("%d program rows or messages left out: larger than the server's max_payload of %d bytes", e.dropped, e.limit))
-	}
-	return e.msgs, errors.Join(errs...)
-}
-
-// programsByGadget splits the snapshot's program rows, named after this
-// node and with clean labels, into those of each gadget and the unowned
-// ones.
-func (s *NATSSink) programsByGadget(snap *state.Snapshot) (map[string][]state.Row, []state.Row) {
-	byGadget := make(map[string][]state.Row, len(snap.Gadgets))
-	for _, g := range snap.Gadgets {
-		byGadget[g.GadgetID] = make([]state.Row, 0, g.ProgramCount)
-	}
-	unowned := make([]state.Row, 0, snap.Unowned.ProgramCount)
-	for _, r := range snap.Programs {
-		r.NodeName = s.node
-		if r.GadgetID == "" {
-			cleanRow(&r)
-			unowned = append(unowned, r)
-			continue
-		}
-		id := r.GadgetID
-		cleanRow(&r)
-		byGadget[id] = append(byGadget[id], r)
-	}
-	return byGadget, unowned
-}
-
-// gadgetMessage is the message of gadget row g, with clean labels and no
-// program rows yet; programs is the number of its program rows.
-func gadgetMessage(h Header, snap *state.Snapshot, g state.Row, programs int) GadgetMessage {
-	info, ok := snap.GadgetInfo[g.GadgetID]
-	if !ok {
-		info = state.Gadget{ID: g.GadgetID, Name: g.GadgetName, Image: g.GadgetImage}
-		if g.Loader != nil {
-			info.Owner = *g.Loader
-		}
-	}
-	id := cleanGadget(state.Gadget{ID: g.GadgetID, Name: g.GadgetName, Image: g.GadgetImage})
-	return GadgetMessage{
-		Header:   h,
-		Gadget:   GadgetIdentity{ID: id.ID, Name: id.Name, Image: id.Image},
-		Owner:    cleanProcessRef(info.Owner),
-		Totals:   gadgetTotals(g, programs),
-		Programs: []state.Row{},
-	}
-}
-
-// nodeMessage is the _node message closing the interval.
-func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) NodeMessage {
-	c := snap.Counters
-	return NodeMessage{
-		Header:   h,
-		NodeName: CleanLabel(s.opts.Node),
-		Version:  CleanLabel(s.opts.Version),
-		Kernel:   CleanLabel(s.opts.Kernel),
-		Source:   CleanLabel(snap.Source),
-		Counts: NodeCounts{
-			Programs:      len(snap.Programs),
-			Gadgets:       len(snap.Gadgets),
-			Unowned:       unowned,
-			EventsLoad:    c.EventsLoad,
-			EventsRelease: c.EventsRelease,
-			EventsLost:    c.EventsLost,
-
-			RepairsAdded:         c.RepairsAdded,
-			RepairsRemoved:       c.RepairsRemoved,
-			LoadsGone:            c.LoadsGone,
-			AttributionsRejected: c.AttributionsRejected,
-			EventsDropped:        c.EventsDropped,
-			SnapshotsDropped:     c.SnapshotsDropped,
-		},
-		Resyncs:       c.Resyncs,
-		Sweeps:        c.Sweeps,
-		SweepDuration: snap.SweepDuration,
-		Publisher:     s.Stats(),
-	}
-}
-
-// gadgetTotals takes the totals from the gadget row, which the inventory
-// computed over distinct maps, and the program count from the rows when
-// the gadget row lacks it.
-func gadgetTotals(g state.Row, programs int) MessageTotals {
-	t := MessageTotals(g.Totals)
-	if t.ProgramCount == 0 {
-		t.ProgramCount = programs
-	}
-	return t
-}
-
 // Close stops replacing closed connections, drains the connection,
 // waiting at most the drain timeout, then closes it. It is idempotent.
 func (s *NATSSink) Close() error {
@@ -427,6 +388,9 @@ func (s *NATSSink) Close() error {
 		s.connMu.Unlock()
 		s.redial.Wait()
 		c := s.conn.Load()
+		if c.shared {
+			return
+		}
 		if !c.nc.IsConnected() {
 			c.nc.Close()
 			return

@@ -1,0 +1,156 @@
+package publish
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// intervalMessages encodes one snapshot: the messages (parts) of every
+// gadget, then _unowned, _node and _summary, each at most limit bytes. A
+// message or row that cannot fit is left out, counted in PublishErrors and
+// reported in the error; the other messages are still returned. resync
+// sends every gadget's full rows. The caller holds s.mu and s.bufs.mu.
+func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bool) ([]outMsg, error) {
+	h := Header{
+		Schema:   SchemaVersion,
+		Node:     s.node,
+		Seq:      s.seq,
+		Time:     snap.Time,
+		Elapsed:  snap.Elapsed,
+		Interval: s.opts.Interval,
+		Instance: s.instance,
+	}
+	// A summary needs no program rows: not copying them is most of what
+	// a summary-only node saves.
+	var byGadget map[string][]state.Row
+	var unowned []state.Row
+	unownedCount := snap.Unowned.ProgramCount
+	if !s.opts.SummaryOnly {
+		byGadget, unowned = s.programsByGadget(snap)
+		unownedCount = len(unowned)
+	}
+	e := s.newIntervalEncoder(len(snap.Gadgets)+3, limit)
+	gadgets := make([]GadgetSummary, 0, len(snap.Gadgets))
+	var errs []error
+	for _, g := range snap.Gadgets {
+		rows := byGadget[g.GadgetID]
+		msg := gadgetMessage(h, snap, g, len(rows))
+		msg.Type = TypeGadget
+		gadgets = append(gadgets, GadgetSummary{Gadget: msg.Gadget, OwnerPID: msg.Owner.PID, Totals: msg.Totals})
+		if s.opts.SummaryOnly {
+			continue
+		}
+		if err := s.addProgramMessage(e, gadgetToken(g.GadgetID), &msg.Header, &msg, &msg.Rows,
+			msg.Gadget, msg.Owner, rows, resync); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	msg := UnownedMessage{Header: h, Totals: gadgetTotals(snap.Unowned, unownedCount), Programs: []state.Row{}}
+	msg.Type = TypeUnowned
+	if !s.opts.SummaryOnly {
+		if err := s.addProgramMessage(e, TokenUnowned, &msg.Header, &msg, &msg.Rows,
+			GadgetIdentity{}, state.ProcessRef{}, unowned, resync); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	h.Type = TypeNode
+	node := s.nodeMessage(h, snap, unownedCount)
+	if err := e.add(TokenNode, node); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.addSummary(e, node, gadgets, msg.Totals); err != nil {
+		errs = append(errs, err)
+	}
+	if e.dropped > 0 {
+		s.pubErrors.Add(e.dropped)
+		errs = append(errs, fmt.Errorf("%d program rows or messages left out: larger than the server's max_payload of %d bytes", e.dropped, e.limit))
+	}
+	return e.msgs, errors.Join(errs...)
+}
+
+// programsByGadget splits the snapshot's program rows, named after this
+// node and with clean labels, into those of each gadget and the unowned
+// ones.
+func (s *NATSSink) programsByGadget(snap *state.Snapshot) (map[string][]state.Row, []state.Row) {
+	byGadget := make(map[string][]state.Row, len(snap.Gadgets))
+	for _, g := range snap.Gadgets {
+		byGadget[g.GadgetID] = make([]state.Row, 0, g.ProgramCount)
+	}
+	unowned := make([]state.Row, 0, snap.Unowned.ProgramCount)
+	for _, r := range snap.Programs {
+		r.NodeName = s.node
+		if r.GadgetID == "" {
+			cleanRow(&r)
+			unowned = append(unowned, r)
+			continue
+		}
+		id := r.GadgetID
+		cleanRow(&r)
+		byGadget[id] = append(byGadget[id], r)
+	}
+	return byGadget, unowned
+}
+
+// gadgetMessage is the message of gadget row g, with clean labels and no
+// program rows yet; programs is the number of its program rows.
+func gadgetMessage(h Header, snap *state.Snapshot, g state.Row, programs int) GadgetMessage {
+	info, ok := snap.GadgetInfo[g.GadgetID]
+	if !ok {
+		info = state.Gadget{ID: g.GadgetID, Name: g.GadgetName, Image: g.GadgetImage}
+		if g.Loader != nil {
+			info.Owner = *g.Loader
+		}
+	}
+	id := cleanGadget(state.Gadget{ID: g.GadgetID, Name: g.GadgetName, Image: g.GadgetImage})
+	return GadgetMessage{
+		Header:   h,
+		Gadget:   GadgetIdentity{ID: id.ID, Name: id.Name, Image: id.Image},
+		Owner:    cleanProcessRef(info.Owner),
+		Totals:   gadgetTotals(g, programs),
+		Programs: []state.Row{},
+	}
+}
+
+// nodeMessage is the _node message closing the interval.
+func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) NodeMessage {
+	c := snap.Counters
+	return NodeMessage{
+		Header:   h,
+		NodeName: CleanLabel(s.opts.Node),
+		Version:  CleanLabel(s.opts.Version),
+		Kernel:   CleanLabel(s.opts.Kernel),
+		Source:   CleanLabel(snap.Source),
+		Counts: NodeCounts{
+			Programs:      len(snap.Programs),
+			Gadgets:       len(snap.Gadgets),
+			Unowned:       unowned,
+			EventsLoad:    c.EventsLoad,
+			EventsRelease: c.EventsRelease,
+			EventsLost:    c.EventsLost,
+
+			RepairsAdded:         c.RepairsAdded,
+			RepairsRemoved:       c.RepairsRemoved,
+			LoadsGone:            c.LoadsGone,
+			AttributionsRejected: c.AttributionsRejected,
+			EventsDropped:        c.EventsDropped,
+			SnapshotsDropped:     c.SnapshotsDropped,
+		},
+		Resyncs:       c.Resyncs,
+		Sweeps:        c.Sweeps,
+		SweepDuration: snap.SweepDuration,
+		Publisher:     s.Stats(),
+	}
+}
+
+// gadgetTotals takes the totals from the gadget row, which the inventory
+// computed over distinct maps, and the program count from the rows when
+// the gadget row lacks it.
+func gadgetTotals(g state.Row, programs int) MessageTotals {
+	t := MessageTotals(g.Totals)
+	if t.ProgramCount == 0 {
+		t.ProgramCount = programs
+	}
+	return t
+}
