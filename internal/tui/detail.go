@@ -54,9 +54,12 @@ func (m *Model) facts(r *state.Row) []string {
 	if len(r.Comms) > 0 {
 		loader += "  held by " + cell(strings.Join(r.Comms, ","))
 	}
-	cost := fmt.Sprintf("COST      CPU%% %s (CPU%%N %s)  runs/s %s  ns/run %s (avg %s)  stats cost %s%%  recursion misses %d",
+	cost := fmt.Sprintf("COST      CPU%% %s  CPU%%N %s  runs/s %s  ns/run %s (avg %s)  stats %s%%",
 		percent(r.CPUPercent), percent(r.CPUPercentNorm), rate(r.RunsPerSecond),
-		rate(r.NsPerRunDelta), rate(r.NsPerRun), percent(r.StatsCostPercent), r.RecursionMisses)
+		rate(r.NsPerRunDelta), rate(r.NsPerRun), percent(r.StatsCostPercent))
+	if r.RecursionMisses > 0 {
+		cost += fmt.Sprintf("  recursion misses %d", r.RecursionMisses)
+	}
 	maps := fmt.Sprintf("MAPS      %d, %s:", r.MapCount, bytesCell(float64(r.MapMemory)))
 	for _, id := range r.MapIDs {
 		maps += " " + strconv.FormatUint(uint64(id), 10)

@@ -16,8 +16,8 @@ type Frame struct {
 	Time time.Time
 	// Nodes are the node names the rows come from.
 	Nodes []string
-	// Source says where the rows come from: "local, perf source" or the
-	// NATS server.
+	// Source says where the rows come from: "local/perf" (the kernel,
+	// through the perf event source) or "nats://host:port".
 	Source string
 	// Interval is the time between two frames.
 	Interval time.Duration
@@ -39,7 +39,7 @@ type Frame struct {
 func FrameFromSnapshot(s *state.Snapshot, interval time.Duration, cpus int) Frame {
 	unowned := s.Unowned
 	f := Frame{
-		Time: s.Time, Nodes: []string{s.Node}, Source: "local, " + s.Source + " source",
+		Time: s.Time, Nodes: []string{s.Node}, Source: "local/" + s.Source,
 		Interval: interval, CPUs: cpus,
 		Gadgets: s.Gadgets, Programs: s.Programs,
 	}

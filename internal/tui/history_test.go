@@ -129,15 +129,18 @@ func TestSparkline(t *testing.T) {
 	for _, tc := range []struct {
 		values []float64
 		width  int
+		top    float64
 		want   string
 	}{
-		{[]float64{0, 1, 2, 4, 8}, 5, " ▁▂▄█"},
-		{[]float64{0, 0}, 4, "    "},
-		{[]float64{0.001, 100}, 2, "▁█"},
-		{[]float64{1, 2, 3, 4}, 2, "▆█"},
-		{nil, 0, ""},
+		{[]float64{0, 1, 2, 4, 8}, 5, 0, " ▁▂▄█"},
+		{[]float64{0, 0}, 4, 0, "    "},
+		{[]float64{0.001, 100}, 2, 0, "▁█"},
+		{[]float64{1, 2, 3, 4}, 2, 0, "▆█"},
+		{[]float64{1, 4, 16}, 3, 16, "▁▂█"},
+		{[]float64{1, 2}, 2, 16, "▁▁"},
+		{nil, 0, 0, ""},
 	} {
-		if got := sparkline(tc.values, tc.width); got != tc.want {
+		if got := sparkline(tc.values, tc.width, tc.top); got != tc.want {
 			t.Errorf("sparkline(%v, %d) = %q, want %q", tc.values, tc.width, got, tc.want)
 		}
 	}

@@ -182,9 +182,18 @@ func (m *Model) tableRows() []state.Row {
 			rows = append(slices.Clip(rows), *m.frame.Unowned)
 		}
 	}
+	// A gadget matches when one of its programs does too.
+	withMatch := map[string]bool{}
+	if !m.programs && m.filter != "" {
+		for i := range m.frame.Programs {
+			if p := &m.frame.Programs[i]; matches(p, m.filter) {
+				withMatch[gadgetKey(p)] = true
+			}
+		}
+	}
 	out := make([]state.Row, 0, len(rows))
 	for i := range rows {
-		if matches(&rows[i], m.filter) {
+		if matches(&rows[i], m.filter) || withMatch[rowKey(&rows[i], m.programs)] {
 			out = append(out, rows[i])
 		}
 	}

@@ -7,17 +7,20 @@ import (
 // blocks are the eighths of a cell, from empty to full.
 var blocks = []rune(" ▁▂▃▄▅▆▇█")
 
-// sparkline draws the last width values on one line, scaled to their
-// maximum: zero is blank, any positive value at least ▁. Fewer values
-// than width are right-aligned (the newest is always the last cell).
-func sparkline(values []float64, width int) string {
+// sparkline draws the last width values on one line, scaled to top (a
+// full block; the values' own maximum when top is 0): zero is blank, any
+// positive value at least ▁. Fewer values than width are right-aligned
+// (the newest is always the last cell).
+func sparkline(values []float64, width int, top float64) string {
 	if width <= 0 {
 		return ""
 	}
 	if len(values) > width {
 		values = values[len(values)-width:]
 	}
-	top := maxOf(values)
+	if top <= 0 {
+		top = maxOf(values)
+	}
 	var b strings.Builder
 	b.WriteString(strings.Repeat(" ", width-len(values)))
 	for _, v := range values {

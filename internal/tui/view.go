@@ -85,9 +85,9 @@ func (m *Model) header() []string {
 		return []string{m.styles.title.Render("bpfstats top"), ""}
 	}
 	f := m.frame
-	first := fmt.Sprintf("bpfstats top  %s  %s  %s  gadgets %d  programs %d  every %v",
-		nodesCell(f.Nodes), publish.TableCell(f.Source), f.Time.Format("15:04:05"),
-		len(f.Gadgets), len(f.Programs), f.Interval)
+	first := fmt.Sprintf("bpfstats top  %s  %s  %s every %v  gadgets %d  programs %d",
+		nodesCell(f.Nodes), publish.TableCell(f.Source), f.Time.Format("15:04:05"), f.Interval,
+		len(f.Gadgets), len(f.Programs))
 	if m.paused {
 		first = m.styles.paused.Render(fmt.Sprintf("PAUSED (+%d)", m.skipped)) + "  " + first
 	}
@@ -164,12 +164,20 @@ func (m *Model) table(rows []state.Row, all []column, programs bool, selected st
 		cells[i] = pad(title, widths[i], c.right)
 	}
 	lines := []string{m.styles.columns.Render(pad(strings.Join(cells, " "), m.width, false))}
-	for i := offset; i < len(rows) && i < offset+n; i++ {
+	// The sparklines share one scale, the highest CPU% shown, so that rows
+	// compare: a steady 0.05% is a low line, not a full one.
+	end := min(len(rows), offset+n)
+	history := make([][]float64, end-offset)
+	top := 0.0
+	for i := offset; i < end; i++ {
+		history[i-offset] = cpuValues(m.history.Samples(rowKey(&rows[i], programs), m.shownTick))
+		top = max(top, maxOf(history[i-offset]))
+	}
+	for i := offset; i < end; i++ {
 		key := rowKey(&rows[i], programs)
 		for j, c := range cols {
 			if c.cell == nil {
-				samples := m.history.Samples(key, m.shownTick)
-				cells[j] = sparkline(cpuValues(samples), widths[j])
+				cells[j] = sparkline(history[i-offset], widths[j], top)
 				continue
 			}
 			cells[j] = pad(c.cell(&rows[i]), widths[j], c.right)
