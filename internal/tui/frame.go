@@ -47,7 +47,8 @@ func FrameFromSnapshot(s *state.Snapshot, interval time.Duration, cpus int) Fram
 		f.Unowned = &unowned
 	}
 	c := s.Counters
-	if c.EventsLost > 0 || c.Resyncs > 0 {
+	// A resync at start is routine; lost events are what make one.
+	if c.EventsLost > 0 {
 		f.Status = "lost events " + strconv.FormatUint(c.EventsLost, 10) + ", resyncs " + strconv.FormatUint(c.Resyncs, 10)
 	}
 	return f
