@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +121,52 @@ func tail(s string) string {
 		b = b[len(b)-4000:]
 	}
 	return string(bytes.ToValidUTF8(b, nil))
+}
+
+// Piped, "top --local" prints the kernel's rows like "stats".
+func TestTopLocalPiped(t *testing.T) {
+	requireRoot(t)
+	g := testgadget.StartGadget(t, map[string]string{"BPFSTATS_GADGET_NAME": "pipedgadget"}, testgadget.TwoProgramsThreeMaps(false))
+	var out, stderr bytes.Buffer
+	if err := run(t.Context(), []string{"top", "--local", "--count", "1", "-o", "json", "--all"}, &out, &stderr); err != nil {
+		t.Fatalf("top --local: %v\n%s", err, stderr.String())
+	}
+	var rows []sourcedRow
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+		t.Fatalf("output is not one JSON array of rows: %v: %q", err, out.String())
+	}
+	found := 0
+	for _, r := range rows {
+		if slices.Contains(g.ProgramIDs, r.ProgID) && r.GadgetName == "pipedgadget" {
+			found++
+		}
+	}
+	if found != len(g.ProgramIDs) {
+		t.Fatalf("%d of the gadget's %d programs in the rows: %+v", found, len(g.ProgramIDs), rows)
+	}
+}
+
+func TestTopTUIFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"top", "--history", "0"},
+		{"top", "--local", "--source", "kprobe"},
+	} {
+		err := run(t.Context(), args, io.Discard, io.Discard)
+		var ue usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+	}
+	if interactive(&bytes.Buffer{}, "table", 0, "") {
+		t.Errorf("a buffer is taken for a terminal")
+	}
+	if got := redactURLs("nats://user:secret@127.0.0.1:4222, nats://tok@h:1"); strings.Contains(got, "secret") || strings.Contains(got, "tok") {
+		t.Errorf("redactURLs kept a credential: %q", got)
+	}
+	b := &tailBuffer{max: 4}
+	b.Write([]byte("abc"))
+	b.Write([]byte("def"))
+	if got := string(b.Bytes()); got != "cdef" {
+		t.Errorf("tailBuffer kept %q, want the last 4 bytes", got)
+	}
 }
