@@ -27,6 +27,8 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	interval := fs.Duration("interval", 2*time.Second, "time between two prints")
 	count := fs.Int("count", 0, "number of prints; 0 runs until interrupted")
 	logLevel := fs.String("log-level", "warn", "log level: debug|info|warn|error")
+	var tf topTUIFlags
+	tf.register(fs)
 	fs.Usage = usageFunc(fs, "top [flags]", true)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -56,6 +58,13 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return usageError{err}
 	}
+	if err := tf.validate(); err != nil {
+		return err
+	}
+	view := topView{tui: tf, all: *all, interval: *interval, nodeGlob: *nodeGlob, logLevel: *logLevel, count: *count, out: o, nats: n}
+	if tf.local {
+		return runTopLocal(ctx, view, stdout, stderr)
+	}
 	log := newLogger(stderr, *logLevel)
 	opts := n.conn(n.url, "bpfstats-top", log)
 	opts.FailFast = true
@@ -64,6 +73,9 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer nc.Close()
+	if interactive(stdout, o.output, *count, *by) {
+		return runTopFleet(ctx, view, nc, stdout, stderr)
+	}
 	return fleet.Run(ctx, nc, fleet.Options{
 		SubjectPrefix: n.prefix,
 		All:           *all,
