@@ -52,6 +52,9 @@ type Options struct {
 	// run, as loader.MeasureStatsCost measured it; 0 when unknown, and
 	// every StatsCostPercent is then 0.
 	StatsCost time.Duration
+	// Registry is where runners register programs as gadgets; nil: no
+	// registrations (see registry.go).
+	Registry Registry
 }
 
 // Self identifies the tracker's own process to the inventory.
@@ -93,6 +96,8 @@ type Tracker struct {
 	gone map[uint32]*goneProgram
 	// audit counts what the last sweep's audit repaired, for the log.
 	audit auditCount
+	// reg is what was read of Options.Registry.
+	reg registryState
 }
 
 // instance names one process instance: a PID alone can be reused.
@@ -144,6 +149,8 @@ type program struct {
 	loader *ProcessRef
 	// labels are read once (see labelsOf); nil until then.
 	labels *programLabels
+	// registration is what the registry says about p (see registry.go).
+	registration registration
 	// where is the loader's placement (the owner's when no event named
 	// the loader); where.Cgroup is "" until known.
 	where Placement

@@ -246,6 +246,9 @@ type Counters struct {
 	// newer one replaced it while the consumer was busy, or Run ended on
 	// ctx before it was taken.
 	SnapshotsDropped uint64 `json:"snapshotsDropped"`
+	// RegistrationsRemoved counts registry entries the sweeps removed
+	// because their program was gone.
+	RegistrationsRemoved uint64 `json:"registrationsRemoved"`
 }
 
 // Event is one program load or release after the inventory applied it, as
