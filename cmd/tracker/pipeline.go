@@ -25,6 +25,7 @@ type commonFlags struct {
 	node     string
 	logLevel string
 	all      bool
+	registry string
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
@@ -34,6 +35,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.node, "node", host, "node name reported in rows and NATS subjects")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug|info|warn|error")
 	fs.BoolVar(&c.all, "all", false, "one row per program, including programs without a gadget")
+	fs.StringVar(&c.registry, "registry", defaultRegistry, registryUsage)
 }
 
 // sourceUsage is the help of --source: the values, then one line per
@@ -204,6 +206,7 @@ func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeli
 		Self:            state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version},
 		IgnoreEventPIDs: ignorePIDs,
 		StatsCost:       statsCost,
+		Registry:        openRegistry(c.registry, log),
 	})
 	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr}, nil
 }

@@ -129,7 +129,7 @@ func checkBPFFS(dir string) error {
 			return fmt.Errorf("checking %s: %w", d, err)
 		}
 		if st.Type != unix.BPF_FS_MAGIC {
-			return fmt.Errorf("%s is not on a bpf filesystem (mount -t bpf bpf %s)", dir, d)
+			return fmt.Errorf("%s is not on a bpf filesystem (%s is not a bpffs: mount one, as systemd does with mount -t bpf bpf /sys/fs/bpf)", dir, d)
 		}
 		return nil
 	}
