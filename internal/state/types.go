@@ -57,7 +57,8 @@ type CgroupResolver interface {
 //
 // Each of ID, Name and Image comes from the first of: the programs' own
 // labels (the bpf_metadata_gadget_{id,name,image} variables of their
-// .rodata, see loader.ReadProgramMetadata), the owner's environment
+// .rodata, see loader.ReadProgramMetadata), else their registration
+// (Options.Registry, for programs whose object has no labels), the owner's environment
 // (BPFSTATS_GADGET_{ID,NAME,IMAGE}; the ID only for a gadget without
 // program labels, since one process may run many), then the owner
 // process itself.
