@@ -90,8 +90,8 @@ func TestRegisteredGadgetsInOneProcess(t *testing.T) {
 	}
 	defer client.Close()
 	want := map[uint32]register.Gadget{
-		idA: {ID: "it-reg-open-" + suffix, Name: "mytraceopen", Image: "ghcr.io/example/trace_open:latest"},
-		idB: {ID: "it-reg-exec-" + suffix, Name: "mytraceexec", Image: "trace_exec:latest"},
+		idA:                               {ID: "it-reg-open-" + suffix, Name: "mytraceopen", Image: "ghcr.io/example/trace_open:latest"},
+		idB:                               {ID: "it-reg-exec-" + suffix, Name: "mytraceexec", Image: "trace_exec:latest"},
 		testgadget.ProgramID(t, labelled): {ID: objLabels.ID, Name: objLabels.Name, Image: objLabels.Image},
 	}
 	if err := client.RegisterProgram(progA, want[idA]); err != nil {
