@@ -28,6 +28,7 @@ type commonFlags struct {
 	all      bool
 	// criSocket is the CRI runtime socket naming pods; "" is off.
 	criSocket string
+	registry  string
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
@@ -39,6 +40,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.all, "all", false, "one row per program, including programs without a gadget")
 	fs.StringVar(&c.criSocket, "cri-socket", "", "container runtime (CRI) socket that names the pods of containers (podName, podNamespace): "+
 		cri.ContainerdSocket+" for containerd, "+cri.CRIOSocket+" for CRI-O; empty: pods have their UID only")
+	fs.StringVar(&c.registry, "registry", defaultRegistry, registryUsage)
 }
 
 // sourceUsage is the help of --source: the values, then one line per
@@ -213,6 +215,7 @@ func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeli
 		IgnoreEventPIDs: ignorePIDs,
 		StatsCost:       statsCost,
 		Pods:            pods,
+		Registry:        openRegistry(c.registry, log),
 	})
 	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr, cri: criResolver}, nil
 }

@@ -13,15 +13,24 @@ const rodataSuffix = ".rodata"
 // labelsOf returns p's program labels, reading them the first time (one
 // read per program: its ID and tag never change its labels). A read that
 // found no .rodata map before the first sweep read p is repeated once by
-// relabel; after that read, the map IDs tell without a syscall.
+// relabel; after that read, the map IDs tell without a syscall. A program
+// whose object has no labels takes those of its registration, if any
+// (registry.go): object labels win over a registration.
 func (t *Tracker) labelsOf(p *program) *programLabels {
-	if p.labels != nil {
-		return p.labels
+	if p.labels == nil {
+		p.labels = t.objectLabels(p)
+		if p.labels.key() == "" {
+			p.labels.id, p.labels.name, p.labels.image = p.registration.id, p.registration.name, p.registration.image
+		}
 	}
+	return p.labels
+}
+
+// objectLabels reads the labels in p's object (its .rodata).
+func (t *Tracker) objectLabels(p *program) *programLabels {
 	r, ok := t.kernel.(MetadataReader)
 	if !ok || (p.read && !t.usesRodata(p)) {
-		p.labels = &programLabels{final: true}
-		return p.labels
+		return &programLabels{final: true}
 	}
 	md, err := r.ReadProgramMetadata(p.id)
 	l := &programLabels{final: err != nil || md.Rodata || p.read}
@@ -29,7 +38,6 @@ func (t *Tracker) labelsOf(p *program) *programLabels {
 	if err == nil && tagsMatch(p.tag, md.Tag) {
 		l.id, l.name, l.image = md.Vars[metaID], md.Vars[metaName], md.Vars[metaImage]
 	}
-	p.labels = l
 	return l
 }
 

@@ -75,9 +75,12 @@ type auditCount struct{ added, removed int }
 func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	start := t.opts.now()
 	var errs []error
+	// The registry before the programs, applied right after them.
+	regErr := t.readRegistry()
 	if err := t.readAll(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, regErr, t.applyRegistry())
 	between()
 	for _, m := range t.maps {
 		m.used = false

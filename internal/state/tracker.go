@@ -55,6 +55,9 @@ type Options struct {
 	// Pods names the Kubernetes pods of containers (rows' PodName and
 	// PodNamespace); nil leaves them empty.
 	Pods PodResolver
+	// Registry is where runners register programs as gadgets; nil: no
+	// registrations (see registry.go).
+	Registry Registry
 }
 
 // Self identifies the tracker's own process to the inventory.
@@ -96,6 +99,8 @@ type Tracker struct {
 	gone map[uint32]*goneProgram
 	// audit counts what the last sweep's audit repaired, for the log.
 	audit auditCount
+	// reg is what was read of Options.Registry.
+	reg registryState
 }
 
 // instance names one process instance: a PID alone can be reused.
@@ -147,6 +152,8 @@ type program struct {
 	loader *ProcessRef
 	// labels are read once (see labelsOf); nil until then.
 	labels *programLabels
+	// registration is what the registry says about p (see registry.go).
+	registration registration
 	// where is the loader's placement (the owner's when no event named
 	// the loader); where.Cgroup is "" until known.
 	where Placement

@@ -57,10 +57,11 @@ type CgroupResolver interface {
 //
 // Each of ID, Name and Image comes from the first of: the programs' own
 // labels (the bpf_metadata_gadget_{id,name,image} variables of their
-// .rodata, see loader.ReadProgramMetadata), the owner's environment
-// (BPFSTATS_GADGET_{ID,NAME,IMAGE}; the ID only for a gadget without
-// program labels, since one process may run many), then the owner
-// process itself.
+// .rodata, see loader.ReadProgramMetadata) or, for programs whose object
+// has none, their registration (Options.Registry); then the owner's
+// environment (BPFSTATS_GADGET_{ID,NAME,IMAGE}; the ID only for a gadget
+// without program labels, since one process may run many), then the
+// owner process itself.
 type Gadget struct {
 	// ID is the program label, BPFSTATS_GADGET_ID, or an 11-hex-digit
 	// hash of the node, the owner instance and the program labels.
@@ -253,6 +254,9 @@ type Counters struct {
 	// newer one replaced it while the consumer was busy, or Run ended on
 	// ctx before it was taken.
 	SnapshotsDropped uint64 `json:"snapshotsDropped"`
+	// RegistrationsRemoved counts registry entries the sweeps removed
+	// because their program was gone.
+	RegistrationsRemoved uint64 `json:"registrationsRemoved"`
 }
 
 // Event is one program load or release after the inventory applied it, as
