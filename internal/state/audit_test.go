@@ -252,7 +252,7 @@ func TestAttributionChecksStartTime(t *testing.T) {
 	}
 	// A holder proves otherwise: then it owns it.
 	k.holders[1] = []uint32{30}
-	if r := programRow(t, sweep(t, tr), 1); r.GadgetName != "young" {
+	if r := programRow(t, sweepRescan(t, tr), 1); r.GadgetName != "young" {
 		t.Fatalf("holder must own the program: %+v", r)
 	}
 }
@@ -321,7 +321,7 @@ func TestIgnoreEventPIDs(t *testing.T) {
 		t.Fatalf("event PID used: %+v", r)
 	}
 	k.holders[1] = []uint32{20}
-	if r := programRow(t, sweep(t, tr), 1); r.GadgetName != "holder" {
+	if r := programRow(t, sweepRescan(t, tr), 1); r.GadgetName != "holder" {
 		t.Fatalf("holder must own: %+v", r)
 	}
 }

@@ -36,6 +36,7 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 		t.seen[id] = struct{}{}
 		if _, ok := t.programs[id]; !ok && t.goneMatch(id, [8]byte{}) == nil {
 			t.programs[id] = &program{id: id}
+			t.inventoryChanged()
 			added++
 		}
 	}
@@ -184,6 +185,7 @@ func (t *Tracker) audited(id uint32, info *loader.ProgramInfo, err error, now ti
 	}
 	p = &program{id: id}
 	t.programs[id] = p
+	t.inventoryChanged()
 	t.merge(p, *info, now)
 	t.audit.added++
 	return nil

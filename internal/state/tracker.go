@@ -93,6 +93,19 @@ type Tracker struct {
 	gone map[uint32]*goneProgram
 	// audit counts what the last sweep's audit repaired, for the log.
 	audit auditCount
+
+	// holdersStale is set when the holders must be scanned at the next
+	// sweep: the inventory changed (a load, a release, an audit repair,
+	// a resync) or the last scan left a program to settle again.
+	holdersStale bool
+	// sweepsSinceScan counts the sweeps since the last holders scan.
+	sweepsSinceScan int
+}
+
+// inventoryChanged notes that a program entered or left the inventory:
+// the next sweep scans the holders.
+func (t *Tracker) inventoryChanged() {
+	t.holdersStale = true
 }
 
 // instance names one process instance: a PID alone can be reused.
