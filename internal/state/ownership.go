@@ -213,7 +213,7 @@ func (t *Tracker) settleOwners() error {
 		t.holdersStale = true
 		return fmt.Errorf("scanning program holders: %w", err)
 	}
-	t.holdersStale, t.sweepsSinceScan = false, 0
+	t.holdersStale, t.sweepsSinceScan, t.holdersScanned = false, 0, true
 	t.sweepRead = make(map[uint32]struct{})
 	defer func() { t.sweepRead = nil }()
 	// An owner that exited no longer owns anything.

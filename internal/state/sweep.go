@@ -76,6 +76,7 @@ type auditCount struct{ added, removed int }
 func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	start := t.opts.now()
 	var errs []error
+	t.holdersScanned, t.memlockChanged = false, false
 	if err := t.readAll(); err != nil {
 		errs = append(errs, err)
 	}
@@ -83,7 +84,7 @@ func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	for _, m := range t.maps {
 		m.used = false
 	}
-	for _, p := range t.programs {
+	for _, p := range t.sortedPrograms() {
 		for _, mid := range p.info.MapIDs {
 			t.mapInfo(mid)
 		}
@@ -122,10 +123,7 @@ func (t *Tracker) readAll() error {
 			errs = append(errs, rerr)
 		}
 	}
-	t.ids = t.ids[:0]
-	for id := range t.programs {
-		t.ids = append(t.ids, id)
-	}
+	t.sortedPrograms()
 	if ar, ok := t.kernel.(AuditReader); ok {
 		if err := ar.ReadAllPrograms(t.ids, each); err != nil {
 			errs = append(errs, fmt.Errorf("reading programs: %w", err))
@@ -249,8 +247,9 @@ func (t *Tracker) mapInfo(id uint32) *mapEntry {
 	if m, ok := t.maps[id]; ok {
 		if !m.used && m.info.Flags&bpfFNoPrealloc != 0 {
 			// Once per sweep: the rest of what a map is never changes.
-			if info, err := t.kernel.ReadMap(id); err == nil {
+			if info, err := t.kernel.ReadMap(id); err == nil && info.Memlock != m.info.Memlock {
 				m.info.Memlock = info.Memlock
+				t.memlockChanged = true
 			}
 		}
 		m.used = true
