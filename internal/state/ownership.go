@@ -208,7 +208,7 @@ func (t *Tracker) settleOwners() error {
 	if !t.holdersDue() {
 		return nil
 	}
-	holders, err := t.kernel.Holders()
+	holders, err := t.pace.scanHolders(t.kernel.Holders)
 	if err != nil {
 		t.holdersStale = true
 		return fmt.Errorf("scanning program holders: %w", err)

@@ -97,6 +97,9 @@ type Tracker struct {
 	gone map[uint32]*goneProgram
 	// audit counts what the last sweep's audit repaired, for the log.
 	audit auditCount
+	// pace runs the long kernel reads of the sweep in progress (see
+	// pace.go); nil between sweeps.
+	pace pacer
 
 	// holdersStale is set when the holders must be scanned at the next
 	// sweep: the inventory changed (a load, a release, an audit repair,
