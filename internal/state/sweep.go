@@ -172,8 +172,10 @@ func (t *Tracker) readKernel(ids []uint32, fn readFunc) error {
 		}
 		return errors.Join(errs...)
 	}
+	var info loader.ProgramInfo
 	for _, id := range union {
-		info, err := t.kernel.ReadProgram(id)
+		var err error
+		info, err = t.kernel.ReadProgram(id)
 		fn(id, &info, err)
 	}
 	return errors.Join(errs...)
