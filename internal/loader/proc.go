@@ -453,3 +453,24 @@ func inChildPIDNamespace(nsFile string) (bool, error) {
 	}
 	return st.Ino != procPIDInitIno, nil
 }
+
+// ProcessStartTime returns the start time of process pid, in clock ticks
+// since boot (as Process.StartTime), reading only /proc/<pid>/stat: the
+// cheap way to tell whether a process seen before still runs. An error
+// wrapping os.ErrNotExist means it has exited.
+func (k *Kernel) ProcessStartTime(pid uint32) (uint64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	r := &k.procReader
+	r.pidName = strconv.AppendUint(r.pidName[:0], uint64(pid), 10)
+	r.path = appendPathZ(r.path[:0], []byte(k.procRoot), []byte("/"), r.pidName, []byte("/stat"))
+	stat, err := readSmallFile(r.path, r.stat)
+	if err != nil {
+		return 0, fmt.Errorf("reading process %d: %w", pid, errNotExist(err))
+	}
+	var p Process
+	if err := parseStat(stat, &p); err != nil {
+		return 0, fmt.Errorf("parsing %s/%d/stat: %w", k.procRoot, pid, err)
+	}
+	return p.StartTime, nil
+}

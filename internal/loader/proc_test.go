@@ -216,3 +216,18 @@ func TestReadProcessFakeProc(t *testing.T) {
 		t.Error("ESRCH does not match os.ErrNotExist")
 	}
 }
+
+func TestProcessStartTimeFakeProc(t *testing.T) {
+	f := fakeProc{t, t.TempDir()}
+	f.write("10/stat", statLine("10", "my (odd) tool", "1", "4194560", "5000"))
+	k, err := NewKernel(f.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if start, err := k.ProcessStartTime(10); err != nil || start != 5000 {
+		t.Errorf("start time %d, %v; want 5000", start, err)
+	}
+	if _, err := k.ProcessStartTime(12); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing process: %v, want os.ErrNotExist", err)
+	}
+}

@@ -68,7 +68,7 @@ func TestSweepAuditRepairsBothWays(t *testing.T) {
 			// event lost too.
 			delete(fk.progs, 2)
 			fk.holders[3] = []uint32{50}
-			snap, err := tr.sweep(func() {})
+			snap, err := tr.sweep(inline{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,7 +96,7 @@ func TestSweepAuditRepairsBothWays(t *testing.T) {
 			tr.applyEvent(load(3, 0))
 			delete(fk.progs, 3)
 			delete(fk.progs, 4)
-			tr.sweep(func() {})
+			tr.sweep(inline{})
 			if got := takeEvents(tr); !slices.Equal(got, []string{"load 3", "release 3"}) {
 				t.Fatalf("events %v, want [load 3 release 3]", got)
 			}
@@ -116,7 +116,7 @@ func TestSweepAuditIDReuse(t *testing.T) {
 	sweep(t, tr)
 	takeEvents(tr)
 	k.progs[9] = loader.ProgramInfo{ID: 9, Name: "new", Tag: tag(77), LoadTime: 100}
-	snap, _ := tr.sweep(func() {})
+	snap, _ := tr.sweep(inline{})
 	if got := takeEvents(tr); !slices.Equal(got, []string{"release 9"}) {
 		t.Fatalf("events %v, want the old program's release", got)
 	}
@@ -177,7 +177,7 @@ func checkPairing(t *testing.T, steps string, named bool, want []string) {
 		case 'R':
 			tr.applyEvent(release(1))
 		case 'S':
-			if _, err := tr.sweep(func() {}); err != nil {
+			if _, err := tr.sweep(inline{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -194,7 +194,7 @@ func checkPairing(t *testing.T, steps string, named bool, want []string) {
 			t.Fatalf("steps %s: gone program in the inventory after %c", steps, s)
 		}
 	}
-	tr.sweep(func() {})
+	tr.sweep(inline{})
 	got = append(got, takeEvents(tr)...)
 	if !slices.Equal(got, want) {
 		t.Fatalf("steps %s: events %v, want %v", steps, got, want)
@@ -252,7 +252,7 @@ func TestAttributionChecksStartTime(t *testing.T) {
 	}
 	// A holder proves otherwise: then it owns it.
 	k.holders[1] = []uint32{30}
-	if r := programRow(t, sweep(t, tr), 1); r.GadgetName != "young" {
+	if r := programRow(t, sweepRescan(t, tr), 1); r.GadgetName != "young" {
 		t.Fatalf("holder must own the program: %+v", r)
 	}
 }
@@ -321,7 +321,7 @@ func TestIgnoreEventPIDs(t *testing.T) {
 		t.Fatalf("event PID used: %+v", r)
 	}
 	k.holders[1] = []uint32{20}
-	if r := programRow(t, sweep(t, tr), 1); r.GadgetName != "holder" {
+	if r := programRow(t, sweepRescan(t, tr), 1); r.GadgetName != "holder" {
 		t.Fatalf("holder must own: %+v", r)
 	}
 }

@@ -144,6 +144,7 @@ func (t *Tracker) load(ev loader.ProgramEvent) {
 		}
 	}
 	t.programs[p.id] = p
+	t.inventoryChanged()
 	t.attribute(p, ev)
 	t.announce(p, ev)
 }
@@ -259,4 +260,5 @@ func (t *Tracker) remove(p *program) {
 	t.retire(p, statsOf(p))
 	t.unown(p)
 	delete(t.programs, p.id)
+	t.inventoryChanged()
 }

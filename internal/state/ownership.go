@@ -201,14 +201,19 @@ func gadgetID(node string, pid uint32, startTime uint64, labelKey string) string
 	return hex.EncodeToString(sum[:])[:11]
 }
 
-// settleOwners scans fd holders, records them per program, hands programs
-// whose owner is gone to a live holder, and resolves programs that
-// predate the tracker.
+// settleOwners scans fd holders when they may have changed (see
+// holders.go), records them per program, hands programs whose owner is
+// gone to a live holder, and resolves programs that predate the tracker.
 func (t *Tracker) settleOwners() error {
-	holders, err := t.kernel.Holders()
+	if !t.holdersDue() {
+		return nil
+	}
+	holders, err := t.pace.scanHolders(t.kernel.Holders)
 	if err != nil {
+		t.holdersStale = true
 		return fmt.Errorf("scanning program holders: %w", err)
 	}
+	t.holdersStale, t.sweepsSinceScan, t.holdersScanned = false, 0, true
 	t.sweepRead = make(map[uint32]struct{})
 	defer func() { t.sweepRead = nil }()
 	// An owner that exited no longer owns anything.
@@ -242,6 +247,9 @@ func (t *Tracker) settleOwners() error {
 			}
 		}
 		t.relabel(p)
+		if !p.read || (p.labels != nil && !p.labels.final) {
+			t.holdersStale = true // settled again once read
+		}
 		if p.resolved && (p.gadget != nil || len(p.pids) == 0) {
 			if p.gadget == nil {
 				holderless = append(holderless, p)

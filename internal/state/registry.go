@@ -78,6 +78,8 @@ func (t *Tracker) applyRegistry() error {
 		if want := t.reg.entries[regKey{p.id, p.tag}]; want != p.registration {
 			p.registration = want
 			t.regroup(p)
+			// settleOwners gives it its gadget: it must run this sweep.
+			t.holdersStale = true
 		}
 	}
 	if !t.reg.fresh {

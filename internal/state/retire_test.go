@@ -141,13 +141,13 @@ func TestReleaseDuringSweepCounted(t *testing.T) {
 	c.advance(time.Second)
 	k.progs[2] = progStats(2, 25, 2)
 	released := false
-	snap, err := tr.sweep(func() {
+	snap, err := tr.sweep(yielding(func() {
 		if !released {
 			released = true
 			delete(k.progs, 2)
 			tr.apply(release(2))
 		}
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}

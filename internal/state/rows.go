@@ -1,44 +1,58 @@
 package state
 
 import (
+	"cmp"
 	"encoding/hex"
 	"slices"
 	"sort"
 	"time"
 )
 
+// Rows are reused from snapshot to snapshot. A program keeps its Row in
+// program.row: each sweep refreshes its numbers in place and copies it
+// into the snapshot, and replaces (never writes into) its slices when
+// they change: the map IDs, PIDs and comms of a row are shared, read
+// only, by every snapshot since they last changed. A gadget (and the
+// unowned row) keeps its distinct maps, PIDs and comms the same way, and
+// recomputes them only when one of its programs' lists changed, a program
+// joined or left it, or the holders were scanned. So a sweep of programs
+// whose maps and holders did not change allocates the snapshot's two row
+// slices and nothing per program.
+
 // snapshot builds the rows of the current inventory.
 func (t *Tracker) snapshot(now time.Time) *Snapshot {
+	order := t.sortedPrograms()
 	snap := &Snapshot{
 		Node:       t.opts.Node,
 		Time:       now,
 		Source:     t.opts.Source,
-		Programs:   make([]Row, 0, len(t.programs)),
+		Programs:   make([]Row, 0, len(order)),
 		GadgetInfo: make(map[string]Gadget, len(t.gadgets)),
 	}
-	arenas := t.sortReadIDs()
-	byGadget := make(map[*gadget]*rowSum, len(t.gadgets))
-	unowned := newRowSum(Row{NodeName: t.opts.Node})
+	t.summed = t.summed[:0]
+	t.unownedSum.reset()
 	// Programs listed by a snapshot or an event but never read (gone
 	// before the first sweep, or the read failed) have no row.
-	for _, id := range t.ids {
-		p := t.programs[id]
-		row := t.programRow(p, &arenas)
-		sum := unowned
-		if p.gadget != nil {
-			sum = t.gadgetSum(byGadget, p.gadget)
+	for _, p := range order {
+		if !p.read {
+			continue
 		}
-		sum.add(&row, liveShare(p))
+		row := t.programRow(p)
+		sum := &t.unownedSum
+		if g := p.gadget; g != nil {
+			sum = t.gadgetSum(g)
+		}
+		sum.add(p, liveShare(p))
 		p.share.reported = statsOf(p)
-		snap.Programs = append(snap.Programs, row)
+		snap.Programs = append(snap.Programs, *row)
 	}
 
-	snap.Gadgets = make([]Row, 0, len(byGadget))
-	for g, sum := range byGadget {
-		snap.Gadgets = append(snap.Gadgets, t.total(sum, &g.ledger, now))
+	snap.Gadgets = make([]Row, 0, len(t.summed))
+	for _, g := range t.summed {
+		snap.Gadgets = append(snap.Gadgets, t.total(&g.sum, t.gadgetHead(g), &g.ledger, now))
 		snap.GadgetInfo[g.info.ID] = g.info
 	}
-	snap.Unowned = t.total(unowned, &t.unowned, now)
+	snap.Unowned = t.total(&t.unownedSum, Row{NodeName: t.opts.Node}, &t.unowned, now)
 	sort.Slice(snap.Gadgets, func(i, j int) bool {
 		a, b := snap.Gadgets[i], snap.Gadgets[j]
 		if a.GadgetName != b.GadgetName {
@@ -50,81 +64,94 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 	return snap
 }
 
-// rowArenas hold the map IDs and PIDs of a snapshot's program rows: rows
-// are built in ID order and their slices cut from these two shared arrays,
-// so that a snapshot of thousands of programs costs a few allocations.
-type rowArenas struct {
-	maps, pids []uint32
-}
-
-// cut appends v to arena and returns the appended part, capped so that
-// appending to it cannot overwrite the next row's.
-func cut(arena *[]uint32, v []uint32) []uint32 {
-	start := len(*arena)
-	*arena = append(*arena, v...)
-	return (*arena)[start:len(*arena):len(*arena)]
-}
-
-// sortReadIDs sets t.ids to the IDs of the programs read at least once, in
-// ID order, and returns arenas sized for their rows.
-func (t *Tracker) sortReadIDs() rowArenas {
-	t.ids = t.ids[:0]
-	var nMaps, nPIDs int
-	for id, p := range t.programs {
-		if p.read {
-			t.ids = append(t.ids, id)
-			nMaps += len(p.info.MapIDs)
-			nPIDs += len(p.pids)
-		}
+// sortedPrograms returns the inventory in ID order, sorted again only
+// when it changed since the last call; t.ids holds the same IDs.
+func (t *Tracker) sortedPrograms() []*program {
+	if !t.orderStale && len(t.order) == len(t.programs) {
+		return t.order
 	}
-	slices.Sort(t.ids)
-	return rowArenas{maps: make([]uint32, 0, nMaps), pids: make([]uint32, 0, nPIDs)}
+	clear(t.order)
+	t.order = t.order[:0]
+	for _, p := range t.programs {
+		t.order = append(t.order, p)
+	}
+	slices.SortFunc(t.order, func(a, b *program) int { return cmp.Compare(a.id, b.id) })
+	t.ids = t.ids[:0]
+	for _, p := range t.order {
+		t.ids = append(t.ids, p.id)
+	}
+	t.orderStale = false
+	return t.order
 }
 
-// programRow is the row of program p, its gadget's columns included.
-func (t *Tracker) programRow(p *program, a *rowArenas) Row {
+// frozen returns a copy of v for rows to share: never nil, never written
+// to. An empty one costs no allocation.
+func frozen[T any](v []T) []T {
+	return append(make([]T, 0, len(v)), v...)
+}
+
+// programRow refreshes and returns the row of program p, its gadget's
+// columns included. The returned row is p's own: copy it.
+func (t *Tracker) programRow(p *program) *Row {
 	if p.tagHex == "" || p.tagOf != p.tag {
 		p.tagHex, p.tagOf = hex.EncodeToString(p.tag[:]), p.tag
 	}
-	row := Row{
-		NodeName: t.opts.Node,
-		ProgID:   p.id,
-		ProgName: p.name,
-		ProgType: progTypeName(p.progType),
-		Totals: Totals{
-			Runtime:         p.info.RunTime,
-			Runcount:        p.info.RunCount,
-			RuntimeDelta:    p.runtimeD,
-			RuncountDelta:   p.runcntD,
-			CPUPercent:      p.cpu,
-			RecursionMisses: p.info.RecursionMisses,
-		},
-		Loader: p.loader,
-		MapIDs: cut(&a.maps, p.info.MapIDs),
-		Tag:    p.tagHex,
-		PIDs:   cut(&a.pids, p.pids),
-		// Where the loader ran; where the owner runs when no load event
-		// named the loader.
-		Placement: p.where,
+	r := &p.row
+	tot := Totals{
+		Runtime:         p.info.RunTime,
+		Runcount:        p.info.RunCount,
+		RuntimeDelta:    p.runtimeD,
+		RuncountDelta:   p.runcntD,
+		CPUPercent:      p.cpu,
+		RecursionMisses: p.info.RecursionMisses,
+		MapMemory:       r.MapMemory,
+		MapCount:        len(p.info.MapIDs),
 	}
-	for _, mid := range row.MapIDs {
-		row.MapMemory += t.maps[mid].info.Memlock
+	if !p.rowOK || tot != r.Totals {
+		r.Totals = tot
+		// Without runs in the interval the cost columns do not depend on
+		// its length; with runs, Runcount changed.
+		t.fillCost(r, p.interval)
 	}
-	row.MapCount = len(row.MapIDs)
-	row.Comms = t.comms(row.PIDs)
-	t.fillCost(&row, p.interval)
+	r.NodeName, r.ProgID, r.ProgName, r.ProgType = t.opts.Node, p.id, p.name, progTypeName(p.progType)
+	r.Loader, r.Tag = p.loader, p.tagHex
+	// Where the loader ran; where the owner runs when no load event named
+	// the loader.
+	r.Placement = p.where
+	r.GadgetID, r.GadgetName, r.GadgetImage = "", "", ""
 	if g := p.gadget; g != nil {
-		row.GadgetID, row.GadgetName, row.GadgetImage = g.info.ID, g.info.Name, g.info.Image
+		r.GadgetID, r.GadgetName, r.GadgetImage = g.info.ID, g.info.Name, g.info.Image
 	}
-	return row
+	lists := !p.rowOK || p.rowGadget != p.gadget
+	if !p.rowOK || !slices.Equal(r.MapIDs, p.info.MapIDs) {
+		r.MapIDs, lists = frozen(p.info.MapIDs), true
+	}
+	if lists || t.memlockChanged {
+		r.MapMemory = 0
+		for _, mid := range r.MapIDs {
+			if m, ok := t.maps[mid]; ok {
+				r.MapMemory += m.info.Memlock
+			}
+		}
+	}
+	pidsChanged := !p.rowOK || !slices.Equal(r.PIDs, p.pids)
+	if pidsChanged {
+		r.PIDs, lists = frozen(p.pids), true
+	}
+	if pidsChanged || t.holdersScanned {
+		r.Comms = t.sharedComms(r.Comms, r.PIDs)
+	}
+	if lists {
+		// The sums of p's holder list its maps and PIDs again.
+		t.rowGen++
+		p.rowGen = t.rowGen
+	}
+	p.rowOK, p.rowGadget = true, p.gadget
+	return r
 }
 
-// gadgetSum returns the sum of g's rows in byGadget, adding an empty one
-// headed by g's identity when g has none yet.
-func (t *Tracker) gadgetSum(byGadget map[*gadget]*rowSum, g *gadget) *rowSum {
-	if sum, ok := byGadget[g]; ok {
-		return sum
-	}
+// gadgetHead is the identity part of g's row.
+func (t *Tracker) gadgetHead(g *gadget) Row {
 	head := Row{
 		NodeName:    t.opts.Node,
 		GadgetID:    g.info.ID,
@@ -135,72 +162,126 @@ func (t *Tracker) gadgetSum(byGadget map[*gadget]*rowSum, g *gadget) *rowSum {
 	if g.key.owner.pid != 0 {
 		head.Loader = &g.info.Owner
 	}
-	sum := newRowSum(head)
-	byGadget[g] = sum
-	return sum
+	return head
 }
 
-// rowSum accumulates program rows into one gadget-level row.
+// gadgetSum returns g's sum for the snapshot being built, starting it
+// when g has no program in it yet.
+func (t *Tracker) gadgetSum(g *gadget) *rowSum {
+	if g.summedAt != t.counters.Sweeps+1 {
+		g.summedAt = t.counters.Sweeps + 1
+		g.sum.reset()
+		t.summed = append(t.summed, g)
+	}
+	return &g.sum
+}
+
+// rowSum accumulates program rows into one holder-level row (a gadget's,
+// or the unowned row), and keeps the lists of its last row.
 type rowSum struct {
-	row Row
+	count int
 	// live sums what the holder counts of its live programs.
 	live runStats
-	maps map[uint32]struct{}
-	pids map[uint32]struct{}
+	// gens sums the members' rowGen: with count, it changes whenever a
+	// member's lists changed or the members did, since every change takes
+	// a generation above all others.
+	gens    uint64
+	members []*program
+
+	// The lists of the last row and the count and gens they are of.
+	listsOK            bool
+	listsCount         int
+	listsGens          uint64
+	mapIDs, pids       []uint32
+	comms              []string
+	mapMemory          uint64
+	scratchM, scratchP []uint32
 }
 
-func newRowSum(head Row) *rowSum {
-	return &rowSum{row: head, maps: make(map[uint32]struct{}), pids: make(map[uint32]struct{})}
+// reset starts a new sum, keeping the lists of the last one.
+func (s *rowSum) reset() {
+	clear(s.members)
+	s.count, s.live, s.gens, s.members = 0, runStats{}, 0, s.members[:0]
 }
 
-// add counts program row r, of which the holder counts share.
-func (s *rowSum) add(r *Row, share runStats) {
+// add counts program p, of which the holder counts share.
+func (s *rowSum) add(p *program, share runStats) {
 	// The maps are counted once each by total, the run counters by the
 	// holder's ledger.
-	s.row.ProgramCount++
+	s.count++
 	s.live.add(share)
-	for _, mid := range r.MapIDs {
-		s.maps[mid] = struct{}{}
-	}
-	for _, pid := range r.PIDs {
-		s.pids[pid] = struct{}{}
-	}
+	s.gens += p.rowGen
+	s.members = append(s.members, p)
 }
 
-// total finishes a sum: a map shared by two of its programs counts once,
-// and the cumulative and delta columns are the holder's ledger's at now.
-func (t *Tracker) total(s *rowSum, l *ledger, now time.Time) Row {
+// total finishes a sum into the row headed by head: a map shared by two
+// of its programs counts once, and the cumulative and delta columns are
+// the holder's ledger's at now.
+func (t *Tracker) total(s *rowSum, head Row, l *ledger, now time.Time) Row {
 	var interval time.Duration
 	if l.reported {
 		interval = max(now.Sub(l.lastAt), 0)
 	}
-	l.report(&s.row, s.live, now)
-	t.fillCost(&s.row, interval)
-	for mid := range s.maps {
-		s.row.MapIDs = append(s.row.MapIDs, mid)
-		s.row.MapMemory += t.maps[mid].info.Memlock
-	}
-	slices.Sort(s.row.MapIDs)
-	s.row.MapCount = len(s.row.MapIDs)
-	for pid := range s.pids {
-		s.row.PIDs = append(s.row.PIDs, pid)
-	}
-	if s.row.PIDs == nil {
-		s.row.PIDs = make([]uint32, 0)
-	}
-	slices.Sort(s.row.PIDs)
-	s.row.Comms = t.comms(s.row.PIDs)
-	return s.row
+	row := head
+	row.ProgramCount = s.count
+	l.report(&row, s.live, now)
+	t.fillCost(&row, interval)
+	t.sumLists(s)
+	row.MapIDs, row.MapMemory, row.MapCount = s.mapIDs, s.mapMemory, len(s.mapIDs)
+	row.PIDs, row.Comms = s.pids, s.comms
+	clear(s.members)
+	s.members = s.members[:0]
+	return row
 }
 
-// comms returns the distinct command names of pids, in PID order.
-func (t *Tracker) comms(pids []uint32) []string {
-	// Empty, not nil: JSON consumers get [] as for pids.
-	out := make([]string, 0)
+// sumLists brings the distinct maps, PIDs and comms of s up to date.
+func (t *Tracker) sumLists(s *rowSum) {
+	changed := !s.listsOK || s.listsCount != s.count || s.listsGens != s.gens || t.holdersScanned
+	if changed {
+		s.scratchM, s.scratchP = s.scratchM[:0], s.scratchP[:0]
+		for _, p := range s.members {
+			s.scratchM = append(s.scratchM, p.row.MapIDs...)
+			s.scratchP = append(s.scratchP, p.row.PIDs...)
+		}
+		slices.Sort(s.scratchM)
+		slices.Sort(s.scratchP)
+		maps, pids := slices.Compact(s.scratchM), slices.Compact(s.scratchP)
+		if !slices.Equal(maps, s.mapIDs) || s.mapIDs == nil {
+			// nil when none, as the JSON of a row without maps omits them.
+			s.mapIDs = nil
+			if len(maps) > 0 {
+				s.mapIDs = frozen(maps)
+			}
+		}
+		if !slices.Equal(pids, s.pids) || s.pids == nil {
+			s.pids = frozen(pids)
+		}
+		s.comms = t.sharedComms(s.comms, s.pids)
+		s.listsOK, s.listsCount, s.listsGens = true, s.count, s.gens
+	}
+	if changed || t.memlockChanged {
+		s.mapMemory = 0
+		for _, mid := range s.mapIDs {
+			if m, ok := t.maps[mid]; ok {
+				s.mapMemory += m.info.Memlock
+			}
+		}
+	}
+}
+
+// sharedComms returns the distinct command names of pids, in PID order:
+// prev when it lists them already, else a new slice (never nil: JSON
+// consumers get [] as for pids).
+func (t *Tracker) sharedComms(prev []string, pids []uint32) []string {
+	out := t.commScratch[:0]
 	for _, pid := range pids {
 		if proc, ok := t.processes[pid]; ok && !slices.Contains(out, proc.Comm) {
 			out = append(out, proc.Comm)
 		}
 	}
-	return out
+	t.commScratch = out
+	if prev != nil && slices.Equal(prev, out) {
+		return prev
+	}
+	return frozen(out)
 }

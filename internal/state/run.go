@@ -147,6 +147,13 @@ type runLoop struct {
 	snapshots *consumer[*Snapshot]
 	published *consumer[*Event]
 	sweeps    int
+	// full and free pass the batches of a sweep's program read between
+	// the reading goroutine and the loop; reading is set meanwhile, and
+	// lost holds the lost-events notices held back until it is over (see
+	// pace.go).
+	full, free chan *readBatch
+	reading    bool
+	lost       []loader.ProgramEvent
 }
 
 // startConsumers starts the goroutines of OnSnapshot and OnEvent.
@@ -213,9 +220,9 @@ func (r *runLoop) drain() {
 // was the last sweep cfg.Count asks for.
 func (r *runLoop) sweep(ctx context.Context) bool {
 	// Apply what already arrived, so the sweep sees the latest inventory,
-	// and keep applying events between its phases.
+	// and keep applying events during it.
 	r.drain()
-	snap, err := r.t.sweep(r.drain)
+	snap, err := r.t.sweep(r)
 	r.flush()
 	if err != nil {
 		r.cfg.Log.Warn().Err(err).Msg("sweep incomplete")
@@ -251,6 +258,12 @@ func (r *runLoop) handOver(ctx context.Context, snap *Snapshot) bool {
 
 // handle applies one event and queues what consumers should be told.
 func (r *runLoop) handle(ev loader.ProgramEvent) {
+	if ev.Kind == loader.EventLost && r.reading {
+		// Its resync lists the programs, as the read in progress does:
+		// after the read (yield).
+		r.lost = append(r.lost, ev)
+		return
+	}
 	t := r.t
 	t.applyEvent(ev)
 	defer r.flush()

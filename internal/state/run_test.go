@@ -22,19 +22,25 @@ func (s chanSource) Read() (loader.ProgramEvent, error) {
 }
 func (s chanSource) Close() error { return nil }
 
-// sweepingKernel tells, on sweeps, each time a sweep scanned holders:
+// sweepingKernel tells, on sweeps, each time a sweep read the programs:
 // the sign that the run loop is alive.
 type sweepingKernel struct {
 	*fakeKernel
 	sweeps chan struct{}
 }
 
-func (k *sweepingKernel) Holders() (map[uint32][]uint32, error) {
+// ReadAllPrograms reads the programs of ids and lists no other (see
+// ProgramIDs).
+func (k *sweepingKernel) ReadAllPrograms(ids []uint32, fn func(uint32, *loader.ProgramInfo, error)) error {
 	select {
 	case k.sweeps <- struct{}{}:
 	default:
 	}
-	return k.fakeKernel.Holders()
+	for _, id := range ids {
+		info, err := k.ReadProgram(id)
+		fn(id, &info, err)
+	}
+	return nil
 }
 
 // ProgramIDs lists nothing: the programs are loaded by the test's events
@@ -178,7 +184,7 @@ func TestRunSnapshotsReplacedWhileOnSnapshotStalls(t *testing.T) {
 	}
 	// Sweeps go on. The sweeps of the snapshot in OnSnapshot's hands, of
 	// the one waiting and of the one replacing it are done once a fourth
-	// scans holders (the first signal may be an old one).
+	// reads the programs (the first signal may be an old one).
 	for range 5 {
 		select {
 		case <-k.sweeps:

@@ -15,19 +15,19 @@ import (
 )
 
 // sweepSignalKernel is the real kernel, telling on sweeps each time a
-// sweep scanned holders: the sign that the run loop is alive while its
+// sweep read the programs: the sign that the run loop is alive while its
 // consumers are not.
 type sweepSignalKernel struct {
 	*loader.Kernel
 	sweeps chan struct{}
 }
 
-func (k *sweepSignalKernel) Holders() (map[uint32][]uint32, error) {
+func (k *sweepSignalKernel) ReadAllPrograms(ids []uint32, fn func(uint32, *loader.ProgramInfo, error)) error {
 	select {
 	case k.sweeps <- struct{}{}:
 	default:
 	}
-	return k.Kernel.Holders()
+	return k.Kernel.ReadAllPrograms(ids, fn)
 }
 
 // With OnSnapshot and OnEvent both stalled during a burst of load/close

@@ -36,6 +36,7 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 		t.seen[id] = struct{}{}
 		if _, ok := t.programs[id]; !ok && t.goneMatch(id, [8]byte{}) == nil {
 			t.programs[id] = &program{id: id}
+			t.inventoryChanged()
 			added++
 		}
 	}
@@ -60,7 +61,7 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 // releases of published programs it found gone) go to Run's OnEvent;
 // outside Run they are dropped.
 func (t *Tracker) Sweep() (*Snapshot, error) {
-	snap, err := t.sweep(func() {})
+	snap, err := t.sweep(inline{})
 	clear(t.outbox)
 	t.outbox = t.outbox[:0]
 	return snap, err
@@ -69,37 +70,28 @@ func (t *Tracker) Sweep() (*Snapshot, error) {
 // auditCount is what one sweep's audit repaired.
 type auditCount struct{ added, removed int }
 
-// sweep is Sweep calling between() between its phases, so that Run can
-// apply the events that arrived meanwhile instead of holding them for the
-// whole sweep. A program loaded meanwhile gets its first read next sweep.
-func (t *Tracker) sweep(between func()) (*Snapshot, error) {
+// sweep is Sweep with its long kernel reads run by pace, which lets Run
+// apply the events that arrive meanwhile (see pace.go). A program loaded
+// meanwhile gets its first read next sweep, unless the read lists it.
+func (t *Tracker) sweep(pace pacer) (*Snapshot, error) {
+	t.pace = pace
+	defer func() { t.pace = nil }()
 	start := t.opts.now()
 	var errs []error
+	t.holdersScanned, t.memlockChanged = false, false
 	// The registry before the programs, applied right after them.
 	regErr := t.readRegistry()
 	if err := t.readAll(); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, regErr, t.applyRegistry())
-	between()
-	for _, m := range t.maps {
-		m.used = false
-	}
-	for _, p := range t.programs {
-		for _, mid := range p.info.MapIDs {
-			t.mapInfo(mid)
-		}
-	}
-	for id, m := range t.maps {
-		if !m.used {
-			delete(t.maps, id)
-		}
-	}
-	between()
+	pace.yield()
+	t.readMaps()
+	pace.yield()
 	if err := t.settleOwners(); err != nil {
 		errs = append(errs, err)
 	}
-	between()
+	pace.yield()
 	end := t.opts.now()
 	snap := t.snapshot(end)
 	snap.SweepDuration = end.Sub(start)
@@ -116,6 +108,29 @@ func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	return snap, errors.Join(errs...)
 }
 
+// readMaps reads the maps the programs use (new ones, and the memlock of
+// those that allocate as they grow) and forgets the maps no program uses.
+func (t *Tracker) readMaps() {
+	for _, m := range t.maps {
+		m.used = false
+	}
+	for i, p := range t.sortedPrograms() {
+		if i%yieldEvery == yieldEvery-1 {
+			// The order stays valid: events only mark it stale. A program
+			// released meanwhile keeps its maps one sweep more.
+			t.pace.yield()
+		}
+		for _, mid := range p.info.MapIDs {
+			t.mapInfo(mid)
+		}
+	}
+	for id, m := range t.maps {
+		if !m.used {
+			delete(t.maps, id)
+		}
+	}
+}
+
 // readAll reads every program of the inventory and audits it against the
 // kernel's list, in one pass where the kernel is an AuditReader.
 func (t *Tracker) readAll() error {
@@ -127,37 +142,46 @@ func (t *Tracker) readAll() error {
 			errs = append(errs, rerr)
 		}
 	}
-	t.ids = t.ids[:0]
-	for id := range t.programs {
-		t.ids = append(t.ids, id)
+	t.sortedPrograms()
+	ids := t.ids // not changed before the next sweep
+	if err := t.pace.readPrograms(func(fn readFunc) error { return t.readKernel(ids, fn) }, each); err != nil {
+		errs = append(errs, err)
 	}
+	return errors.Join(errs...)
+}
+
+// readKernel reads the programs of ids and the others the kernel lists,
+// calling fn for each, in one pass where the kernel is an AuditReader.
+// It calls nothing but the kernel: Run runs it on a goroutine of its own.
+func (t *Tracker) readKernel(ids []uint32, fn readFunc) error {
 	if ar, ok := t.kernel.(AuditReader); ok {
-		if err := ar.ReadAllPrograms(t.ids, each); err != nil {
+		if err := ar.ReadAllPrograms(ids, fn); err != nil {
+			return fmt.Errorf("reading programs: %w", err)
+		}
+		return nil
+	}
+	// List, then read the union: a program listed and gone by its read
+	// was never seen.
+	var errs []error
+	listed, err := t.kernel.ProgramIDs()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing programs: %w", err))
+	}
+	union := append(listed, ids...)
+	slices.Sort(union)
+	union = slices.Compact(union)
+	if br, ok := t.kernel.(BatchReader); ok {
+		if err := br.ReadPrograms(union, fn); err != nil {
 			errs = append(errs, fmt.Errorf("reading programs: %w", err))
 		}
-	} else {
-		// List, then read the union: a program listed and gone by its read
-		// was never seen.
-		listed, err := t.kernel.ProgramIDs()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing programs: %w", err))
-		}
-		ids := append(listed, t.ids...)
-		slices.Sort(ids)
-		ids = slices.Compact(ids)
-		if br, ok := t.kernel.(BatchReader); ok {
-			if err := br.ReadPrograms(ids, each); err != nil {
-				errs = append(errs, fmt.Errorf("reading programs: %w", err))
-			}
-		} else {
-			for _, id := range ids {
-				info, err := t.kernel.ReadProgram(id)
-				each(id, &info, err)
-			}
-		}
+		return errors.Join(errs...)
 	}
-	t.counters.RepairsAdded += uint64(t.audit.added)
-	t.counters.RepairsRemoved += uint64(t.audit.removed)
+	var info loader.ProgramInfo
+	for _, id := range union {
+		var err error
+		info, err = t.kernel.ReadProgram(id)
+		fn(id, &info, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -170,6 +194,7 @@ func (t *Tracker) audited(id uint32, info *loader.ProgramInfo, err error, now ti
 		if ok {
 			t.drop(p, nil)
 			t.audit.removed++
+			t.counters.RepairsRemoved++
 		}
 		return nil
 	case err != nil:
@@ -184,14 +209,17 @@ func (t *Tracker) audited(id uint32, info *loader.ProgramInfo, err error, now ti
 		// The ID now names another program: the old one is gone.
 		t.drop(p, nil)
 		t.audit.removed++
+		t.counters.RepairsRemoved++
 	}
 	if t.goneMatch(id, info.Tag) != nil {
 		return nil // released, listed by a read racing with its release
 	}
 	p = &program{id: id}
 	t.programs[id] = p
+	t.inventoryChanged()
 	t.merge(p, *info, now)
 	t.audit.added++
+	t.counters.RepairsAdded++
 	return nil
 }
 
@@ -233,7 +261,9 @@ const auditWarnMin = 16
 // logAudit logs what the last sweep's audit repaired, once.
 func (t *Tracker) logAudit(cfg RunConfig) {
 	a := t.audit
-	if a.added+a.removed == 0 {
+	if a.added+a.removed == 0 || t.pace != nil {
+		// Nothing, or a sweep still in progress (events are flushed
+		// between its batches): logged once the sweep is over.
 		return
 	}
 	t.audit = auditCount{}
@@ -253,8 +283,9 @@ func (t *Tracker) mapInfo(id uint32) *mapEntry {
 	if m, ok := t.maps[id]; ok {
 		if !m.used && m.info.Flags&bpfFNoPrealloc != 0 {
 			// Once per sweep: the rest of what a map is never changes.
-			if info, err := t.kernel.ReadMap(id); err == nil {
+			if info, err := t.kernel.ReadMap(id); err == nil && info.Memlock != m.info.Memlock {
 				m.info.Memlock = info.Memlock
+				t.memlockChanged = true
 			}
 		}
 		m.used = true

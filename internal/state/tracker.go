@@ -83,9 +83,13 @@ type Tracker struct {
 	lastSweep time.Time
 	// unowned is the accounting of the programs without a gadget.
 	unowned ledger
-	// seen and ids are reused by every sweep to avoid allocations.
+	// seen is reused by every resync to avoid allocations.
 	seen map[uint32]struct{}
-	ids  []uint32
+	// order is the inventory in ID order and ids their IDs, sorted again
+	// only when orderStale (see sortedPrograms).
+	order      []*program
+	ids        []uint32
+	orderStale bool
 	// sweepRead holds the PIDs already read in the current ownership
 	// settling, so that a process holding many programs is read once.
 	sweepRead map[uint32]struct{}
@@ -101,6 +105,34 @@ type Tracker struct {
 	audit auditCount
 	// reg is what was read of Options.Registry.
 	reg registryState
+	// pace runs the long kernel reads of the sweep in progress (see
+	// pace.go); nil between sweeps.
+	pace pacer
+
+	// holdersStale is set when the holders must be scanned at the next
+	// sweep: the inventory changed (a load, a release, an audit repair,
+	// a resync) or the last scan left a program to settle again.
+	holdersStale bool
+	// sweepsSinceScan counts the sweeps since the last holders scan.
+	sweepsSinceScan int
+	// holdersScanned and memlockChanged tell the current sweep's rows
+	// that the holders were scanned (comms may have changed) and that a
+	// map's memlock changed.
+	holdersScanned, memlockChanged bool
+
+	// summed lists the gadgets with a row in the snapshot being built;
+	// unownedSum is the unowned row's sum (see rows.go).
+	summed     []*gadget
+	unownedSum rowSum
+	// rowGen numbers the changes of program rows' lists (see rowSum).
+	rowGen      uint64
+	commScratch []string
+}
+
+// inventoryChanged notes that a program entered or left the inventory:
+// the next sweep scans the holders.
+func (t *Tracker) inventoryChanged() {
+	t.holdersStale, t.orderStale = true, true
 }
 
 // instance names one process instance: a PID alone can be reused.
@@ -178,6 +210,13 @@ type program struct {
 	tagOf  [8]byte
 	// share is what p's holder counts of it (see retire.go).
 	share share
+	// row is p's row of the last snapshot, refreshed by the next (see
+	// rows.go); rowOK once built. rowGadget is the gadget it was built
+	// for, rowGen the generation of its lists.
+	row       Row
+	rowOK     bool
+	rowGadget *gadget
+	rowGen    uint64
 }
 
 type gadget struct {
@@ -186,6 +225,10 @@ type gadget struct {
 	programs int
 	// ledger accumulates what the gadget's programs ran (see retire.go).
 	ledger ledger
+	// sum is its row's sum, of the snapshot numbered summedAt (the
+	// sweep's Counters.Sweeps plus one).
+	sum      rowSum
+	summedAt uint64
 }
 
 type mapEntry struct {

@@ -12,13 +12,16 @@ import (
 var benchSizes = []int{100, 1000, 5000}
 
 // batchFakeKernel is a fakeKernel that also reads in batches, as
-// loader.Kernel does where the bpf_prog iterator loads.
+// loader.Kernel does where the bpf_prog iterator loads: one info buffer
+// for the whole batch, valid during each call only.
 type batchFakeKernel struct{ *fakeKernel }
 
 func (k batchFakeKernel) ReadPrograms(ids []uint32, fn func(uint32, *loader.ProgramInfo, error)) error {
+	info := new(loader.ProgramInfo)
 	for _, id := range ids {
-		info, err := k.ReadProgram(id)
-		fn(id, &info, err)
+		var err error
+		*info, err = k.ReadProgram(id)
+		fn(id, info, err)
 	}
 	return nil
 }
@@ -110,6 +113,9 @@ func BenchmarkApplyLoadRelease(b *testing.B) {
 		if tr.apply(release) == nil {
 			b.Fatal("release not applied")
 		}
+		// Forget the release, as goneSweeps sweeps later: the next load
+		// is a new program, not a late event of this one.
+		delete(tr.gone, id)
 	}
 }
 

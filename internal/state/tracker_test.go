@@ -376,7 +376,7 @@ func TestOwnershipFromHoldersAndOwnerExit(t *testing.T) {
 	}
 	// Then a process takes an fd to it: it becomes the owner.
 	k.holders[2] = []uint32{20}
-	snap = sweep(t, tr)
+	snap = sweepRescan(t, tr)
 	if r := programRow(t, snap, 2); r.GadgetName != "holder" {
 		t.Fatalf("holder must own an orphan program: %+v", r)
 	}

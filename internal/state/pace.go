@@ -1,0 +1,160 @@
+package state
+
+import "github.com/bpfstats/tracker/internal/loader"
+
+// Events never wait for a sweep. Under Run, the two long kernel reads of
+// a sweep run on a goroutine of their own while the loop goes on applying
+// events: the program read (handed to the loop in batches of
+// readBatchSize reads, which the loop merges between events) and the
+// holders scan (when one is due). The other phases yield to pending
+// events every yieldEvery programs. The snapshot's rows are built in one
+// go, without events in between: a snapshot is one point in time, and
+// with rows reused it costs little. Sweep, outside Run, reads on the
+// calling goroutine.
+//
+// So a Kernel given to Run must be safe for concurrent use, as
+// loader.Kernel is: ReadAllPrograms (or ProgramIDs and ReadPrograms or
+// ReadProgram) and Holders run concurrently with the reads of events
+// (ReadProgram, ReadProcess, ReadProgramMetadata, CgroupPath). An event
+// that needs such a read may still wait for the kernel itself
+// (loader.Kernel serializes its single reads with Holders). A lost-events
+// resync (which lists programs, as the program read does) waits until the
+// read phase is over.
+
+// readFunc receives one program read; info is valid during the call only.
+type readFunc = func(id uint32, info *loader.ProgramInfo, err error)
+
+// pacer runs a sweep's long kernel reads and lets events in between.
+type pacer interface {
+	// readPrograms runs read, which calls its argument once per program
+	// read, and hands each read to each on the sweeping goroutine.
+	readPrograms(read func(readFunc) error, each readFunc) error
+	// scanHolders runs scan and returns its result.
+	scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error)
+	// yield applies the events that arrived.
+	yield()
+}
+
+// yieldEvery is how many programs a sweep phase handles between two
+// yields, and readBatchSize how many reads a batch hands to the loop.
+const (
+	yieldEvery    = 256
+	readBatchSize = 256
+)
+
+// inline is the pacer of Sweep: everything on the calling goroutine, no
+// events in between.
+type inline struct{}
+
+func (inline) readPrograms(read func(readFunc) error, each readFunc) error { return read(each) }
+
+func (inline) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error) {
+	return scan()
+}
+
+func (inline) yield() {}
+
+// readRecord is one program read handed from the reading goroutine to
+// the loop; readBatch a batch of them, with their map IDs.
+type readRecord struct {
+	id   uint32
+	info loader.ProgramInfo
+	err  error
+}
+
+type readBatch struct {
+	recs []readRecord
+	maps []uint32
+}
+
+// add copies one read into b.
+func (b *readBatch) add(id uint32, info *loader.ProgramInfo, err error) {
+	rec := readRecord{id: id, err: err}
+	if info != nil {
+		rec.info = *info
+		start := len(b.maps)
+		b.maps = append(b.maps, info.MapIDs...)
+		rec.info.MapIDs = b.maps[start:len(b.maps):len(b.maps)]
+	}
+	b.recs = append(b.recs, rec)
+}
+
+func (b *readBatch) reset() {
+	clear(b.recs)
+	b.recs, b.maps = b.recs[:0], b.maps[:0]
+}
+
+// readPrograms runs read on a goroutine of its own; the loop merges its
+// batches and applies events until the read is done.
+func (r *runLoop) readPrograms(read func(readFunc) error, each readFunc) error {
+	if r.full == nil {
+		// Two batches: one filled while the loop merges the other.
+		r.full, r.free = make(chan *readBatch), make(chan *readBatch, 2)
+		r.free <- new(readBatch)
+		r.free <- new(readBatch)
+	}
+	done := make(chan error, 1)
+	go func() {
+		b := <-r.free
+		err := read(func(id uint32, info *loader.ProgramInfo, err error) {
+			b.add(id, info, err)
+			if len(b.recs) == readBatchSize {
+				r.full <- b
+				b = <-r.free
+			}
+		})
+		r.full <- b
+		done <- err
+	}()
+	r.reading = true
+	defer func() { r.reading = false }()
+	for {
+		select {
+		case b := <-r.full:
+			for i := range b.recs {
+				rec := &b.recs[i]
+				each(rec.id, &rec.info, rec.err)
+			}
+			b.reset()
+			r.free <- b
+		case err := <-done:
+			return err
+		case ev := <-r.events:
+			r.handle(ev)
+		}
+	}
+}
+
+// scanHolders runs scan on a goroutine of its own, applying events until
+// it is done.
+func (r *runLoop) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error) {
+	type result struct {
+		holders map[uint32][]uint32
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		h, err := scan()
+		done <- result{h, err}
+	}()
+	for {
+		select {
+		case res := <-done:
+			return res.holders, res.err
+		case ev := <-r.events:
+			r.handle(ev)
+		}
+	}
+}
+
+// yield applies the lost-events resyncs held back during a read, then
+// the events that arrived.
+func (r *runLoop) yield() {
+	for len(r.lost) > 0 {
+		ev := r.lost[0]
+		r.lost = r.lost[1:]
+		r.handle(ev)
+	}
+	r.lost = nil
+	r.drain()
+}

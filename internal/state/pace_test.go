@@ -1,0 +1,94 @@
+package state
+
+import (
+	"testing"
+	"time"
+
+	"github.com/bpfstats/tracker/internal/loader"
+)
+
+// yielding is a pacer that reads on the calling goroutine and calls its
+// function where Run would apply events.
+type yielding func()
+
+func (y yielding) readPrograms(read func(readFunc) error, each readFunc) error { return read(each) }
+
+func (y yielding) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error) {
+	return scan()
+}
+
+func (y yielding) yield() { y() }
+
+// stallingKernel is a fake kernel whose program read stops halfway,
+// after handing over more than one batch, until the test releases it.
+type stallingKernel struct {
+	*fakeKernel
+	// listed are the programs the start-up snapshot lists.
+	listed  []uint32
+	halfway chan struct{}
+	resume  chan struct{}
+	stalled bool
+}
+
+func (k *stallingKernel) ProgramIDs() ([]uint32, error) { return k.listed, nil }
+
+func (k *stallingKernel) ReadAllPrograms(ids []uint32, fn func(uint32, *loader.ProgramInfo, error)) error {
+	info := new(loader.ProgramInfo)
+	for i, id := range ids {
+		if i == len(ids)/2 && !k.stalled {
+			k.stalled = true
+			close(k.halfway)
+			<-k.resume
+		}
+		var err error
+		*info, err = k.ReadProgram(id)
+		fn(id, info, err)
+	}
+	return nil
+}
+
+// An event is applied, and published, while a sweep's program read is in
+// progress: it does not wait for the sweep.
+func TestRunAppliesEventsDuringSweepRead(t *testing.T) {
+	const n = 3 * readBatchSize
+	fk := newFakeKernel()
+	k := &stallingKernel{fakeKernel: fk, halfway: make(chan struct{}), resume: make(chan struct{})}
+	for id := uint32(1); id <= n; id++ {
+		fk.progs[id] = progStats(id, 10, 1)
+		k.listed = append(k.listed, id)
+	}
+	const late = n + 1
+	fk.progs[late] = progStats(late, 10, 1)
+	tr := New(k, Options{Node: "n1", Source: "test"})
+	src := make(chanSource)
+	defer close(src)
+	events := make(chan *Event, 1)
+	snaps := make(chan *Snapshot, 1)
+	_, wait := startRun(t, tr, RunConfig{
+		Source: src, Interval: time.Millisecond, Count: 2,
+		OnSnapshot: latest(snaps),
+		OnEvent:    func(ev *Event) { events <- ev },
+	})
+	select {
+	case <-k.halfway:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first sweep never read")
+	}
+	src <- load(late, 0)
+	select {
+	case ev := <-events:
+		if ev.Kind != "load" || ev.ProgID != late {
+			t.Fatalf("event %+v, want the load of %d", ev, late)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the load waited for the sweep's read")
+	}
+	close(k.resume)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	snap := <-snaps
+	if len(snap.Programs) != n+1 || snap.Counters.EventsLoad != 1 || snap.Counters.RepairsAdded != 0 {
+		t.Fatalf("last snapshot: %d programs, counters %+v", len(snap.Programs), snap.Counters)
+	}
+}
