@@ -82,6 +82,7 @@ func (t *Tracker) sweep(between func()) (*Snapshot, error) {
 	for _, m := range t.maps {
 		m.used = false
 	}
+	t.readMaps()
 	for _, p := range t.programs {
 		for _, mid := range p.info.MapIDs {
 			t.mapInfo(mid)
