@@ -26,6 +26,7 @@ type daemonFlags struct {
 	natsListen  string
 	metricsAddr string
 	metricsAll  bool
+	pprofAddr   string
 	check       bool
 }
 
@@ -41,6 +42,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonFlags, error) {
 	fs.StringVar(&d.natsListen, "nats-listen", publish.DefaultListen, "address of the embedded NATS server (without --nats-url)")
 	fs.StringVar(&d.metricsAddr, "metrics-addr", publish.DefaultMetricsAddr, "address serving /metrics; empty disables")
 	fs.BoolVar(&d.metricsAll, "metrics-all", false, "export one metrics series per program too, not only per gadget")
+	fs.StringVar(&d.pprofAddr, "pprof-addr", "", "address serving net/http/pprof at /debug/pprof/ (host empty: 127.0.0.1); empty disables")
 	fs.BoolVar(&d.check, "check", false, "validate the configuration and the kernel's capabilities, print a report, exit")
 	fs.Usage = usageFunc(fs, "run [flags]", true)
 	if err := parseFlags(fs, args); err != nil {
@@ -67,6 +69,11 @@ func (d *daemonFlags) validate() error {
 	if d.metricsAddr != "" {
 		if err := validateListen(d.metricsAddr); err != nil {
 			return usagef("--metrics-addr %.100q (empty disables): %v", d.metricsAddr, err)
+		}
+	}
+	if d.pprofAddr != "" {
+		if err := validateListen(d.pprofAddr); err != nil {
+			return usagef("--pprof-addr %.100q (empty disables): %v", d.pprofAddr, err)
 		}
 	}
 	return nil
@@ -114,6 +121,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer out.Close()
 	// Network first: a taken port fails before anything is attached.
 	if err := out.openNetwork(d, log); err != nil {
+		return err
+	}
+	if err := out.openPprof(d.pprofAddr, log); err != nil {
 		return err
 	}
 	if d.print {
@@ -214,6 +224,20 @@ func (o *outputs) openNetwork(d *daemonFlags, log zerolog.Logger) error {
 	o.closers = append(o.closers, func() { srv.Close() })
 	log.Info().Str("addr", srv.Addr().String()).Msg("serving /metrics")
 	o.sinks = append(o.sinks, m)
+	return nil
+}
+
+// openPprof serves the profiles when addr is set.
+func (o *outputs) openPprof(addr string, log zerolog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	srv, err := listenPprof(addr)
+	if err != nil {
+		return err
+	}
+	o.closers = append(o.closers, func() { srv.Close() })
+	log.Info().Str("addr", srv.Addr().String()).Msg("serving /debug/pprof/")
 	return nil
 }
 

@@ -142,7 +142,8 @@ func newLogger(stderr io.Writer, level string) zerolog.Logger {
 }
 
 // pipeline is the kernel side of the tracker: stats on, an event source
-// attached, and the inventory.
+// attached, and the inventory. A one-shot pipeline has neither stats fd
+// nor source (see openOneShot).
 type pipeline struct {
 	stats   io.Closer
 	source  loader.Source
@@ -152,16 +153,20 @@ type pipeline struct {
 	cri *cri.Resolver
 }
 
-// openPipeline checks privileges, enables stats and attaches the event
-// source (before the inventory's snapshot, which Run takes).
-func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeline, error) {
+// OneShotSource is the source a one-shot's snapshot names: it attached
+// none, its one sweep read the kernel's cumulative counters.
+const OneShotSource = "none"
+
+// openKernel checks privileges and opens the kernel reads with their
+// iterators.
+func openKernel(log zerolog.Logger, opts loader.KernelOptions) (*loader.Kernel, error) {
 	if err := loader.CheckPrivileges(); err != nil {
 		return nil, err
 	}
 	if w := loader.AttributionWarning(); w != "" {
 		log.Warn().Msg(w)
 	}
-	kernel, err := loader.NewKernel("")
+	kernel, err := loader.NewKernelWithOptions(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -174,8 +179,42 @@ func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeli
 	if holderIter != nil {
 		log.Info().Err(holderIter).Msg("task_file iterator unavailable, scanning /proc for holders")
 	}
+	return kernel, nil
+}
+
+// openOneShot opens what one sweep needs and nothing more: the kernel
+// reads, without an event source (nothing happens between the first and
+// the last read that an event could tell) and without a BPF_ENABLE_STATS
+// fd (run time and count are cumulative: the sweep reads what the kernel
+// counted while stats were on, and turning them on for the microseconds
+// of one read adds nothing to that).
+func openOneShot(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
+	kernel, err := openKernel(log, loader.KernelOptions{OneSweep: true})
+	if err != nil {
+		return nil, err
+	}
+	tr := state.New(kernel, state.Options{
+		Node:   c.node,
+		Source: OneShotSource,
+		Self:   selfOf(),
+	})
+	return &pipeline{kernel: kernel, tracker: tr}, nil
+}
+
+// selfOf names this process's gadget.
+func selfOf() state.Self {
+	return state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version}
+}
+
+// openPipeline checks privileges, enables stats and attaches the event
+// source (before the inventory's snapshot, which Run takes).
+func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeline, error) {
+	kernel, err := openKernel(log, loader.KernelOptions{})
+	if err != nil {
+		return nil, err
+	}
 	// Measured before stats are on: the cost of the accounting itself,
-	// shown per row as statsCostPercent. A one-shot skips it (100 ms).
+	// shown per row as statsCostPercent.
 	var statsCost time.Duration
 	if measureCost {
 		if statsCost, err = loader.MeasureStatsCost(); err != nil {
@@ -211,7 +250,7 @@ func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeli
 	tr := state.New(kernel, state.Options{
 		Node:            c.node,
 		Source:          src.Name(),
-		Self:            state.Self{PID: uint32(os.Getpid()), Name: "bpfstats-tracker", Image: "bpfstats-tracker:" + version},
+		Self:            selfOf(),
 		IgnoreEventPIDs: ignorePIDs,
 		StatsCost:       statsCost,
 		Pods:            pods,
@@ -220,8 +259,20 @@ func openPipeline(c *commonFlags, log zerolog.Logger, measureCost bool) (*pipeli
 	return &pipeline{stats: stats, source: src, kernel: kernel, tracker: tr, cri: criResolver}, nil
 }
 
-// run drives the tracker until ctx ends or count sweeps are done.
+// run drives the tracker until ctx ends or count sweeps are done. A
+// one-shot pipeline sweeps once: its sweep is also the audit that fills
+// the empty inventory with every program the kernel lists.
 func (p *pipeline) run(ctx context.Context, cfg state.RunConfig) error {
+	if p.source == nil {
+		snap, err := p.tracker.Sweep()
+		if err != nil {
+			cfg.Log.Warn().Err(err).Msg("sweep incomplete")
+		}
+		if cfg.OnSnapshot != nil && ctx.Err() == nil {
+			cfg.OnSnapshot(snap)
+		}
+		return nil
+	}
 	cfg.Source = p.source
 	return p.tracker.Run(ctx, cfg)
 }

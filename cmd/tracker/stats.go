@@ -105,7 +105,13 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log := newLogger(stderr, c.logLevel)
-	p, err := openPipeline(&c, log, *count != 1)
+	// One table needs one sweep: no event source, no stats fd, no cost
+	// measurement (100 ms).
+	open := func() (*pipeline, error) { return openPipeline(&c, log, true) }
+	if *count == 1 {
+		open = func() (*pipeline, error) { return openOneShot(&c, log) }
+	}
+	p, err := open()
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -106,7 +105,7 @@ func (it *bpfIter) close() error {
 // reason when it is not in use.
 type iterators struct {
 	// progs lists every program with its map IDs, progStats without;
-	// both or neither are loaded.
+	// progStats is loaded only with progs, and not for a OneSweep Kernel.
 	progs, progStats   *bpfIter
 	files              *bpfIter
 	progsErr, filesErr error
@@ -122,20 +121,19 @@ func (its *iterators) close() error {
 // iterators.
 var errIteratorsOff = errors.New("iterators turned off")
 
-// loadIterators loads and checks both iterators. withFiles is false when
-// Holders must read a /proc other than the host's.
-func loadIterators(withFiles bool) *iterators {
+// loadIterators loads and checks the iterators. withFiles is false when
+// Holders must read a /proc other than the host's; withStats is false when
+// the iterator without map IDs is not needed (KernelOptions.OneSweep).
+func loadIterators(withFiles, withStats bool) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff}
-	// One cache for both objects: decoding the kernel BTF takes tens of
-	// milliseconds.
-	opts := &ebpf.CollectionOptions{Cache: btf.NewCache()}
 	spec, err := loadIter()
 	if err != nil {
 		err = fmt.Errorf("loading iterator object: %w", err)
 		its.progsErr, its.filesErr = err, err
 		return its
 	}
-	its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts)
+	opts := iterLoadOptions()
+	its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts, withStats)
 	if withFiles {
 		its.files, its.filesErr = loadFileIter(spec, opts)
 	} else {
@@ -223,7 +221,7 @@ func (k *Kernel) loadedIterators() *iterators {
 // loadedIteratorsLocked is loadedIterators with k.mu held.
 func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
-		k.iters = loadIterators(k.procRoot == "/proc")
+		k.iters = loadIterators(k.procRoot == "/proc", !k.opts.OneSweep)
 	}
 	return k.iters
 }

@@ -12,46 +12,49 @@ import (
 )
 
 // loadProgIters loads and checks the two iter/bpf_prog programs: with and
-// without map IDs. Requires Linux 5.8 (bpf_prog iterators), 5.19
+// without map IDs, the latter only when withStats is set (stats is nil
+// otherwise). Requires Linux 5.8 (bpf_prog iterators), 5.19
 // (bpf_map_lookup_percpu_elem) and 6.2 (bpf_rdonly_cast).
-func loadProgIters(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (full, stats *bpfIter, err error) {
+func loadProgIters(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, withStats bool) (full, stats *bpfIter, err error) {
 	spec = spec.Copy()
-	cpus, err := possibleCPUs()
-	if err != nil {
+	if err := setPossibleCPUs(spec); err != nil {
 		return nil, nil, err
 	}
-	if len(cpus) > iterMaxCPUs {
-		return nil, nil, fmt.Errorf("%d possible CPUs, iterator handles %d", len(cpus), iterMaxCPUs)
-	}
-	var list [iterMaxCPUs]uint32
-	for i, cpu := range cpus {
-		list[i] = uint32(cpu)
-	}
-	if err := spec.Variables["nr_possible_cpus"].Set(uint32(len(cpus))); err != nil {
-		return nil, nil, fmt.Errorf("setting nr_possible_cpus: %w", err)
-	}
-	if err := spec.Variables["possible_cpus"].Set(list); err != nil {
-		return nil, nil, fmt.Errorf("setting possible_cpus: %w", err)
-	}
 	var objs struct {
+		Full *ebpf.Program `ebpf:"dump_progs"`
+	}
+	var statsObjs struct {
 		Full  *ebpf.Program `ebpf:"dump_progs"`
 		Stats *ebpf.Program `ebpf:"dump_prog_stats"`
 	}
-	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+	if withStats {
+		err = spec.LoadAndAssign(&statsObjs, opts)
+		objs.Full = statsObjs.Full
+	} else {
+		err = spec.LoadAndAssign(&objs, opts)
+	}
+	if err != nil {
 		return nil, nil, fmt.Errorf("loading iter/bpf_prog: %w", err)
 	}
 	if full, err = attachIter(objs.Full); err != nil {
-		objs.Stats.Close()
+		if statsObjs.Stats != nil {
+			statsObjs.Stats.Close()
+		}
 		return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
 	}
-	if stats, err = attachIter(objs.Stats); err != nil {
-		full.close()
-		return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
+	if withStats {
+		if stats, err = attachIter(statsObjs.Stats); err != nil {
+			full.close()
+			return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
+		}
 	}
 	for _, c := range []struct {
 		it       *bpfIter
 		withMaps bool
 	}{{full, true}, {stats, false}} {
+		if c.it == nil {
+			continue
+		}
 		if err := checkProgIter(c.it, c.withMaps); err != nil {
 			full.close()
 			stats.close()
@@ -59,6 +62,28 @@ func loadProgIters(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (ful
 		}
 	}
 	return full, stats, nil
+}
+
+// setPossibleCPUs sets the iterator object's list of possible CPUs.
+func setPossibleCPUs(spec *ebpf.CollectionSpec) error {
+	cpus, err := possibleCPUs()
+	if err != nil {
+		return err
+	}
+	if len(cpus) > iterMaxCPUs {
+		return fmt.Errorf("%d possible CPUs, iterator handles %d", len(cpus), iterMaxCPUs)
+	}
+	var list [iterMaxCPUs]uint32
+	for i, cpu := range cpus {
+		list[i] = uint32(cpu)
+	}
+	if err := spec.Variables["nr_possible_cpus"].Set(uint32(len(cpus))); err != nil {
+		return fmt.Errorf("setting nr_possible_cpus: %w", err)
+	}
+	if err := spec.Variables["possible_cpus"].Set(list); err != nil {
+		return fmt.Errorf("setting possible_cpus: %w", err)
+	}
+	return nil
 }
 
 // checkProgIter compares the iterator's record of its own program with
@@ -238,7 +263,7 @@ func (k *Kernel) readPrograms(ids []uint32, all bool, fn func(id uint32, info *P
 		}
 	}
 	var cut error
-	if len(k.known.progs) > 0 {
+	if len(k.known.progs) > 0 && its.progStats != nil {
 		cut = k.readProgramsCached(its, set, all, report)
 	} else {
 		cut = k.readProgramsFull(its.progs, set, all, report)

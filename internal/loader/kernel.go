@@ -78,6 +78,11 @@ type KernelOptions struct {
 	// NoIterators makes ReadPrograms and Holders use bpf(2) and /proc
 	// only, never BPF iterators.
 	NoIterators bool
+	// OneSweep is for a Kernel that serves one sweep (a one-shot): only
+	// the iterators that sweep reads through are loaded (iter/bpf_prog
+	// with map IDs, iter/task_file), not the one that makes later sweeps
+	// cheaper; a later ReadPrograms reads map IDs again.
+	OneSweep bool
 }
 
 // NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).

@@ -139,17 +139,7 @@ func (k *Kernel) readMapInto(id uint32, info *MapInfo) error {
 		return fmt.Errorf("reading memlock of map %d: %w", id, err)
 	}
 
-	mi := &k.mapInfo
-	info.ID = mi.ID
-	info.Type = mi.Type
-	if name := cString(mi.Name[:]); string(name) != info.Name {
-		info.Name = string(name)
-	}
-	info.KeySize = mi.KeySize
-	info.ValueSize = mi.ValueSize
-	info.MaxEntries = mi.MaxEntries
-	info.Flags = mi.MapFlags
-	info.Memlock = memlock
+	fillMapInfo(info, &k.mapInfo, memlock)
 	return nil
 }
 

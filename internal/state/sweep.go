@@ -114,6 +114,7 @@ func (t *Tracker) readMaps() {
 	for _, m := range t.maps {
 		m.used = false
 	}
+	t.batchReadMaps()
 	for i, p := range t.sortedPrograms() {
 		if i%yieldEvery == yieldEvery-1 {
 			// The order stays valid: events only mark it stale. A program

@@ -1,0 +1,108 @@
+package loader
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bounds of ReadMaps' worker pool: one worker per mapsPerWorker maps, at
+// most mapWorkersMax. Most of a map read is the kernel's (opening its
+// fdinfo under /proc is two thirds of it), so workers beyond the CPUs
+// still overlap; a few more gain nothing.
+const (
+	mapWorkersMax = 4
+	mapsPerWorker = 64
+)
+
+// mapReader holds the buffers of one ReadMaps worker.
+type mapReader struct {
+	info   sysMapInfo
+	path   []byte
+	fdinfo []byte
+}
+
+// ReadMaps reads every map of ids as ReadMap does and calls fn once per ID,
+// in the order of ids, with its info or an error (wrapping os.ErrNotExist
+// when the map is gone). info is only valid during the call. The reads run
+// on a small pool of goroutines (at most 4), each opening, reading and
+// closing one map at a time; fn runs on the caller's goroutine, after all
+// reads are done. The values are ReadMap's: memlock is the fdinfo line.
+// Requires Linux 4.13.
+func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err error)) {
+	infos := make([]MapInfo, len(ids))
+	errs := make([]error, len(ids))
+	workers := min(mapWorkersMax, (len(ids)+mapsPerWorker-1)/mapsPerWorker)
+	if workers <= 1 {
+		r := newMapReader()
+		for i, id := range ids {
+			errs[i] = r.read(id, &infos[i])
+		}
+	} else {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := newMapReader()
+				// Interleaved shares: maps of one program, often
+				// adjacent IDs, spread over the workers.
+				for i := w; i < len(ids); i += workers {
+					errs[i] = r.read(ids[i], &infos[i])
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	for i, id := range ids {
+		fn(id, &infos[i], errs[i])
+	}
+}
+
+func newMapReader() *mapReader {
+	return &mapReader{path: make([]byte, 0, 64), fdinfo: make([]byte, 4096)}
+}
+
+// read is readMapInto with the worker's own buffers.
+func (r *mapReader) read(id uint32, info *MapInfo) error {
+	fd, err := bpfFDByID(unix.BPF_MAP_GET_FD_BY_ID, id)
+	if err != nil {
+		return fmt.Errorf("opening map %d: %w", id, err)
+	}
+	defer unix.Close(fd)
+	r.info = sysMapInfo{}
+	if err := bpfObjInfo(fd, unsafe.Pointer(&r.info), unsafe.Sizeof(r.info)); err != nil {
+		return fmt.Errorf("reading info of map %d: %w", id, err)
+	}
+	r.path = append(r.path[:0], "/proc/self/fdinfo/"...)
+	r.path = strconv.AppendInt(r.path, int64(fd), 10)
+	r.path = append(r.path, 0)
+	data, err := readSmallFile(r.path, r.fdinfo)
+	if err != nil {
+		return fmt.Errorf("reading memlock of map %d: reading %s: %w", id, r.path[:len(r.path)-1], err)
+	}
+	memlock, ok := fdinfoField(data, "memlock:")
+	if !ok {
+		return fmt.Errorf("reading memlock of map %d: no %q line in %s", id, "memlock:", r.path[:len(r.path)-1])
+	}
+	fillMapInfo(info, &r.info, memlock)
+	return nil
+}
+
+// fillMapInfo sets info from a bpf_map_info and the fdinfo memlock,
+// keeping info's name string when it did not change.
+func fillMapInfo(info *MapInfo, mi *sysMapInfo, memlock uint64) {
+	info.ID = mi.ID
+	info.Type = mi.Type
+	if name := cString(mi.Name[:]); string(name) != info.Name {
+		info.Name = string(name)
+	}
+	info.KeySize = mi.KeySize
+	info.ValueSize = mi.ValueSize
+	info.MaxEntries = mi.MaxEntries
+	info.Flags = mi.MapFlags
+	info.Memlock = memlock
+}
