@@ -1,0 +1,8 @@
+package fleet
+
+import "encoding/json"
+
+// unmarshal decodes one message body.
+func unmarshal(data []byte, v any) error {
+	return json.Unmarshal(data, v)
+}
