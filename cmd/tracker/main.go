@@ -33,6 +33,7 @@ Commands:
   stats     print the bpfstats table every interval (in-process pipeline)
   run       the node daemon: track, publish to NATS, serve metrics
   top       the fleet view: read every tracker's NATS messages
+  aggregate roll up one partition of a partitioned fleet (docs/fleet.md)
   version   print the version
 
 Run "tracker <command> --help" for a command's flags.
@@ -77,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDaemon(ctx, rest, stdout, stderr)
 	case "top":
 		return runTop(ctx, rest, stdout, stderr)
+	case "aggregate":
+		return runAggregate(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "tracker %s\n", version)
 		return nil

@@ -21,8 +21,9 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.register(fs)
 	n.url = "nats://" + publish.DefaultListen
 	fs.Lookup("nats-url").DefValue = n.url
-	all := fs.Bool("all", false, "one row per program, unowned programs included")
-	nodeGlob := fs.String("node", "", "only nodes whose name matches this shell pattern")
+	all := fs.Bool("all", false, "one row per program, unowned programs included (reads every program row)")
+	nodeGlob := fs.String("node", "", "only nodes whose name matches this shell pattern, with their gadgets' processes (reads their detail messages)")
+	fleetView := fs.Bool("fleet", false, "the merged rollups of the partition aggregators (tracker aggregate) instead of the nodes")
 	by := fs.String("by", "", `"image": one row per gadget image, summed across nodes`)
 	interval := fs.Duration("interval", 2*time.Second, "time between two prints")
 	count := fs.Int("count", 0, "number of prints; 0 runs until interrupted")
@@ -46,6 +47,9 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *by != "" && *by != "image" {
 		return usagef(`unknown --by %q: want "image"`, *by)
 	}
+	if *fleetView && (*all || *nodeGlob != "" || *by != "" || n.kv) {
+		return usagef("--fleet shows the aggregators' rollups: it takes no --all, --node, --by or --kv")
+	}
 	if err := o.validate(); err != nil {
 		return err
 	}
@@ -64,7 +68,11 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer nc.Close()
-	return fleet.Run(ctx, nc, fleet.Options{
+	run := fleet.Run
+	if *fleetView {
+		run = fleet.RunRollups
+	}
+	return run(ctx, nc, fleet.Options{
 		SubjectPrefix: n.prefix,
 		All:           *all,
 		By:            *by,

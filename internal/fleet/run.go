@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/bpfstats/tracker/internal/publish"
 )
@@ -78,11 +79,7 @@ func Run(ctx context.Context, nc *nats.Conn, opts Options, out io.Writer) error 
 	if err != nil {
 		return err
 	}
-	defer func() {
-		for _, sub := range subs {
-			sub.Unsubscribe() //nolint:errcheck // the connection's owner closes it
-		}
-	}()
+	defer unsubscribe(subs)
 	f.consumer = func() (int, uint64) { return subsPending(subs) }
 
 	prints := 0
@@ -141,11 +138,15 @@ func literalToken(glob string) bool {
 	return glob != "" && !strings.ContainsAny(glob, "*?[\\.> \t")
 }
 
-// subscribe subscribes f to the subjects of its view, each with room for
-// a burst of a large fleet's messages before the client drops them.
+// subscribe subscribes f to the subjects of its view.
 func subscribe(nc *nats.Conn, f *Fleet, opts Options) ([]*nats.Subscription, error) {
-	log := opts.Logger
 	_, subjects := viewKinds(opts)
+	return subscribeSubjects(nc, f, opts.Logger, subjects)
+}
+
+// subscribeSubjects subscribes f to subjects, each with room for a burst
+// of a large fleet's messages before the client drops them.
+func subscribeSubjects(nc *nats.Conn, f *Fleet, log zerolog.Logger, subjects []string) ([]*nats.Subscription, error) {
 	var subs []*nats.Subscription
 	for _, subject := range subjects {
 		sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
@@ -157,14 +158,19 @@ func subscribe(nc *nats.Conn, f *Fleet, opts Options) ([]*nats.Subscription, err
 			err = sub.SetPendingLimits(pendingMsgs, pendingBytes)
 		}
 		if err != nil {
-			for _, s := range subs {
-				s.Unsubscribe() //nolint:errcheck // failing anyway
-			}
+			unsubscribe(subs)
 			return nil, fmt.Errorf("subscribing to %s: %w", subject, err)
 		}
 		subs = append(subs, sub)
 	}
 	return subs, nil
+}
+
+// unsubscribe ends subs.
+func unsubscribe(subs []*nats.Subscription) {
+	for _, sub := range subs {
+		sub.Unsubscribe() //nolint:errcheck // the connection's owner closes it
+	}
 }
 
 // A subscription's pending limits: a burst of a large fleet's summaries

@@ -93,7 +93,7 @@ func (f *Fleet) Render(w io.Writer, opts Options) error {
 			return writePrint(w, Print[ImageRow]{Time: now, Fleet: stats, Consumer: consumer, Rows: rows})
 		}
 		writeStatsLine(w, now, stats, consumer)
-		return writeImageTable(w, rows)
+		return writeImageTable(w, "GADGETIMAGE", rows)
 	}
 	var rows []Row
 	if opts.All {
@@ -167,9 +167,10 @@ func fleetColumns(cols []publish.Column) ([]publish.Column, error) {
 	return out, nil
 }
 
-// writeImageTable writes the image rollup aligned like publish.WriteTable.
-func writeImageTable(w io.Writer, rows []ImageRow) error {
-	header := []string{"GADGETIMAGE", "NODES", "GADGETS", "PROGRAMS", "RUNTIME", "RUNCOUNT", "MAPMEMORY", "MAPCOUNT", "CPUPERCENT"}
+// writeImageTable writes a rollup aligned like publish.WriteTable, its
+// key (the image, or the gadget name) under keyHeader.
+func writeImageTable(w io.Writer, keyHeader string, rows []ImageRow) error {
+	header := []string{keyHeader, "NODES", "GADGETS", "PROGRAMS", "RUNTIME", "RUNCOUNT", "MAPMEMORY", "MAPCOUNT", "CPUPERCENT"}
 	cells := [][]string{header}
 	for _, r := range rows {
 		image := publish.TableCell(r.GadgetImage)
