@@ -63,12 +63,27 @@ func (g *generator) close() {
 	}
 }
 
-// run publishes until ctx ends: node i at i/K of every interval.
+// run publishes until ctx ends, one goroutine per connection, each for
+// its share of the nodes: node i at i/K of every interval.
 func (g *generator) run(ctx context.Context) error {
+	errs := make(chan error, len(g.conns))
+	for c := range g.conns {
+		go func() { errs <- g.runShare(ctx, c) }()
+	}
+	var first error
+	for range g.conns {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// runShare publishes the nodes i with i % len(conns) == c.
+func (g *generator) runShare(ctx context.Context, c int) error {
 	const tick = 10 * time.Millisecond
 	start := time.Now()
-	next := 0 // the next node to publish in this interval
-	period := 0
+	next, period := c, 0 // the next node to publish in this period
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
@@ -79,20 +94,20 @@ func (g *generator) run(ctx context.Context) error {
 		}
 		elapsed := time.Since(start)
 		for {
-			if next == len(g.nodes) {
+			if next >= len(g.nodes) {
 				if elapsed < time.Duration(period+1)*g.interval {
 					break
 				}
-				period, next = period+1, 0
+				period, next = period+1, c
 				continue
 			}
 			if !g.due(next, elapsed-time.Duration(period)*g.interval) {
 				break
 			}
-			if err := g.publish(g.nodes[next], next); err != nil {
+			if err := g.publish(g.nodes[next], g.conns[c]); err != nil {
 				return err
 			}
-			next++
+			next += len(g.conns)
 		}
 	}
 }
@@ -102,7 +117,7 @@ func (g *generator) due(i int, into time.Duration) bool {
 	return time.Duration(int64(g.interval)*int64(i)/int64(len(g.nodes))) <= into
 }
 
-func (g *generator) publish(n *simNode, i int) error {
+func (g *generator) publish(n *simNode, nc *nats.Conn) error {
 	n.seq++
 	if n.tail == nil || n.seq%refreshEvery == 0 {
 		tail, err := g.tail(n)
@@ -123,7 +138,7 @@ func (g *generator) publish(n *simNode, i int) error {
 	// The summary is the node message's fields, then its gadgets and
 	// unowned totals (tail starts with a comma).
 	data := append(head[:len(head)-1], n.tail...)
-	if err := g.conns[i%len(g.conns)].Publish(n.subject, data); err != nil {
+	if err := nc.Publish(n.subject, data); err != nil {
 		return fmt.Errorf("publishing %s: %w", n.subject, err)
 	}
 	g.msgs.Add(1)
