@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -51,6 +52,9 @@ type RollupMessage struct {
 	// how well it keeps up.
 	Fleet    Stats    `json:"fleet"`
 	Consumer Consumer `json:"consumer"`
+	// Misrouted counts the summaries of nodes that Partition places in
+	// another partition: the cluster's mapping has another N.
+	Misrouted uint64 `json:"misrouted"`
 }
 
 // RollupRow sums the gadgets sharing a key (an image or a gadget name).
@@ -97,7 +101,19 @@ func Aggregate(ctx context.Context, nc *nats.Conn, opts AggregateOptions) error 
 	}
 	f := New(opts.SubjectPrefix, opts.Interval, opts.Now)
 	f.kinds = kinds{summaries: true}
-	subs, err := subscribeSubjects(nc, f, opts.Logger, []string{partitionSubject(opts.SubjectPrefix, opts.Partition)})
+	var misrouted atomic.Uint64
+	ingest := func(subject string, data []byte) error {
+		// The cluster's mapping and --partition must agree on N: a node
+		// of another partition here means they do not.
+		if node, ok := partitionedNode(opts.SubjectPrefix, subject); ok && Partition(node, opts.Partitions) != opts.Partition {
+			if misrouted.Add(1) == 1 {
+				opts.Logger.Warn().Str("subject", subject).Int("partitions", opts.Partitions).
+					Msg("summary of another partition: the cluster's mapping has another partition count than --partition")
+			}
+		}
+		return f.Ingest(subject, data)
+	}
+	subs, err := subscribeSubjects(nc, ingest, opts.Logger, []string{partitionSubject(opts.SubjectPrefix, opts.Partition)})
 	if err != nil {
 		return err
 	}
@@ -118,6 +134,7 @@ func Aggregate(ctx context.Context, nc *nats.Conn, opts AggregateOptions) error 
 		}
 		f.Expire()
 		base.Seq++
+		base.Misrouted = misrouted.Load()
 		data, err := json.Marshal(f.Rollup(base))
 		if err != nil {
 			return fmt.Errorf("encoding rollup: %w", err)

@@ -45,6 +45,9 @@ type FleetPrint struct {
 	Behind   int           `json:"behind"`
 	Dropped  uint64        `json:"dropped"`
 	Rejected uint64        `json:"rejected"`
+	// Misrouted sums the aggregators' summaries of another partition:
+	// the cluster's mapping and their --partition disagree on N.
+	Misrouted uint64 `json:"misrouted"`
 }
 
 // Rollups keeps the newest rollup of every partition. It is safe for
@@ -153,6 +156,7 @@ func (r *Rollups) Merged() FleetPrint {
 		out.Lag = max(out.Lag, m.Consumer.Lag+max(0, now.Sub(s.seen)))
 		out.Behind += m.Consumer.Behind
 		out.Dropped += m.Consumer.Dropped
+		out.Misrouted += m.Misrouted
 		sumRows(images, m.Images)
 		sumRows(names, m.GadgetNames)
 		addRollupRow(&out.Unowned, m.Unowned)
@@ -237,9 +241,9 @@ func writeFleetPrint(w io.Writer, p FleetPrint, asJSON bool) error {
 		_, err = w.Write(append(data, '\n'))
 		return err
 	}
-	fmt.Fprintf(w, "# %s partitions=%d/%d missing=%v nodes=%d lag=%s behind=%d slowDrops=%d rejected=%d\n",
+	fmt.Fprintf(w, "# %s partitions=%d/%d missing=%v nodes=%d lag=%s behind=%d slowDrops=%d rejected=%d misrouted=%d\n",
 		p.Time.Format("2006-01-02T15:04:05Z"), len(p.Seen), p.Partitions, p.Missing, p.Nodes,
-		p.Lag.Round(time.Millisecond), p.Behind, p.Dropped, p.Rejected)
+		p.Lag.Round(time.Millisecond), p.Behind, p.Dropped, p.Rejected, p.Misrouted)
 	images := rollupTableRows(p.Images)
 	if p.Unowned.Totals.ProgramCount > 0 {
 		images = append([]ImageRow{{Nodes: p.Unowned.Nodes, Totals: state.Totals(p.Unowned.Totals)}}, images...)

@@ -67,3 +67,17 @@ func partitionSubject(prefix string, i int) string {
 func rollupSubject(prefix string, i int) string {
 	return fmt.Sprintf("%s.%s.%d", prefix, FleetToken, i)
 }
+
+// partitionedNode returns the node token of a partitioned summary subject
+// <prefix>.partitioned.<p>.<node>._summary.
+func partitionedNode(prefix, subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, prefix+"."+PartitionedToken+".")
+	if !ok {
+		return "", false
+	}
+	toks := strings.Split(rest, ".")
+	if len(toks) != 3 {
+		return "", false
+	}
+	return toks[1], true
+}

@@ -125,6 +125,9 @@ func TestPartitionedAggregation(t *testing.T) {
 		}
 		perPartition[Partition(node, parts)]++
 	}
+	if got.Misrouted != 0 {
+		t.Errorf("aggregators saw %d summaries of another partition", got.Misrouted)
+	}
 	if perPartition[0] == 0 || perPartition[1] == 0 {
 		t.Errorf("a partition got no node: %v", perPartition)
 	}

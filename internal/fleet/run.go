@@ -141,16 +141,17 @@ func literalToken(glob string) bool {
 // subscribe subscribes f to the subjects of its view.
 func subscribe(nc *nats.Conn, f *Fleet, opts Options) ([]*nats.Subscription, error) {
 	_, subjects := viewKinds(opts)
-	return subscribeSubjects(nc, f, opts.Logger, subjects)
+	return subscribeSubjects(nc, f.Ingest, opts.Logger, subjects)
 }
 
-// subscribeSubjects subscribes f to subjects, each with room for a burst
-// of a large fleet's messages before the client drops them.
-func subscribeSubjects(nc *nats.Conn, f *Fleet, log zerolog.Logger, subjects []string) ([]*nats.Subscription, error) {
+// subscribeSubjects hands the messages of subjects to ingest, each
+// subscription with room for a burst of a large fleet's messages before
+// the client drops them.
+func subscribeSubjects(nc *nats.Conn, ingest func(subject string, data []byte) error, log zerolog.Logger, subjects []string) ([]*nats.Subscription, error) {
 	var subs []*nats.Subscription
 	for _, subject := range subjects {
 		sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
-			if err := f.Ingest(m.Subject, m.Data); err != nil {
+			if err := ingest(m.Subject, m.Data); err != nil {
 				log.Debug().Err(err).Str("subject", m.Subject).Msg("ignoring message")
 			}
 		})

@@ -63,7 +63,7 @@ func run(c config) error {
 		fmt.Fprintf(os.Stderr, "fleetbench: K=%d\n", k)
 		r, err := measure(c, servers, k, sim)
 		if err != nil {
-			return fmt.Errorf("K=%d: %w", k, err)
+			return fmt.Errorf("with %d nodes: %w", k, err)
 		}
 		results = append(results, r)
 		fmt.Fprintf(os.Stderr, "fleetbench: K=%d %s\n", k, r.oneLine())
