@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -66,4 +67,23 @@ func benchIngest(b *testing.B, f *Fleet, nodes [][]msg, bytes int) {
 		i++
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*perNode), "ns/msg")
+}
+
+// BenchmarkPrintByImage measures one print of "top --by image" over
+// 10,000 nodes' summaries.
+func BenchmarkPrintByImage(b *testing.B) {
+	f := summaryView(nil)
+	for i := range 10000 {
+		_, s := simNode(b, fmt.Sprintf("n%d", i), 1, time.Now(), fleetShape)
+		if err := f.Ingest(s.subject, s.data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	for b.Loop() {
+		out.Reset()
+		if err := f.Render(&out, Options{By: "image"}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

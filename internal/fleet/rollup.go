@@ -11,7 +11,9 @@ import (
 // rollupSum is one row of a rollup: the gadgets sharing a key (an image,
 // a gadget name) across the nodes.
 type rollupSum struct {
-	key     string
+	key string
+	// set names the row's counters in the CounterSets.
+	set     string
 	nodes   int
 	names   []string
 	gadgets int
@@ -30,15 +32,15 @@ func (f *Fleet) rollup(counters *state.CounterSets, glob string, unowned, withNa
 	byKey := make(map[string]*rollupSum)
 	counters.Begin()
 	add := func(k, node, member string, t publish.MessageTotals, gadgets int) {
-		counters.Observe(imageSet(glob, unowned, k), node+"\x00"+member, state.Totals(t))
 		r, ok := byKey[k]
 		if !ok {
-			r = &rollupSum{key: k}
+			r = &rollupSum{key: k, set: imageSet(glob, unowned, k)}
 			if withNames {
 				r.names = []string{}
 			}
 			byKey[k] = r
 		}
+		counters.Observe(r.set, node+"\x00"+member, state.Totals(t))
 		if r.nodes == 0 || r.lastNode != node {
 			r.nodes++
 			r.lastNode = node
@@ -66,7 +68,7 @@ func (f *Fleet) rollup(counters *state.CounterSets, glob string, unowned, withNa
 	for _, r := range byKey {
 		// Gadgets (or nodes) of the key that went away keep counting: the
 		// rollup's cumulative counters never go down.
-		gone := counters.Retired(imageSet(glob, unowned, r.key))
+		gone := counters.Retired(r.set)
 		r.totals.Runtime += gone.Runtime
 		r.totals.Runcount += gone.Runcount
 		r.totals.RecursionMisses += gone.RecursionMisses
