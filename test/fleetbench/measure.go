@@ -19,10 +19,13 @@ type result struct {
 	pubMsgs, pubBytes float64
 	// top is "tracker top" (summary mode, --by image); aggs the
 	// aggregators; fleet "tracker top --fleet"; servers the three
-	// nats-servers together.
-	top, fleet, servers usageRate
-	aggs                []usageRate
-	topLag, fleetLag    lagStats
+	// nats-servers together, in the top phase; aggServers and
+	// aggPubMsgs are the servers and the publishers in the aggregation
+	// phase.
+	top, fleet, servers, aggServers usageRate
+	aggs                            []usageRate
+	aggPubMsgs                      float64
+	topLag, fleetLag                lagStats
 }
 
 // usageRate is a process's CPU in cores over the window and its memory.

@@ -49,27 +49,27 @@ func writeSetup(b *strings.Builder, c config, sim bool) {
 		strings.Join(strings.Fields(string(load))[:3], " "))
 	fmt.Fprintf(b, "Load: %s. Each node: %d gadgets of %d programs and %d unowned programs, one summary every %v, "+
 		"each node at its own offset within the interval. Three nats-servers on loopback (deploy/nats/cluster.conf, "+
-		"%d partitions). Consumers, each its own process: `tracker top --by image` (summary mode) and, for the "+
-		"partitioned aggregation, %d `tracker aggregate --partition i/%d` and `tracker top --fleet`. "+
-		"Measured over %v after %v of warm-up; CPU in cores (CPU seconds per second), RSS at the end; "+
+		"%d partitions). Two phases per K, each with its own run of the load so that they do not share the CPUs: "+
+		"`tracker top --by image` (summary mode) alone, then the partitioned aggregation, %d `tracker aggregate --partition i/%d` "+
+		"and `tracker top --fleet`, each its own process. Each phase measured over %v after %v of warm-up; CPU in cores (CPU seconds per second), RSS at the end; "+
 		"lag is the largest a consumer reported during the window (age of a node's newest summary; "+
 		"for the fleet view, an aggregator's lag plus the age of its rollup).\n\n",
 		gen, c.shape.gadgets, c.shape.programs, c.shape.unowned, c.interval, c.partitions, c.partitions, c.partitions, c.window, c.warmup)
 }
 
 func writeTable(b *strings.Builder, results []result) {
-	b.WriteString("| K nodes | published msg/s | published MB/s | top CPU | top RSS | top lag (intervals) | top nodes shown (min..end) | top slow-consumer drops | aggregators CPU (sum) | aggregator RSS (max) | fleet view CPU | fleet lag | fleet nodes | 3 servers CPU | 3 servers RSS |\n")
+	b.WriteString("| K nodes | published msg/s | published MB/s | top CPU | top RSS | top lag (intervals) | top nodes shown (min..end) | top slow-consumer drops | 3 servers CPU, RSS | aggregators CPU (sum) | aggregator RSS (max) | fleet view CPU | fleet lag | fleet nodes (min..end) | 3 servers CPU |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range results {
 		var aggRSS int64
 		for _, a := range r.aggs {
 			aggRSS = max(aggRSS, a.rss)
 		}
-		fmt.Fprintf(b, "| %d | %.0f | %.1f | %.2f | %s | %v (%.2f) | %d..%d | %d | %.2f | %s | %.2f | %v | %d | %.2f | %s |\n",
+		fmt.Fprintf(b, "| %d | %.0f | %.1f | %.2f | %s | %v (%.2f) | %d..%d | %d | %.2f, %s | %.2f | %s | %.2f | %v | %d..%d | %.2f |\n",
 			r.k, r.pubMsgs, r.pubBytes/1e6, r.top.cores, mib(r.top.rss),
 			r.topLag.maxLag.Round(time.Millisecond), r.topLag.maxIntervals, r.topLag.minNodes, r.topLag.lastNodes,
-			r.topLag.dropped-r.topLag.droppedAtStart, r.aggCores(), mib(aggRSS), r.fleet.cores,
-			r.fleetLag.maxLag.Round(time.Millisecond), r.fleetLag.lastNodes, r.servers.cores, mib(r.servers.rss))
+			r.topLag.dropped-r.topLag.droppedAtStart, r.servers.cores, mib(r.servers.rss), r.aggCores(), mib(aggRSS), r.fleet.cores,
+			r.fleetLag.maxLag.Round(time.Millisecond), r.fleetLag.minNodes, r.fleetLag.lastNodes, r.aggServers.cores)
 	}
 	b.WriteString("\n")
 }
@@ -88,7 +88,7 @@ func writeExtrapolation(b *strings.Builder, c config, results []result) {
 	perSec := big / c.interval.Seconds()
 	size := r.pubBytes / r.pubMsgs
 	topCost := r.top.cores / r.pubMsgs
-	aggCost := r.aggCores() / r.pubMsgs
+	aggCost := r.aggCores() / max(r.aggPubMsgs, 1)
 	srvCost := r.servers.cores / r.pubMsgs
 	fmt.Fprintf(b, "**Paper extrapolation to %d nodes** (from K=%d: %.0f bytes a summary, %.1f µs of top CPU, "+
 		"%.1f µs of aggregator CPU and %.1f µs of server CPU per summary; linear, which the table supports only as far as it goes):\n\n",

@@ -8,78 +8,106 @@ import (
 	"time"
 )
 
-// measure runs the consumers and K nodes, waits for the warm-up, and
-// measures over the window.
+// measure runs, for K nodes, two phases one after the other, each with
+// its own load, so that they do not share the CPUs: "tracker top" alone,
+// then the partitioned aggregation (the aggregators and top --fleet).
 func measure(c config, servers []*server, k int, sim bool) (result, error) {
 	r := result{k: k}
-	var urls []string
-	for _, s := range servers {
-		urls = append(urls, s.url)
-	}
 	top, err := startTop(c, servers[0].url)
 	if err != nil {
 		return r, err
 	}
-	defer top.proc.stop()
+	s, err := runPhase(c, servers, k, sim, []*process{top.proc}, []*consumer{top})
+	if err != nil {
+		return r, fmt.Errorf("top: %w", err)
+	}
+	r.pubMsgs, r.pubBytes, r.servers = s.pubMsgs, s.pubBytes, s.servers
+	r.top, r.topLag = s.procs[0], top.lag
+
 	fleet, err := startFleetTop(c, servers[0].url)
 	if err != nil {
 		return r, err
 	}
-	defer fleet.proc.stop()
-	var aggs []*process
-	defer func() {
-		for _, a := range aggs {
-			a.stop()
-		}
-	}()
+	procs := []*process{fleet.proc}
 	for p := range c.partitions {
 		cmd := exec.Command(c.tracker, "aggregate", "--partition", fmt.Sprintf("%d/%d", p, c.partitions),
 			"--nats-url", servers[1+p%2].url, "--interval", c.interval.String())
 		a, err := startProcess("aggregate", cmd, nil)
 		if err != nil {
+			stopProcs(procs)
 			return r, err
 		}
-		aggs = append(aggs, a)
+		procs = append(procs, a)
+	}
+	s, err = runPhase(c, servers, k, sim, procs, []*consumer{fleet})
+	if err != nil {
+		return r, fmt.Errorf("aggregation: %w", err)
+	}
+	r.aggPubMsgs, r.aggServers = s.pubMsgs, s.servers
+	r.fleet, r.aggs, r.fleetLag = s.procs[0], s.procs[1:], fleet.lag
+	return r, nil
+}
+
+func stopProcs(procs []*process) {
+	for _, p := range procs {
+		p.stop()
+	}
+}
+
+// phase is what one phase measured.
+type phase struct {
+	pubMsgs, pubBytes float64
+	procs             []usageRate
+	servers           usageRate
+}
+
+// runPhase starts the load once the consumers procs run, waits for the
+// warm-up, measures over the window, and stops the load and procs.
+func runPhase(c config, servers []*server, k int, sim bool, procs []*process, cons []*consumer) (phase, error) {
+	var ph phase
+	defer stopProcs(procs)
+	var urls []string
+	for _, s := range servers {
+		urls = append(urls, s.url)
 	}
 	// The consumers' interest reaches every server before the load.
 	time.Sleep(time.Second)
 	stopLoad, err := startLoad(context.Background(), c, urls, k, sim)
 	if err != nil {
-		return r, err
+		return ph, err
 	}
 	defer stopLoad()
 	time.Sleep(c.warmup)
-	procs := append([]*process{top.proc, fleet.proc}, aggs...)
+	all := append([]*process{}, procs...)
 	for _, s := range servers {
-		procs = append(procs, s.proc)
+		all = append(all, s.proc)
 	}
-	before, err := snapshot(procs, servers)
+	before, err := snapshot(all, servers)
 	if err != nil {
-		return r, err
+		return ph, err
 	}
-	for _, con := range []*consumer{top, fleet} {
+	for _, con := range cons {
 		con.mu.Lock()
 		con.measuring = true
 		con.mu.Unlock()
 	}
 	time.Sleep(c.window)
-	after, err := snapshot(procs, servers)
+	after, err := snapshot(all, servers)
 	if err != nil {
-		return r, err
+		return ph, err
 	}
 	for _, p := range procs {
 		if !p.alive() {
-			return r, fmt.Errorf("%s exited: %s", p.name, p.errors())
+			return ph, fmt.Errorf("%s exited: %s", p.name, p.errors())
 		}
 	}
-	r.fill(before, after, c.window, len(aggs))
-	top.mu.Lock()
-	r.topLag = top.lag
-	top.mu.Unlock()
-	fleet.mu.Lock()
-	r.fleetLag = fleet.lag
-	fleet.mu.Unlock()
-	return r, nil
+	for _, con := range cons {
+		con.mu.Lock()
+		con.measuring = false
+		con.mu.Unlock()
+	}
+	ph.fill(before, after, c.window, len(procs))
+	return ph, nil
 }
 
 // sample is the processes' usage and the clients' counters at one time.
@@ -102,29 +130,28 @@ func snapshot(procs []*process, servers []*server) (sample, error) {
 	return s, err
 }
 
-// fill computes the rates: procs are top, top --fleet, the aggregators,
-// then the servers.
-func (r *result) fill(before, after sample, window time.Duration, aggs int) {
+// fill computes the rates: the first n usages are the consumers', the
+// rest the servers'.
+func (ph *phase) fill(before, after sample, window time.Duration, n int) {
 	rate := func(i int) usageRate {
 		return usageRate{cores: float64(after.usage[i].cpu-before.usage[i].cpu) / float64(window),
 			rss: after.usage[i].rss, hwm: after.usage[i].hwm}
 	}
-	r.top, r.fleet = rate(0), rate(1)
-	for i := range aggs {
-		r.aggs = append(r.aggs, rate(2+i))
+	for i := range n {
+		ph.procs = append(ph.procs, rate(i))
 	}
-	for i := 2 + aggs; i < len(after.usage); i++ {
+	for i := n; i < len(after.usage); i++ {
 		u := rate(i)
-		r.servers.cores += u.cores
-		r.servers.rss += u.rss
-		r.servers.hwm += u.hwm
+		ph.servers.cores += u.cores
+		ph.servers.rss += u.rss
+		ph.servers.hwm += u.hwm
 	}
 	for name, a := range after.conns {
 		if strings.HasPrefix(name, "bpfstats-top") || strings.HasPrefix(name, "bpfstats-aggregate") {
 			continue
 		}
 		b := before.conns[name]
-		r.pubMsgs += float64(a.InMsgs-b.InMsgs) / window.Seconds()
-		r.pubBytes += float64(a.InBytes-b.InBytes) / window.Seconds()
+		ph.pubMsgs += float64(a.InMsgs-b.InMsgs) / window.Seconds()
+		ph.pubBytes += float64(a.InBytes-b.InBytes) / window.Seconds()
 	}
 }
