@@ -95,8 +95,8 @@ func writeExtrapolation(b *strings.Builder, c config, results []result) {
 		big, r.k, size, topCost*1e6, aggCost*1e6, srvCost*1e6)
 	fmt.Fprintf(b, "- %.0f summaries/s, %.0f MB/s into the cluster (%.1f Gbit/s), each delivered to every summary consumer.\n",
 		perSec, perSec*size/1e6, perSec*size*8/1e9)
-	fmt.Fprintf(b, "- One `tracker top` on everything: %.1f cores of decoding and bookkeeping; it keeps up only if that is below 1 core per "+
-		"subscription goroutine (two here: raw and partitioned subjects), so %s.\n",
+	fmt.Fprintf(b, "- One `tracker top` on everything: %.1f cores of decoding and bookkeeping; in a partitioned cluster every summary "+
+		"arrives on one subscription, read by one goroutine, so %s.\n",
 		perSec*topCost, verdict(perSec*topCost))
 	parts := int(math.Ceil(perSec * aggCost / 0.5))
 	fmt.Fprintf(b, "- The partitioned aggregation: %.1f cores in all; at half a core per aggregator, %d partitions "+
