@@ -11,7 +11,7 @@ KERNEL    ?= 5.10 6.1 6.12
 
 export BPF2GO_ROOT := $(CURDIR)
 
-.PHONY: all build run test unittest lint vmtest bench demo generate check-generate vmlinux install uninstall installcheck clean
+.PHONY: all build run test unittest lint vmtest bench fleetbench demo generate check-generate vmlinux install uninstall installcheck clean
 
 all: build
 
@@ -48,6 +48,14 @@ vmtest:
 
 bench:
 	./test/bench/run.sh
+
+## fleetbench: the fleet consumers against 100, 1000 and 10000 simulated nodes
+## on a 3-server loopback cluster; rewrites the measurements in docs/fleet.md.
+fleetbench:
+	$(GO) build -trimpath -o bin/tracker ./cmd/tracker
+	$(GO) build -trimpath -o bin/nats-server github.com/nats-io/nats-server/v2
+	$(GO) build -trimpath -o bin/fleetbench ./test/fleetbench
+	timeout 10m ./bin/fleetbench -tracker bin/tracker -nats-server bin/nats-server -out docs/fleet.md $(FLEETBENCH_ARGS)
 
 ## demo: start the two example gadgets, labelled as in the seed's guide.
 demo:

@@ -31,7 +31,7 @@ func TestFleetTopSeesThreeNodes(t *testing.T) {
 		startDaemon(t, "GADGETID", "--nats-url", srv.ClientURL(), "--node", nodes[i],
 			"--metrics-addr", "", "--interval", "200ms", "--print")
 	}
-	top := startJSON(t, "top", "--nats-url", d.ClientURL(), "-o", "json", "--interval", "200ms")
+	top := startJSON(t, "top", "--nats-url", d.ClientURL(), "--node", "node-*", "-o", "json", "--interval", "200ms")
 	top.waitFor(t, "all three nodes with the gadget", func(rows []state.Row) bool {
 		var seen []string
 		for _, r := range rows {
@@ -110,7 +110,7 @@ func TestTopReadsKeyValueFirst(t *testing.T) {
 		"--metrics-addr", "", "--interval", "1h", "--print")
 	// The interval is an hour: only the bucket can fill top's first print.
 	var out testgadget.SyncBuffer
-	err := run(t.Context(), []string{"top", "--nats-url", "nats://" + natsAddr, "--kv", "--count", "1",
+	err := run(t.Context(), []string{"top", "--nats-url", "nats://" + natsAddr, "--kv", "--node", "kvnode", "--count", "1",
 		"--interval", "100ms", "-o", "json"}, &out, &out)
 	if err != nil {
 		t.Fatalf("top --kv: %v\n%s", err, out.String())

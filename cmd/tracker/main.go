@@ -34,6 +34,7 @@ Commands:
   run       the node daemon: track, publish to NATS, serve metrics
   top       the fleet view: read every tracker's NATS messages
   simulate  publish what K synthetic nodes' trackers would, for fleet tests
+  aggregate roll up one partition of a partitioned fleet (docs/fleet.md)
   version   print the version
 
 Run "tracker <command> --help" for a command's flags.
@@ -80,6 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runTop(ctx, rest, stdout, stderr)
 	case "simulate":
 		return runSimulate(ctx, rest, stdout, stderr)
+	case "aggregate":
+		return runAggregate(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "tracker %s\n", version)
 		return nil

@@ -21,8 +21,9 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.register(fs)
 	n.url = "nats://" + publish.DefaultListen
 	fs.Lookup("nats-url").DefValue = n.url
-	all := fs.Bool("all", false, "one row per program, unowned programs included")
-	nodeGlob := fs.String("node", "", "only nodes whose name matches this shell pattern")
+	all := fs.Bool("all", false, "one row per program, unowned programs included (reads every program row)")
+	nodeGlob := fs.String("node", "", "only nodes whose name matches this shell pattern, with their gadgets' processes (reads their detail messages)")
+	fleetView := fs.Bool("fleet", false, "the merged rollups of the partition aggregators (tracker aggregate) instead of the nodes")
 	by := fs.String("by", "", `"image", "unit", "container" or "pod": one row per gadget image, systemd unit, container or pod (namespace/name, else UID), summed across nodes`)
 	interval := fs.Duration("interval", 2*time.Second, "time between two prints")
 	count := fs.Int("count", 0, "number of prints; 0 runs until interrupted")
@@ -42,11 +43,8 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if _, err := path.Match(*nodeGlob, ""); err != nil {
 		return usagef("--node %.100q is not a shell pattern: %v", *nodeGlob, err)
 	}
-	if *count < 0 {
-		return usagef("--count must be >= 0, got %d", *count)
-	}
-	if !fleet.ValidBy(*by) {
-		return usagef(`unknown --by %q: want "image", "unit", "container" or "pod"`, *by)
+	if err := validateTopView(*count, *by, *fleetView, *all || *nodeGlob != "" || *by != "" || n.kv); err != nil {
+		return err
 	}
 	if err := o.validate(); err != nil {
 		return err
@@ -73,10 +71,14 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer nc.Close()
-	if interactive(stdout, o.output, *count, *by) {
+	if interactive(stdout, o.output, *count, *by) && !*fleetView {
 		return runTopFleet(ctx, view, nc, stdout, stderr)
 	}
-	return fleet.Run(ctx, nc, fleet.Options{
+	run := fleet.Run
+	if *fleetView {
+		run = fleet.RunRollups
+	}
+	return run(ctx, nc, fleet.Options{
 		SubjectPrefix: n.prefix,
 		All:           *all,
 		By:            *by,
@@ -88,4 +90,18 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		KV:            n.kv,
 		Logger:        log,
 	}, stdout)
+}
+
+// validateTopView checks the flags that choose what top shows.
+func validateTopView(count int, by string, fleetView, nodeFlags bool) error {
+	if count < 0 {
+		return usagef("--count must be >= 0, got %d", count)
+	}
+	if !fleet.ValidBy(by) {
+		return usagef(`unknown --by %q: want "image", "unit", "container" or "pod"`, by)
+	}
+	if fleetView && nodeFlags {
+		return usagef("--fleet shows the aggregators' rollups: it takes no --all, --node, --by or --kv")
+	}
+	return nil
 }

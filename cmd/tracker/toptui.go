@@ -144,11 +144,20 @@ func runTopFleet(ctx context.Context, v topView, nc *nats.Conn, stdout, stderr i
 	})
 }
 
+// stateRows drops the fleet rows' seq: the view shows the rows.
+func stateRows(rows []fleet.Row) []state.Row {
+	out := make([]state.Row, len(rows))
+	for i := range rows {
+		out[i] = rows[i].Row
+	}
+	return out
+}
+
 // fleetFrame is the fleet's latest state as one Frame.
 func fleetFrame(f *fleet.Fleet, v topView) tui.Frame {
 	fr := tui.Frame{
 		Time: time.Now(), Source: redactURLs(v.nats.url), Interval: v.interval,
-		Gadgets: f.GadgetRows(v.nodeGlob), Programs: f.ProgramRows(v.nodeGlob),
+		Gadgets: stateRows(f.GadgetRows(v.nodeGlob)), Programs: stateRows(f.ProgramRows(v.nodeGlob)),
 	}
 	for _, rows := range [][]state.Row{fr.Gadgets, fr.Programs} {
 		for _, r := range rows {

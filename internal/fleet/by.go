@@ -177,15 +177,15 @@ func cmpBool(a, b bool) int {
 
 // renderGroups writes the placement rollup of opts.By: a JSON Print, or
 // the "#" line and its table.
-func (f *Fleet) renderGroups(w io.Writer, opts Options, now time.Time, stats Stats) error {
+func (f *Fleet) renderGroups(w io.Writer, opts Options, now time.Time, stats Stats, consumer Consumer) error {
 	rows, err := f.GroupRows(opts.By, opts.NodeGlob, opts.All)
 	if err != nil {
 		return err
 	}
 	if opts.JSON {
-		return writePrint(w, Print[GroupRow]{Time: now, Fleet: stats, Rows: rows})
+		return writePrint(w, Print[GroupRow]{Time: now, Fleet: stats, Consumer: consumer, Rows: rows})
 	}
-	writeStatsLine(w, now, stats)
+	writeStatsLine(w, now, stats, consumer)
 	return writeGroupTable(w, opts.By, rows)
 }
 

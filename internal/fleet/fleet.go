@@ -7,7 +7,6 @@
 package fleet
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -43,11 +42,31 @@ type Fleet struct {
 	// programs counts the program rows held by all nodes.
 	programs int
 	stats    Stats
-	// images keeps the per-image rollups' counters from going down when
-	// a gadget instance or a node goes away (ImageRows).
-	images state.CounterSets
-	// groups are the same for the placement rollups, by Options.By (by.go).
+	// groups are the same as images (below) for the placement rollups, by Options.By (by.go).
 	groups map[string]*state.CounterSets
+	// images and names keep the per-image and per-gadget-name rollups'
+	// counters from going down when a gadget instance or a node goes away
+	// (ImageRows, Rollup).
+	images, names state.CounterSets
+	// kinds are the messages the fleet takes.
+	kinds kinds
+	// consumer reports the subscriptions' pending and dropped messages,
+	// when set (Run).
+	consumer func() (pending int, dropped uint64)
+}
+
+// kinds are the messages a fleet takes: all of them for New, the ones it
+// shows for Run.
+type kinds struct {
+	// detail takes gadget, _unowned and _node messages; summaries takes
+	// _summary messages.
+	detail, summaries bool
+	// rows decodes program rows whole; without it only their processes
+	// are kept (for the gadget rows).
+	rows bool
+	// nodeGlob, when set, skips the nodes whose token does not match it
+	// before decoding.
+	nodeGlob string
 }
 
 // position is where a publisher was: its instance and seq, and its past
@@ -65,12 +84,17 @@ type node struct {
 	// interval is the node's publishing interval, within MinInterval and
 	// MaxInterval.
 	interval time.Duration
+	// newest is the latest message time of the node, by its own clock:
+	// how far behind the view is (Consumer).
+	newest time.Time
 	// position is the publisher's newest instance and seq.
 	position
 	info *publish.NodeMessage
 	// gadgets are keyed by the subject's gadget token.
 	gadgets map[string]*slot
 	unowned *slot
+	// summary is the node's latest _summary, when it sends them.
+	summary *summary
 }
 
 // New returns an empty fleet of the trackers publishing under prefix
@@ -87,7 +111,11 @@ func New(prefix string, defaultInterval time.Duration, now func() time.Time) *Fl
 	if defaultInterval <= 0 {
 		defaultInterval = 2 * time.Second
 	}
-	return &Fleet{now: now, prefix: prefix, defaultInterval: boundInterval(defaultInterval), nodes: make(map[string]*node), expired: make(map[string]position)}
+	return &Fleet{
+		now: now, prefix: prefix, defaultInterval: boundInterval(defaultInterval),
+		nodes: make(map[string]*node), expired: make(map[string]position),
+		kinds: kinds{detail: true, summaries: true, rows: true},
+	}
 }
 
 // Stats returns the fleet's counters.
@@ -100,37 +128,39 @@ func (f *Fleet) Stats() Stats {
 }
 
 // Ingest applies one message received now on subject
-// <prefix>.<node>.<token>. Event messages are ignored; a message the
-// fleet refuses is counted in Stats and returned as an error.
+// <prefix>.<node>.<token> (or <prefix>.partitioned.<p>.<node>._summary,
+// where a partitioned cluster maps summaries; see PartitionedToken).
+// Event messages are ignored, and so are the kinds and nodes the fleet
+// does not take (see Run); a message the fleet refuses is counted in
+// Stats and returned as an error.
 func (f *Fleet) Ingest(subject string, data []byte) error {
 	rest, ok := strings.CutPrefix(subject, f.prefix+".")
 	if !ok {
-		f.mu.Lock()
-		f.stats.RejectedSubject++
-		f.mu.Unlock()
+		f.countReject(&f.stats.RejectedSubject)
 		return fmt.Errorf("subject %.300q not under %s", subject, f.prefix)
 	}
 	return f.ingestAt(rest, data, f.now())
 }
 
 // ingestAt applies the message of key <node>.<token>[.p<N>] (a subject
-// without its prefix, or a key-value key) as received at seen.
+// without its prefix, or a key-value key) as received at seen. The body is
+// decoded once, before the lock, and only when the fleet takes its kind.
 func (f *Fleet) ingestAt(key string, data []byte, seen time.Time) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	nodeName, token, err := splitKey(key)
 	if err != nil {
-		f.stats.RejectedSubject++
+		f.countReject(&f.stats.RejectedSubject)
 		return err
 	}
-	if token == publish.TokenEvents {
+	if !f.takes(nodeName, token) {
 		return nil
 	}
-	m, err := decode(token, data)
+	m, err := f.decode(token, data)
 	if err != nil {
-		f.stats.RejectedDecode++
+		f.countReject(&f.stats.RejectedDecode)
 		return fmt.Errorf("decoding message of %.300q: %w", key, err)
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := f.checkHeader(m.header); err != nil {
 		return fmt.Errorf("message of %.300q: %w", key, err)
 	}
@@ -146,13 +176,52 @@ func (f *Fleet) ingestAt(key string, data []byte, seen time.Time) error {
 	if seen.After(n.lastSeen) {
 		n.lastSeen = seen
 	}
+	if m.header.Time.After(n.newest) {
+		n.newest = m.header.Time
+	}
 	n.setInterval(m.header)
 	return f.apply(n, token, m)
 }
 
-// splitKey splits <node>.<token>[.p<N>] and checks the tokens.
+// countReject adds one to a counter of f.stats.
+func (f *Fleet) countReject(counter *uint64) {
+	f.mu.Lock()
+	*counter++
+	f.mu.Unlock()
+}
+
+// takes reports whether the fleet takes messages of token from node: the
+// kinds it was made for, of the nodes it shows. Events never.
+func (f *Fleet) takes(node, token string) bool {
+	switch token {
+	case publish.TokenEvents:
+		return false
+	case publish.TokenSummary:
+		if !f.kinds.summaries {
+			return false
+		}
+	default:
+		if !f.kinds.detail {
+			return false
+		}
+	}
+	if f.kinds.nodeGlob == "" {
+		return true
+	}
+	ok, _ := path.Match(f.kinds.nodeGlob, node)
+	return ok
+}
+
+// splitKey splits <node>.<token>[.p<N>], or partitioned.<p>.<node>._summary,
+// and checks the tokens.
 func splitKey(key string) (nodeName, token string, err error) {
 	toks := strings.Split(key, ".")
+	if len(toks) == 4 && toks[0] == PartitionedToken {
+		if p, err := strconv.Atoi(toks[1]); err != nil || p < 0 || toks[3] != publish.TokenSummary {
+			return "", "", fmt.Errorf("subject %.300q: want %s.<partition>.<node>.%s", key, PartitionedToken, publish.TokenSummary)
+		}
+		toks = toks[2:]
+	}
 	if len(toks) == 3 {
 		if n, err := strconv.Atoi(strings.TrimPrefix(toks[2], "p")); err != nil || n < 1 || !strings.HasPrefix(toks[2], "p") {
 			return "", "", fmt.Errorf("subject %.300q: want <prefix>.<node>.<token>", key)
@@ -166,47 +235,6 @@ func splitKey(key string) (nodeName, token string, err error) {
 		return "", "", fmt.Errorf("subject %.300q: token over %d bytes", key, MaxTokenBytes)
 	}
 	return toks[0], toks[1], nil
-}
-
-// message is one decoded interval message: header and exactly one of
-// gadget, unowned and info.
-type message struct {
-	header  *publish.Header
-	gadget  *publish.GadgetMessage
-	unowned *publish.UnownedMessage
-	info    *publish.NodeMessage
-}
-
-// decode decodes data as the kind of message its subject token names and
-// checks its schema and type.
-func decode(token string, data []byte) (message, error) {
-	var m message
-	var v any
-	var want string
-	switch token {
-	case publish.TokenNode:
-		m.info = new(publish.NodeMessage)
-		m.header, v, want = &m.info.Header, m.info, publish.TypeNode
-	case publish.TokenUnowned:
-		m.unowned = new(publish.UnownedMessage)
-		m.header, v, want = &m.unowned.Header, m.unowned, publish.TypeUnowned
-	default:
-		m.gadget = new(publish.GadgetMessage)
-		m.header, v, want = &m.gadget.Header, m.gadget, publish.TypeGadget
-	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return message{}, err
-	}
-	h := m.header
-	switch {
-	case h.Schema != publish.SchemaVersion:
-		return message{}, fmt.Errorf("schema %.100q, want %q", h.Schema, publish.SchemaVersion)
-	case h.Type != want:
-		return message{}, fmt.Errorf("type %.100q on a %s subject", h.Type, want)
-	case len(h.Instance) > MaxLabelBytes:
-		return message{}, fmt.Errorf("instance over %d bytes", MaxLabelBytes)
-	}
-	return m, nil
 }
 
 // checkHeader rejects, and counts, a message from the future, with an
@@ -304,6 +332,7 @@ func (f *Fleet) order(n *node, h *publish.Header) bool {
 		n.unowned = nil
 	}
 	n.info = nil
+	n.summary = nil
 	return true
 }
 
@@ -345,6 +374,8 @@ func (f *Fleet) apply(n *node, token string, m message) error {
 		f.stats.capNode(m.info)
 		n.info = m.info
 		f.closeInterval(n, h.Seq)
+	case m.summary != nil:
+		f.applySummary(n, m.summary)
 	}
 	return nil
 }

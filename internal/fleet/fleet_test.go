@@ -92,7 +92,7 @@ func ingestAll(t *testing.T, f *Fleet, msgs []msg) {
 	}
 }
 
-func gadgetIDs(rows []state.Row) []string {
+func gadgetIDs(rows []Row) []string {
 	var ids []string
 	for _, r := range rows {
 		ids = append(ids, r.NodeName+"/"+r.GadgetID)

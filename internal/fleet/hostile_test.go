@@ -275,7 +275,7 @@ func nodeMsg(t *testing.T, seq uint64) msg {
 	return encode(t, "n", publish.TokenNode, publish.NodeMessage{Header: h})
 }
 
-func progIDs(rows []state.Row) []uint32 {
+func progIDs(rows []Row) []uint32 {
 	var ids []uint32
 	for _, r := range rows {
 		ids = append(ids, r.ProgID)
@@ -342,7 +342,7 @@ func TestFleetJSONCounters(t *testing.T) {
 	if err := f.Render(&out, Options{JSON: true}); err != nil {
 		t.Fatal(err)
 	}
-	var p Print[state.Row]
+	var p Print[Row]
 	if err := json.Unmarshal(out.Bytes(), &p); err != nil {
 		t.Fatal(err)
 	}

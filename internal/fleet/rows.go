@@ -9,21 +9,34 @@ import (
 	"github.com/bpfstats/tracker/internal/state"
 )
 
+// Row is a gadget or program row of the fleet view: the tracker's row
+// and the seq of the node's newest accepted message, so that a reader can
+// tell how current each node is.
+type Row struct {
+	state.Row
+	Seq uint64 `json:"seq"`
+}
+
 // GadgetRows returns one row per gadget of the nodes matching glob, sorted
-// by node, gadget name and ID.
-func (f *Fleet) GadgetRows(glob string) []state.Row {
+// by node, gadget name and ID. A node that sends summaries shows its
+// latest summary's gadgets.
+func (f *Fleet) GadgetRows(glob string) []Row {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	rows := []state.Row{}
+	rows := []Row{}
 	for _, name := range f.matching(glob) {
 		n := f.nodes[name]
+		if n.summary != nil {
+			rows = summaryRows(rows, name, n)
+			continue
+		}
 		start := len(rows)
 		for _, s := range n.gadgets {
 			if s.shown != nil {
-				rows = append(rows, gadgetRow(name, s.shown))
+				rows = append(rows, Row{Row: gadgetRow(name, s.shown), Seq: n.seq})
 			}
 		}
-		slices.SortFunc(rows[start:], func(a, b state.Row) int {
+		slices.SortFunc(rows[start:], func(a, b Row) int {
 			return cmp.Or(cmp.Compare(a.GadgetName, b.GadgetName), cmp.Compare(a.GadgetID, b.GadgetID))
 		})
 	}
@@ -65,10 +78,10 @@ func gadgetRow(node string, g *programSet) state.Row {
 
 // ProgramRows returns one row per program of the nodes matching glob,
 // unowned ones included, sorted by node and program ID.
-func (f *Fleet) ProgramRows(glob string) []state.Row {
+func (f *Fleet) ProgramRows(glob string) []Row {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	rows := []state.Row{}
+	rows := []Row{}
 	for _, name := range f.matching(glob) {
 		n := f.nodes[name]
 		start := len(rows)
@@ -76,11 +89,11 @@ func (f *Fleet) ProgramRows(glob string) []state.Row {
 			for _, part := range s.shown.parts {
 				for _, p := range part {
 					p.NodeName = name
-					rows = append(rows, p)
+					rows = append(rows, Row{Row: p, Seq: n.seq})
 				}
 			}
 		}
-		slices.SortFunc(rows[start:], func(a, b state.Row) int { return cmp.Compare(a.ProgID, b.ProgID) })
+		slices.SortFunc(rows[start:], func(a, b Row) int { return cmp.Compare(a.ProgID, b.ProgID) })
 	}
 	return rows
 }
@@ -105,48 +118,11 @@ type ImageRow struct {
 func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	byImage := make(map[string]*ImageRow)
-	f.images.Begin()
-	add := func(image, node, member string, t publish.MessageTotals, gadgets int) {
-		f.images.Observe(imageSet(glob, unowned, image), node+"\x00"+member, state.Totals(t))
-		r, ok := byImage[image]
-		if !ok {
-			r = &ImageRow{GadgetImage: image, NodeNames: []string{}}
-			byImage[image] = r
-		}
-		if !slices.Contains(r.NodeNames, node) {
-			r.NodeNames = append(r.NodeNames, node)
-		}
-		r.Gadgets += gadgets
-		// Gadgets of one image on one node may share maps; they are
-		// summed as before, each gadget's own maps counted once.
-		r.Add(state.Totals(t))
+	sums := f.rollup(&f.images, glob, unowned, true, func(id publish.GadgetIdentity) string { return id.Image })
+	rows := make([]ImageRow, len(sums))
+	for i, r := range sums {
+		rows[i] = ImageRow{GadgetImage: r.key, Nodes: r.nodes, NodeNames: r.names, Gadgets: r.gadgets, Totals: r.totals}
 	}
-	for _, name := range f.matching(glob) {
-		n := f.nodes[name]
-		for _, s := range n.gadgets {
-			if g := s.shown; g != nil {
-				add(g.identity.Image, name, g.identity.ID, g.totals, 1)
-			}
-		}
-		if u := n.unowned; unowned && u != nil && u.shown != nil && u.shown.rows > 0 {
-			add("", name, "", u.shown.totals, 0)
-		}
-	}
-	f.images.End()
-	rows := make([]ImageRow, 0, len(byImage))
-	for _, r := range byImage {
-		// Gadgets (or nodes) of the image that went away keep counting:
-		// the rollup's cumulative counters never go down.
-		gone := f.images.Retired(imageSet(glob, unowned, r.GadgetImage))
-		r.Runtime += gone.Runtime
-		r.Runcount += gone.Runcount
-		r.RecursionMisses += gone.RecursionMisses
-		slices.Sort(r.NodeNames)
-		r.Nodes = len(r.NodeNames)
-		rows = append(rows, *r)
-	}
-	slices.SortFunc(rows, func(a, b ImageRow) int { return cmp.Compare(a.GadgetImage, b.GadgetImage) })
 	return rows
 }
 

@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/bpfstats/tracker/internal/publish"
 )
 
 // LoadKV reads every entry of the key-value bucket into the fleet, each as
@@ -23,7 +27,12 @@ func (f *Fleet) LoadKV(ctx context.Context, nc *nats.Conn, bucket string) error 
 	if err != nil {
 		return fmt.Errorf("opening key-value bucket %s (do the trackers run with key-value enabled?): %w", bucket, err)
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	keys := ">"
+	if !f.kinds.detail {
+		// Only the summaries: the other keys are not read at all.
+		keys = "*." + publish.TokenSummary
+	}
+	w, err := kv.Watch(ctx, keys, jetstream.IgnoreDeletes())
 	if err != nil {
 		return fmt.Errorf("reading key-value bucket %s: %w", bucket, err)
 	}
@@ -48,30 +57,30 @@ func (f *Fleet) LoadKV(ctx context.Context, nc *nats.Conn, bucket string) error 
 	}
 }
 
-// Run shows the fleet publishing under opts.SubjectPrefix: it
-// subscribes to <prefix>.>, optionally loads the key-value bucket first,
-// and prints the view once per opts.Interval (at once after loading the
-// bucket) until ctx ends or opts.Count prints are done. Nodes silent for
-// ExpiryIntervals of their intervals are dropped.
+// Run shows the fleet publishing under opts.SubjectPrefix, optionally
+// loading the key-value bucket first, and prints the view once per
+// opts.Interval (at once after loading the bucket) until ctx ends or
+// opts.Count prints are done. Nodes silent for ExpiryIntervals of their
+// intervals are dropped.
+//
+// It reads only what it shows: every node's _summary (also as a
+// partitioned cluster delivers them) for the gadget and image rows of the
+// whole fleet; the gadget, _unowned and _node messages of the nodes
+// opts.NodeGlob matches (or of all nodes with opts.All) for program rows
+// and drill-down, their program rows decoded only with opts.All.
 func Run(ctx context.Context, nc *nats.Conn, opts Options, out io.Writer) error {
 	if err := opts.setDefaults(); err != nil {
 		return err
 	}
 	log := opts.Logger
 	f := New(opts.SubjectPrefix, opts.Interval, opts.Now)
-	subject := opts.SubjectPrefix + ".>"
-	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
-		if err := f.Ingest(m.Subject, m.Data); err != nil {
-			log.Debug().Err(err).Str("subject", m.Subject).Msg("ignoring message")
-		}
-	})
+	f.kinds, _ = viewKinds(opts)
+	subs, err := subscribe(nc, f, opts)
 	if err != nil {
-		return fmt.Errorf("subscribing to %s: %w", subject, err)
+		return err
 	}
-	defer sub.Unsubscribe() //nolint:errcheck // the connection's owner closes it
-	if err := sub.SetPendingLimits(65536, 256<<20); err != nil {
-		return fmt.Errorf("subscribing to %s: %w", subject, err)
-	}
+	defer unsubscribe(subs)
+	f.consumer = func() (int, uint64) { return subsPending(subs) }
 
 	prints := 0
 	print := func() (done bool, err error) {
@@ -107,4 +116,83 @@ func Run(ctx context.Context, nc *nats.Conn, opts Options, out io.Writer) error 
 			}
 		}
 	}
+}
+
+// viewKinds are the messages a view of opts takes, and the subjects it
+// subscribes to.
+func viewKinds(opts Options) (kinds, []string) {
+	// Placement rollups read where gadgets run from their program rows,
+	// which summaries do not carry.
+	placement := isPlacementBy(opts.By)
+	if !opts.All && opts.NodeGlob == "" && !placement {
+		return kinds{summaries: true}, summarySubjects(opts.SubjectPrefix)
+	}
+	k := kinds{detail: true, rows: opts.All || placement, nodeGlob: opts.NodeGlob}
+	if literalToken(opts.NodeGlob) {
+		// One node: only its subjects reach the consumer.
+		return k, []string{opts.SubjectPrefix + "." + opts.NodeGlob + ".>"}
+	}
+	// A pattern: the other nodes' messages are skipped before decoding.
+	return k, []string{opts.SubjectPrefix + ".>"}
+}
+
+// literalToken tells whether glob matches exactly one subject token.
+func literalToken(glob string) bool {
+	return glob != "" && !strings.ContainsAny(glob, "*?[\\.> \t")
+}
+
+// subscribe subscribes f to the subjects of its view.
+func subscribe(nc *nats.Conn, f *Fleet, opts Options) ([]*nats.Subscription, error) {
+	_, subjects := viewKinds(opts)
+	return subscribeSubjects(nc, f.Ingest, opts.Logger, subjects)
+}
+
+// subscribeSubjects hands the messages of subjects to ingest, each
+// subscription with room for a burst of a large fleet's messages before
+// the client drops them.
+func subscribeSubjects(nc *nats.Conn, ingest func(subject string, data []byte) error, log zerolog.Logger, subjects []string) ([]*nats.Subscription, error) {
+	var subs []*nats.Subscription
+	for _, subject := range subjects {
+		sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+			if err := ingest(m.Subject, m.Data); err != nil {
+				log.Debug().Err(err).Str("subject", m.Subject).Msg("ignoring message")
+			}
+		})
+		if err == nil {
+			err = sub.SetPendingLimits(pendingMsgs, pendingBytes)
+		}
+		if err != nil {
+			unsubscribe(subs)
+			return nil, fmt.Errorf("subscribing to %s: %w", subject, err)
+		}
+		subs = append(subs, sub)
+	}
+	return subs, nil
+}
+
+// unsubscribe ends subs.
+func unsubscribe(subs []*nats.Subscription) {
+	for _, sub := range subs {
+		sub.Unsubscribe() //nolint:errcheck // the connection's owner closes it
+	}
+}
+
+// A subscription's pending limits: a burst of a large fleet's summaries
+// waits rather than being dropped.
+const (
+	pendingMsgs  = 1 << 16
+	pendingBytes = 256 << 20
+)
+
+// subsPending sums the pending and dropped messages of subs.
+func subsPending(subs []*nats.Subscription) (pending int, dropped uint64) {
+	for _, sub := range subs {
+		if n, _, err := sub.Pending(); err == nil {
+			pending += n
+		}
+		if n, err := sub.Dropped(); err == nil {
+			dropped += uint64(n)
+		}
+	}
+	return pending, dropped
 }

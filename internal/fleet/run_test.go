@@ -79,7 +79,7 @@ func TestClusterFleet(t *testing.T) {
 	out := make(lineWriter, 64)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, nc, Options{JSON: true, Interval: 50 * time.Millisecond}, out)
+		done <- Run(ctx, nc, Options{JSON: true, NodeGlob: "node-*", Interval: 50 * time.Millisecond}, out)
 	}()
 
 	// The sinks publish every tick, as trackers do, until one print shows
@@ -88,7 +88,7 @@ func TestClusterFleet(t *testing.T) {
 	defer tick.Stop()
 	timeout := time.After(testutil.Wait)
 	at := testTime
-	var last []state.Row
+	var last []Row
 	for seen := false; !seen; {
 		select {
 		case <-tick.C:
@@ -99,7 +99,7 @@ func TestClusterFleet(t *testing.T) {
 				}
 			}
 		case line := <-out:
-			var p Print[state.Row]
+			var p Print[Row]
 			if err := json.Unmarshal(line, &p); err != nil {
 				t.Fatalf("Run printed %q: %v", line, err)
 			}
@@ -165,10 +165,10 @@ func TestRunReadsKVFirst(t *testing.T) {
 		defer cancel()
 		// An hour-long interval: only the print after reading the bucket
 		// can happen.
-		if err := Run(ctx, nc, Options{KV: true, JSON: true, Count: 1, Interval: time.Hour}, &out); err != nil {
+		if err := Run(ctx, nc, Options{KV: true, JSON: true, NodeGlob: "node-*", Count: 1, Interval: time.Hour}, &out); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
-		var p Print[state.Row]
+		var p Print[Row]
 		if err := json.Unmarshal(out.Bytes(), &p); err != nil {
 			t.Fatalf("top output %q: %v", out.String(), err)
 		}

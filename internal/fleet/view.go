@@ -71,46 +71,51 @@ func (o *Options) setDefaults() error {
 }
 
 // Print is one print of "tracker top -o json", one JSON object per line:
-// the fleet's counters, then the rows (state.Row, or ImageRow with --by
-// image).
+// the fleet's counters, how well the view keeps up, then the rows (Row,
+// or ImageRow with --by image).
 type Print[R any] struct {
 	// Time is the consumer's clock at the print.
-	Time  time.Time `json:"time"`
-	Fleet Stats     `json:"fleet"`
-	Rows  []R       `json:"rows"`
+	Time     time.Time `json:"time"`
+	Fleet    Stats     `json:"fleet"`
+	Consumer Consumer  `json:"consumer"`
+	Rows     []R       `json:"rows"`
 }
 
 // Render writes the view opts selects: a "#" line of the fleet's counters
 // then the table of publish.WriteTable with a NODENAME first column, or
 // one JSON Print on one line.
 func (f *Fleet) Render(w io.Writer, opts Options) error {
-	stats, now := f.Stats(), f.now().UTC()
+	stats, consumer, now := f.Stats(), f.Consumer(), f.now().UTC()
 	if isPlacementBy(opts.By) {
-		return f.renderGroups(w, opts, now, stats)
+		return f.renderGroups(w, opts, now, stats, consumer)
 	}
 	if opts.By == "image" {
 		rows := f.ImageRows(opts.NodeGlob, opts.All)
 		if opts.JSON {
-			return writePrint(w, Print[ImageRow]{Time: now, Fleet: stats, Rows: rows})
+			return writePrint(w, Print[ImageRow]{Time: now, Fleet: stats, Consumer: consumer, Rows: rows})
 		}
-		writeStatsLine(w, now, stats)
-		return writeImageTable(w, rows)
+		writeStatsLine(w, now, stats, consumer)
+		return writeImageTable(w, "GADGETIMAGE", rows)
 	}
-	var rows []state.Row
+	var rows []Row
 	if opts.All {
 		rows = f.ProgramRows(opts.NodeGlob)
 	} else {
 		rows = f.GadgetRows(opts.NodeGlob)
 	}
 	if opts.JSON {
-		return writePrint(w, Print[state.Row]{Time: now, Fleet: stats, Rows: rows})
+		return writePrint(w, Print[Row]{Time: now, Fleet: stats, Consumer: consumer, Rows: rows})
 	}
 	cols, err := fleetColumns(opts.Columns)
 	if err != nil {
 		return err
 	}
-	writeStatsLine(w, now, stats)
-	if err := publish.WriteTable(w, cols, rows); err != nil {
+	writeStatsLine(w, now, stats, consumer)
+	table := make([]state.Row, len(rows))
+	for i, r := range rows {
+		table[i] = r.Row
+	}
+	if err := publish.WriteTable(w, cols, table); err != nil {
 		return err
 	}
 	// A blank line between prints.
@@ -131,11 +136,14 @@ func writePrint[R any](w io.Writer, p Print[R]) error {
 }
 
 // writeStatsLine writes the "#" line heading a table: the time, the nodes
-// shown and what the view refused or cut since it started.
-func writeStatsLine(w io.Writer, now time.Time, s Stats) {
-	fmt.Fprintf(w, "# %s nodes=%d accepted=%d rejected=%d stale=%d dropped=%d capped=%d incomplete=%d expired=%d\n",
+// shown, what the view refused or cut since it started, and how far
+// behind it is (lag, in time and in the nodes' intervals; nodes behind;
+// messages pending and dropped by the NATS client).
+func writeStatsLine(w io.Writer, now time.Time, s Stats, c Consumer) {
+	fmt.Fprintf(w, "# %s nodes=%d accepted=%d rejected=%d stale=%d dropped=%d capped=%d incomplete=%d expired=%d lag=%s lagIntervals=%.2f behind=%d pending=%d slowDrops=%d\n",
 		now.Format("2006-01-02T15:04:05Z"), s.Nodes, s.Accepted, s.Rejected(), s.Stale, s.Dropped(),
-		s.CappedLabels+s.CappedLists, s.IncompleteIntervals, s.ExpiredNodes)
+		s.CappedLabels+s.CappedLists, s.IncompleteIntervals, s.ExpiredNodes,
+		c.Lag.Round(time.Millisecond), c.LagIntervals, c.Behind, c.Pending, c.Dropped)
 }
 
 // fleetColumns puts the nodeName column first, before cols or the default
@@ -161,9 +169,10 @@ func fleetColumns(cols []publish.Column) ([]publish.Column, error) {
 	return out, nil
 }
 
-// writeImageTable writes the image rollup aligned like publish.WriteTable.
-func writeImageTable(w io.Writer, rows []ImageRow) error {
-	header := []string{"GADGETIMAGE", "NODES", "GADGETS", "PROGRAMS", "RUNTIME", "RUNCOUNT", "MAPMEMORY", "MAPCOUNT", "CPUPERCENT"}
+// writeImageTable writes a rollup aligned like publish.WriteTable, its
+// key (the image, or the gadget name) under keyHeader.
+func writeImageTable(w io.Writer, keyHeader string, rows []ImageRow) error {
+	header := []string{keyHeader, "NODES", "GADGETS", "PROGRAMS", "RUNTIME", "RUNCOUNT", "MAPMEMORY", "MAPCOUNT", "CPUPERCENT"}
 	cells := [][]string{header}
 	for _, r := range rows {
 		image := publish.TableCell(r.GadgetImage)
