@@ -26,6 +26,7 @@ type daemonFlags struct {
 	natsListen  string
 	metricsAddr string
 	metricsAll  bool
+	compactRows bool
 	pprofAddr   string
 	check       bool
 }
@@ -42,6 +43,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonFlags, error) {
 	fs.StringVar(&d.natsListen, "nats-listen", publish.DefaultListen, "address of the embedded NATS server (without --nats-url)")
 	fs.StringVar(&d.metricsAddr, "metrics-addr", publish.DefaultMetricsAddr, "address serving /metrics; empty disables")
 	fs.BoolVar(&d.metricsAll, "metrics-all", false, "export one metrics series per program too, not only per gadget")
+	fs.BoolVar(&d.compactRows, "compact-rows", false, "send a gadget's full program rows only when they change or every 30 intervals, compact rows between (docs/nats.md)")
 	fs.StringVar(&d.pprofAddr, "pprof-addr", "", "address serving net/http/pprof at /debug/pprof/ (host empty: 127.0.0.1); empty disables")
 	fs.BoolVar(&d.check, "check", false, "validate the configuration and the kernel's capabilities, print a report, exit")
 	fs.Usage = usageFunc(fs, "run [flags]", true)
@@ -202,6 +204,7 @@ func (o *outputs) openNetwork(d *daemonFlags, log zerolog.Logger) error {
 		Kernel:        loader.KernelRelease(),
 		Interval:      d.common.interval,
 		KV:            d.nats.kv,
+		CompactRows:   d.compactRows,
 	})
 	if err != nil {
 		return err

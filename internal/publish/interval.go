@@ -136,6 +136,7 @@ func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) Node
 			AttributionsRejected: c.AttributionsRejected,
 			EventsDropped:        c.EventsDropped,
 			SnapshotsDropped:     c.SnapshotsDropped,
+			RegistrationsRemoved: c.RegistrationsRemoved,
 		},
 		Resyncs:       c.Resyncs,
 		Sweeps:        c.Sweeps,

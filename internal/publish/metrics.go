@@ -265,6 +265,7 @@ type metricsCollector struct {
 	events, eventsLost, resyncs, sweeps  *prometheus.Desc
 	repairs, loadsGone, attribRejected   *prometheus.Desc
 	eventsDropped, snapshotsDropped      *prometheus.Desc
+	registrationsRemoved                 *prometheus.Desc
 	programs, gadgets, lastSweep, source *prometheus.Desc
 	natsConnected, natsErrors, buildInfo *prometheus.Desc
 }
@@ -295,6 +296,8 @@ func newMetricsCollector(m *Metrics) *metricsCollector {
 			"Load events whose PID named a process started after the event (a reused PID): not attributed.", nil, nil),
 		eventsDropped: prometheus.NewDesc("tracker_events_dropped_total",
 			"Applied events not handed to the publishers because their queue was full (a slow NATS server); the inventory has them.", nil, nil),
+		registrationsRemoved: prometheus.NewDesc("tracker_registrations_removed_total",
+			"Entries of the registry map (docs/registration.md) removed because their program is gone.", nil, nil),
 		snapshotsDropped: prometheus.NewDesc("tracker_snapshots_dropped_total",
 			"Interval snapshots replaced by a newer one before a slow publisher took them.", nil, nil),
 		programs:      prometheus.NewDesc("tracker_programs", "eBPF programs in the inventory, owned or not.", nil, nil),
@@ -312,7 +315,7 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.mapCount, c.mapMemory, c.runcount, c.runtime,
 		c.events, c.eventsLost, c.resyncs, c.sweeps,
-		c.repairs, c.loadsGone, c.attribRejected, c.eventsDropped, c.snapshotsDropped,
+		c.repairs, c.loadsGone, c.attribRejected, c.eventsDropped, c.snapshotsDropped, c.registrationsRemoved,
 		c.programs, c.gadgets, c.lastSweep, c.source,
 		c.natsConnected, c.natsErrors, c.buildInfo,
 	} {
@@ -352,6 +355,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.attribRejected, prometheus.CounterValue, float64(ctr.AttributionsRejected))
 	ch <- prometheus.MustNewConstMetric(c.eventsDropped, prometheus.CounterValue, float64(ctr.EventsDropped))
 	ch <- prometheus.MustNewConstMetric(c.snapshotsDropped, prometheus.CounterValue, float64(ctr.SnapshotsDropped))
+	ch <- prometheus.MustNewConstMetric(c.registrationsRemoved, prometheus.CounterValue, float64(ctr.RegistrationsRemoved))
 	ch <- prometheus.MustNewConstMetric(c.programs, prometheus.GaugeValue, float64(st.programs))
 	ch <- prometheus.MustNewConstMetric(c.gadgets, prometheus.GaugeValue, float64(st.gadgets))
 	if !st.time.IsZero() {

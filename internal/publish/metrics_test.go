@@ -59,7 +59,7 @@ func metricsSnapshot() *state.Snapshot {
 		Source:        "perf",
 		SweepDuration: 1500 * time.Microsecond,
 		Counters: state.Counters{EventsLoad: 12, EventsRelease: 3, EventsLost: 1, Resyncs: 2, Sweeps: 40,
-			RepairsAdded: 4, RepairsRemoved: 5, LoadsGone: 6, AttributionsRejected: 7, EventsDropped: 8, SnapshotsDropped: 9},
+			RepairsAdded: 4, RepairsRemoved: 5, LoadsGone: 6, AttributionsRejected: 7, EventsDropped: 8, SnapshotsDropped: 9, RegistrationsRemoved: 10},
 		Gadgets: []state.Row{
 			bpftrace("0a1b2c3d4e5"),
 			bpftrace("5e4d3c2b1a0"),

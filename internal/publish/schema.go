@@ -161,6 +161,8 @@ type NodeCounts struct {
 	// missed: the inventory applied every event all the same.
 	EventsDropped    uint64 `json:"eventsDropped"`
 	SnapshotsDropped uint64 `json:"snapshotsDropped"`
+	// RegistrationsRemoved counts registry entries of programs gone.
+	RegistrationsRemoved uint64 `json:"registrationsRemoved"`
 }
 
 // PublisherStats are the NATS sink's own counters.
