@@ -21,7 +21,7 @@
 #
 # Environment:
 #   VMTEST_RUN      -test.run pattern inside the VM (default ^TestVM)
-#   VMTEST_TIMEOUT  seconds per boot before qemu is killed (default 300)
+#   VMTEST_TIMEOUT  seconds per boot before qemu is killed (default 180)
 #   VMTEST_SMP      guest CPUs (default 2: cross-CPU load and release)
 #   DEBIAN_MIRROR   default http://deb.debian.org/debian
 #   GO              go command (default go)
@@ -35,7 +35,7 @@ BUILD=$CACHE/build
 RUN_PATTERN=${VMTEST_RUN:-^TestVM}
 # The inventory's integration tests, run on the forced fentry source.
 STATE_PATTERN=${VMTEST_STATE_RUN:-^TestInventoryMatchesKernelAfterBurst\$|^TestSweepsSeeRisingStats\$|^TestAuditRepairsLostEvents\$|^TestLoadsAndReleasesPairAcrossCPUs\$}
-BOOT_TIMEOUT=${VMTEST_TIMEOUT:-300}
+BOOT_TIMEOUT=${VMTEST_TIMEOUT:-180}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 GO=${GO:-go}
@@ -157,6 +157,19 @@ EOF
 }
 
 # run_kernel K: boots K, writes its log and prints the summary line.
+# boot KERNEL RAWLOG: one boot of the test initramfs, console to RAWLOG.
+# -cpu qemu64,-cx16: qemu 7.2's TCG corrupts EFLAGS after cmpxchg16b, which
+# 6.12's SLUB uses (random double faults); without CX16 the kernel falls
+# back. -accel tcg,thread=single: the vCPUs take turns on one host thread,
+# so neither starves the other (two host cores are shared with the host).
+# -nodefaults: no NIC, so no iPXE ROM is needed.
+boot() {
+	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg,thread=single -cpu qemu64,-cx16 -m 1G \
+		-smp "${VMTEST_SMP:-2}" -nographic -serial stdio -monitor none -no-reboot \
+		-kernel "$CACHE/kernel/$1/vmlinuz" -initrd "$BUILD/initramfs.cpio" \
+		-append "console=ttyS0 panic=-1 quiet" </dev/null >"$2" 2>&1 || true
+}
+
 run_kernel() {
 	local k=$1 start log raw rc hooks source load release passed failed uname
 	start=$(date +%s)
@@ -167,16 +180,19 @@ run_kernel() {
 		cat "$LOGS/$k.fetch" >&2
 		return 1
 	fi
-	# -cpu qemu64,-cx16: qemu 7.2's TCG corrupts EFLAGS after cmpxchg16b,
-	# which 6.12's SLUB uses (random double faults); without CX16 the kernel
-	# falls back. -nodefaults: no NIC, so no iPXE ROM is needed.
-	timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -nodefaults -accel tcg -cpu qemu64,-cx16 -m 1G -smp "${VMTEST_SMP:-2}" -nographic -serial stdio \
-		-monitor none -no-reboot -kernel "$CACHE/kernel/$k/vmlinuz" -initrd "$BUILD/initramfs.cpio" \
-		-append "console=ttyS0 panic=-1 quiet" </dev/null >"$raw" 2>&1 || true
-	tr -d '\r' <"$raw" >"$log"
-	rm -f "$raw"
-
-	rc=$(grep -ao 'VMTEST-RESULT rc=[0-9]*' "$log" | tail -n1 | cut -d= -f2 || true)
+	# A boot that prints no result marker hung in the emulator (a TCG vCPU
+	# starved: soft lockups, seen once on 6.1 with two vCPUs), not in a
+	# test: it is booted once more, and says so. A test failure prints its
+	# marker and is never retried.
+	for attempt in 1 2; do
+		boot "$k" "$raw"
+		tr -d '\r' <"$raw" >"$log"
+		rm -f "$raw"
+		rc=$(grep -ao 'VMTEST-RESULT rc=[0-9]*' "$log" | tail -n1 | cut -d= -f2 || true)
+		[ -z "$rc" ] && [ "$attempt" = 1 ] || break
+		echo "vmtest: kernel $k printed no result marker (emulator hang), booting it once more" >&2
+		cp "$log" "$LOGS/$k.hung.log"
+	done
 	hooks=$(grep -ao 'VMTEST-HOOKS source=[a-z]* load=[a-z_0-9]* release=[a-z_0-9]*' "$log" | head -n1 || true)
 	source=$(sed -n 's/.*source=\([^ ]*\).*/\1/p' <<<"$hooks")
 	load=$(sed -n 's/.* load=\([^ ]*\).*/\1/p' <<<"$hooks")
