@@ -299,3 +299,16 @@ func TestImageRollupNeverDecreases(t *testing.T) {
 		t.Fatalf("rollup %d after g2 left, want 170 (never below 150)", got)
 	}
 }
+
+// Gadget rows built from messages carry the cost columns their totals
+// imply, as the tracker's own rows do.
+func TestGadgetRowsCarryCost(t *testing.T) {
+	clock := &fakeClock{t: testTime}
+	f := New("bpfstats", time.Second, clock.now)
+	ingestAll(t, f, interval(t, "n1", 1, clock.t, time.Second, 0,
+		[]fleetGadget{{id: "g1", image: "img", runtime: 1000, programs: []uint32{1}}}, nil))
+	rows := f.GadgetRows("")
+	if len(rows) != 1 || rows[0].NsPerRun != 100 {
+		t.Fatalf("gadget rows %+v, want nsPerRun 1000 ns / 10 runs", rows)
+	}
+}

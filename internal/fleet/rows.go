@@ -33,7 +33,11 @@ func (f *Fleet) GadgetRows(glob string) []Row {
 		start := len(rows)
 		for _, s := range n.gadgets {
 			if s.shown != nil {
-				rows = append(rows, Row{Row: gadgetRow(name, s.shown), Seq: n.seq})
+				r := gadgetRow(name, s.shown)
+				// The cost columns a message's totals imply, over the
+				// node's interval (its CPU count is not sent).
+				r.Cost = state.CostOf(&r, n.interval, 0, 0)
+				rows = append(rows, Row{Row: r, Seq: n.seq})
 			}
 		}
 		slices.SortFunc(rows[start:], func(a, b Row) int {

@@ -30,10 +30,21 @@ type Cost struct {
 	StatsCostPercent float64 `json:"statsCostPercent"`
 }
 
-// fillCost sets row.Cost from row's totals. interval is the real time
-// between the two reads (snapshots) its deltas span, 0 without deltas.
+// fillCost sets row's cost columns from its numbers over interval, the
+// time between the two reads its deltas compare.
 func (t *Tracker) fillCost(row *Row, interval time.Duration) {
-	c := Cost{CPUPercentNorm: row.CPUPercent / float64(t.opts.CPUs)}
+	row.Cost = CostOf(row, interval, t.opts.CPUs, t.opts.StatsCost)
+}
+
+// CostOf derives a row's cost columns from its totals and deltas over
+// interval, on a machine of cpus online CPUs (0: unknown, CPUPercentNorm
+// stays 0) whose stats accounting costs statsCost per run (0: unknown).
+// Consumers of messages (the fleet view) use it as the tracker does.
+func CostOf(row *Row, interval time.Duration, cpus int, statsCost time.Duration) Cost {
+	var c Cost
+	if cpus > 0 {
+		c.CPUPercentNorm = row.CPUPercent / float64(cpus)
+	}
 	if row.Runcount > 0 {
 		c.NsPerRun = float64(row.Runtime) / float64(row.Runcount)
 	}
@@ -43,7 +54,7 @@ func (t *Tracker) fillCost(row *Row, interval time.Duration) {
 	if interval > 0 {
 		runs := float64(row.RuncountDelta)
 		c.RunsPerSecond = runs / interval.Seconds()
-		c.StatsCostPercent = runs * float64(t.opts.StatsCost) / float64(interval) * 100
+		c.StatsCostPercent = runs * float64(statsCost) / float64(interval) * 100
 	}
-	row.Cost = c
+	return c
 }
