@@ -7,9 +7,7 @@ import (
 	"path"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
@@ -186,25 +184,5 @@ func writeImageTable(w io.Writer, keyHeader string, rows []ImageRow) error {
 			strconv.FormatFloat(r.CPUPercent, 'f', 2, 64),
 		})
 	}
-	width := make([]int, len(header))
-	for _, line := range cells {
-		for j, v := range line {
-			width[j] = max(width[j], utf8.RuneCountInString(v))
-		}
-	}
-	var b strings.Builder
-	for _, line := range cells {
-		for j, v := range line {
-			pad := strings.Repeat(" ", width[j]-utf8.RuneCountInString(v))
-			if j == 0 {
-				b.WriteString(v + pad)
-			} else {
-				b.WriteString(" " + pad + v)
-			}
-		}
-		b.WriteString("\n")
-	}
-	b.WriteString("\n")
-	_, err := io.WriteString(w, b.String())
-	return err
+	return writeAligned(w, cells)
 }

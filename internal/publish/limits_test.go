@@ -428,19 +428,7 @@ func TestNATSKVParts(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitKV(t, sink)
-	nc, err := ConnectNATS(ConnOptions{URLs: srv.ClientURL(), FailFast: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(context.Background(), DefaultKVBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := openKVBucket(t, srv.ClientURL())
 	readParts := func() []partMsg {
 		t.Helper()
 		var parts []partMsg

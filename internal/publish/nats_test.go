@@ -498,19 +498,7 @@ func TestEmbeddedNATSKV(t *testing.T) {
 	}
 	waitKV(t, sink)
 
-	nc, err := ConnectNATS(ConnOptions{URLs: es.ClientURL(), Name: "bpfstats-kv-reader", FailFast: true, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(context.Background(), DefaultKVBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := openKVBucket(t, es.ClientURL())
 	// Every gadget, _unowned and the summary have their key, so that a
 	// consumer starting later reads the whole node from the bucket alone.
 	keys := func() []string {
@@ -606,4 +594,24 @@ func waitKV(t *testing.T, s *NATSSink) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%d key-value writes still in flight after 10s", w.js.PublishAsyncPending())
 	}
+}
+
+// openKVBucket connects to url and opens the tracker's key-value bucket
+// for the test to read, until the test ends.
+func openKVBucket(t *testing.T, url string) jetstream.KeyValue {
+	t.Helper()
+	nc, err := ConnectNATS(ConnOptions{URLs: url, Name: "bpfstats-kv-reader", FailFast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), DefaultKVBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
 }
