@@ -18,28 +18,10 @@ import (
 	"github.com/bpfstats/tracker/pkg/register"
 )
 
-// mountBPFFS mounts a bpffs of the test's own (the host's /sys/fs/bpf is
-// shared with every other test, and may not be mounted) and returns the
-// registry path in it.
-func mountBPFFS(t *testing.T) string {
-	t.Helper()
-	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mounting a bpffs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, 0); err != nil {
-			t.Errorf("unmounting %s: %v", dir, err)
-		}
-	})
-	return filepath.Join(dir, "bpfstats", "registry")
-}
-
 // The tracker creates the map and its directory, root-only, with the
 // documented layout; a second open finds the same map.
 func TestOpenRegistryCreatesRootOnlyPin(t *testing.T) {
-	path := mountBPFFS(t)
+	path := testutil.RegistryOnPrivateBPFFS(t)
 	if _, err := OpenRegistry(path); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +52,7 @@ func TestOpenRegistryCreatesRootOnlyPin(t *testing.T) {
 
 // A path off the bpffs, and a pinned map of another layout, are errors.
 func TestOpenRegistryRefuses(t *testing.T) {
-	path := mountBPFFS(t)
+	path := testutil.RegistryOnPrivateBPFFS(t)
 	if _, err := OpenRegistry(filepath.Join(t.TempDir(), "registry")); err == nil || !strings.Contains(err.Error(), "not on a bpf filesystem") {
 		t.Errorf("registry on a tmpfs: %v, want not on a bpf filesystem", err)
 	}
@@ -89,7 +71,7 @@ func TestOpenRegistryRefuses(t *testing.T) {
 // The shell command of docs/registration.md registers a program: the
 // registry reads it back, and Remove deletes it.
 func TestRegistryShellCommandFromDocs(t *testing.T) {
-	path := mountBPFFS(t)
+	path := testutil.RegistryOnPrivateBPFFS(t)
 	reg, err := OpenRegistry(path)
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +138,7 @@ func programTag(t *testing.T, id uint32) [8]byte {
 // cleaned labels no longer than their fields; many entries read in more
 // than one batch.
 func TestRegistryCleansHostileEntries(t *testing.T) {
-	path := mountBPFFS(t)
+	path := testutil.RegistryOnPrivateBPFFS(t)
 	reg, err := OpenRegistry(path)
 	if err != nil {
 		t.Fatal(err)

@@ -3,14 +3,12 @@ package state_test
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfstats/tracker/internal/loader"
 	"github.com/bpfstats/tracker/internal/state"
@@ -18,22 +16,6 @@ import (
 	"github.com/bpfstats/tracker/internal/testutil"
 	"github.com/bpfstats/tracker/pkg/register"
 )
-
-// mountBPFFS mounts a bpffs of the test's own and returns the registry
-// path in it.
-func mountBPFFS(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mounting a bpffs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, 0); err != nil {
-			t.Errorf("unmounting %s: %v", dir, err)
-		}
-	})
-	return filepath.Join(dir, "bpfstats", "registry")
-}
 
 // registryTracker is a tracker on the real kernel reading the registry
 // at path, after its start-up resync.
@@ -71,7 +53,7 @@ func sweep(t *testing.T, tr *state.Tracker) *state.Snapshot {
 // cleaned; the entry of a released program is removed by the next sweep.
 func TestRegisteredGadgetsInOneProcess(t *testing.T) {
 	testutil.RequireRoot(t)
-	path := mountBPFFS(t)
+	path := testutil.RegistryOnPrivateBPFFS(t)
 	tr, reg := registryTracker(t, path)
 	progA := testgadget.LoadSocketFilter(t, "tk_reg_a")
 	progB := testgadget.LoadSocketFilter(t, "tk_reg_b")

@@ -4,12 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfstats/tracker/internal/loader"
 	"github.com/bpfstats/tracker/internal/testgadget"
@@ -68,17 +65,7 @@ func TestNewValue(t *testing.T) {
 // Register and RegisterProgram write the entry the tracker reads; Open
 // of a registry no tracker created says it does not exist.
 func TestRegister(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mounting a bpffs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, 0); err != nil {
-			t.Errorf("unmounting %s: %v", dir, err)
-		}
-	})
-	path := filepath.Join(dir, "bpfstats", "registry")
+	path := testutil.RegistryOnPrivateBPFFS(t)
 	if _, err := register.Open(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Open before the tracker created it: %v, want not exist", err)
 	}
