@@ -11,7 +11,7 @@ KERNEL    ?= 5.10 6.1 6.12
 
 export BPF2GO_ROOT := $(CURDIR)
 
-.PHONY: all build run test unittest lint vmtest bench fleetbench demo generate check-generate vmlinux install uninstall installcheck clean
+.PHONY: all build run test unittest lint vmtest vmtest-docs bench fleetbench demo generate check-generate vmlinux install uninstall installcheck clean
 
 all: build
 
@@ -45,6 +45,11 @@ unittest:
 ## vmtest: the fentry source in qemu-booted Debian kernels (KERNEL="5.10 6.1 6.12").
 vmtest:
 	./test/vm/run.sh $(KERNEL)
+
+## vmtest-docs: the kernel matrix, writing its freshness figures (fentry and
+## perf, per kernel) to docs/vmtest.md.
+vmtest-docs:
+	VMTEST_REPORT=docs/vmtest.md ./test/vm/run.sh $(KERNEL)
 
 bench:
 	./test/bench/run.sh

@@ -11,10 +11,16 @@
 # lists directory (the system's apt configuration is not touched) into
 # .cache/vm/, which also keeps one console log per kernel in .cache/vm/logs/.
 #
-# Prints one line per kernel:
+# Prints two lines per kernel:
 #   vmtest kernel=6.1 source=fentry hooks=load:X,release:Y passed=N failed=M seconds=S uname=...
-# and, for a kernel that fails, its console log. Exits non-zero if any kernel
-# fails or prints no result marker.
+#   vmtest-fresh kernel=6.1 fentry load=P50/P99 release=P50/P99 ms; perf load=... (TCG-emulated)
+# the second from internal/state's TestVMFreshness (load and release ->
+# the tracker's OnEvent, on the fentry and the perf source in the same
+# boot), and, for a kernel that fails, its console log. At the end it
+# prints the freshness figures as a Markdown table (also kept in
+# .cache/vm/vmtest.md). Exits non-zero if any kernel fails or prints no
+# result marker. The figures are reported, never judged: the guest is
+# emulated (TCG), so they are far slower than on hardware.
 #
 # Needs (Debian packages): qemu-system-x86, busybox-static, cpio, apt,
 # dpkg, debian-archive-keyring; and go.
@@ -23,6 +29,8 @@
 #   VMTEST_RUN      -test.run pattern inside the VM (default ^TestVM)
 #   VMTEST_TIMEOUT  seconds per boot before qemu is killed (default 180)
 #   VMTEST_SMP      guest CPUs (default 2: cross-CPU load and release)
+#   VMTEST_REPORT   also write the Markdown report there (make vmtest-docs:
+#                   docs/vmtest.md)
 #   DEBIAN_MIRROR   default http://deb.debian.org/debian
 #   GO              go command (default go)
 
@@ -35,7 +43,9 @@ BUILD=$CACHE/build
 RUN_PATTERN=${VMTEST_RUN:-^TestVM}
 # The inventory's integration tests, run on the forced fentry source.
 STATE_PATTERN=${VMTEST_STATE_RUN:-^TestInventoryMatchesKernelAfterBurst\$|^TestSweepsSeeRisingStats\$|^TestAuditRepairsLostEvents\$|^TestLoadsAndReleasesPairAcrossCPUs\$}
-BOOT_TIMEOUT=${VMTEST_TIMEOUT:-180}
+# The freshness measurement (TestVMFreshness), on fentry and perf.
+FRESH_PATTERN=${VMTEST_FRESH_RUN:-^TestVMFreshness\$}
+BOOT_TIMEOUT=${VMTEST_TIMEOUT:-240}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 GO=${GO:-go}
@@ -149,6 +159,7 @@ cd /tmp
 TRACKER_VM=1 /loader.test -test.v -test.count=1 -test.timeout=$((BOOT_TIMEOUT - 30))s -test.run '$RUN_PATTERN'
 rc=\$?
 TRACKER_TEST_SOURCE=fentry /state.test -test.v -test.count=1 -test.timeout=120s -test.run '$STATE_PATTERN' || rc=1
+TRACKER_VM=1 /state.test -test.v -test.count=1 -test.timeout=120s -test.run '$FRESH_PATTERN' || rc=1
 echo "VMTEST-RESULT rc=\$rc"
 poweroff -f
 EOF
@@ -201,6 +212,7 @@ run_kernel() {
 	failed=$(grep -ac -- '--- FAIL: ' "$log" || true)
 	uname=$(sed -n 's/.*VMTEST-KERNEL \([^ ]*\).*/\1/p' "$log" | head -n1)
 	echo "vmtest kernel=$k source=${source:-?} hooks=load:${load:-?},release:${release:-?} passed=$passed failed=$failed seconds=$(($(date +%s) - start)) uname=${uname:-?}"
+	fresh_report "$k" "${uname:-?}" "$log"
 	if [ "$rc" != 0 ]; then
 		echo "vmtest: kernel $k failed (rc=${rc:-no marker}); console log $log:" >&2
 		cat "$log" >&2
@@ -208,10 +220,88 @@ run_kernel() {
 	fi
 }
 
+# field NAME LINE: the value of NAME=value in a VMTEST-FRESH line.
+field() {
+	sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"
+}
+
+# fresh_report K UNAME LOG: prints the kernel's freshness line and appends
+# its rows to the Markdown table.
+fresh_report() {
+	local k=$1 uname=$2 line src summary="" load
+	load=$(cut -d' ' -f1 /proc/loadavg)
+	while read -r line; do
+		[ -n "$line" ] || continue
+		src=$(field source "$line")
+		summary+=" $src load=$(field load_p50 "$line")/$(field load_p99 "$line")"
+		summary+=" release=$(field release_p50 "$line")/$(field release_p99 "$line") ms;"
+		FRESH_SETUP="$(field programs "$line") programs loaded one every $(field pace_ms "$line") ms, then closed one every $(field pace_ms "$line") ms, with $(field background "$line") others loaded; sweeps every $(field interval_ms "$line") ms"
+		printf '| %s (%s) | %s | %s (%s) | %s (%s) | %s (%s) | %s (%s) | %s+%s of %s+%s | %s | %s | %s |\n' "$k" "$uname" "$src" \
+			"$(field load_p50 "$line")" "$(field read_load_p50 "$line")" \
+			"$(field load_p99 "$line")" "$(field read_load_p99 "$line")" \
+			"$(field release_p50 "$line")" "$(field read_release_p50 "$line")" \
+			"$(field release_p99 "$line")" "$(field read_release_p99 "$line")" \
+			"$(field loads "$line")" "$(($(field releases "$line") + $(field audit_first "$line")))" \
+			"$(field programs "$line")" "$(field programs "$line")" \
+			"$(field audit_first "$line")" "$(field load_call "$line")" "$load" >>"$FRESH_ROWS"
+	done < <(grep -ao 'VMTEST-FRESH .*' "$3" || true)
+	if [ -z "$summary" ]; then
+		echo "vmtest-fresh kernel=$k no figures (TestVMFreshness did not run or failed)"
+		printf '| %s (%s) | - | - | - | - | - | not measured | - | - | %s |\n' "$k" "$uname" "$load" >>"$FRESH_ROWS"
+		return
+	fi
+	echo "vmtest-fresh kernel=$k p50/p99:${summary%;} (TCG-emulated guest: slower than hardware)"
+}
+
+# write_report FILE: the freshness table with what was measured, where and
+# from which commit.
+write_report() {
+	local commit qemu cpu
+	commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+	qemu=$(qemu-system-x86_64 --version | head -n1)
+	cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+	cat >"$1" <<EOF
+# Kernel matrix: event freshness in qemu-booted kernels
+
+Generated by \`make vmtest-docs\` (test/vm/run.sh, internal/state TestVMFreshness) on
+$(date -u +%Y-%m-%d) from commit \`$commit\`. The fentry source cannot load on hosts with kernel
+lockdown, so it is measured here, in Debian cloud kernels booted with qemu, with the perf source
+in the same boot for comparison.
+
+**The guest is emulated** (qemu TCG, one host thread for ${VMTEST_SMP:-2} vCPUs, \`-cpu qemu64\`,
+$qemu, host CPU: $cpu): every figure is many times slower than on hardware. Compare sources
+and kernels with each other, not with docs/benchmarks.md. Nothing here is a pass/fail threshold:
+the test asserts only that every load and release was delivered by the source and published.
+
+A tracker (state.Tracker.Run, stats enabled) in the test process; ${FRESH_SETUP:-no run}.
+Load: from the start of the BPF_PROG_LOAD call to the tracker's OnEvent for that ID; release: from
+close() of the last fd to OnEvent; in brackets, to when the source's Read returned the event (the
+rest is the tracker's: queueing, applying, publishing). Times in ms. "by a sweep" counts releases
+a sweep's audit published before their event was applied (their event still arrived): they are
+left out of the release percentiles (not out of the bracketed ones). "load call": the emulated
+BPF_PROG_LOAD itself. "host load": the host's 1-minute load average after the boot; the emulator
+is one host thread, so a busy host slows every figure.
+
+| kernel | source | load p50 | load p99 | release p50 | release p99 | seen | by a sweep | load call p50 | host load |
+|---|---|---|---|---|---|---|---|---|---|
+EOF
+	cat "$FRESH_ROWS" >>"$1"
+}
+
 build_initramfs
 
+FRESH_ROWS=$BUILD/fresh.rows
+FRESH_SETUP=
+: >"$FRESH_ROWS"
 status=0
 for k in "$@"; do
 	run_kernel "$k" || status=1
 done
+write_report "$CACHE/vmtest.md"
+echo
+sed -n '/^| kernel/,$p' "$CACHE/vmtest.md"
+if [ -n "${VMTEST_REPORT:-}" ]; then
+	cp "$CACHE/vmtest.md" "$VMTEST_REPORT"
+	echo "vmtest: report written to $VMTEST_REPORT"
+fi
 exit $status
