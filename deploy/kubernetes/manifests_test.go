@@ -254,8 +254,9 @@ type hostMount struct {
 }
 
 // The host paths the tracker and its --check read: BTF (the fentry
-// source), bpffs, the cgroup hierarchy (placements) and the CRI socket
-// that --cri-socket names, each at the same path in the container.
+// source), bpffs (written: the registry is pinned there), the cgroup
+// hierarchy (placements) and the CRI socket that --cri-socket names, each
+// at the same path in the container.
 func TestMounts(t *testing.T) {
 	m := load(t)
 	pod := m.daemonSet.Spec.Template.Spec
@@ -263,7 +264,7 @@ func TestMounts(t *testing.T) {
 	socket := flagValue(t, c.Args, "cri-socket")
 	want := []hostMount{
 		{"/sys/kernel/btf", corev1.HostPathDirectory, true},
-		{"/sys/fs/bpf", corev1.HostPathDirectory, true},
+		{"/sys/fs/bpf", corev1.HostPathDirectory, false},
 		{"/sys/fs/cgroup", corev1.HostPathDirectory, true},
 		{socket, corev1.HostPathSocket, true},
 	}
