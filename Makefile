@@ -42,7 +42,8 @@ unittest:
 	# program list, which another package's burst of loads would disturb.
 	$(GO) test -p 1 -count=1 -timeout 20m ./...
 
-## vmtest: the fentry source in qemu-booted Debian kernels (KERNEL="5.10 6.1 6.12").
+## vmtest: the fentry source in qemu-booted Debian kernels (KERNEL="5.10 6.1 6.12");
+## with 6.1, also the systemd unit under systemd as PID 1 (test/vm/systemd.sh).
 vmtest:
 	./test/vm/run.sh $(KERNEL)
 

@@ -11,6 +11,9 @@
 # lists directory (the system's apt configuration is not touched) into
 # .cache/vm/, which also keeps one console log per kernel in .cache/vm/logs/.
 #
+# With 6.1 among the kernels, test/vm/systemd.sh then checks the systemd
+# unit under systemd as PID 1 in that kernel (one more boot).
+#
 # Prints two lines per kernel:
 #   vmtest kernel=6.1 source=fentry hooks=load:X,release:Y passed=N failed=M seconds=S uname=...
 #   vmtest-fresh kernel=6.1 fentry load=P50/P99 release=P50/P99 ms; perf load=... (TCG-emulated)
@@ -297,6 +300,14 @@ status=0
 for k in "$@"; do
 	run_kernel "$k" || status=1
 done
+# The systemd unit, under systemd as PID 1, in Debian 12's kernel.
+if [[ " $* " == *" 6.1 "* ]]; then
+	if [ -x /lib/systemd/systemd ] && [ -x /bin/systemctl ]; then
+		"$ROOT/test/vm/systemd.sh" 6.1 || status=1
+	else
+		echo "vmtest-systemd: not run: systemd is not installed (apt-get install systemd)"
+	fi
+fi
 write_report "$CACHE/vmtest.md"
 echo
 sed -n '/^| kernel/,$p' "$CACHE/vmtest.md"
