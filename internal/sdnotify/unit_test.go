@@ -96,7 +96,7 @@ func TestUnitSecurity(t *testing.T) {
 }
 
 // TestUnitCapabilities checks that the ambient set, which a non-root
-// DynamicUser gets, equals the bounding set, so that no capability is
+// user would need, equals the bounding set, so that no capability is
 // granted that cannot be used or bounded that is never granted.
 func TestUnitCapabilities(t *testing.T) {
 	values := unitValues(t)
