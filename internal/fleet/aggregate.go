@@ -99,6 +99,9 @@ func Aggregate(ctx context.Context, nc *nats.Conn, opts AggregateOptions) error 
 	if opts.Interval <= 0 {
 		opts.Interval = 2 * time.Second
 	}
+	// Ends the subscription's decoding goroutine with the aggregator.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	f := New(opts.SubjectPrefix, opts.Interval, opts.Now)
 	f.kinds = kinds{summaries: true}
 	var misrouted atomic.Uint64
@@ -113,12 +116,11 @@ func Aggregate(ctx context.Context, nc *nats.Conn, opts AggregateOptions) error 
 		}
 		return f.Ingest(subject, data)
 	}
-	subs, err := subscribeSubjects(nc, ingest, opts.Logger, []string{partitionSubject(opts.SubjectPrefix, opts.Partition)})
+	subs, err := subscribeCoalesced(ctx, nc, ingest, opts.Logger, f, []string{partitionSubject(opts.SubjectPrefix, opts.Partition)})
 	if err != nil {
 		return err
 	}
 	defer unsubscribe(subs)
-	f.consumer = func() (int, uint64) { return subsPending(subs) }
 	var id [8]byte
 	rand.Read(id[:]) //nolint:errcheck // never fails
 	base := RollupMessage{Schema: RollupSchema, Type: TypeRollup, Partition: opts.Partition,

@@ -54,8 +54,8 @@ type Fleet struct {
 	// kinds are the messages the fleet takes.
 	kinds kinds
 	// consumer reports the subscriptions' pending and dropped messages,
-	// when set (Run).
-	consumer func() (pending int, dropped uint64)
+	// and the summaries skipped for a newer one, when set (Run).
+	consumer func() (pending int, dropped, skipped uint64)
 }
 
 // kinds are the messages a fleet takes: all of them for New, the ones it

@@ -210,7 +210,10 @@ func TestConsumerReportsSlowDrops(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f.consumer = func() (int, uint64) { return subsPending(subs) }
+	f.consumer = func() (int, uint64, uint64) {
+		pending, dropped := subsPending(subs)
+		return pending, dropped, 0
+	}
 	_, s := simNode(t, "n1", 1, time.Now(), simShape{gadgets: 1})
 	publishOnce := func() {
 		t.Helper()

@@ -24,8 +24,10 @@ type result struct {
 	// phase.
 	top, fleet, servers, aggServers usageRate
 	aggs                            []usageRate
-	// load and aggLoad are the simulator's CPU in the two phases (0 with
-	// the harness's generator).
+	// simulated tells whether "tracker simulate" was the load, not the
+	// harness's generator; load and aggLoad are the simulator's CPU in
+	// the two phases.
+	simulated        bool
 	load, aggLoad    float64
 	aggPubMsgs       float64
 	topLag, fleetLag lagStats

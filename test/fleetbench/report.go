@@ -17,7 +17,7 @@ const (
 
 // writeReport replaces the part of c.out between the fleetbench markers
 // with the results.
-func writeReport(c config, results []result, sim bool) error {
+func writeReport(c config, results []result) error {
 	doc, err := os.ReadFile(c.out)
 	if err != nil {
 		return err
@@ -29,22 +29,21 @@ func writeReport(c config, results []result, sim bool) error {
 	}
 	var b strings.Builder
 	b.WriteString(beginMarker + "\n")
-	writeSetup(&b, c, sim)
+	writeSetup(&b, c)
 	writeTable(&b, results)
 	writeExtrapolation(&b, c, results)
 	b.WriteString(endMarker)
 	return os.WriteFile(c.out, []byte(before+b.String()+after), 0o644)
 }
 
-func writeSetup(b *strings.Builder, c config, sim bool) {
+func writeSetup(b *strings.Builder, c config) {
 	describe, _ := exec.Command("git", "describe", "--always", "--dirty").Output()
 	load, _ := os.ReadFile("/proc/loadavg")
-	gen := "fleetbench's own generator (test/fleetbench/gen.go: publish's types, summaries only; " +
-		"this tracker has no `simulate` command)"
-	if sim {
-		gen = "`tracker simulate --summary-only` (the tracker's own encoder and sink; each node publishes its `_node` and `_summary`, " +
-			"not the gadget subjects, which the measured consumers do not read: two messages per node-interval)"
-	}
+	gen := fmt.Sprintf("`tracker simulate --summary-only` for K up to %d (the tracker's own encoder and sink; each node publishes its `_node` and `_summary`, "+
+		"not the gadget subjects, which the measured consumers do not read: two messages per node-interval); above that, "+
+		"fleetbench's own generator (test/fleetbench/gen.go: summaries built from publish's types, encoded again every %d intervals, one message per node-interval), "+
+		"because on this machine the simulator's real encoder cannot publish 10,000 nodes a second besides the servers and the consumers "+
+		"(see its CPU at K=%d)", c.simulateUpTo, refreshEvery, c.simulateUpTo)
 	fmt.Fprintf(b, "Measured by `make fleetbench` on %s, tree `%s`, %d CPUs (%s), load average at the end %s.\n\n",
 		time.Now().UTC().Format("2006-01-02"), strings.TrimSpace(string(describe)), runtime.NumCPU(), cpuModel(),
 		strings.Join(strings.Fields(string(load))[:3], " "))
@@ -61,15 +60,19 @@ func writeSetup(b *strings.Builder, c config, sim bool) {
 }
 
 func writeTable(b *strings.Builder, results []result) {
-	b.WriteString("| K nodes | published msg/s | published MB/s | simulator CPU (top phase, aggregation phase) | top CPU | top RSS | top lag (intervals) | top nodes shown (min..end) | top slow-consumer drops | 3 servers CPU, RSS | aggregators CPU (sum) | aggregator RSS (max) | fleet view CPU | fleet lag | fleet nodes (min..end) | 3 servers CPU |\n")
+	b.WriteString("| K nodes | published msg/s | published MB/s | load (simulator CPU: top phase, aggregation phase) | top CPU | top RSS | top lag (intervals) | top nodes shown (min..end) | top slow-consumer drops | 3 servers CPU, RSS | aggregators CPU (sum) | aggregator RSS (max) | fleet view CPU | fleet lag | fleet nodes (min..end) | 3 servers CPU |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range results {
 		var aggRSS int64
 		for _, a := range r.aggs {
 			aggRSS = max(aggRSS, a.rss)
 		}
-		fmt.Fprintf(b, "| %d | %.0f | %.1f | %.2f, %.2f | %.2f | %s | %v (%.2f) | %d..%d | %d | %.2f, %s | %.2f | %s | %.2f | %v | %d..%d | %.2f |\n",
-			r.k, r.pubMsgs, r.pubBytes/1e6, r.load, r.aggLoad, r.top.cores, mib(r.top.rss),
+		load := "generator"
+		if r.simulated {
+			load = fmt.Sprintf("simulate %.2f, %.2f", r.load, r.aggLoad)
+		}
+		fmt.Fprintf(b, "| %d | %.0f | %.1f | %s | %.2f | %s | %v (%.2f) | %d..%d | %d | %.2f, %s | %.2f | %s | %.2f | %v | %d..%d | %.2f |\n",
+			r.k, r.pubMsgs, r.pubBytes/1e6, load, r.top.cores, mib(r.top.rss),
 			r.topLag.maxLag.Round(time.Millisecond), r.topLag.maxIntervals, r.topLag.minNodes, r.topLag.lastNodes,
 			r.topLag.dropped-r.topLag.droppedAtStart, r.servers.cores, mib(r.servers.rss), r.aggCores(), mib(aggRSS), r.fleet.cores,
 			r.fleetLag.maxLag.Round(time.Millisecond), r.fleetLag.minNodes, r.fleetLag.lastNodes, r.aggServers.cores)

@@ -12,7 +12,7 @@ import (
 // its own load, so that they do not share the CPUs: "tracker top" alone,
 // then the partitioned aggregation (the aggregators and top --fleet).
 func measure(c config, servers []*server, k int, sim bool) (result, error) {
-	r := result{k: k}
+	r := result{k: k, simulated: sim}
 	top, err := startTop(c, servers[0].url)
 	if err != nil {
 		return r, err
