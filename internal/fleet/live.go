@@ -173,15 +173,16 @@ func keptIf(stays bool, c cumulative) cumulative {
 	return cumulative{}
 }
 
+// addKeySum adds a gadget's totals to the sum of its key in sums, kept
+// sorted by key: a few comparisons per gadget, not one per key.
 func addKeySum(sums []keySum, key string, t publish.MessageTotals) []keySum {
-	for i := range sums {
-		if sums[i].key == key {
-			sums[i].gadgets++
-			sums[i].totals.Add(state.Totals(t))
-			return sums
-		}
+	i, found := slices.BinarySearchFunc(sums, key, func(s keySum, k string) int { return cmp.Compare(s.key, k) })
+	if found {
+		sums[i].gadgets++
+		sums[i].totals.Add(state.Totals(t))
+		return sums
 	}
-	return append(sums, keySum{key: key, gadgets: 1, totals: state.Totals(t)})
+	return slices.Insert(sums, i, keySum{key: key, gadgets: 1, totals: state.Totals(t)})
 }
 
 // dropRollup retires everything a node that left the fleet had counted.
