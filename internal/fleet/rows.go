@@ -23,8 +23,19 @@ type Row struct {
 func (f *Fleet) GadgetRows(glob string) []Row {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	rows := []Row{}
-	for _, name := range f.matching(glob) {
+	names := f.matching(glob)
+	// Sized once: a fleet's rows are many and large, and growing the
+	// slice would copy them over and over.
+	size := 0
+	for _, name := range names {
+		if n := f.nodes[name]; n.summary != nil {
+			size += len(n.summary.gadgets)
+		} else {
+			size += len(n.gadgets)
+		}
+	}
+	rows := make([]Row, 0, size)
+	for _, name := range names {
 		n := f.nodes[name]
 		if n.summary != nil {
 			rows = summaryRows(rows, name, n)
