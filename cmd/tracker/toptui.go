@@ -159,9 +159,13 @@ func fleetFrame(f *fleet.Fleet, v topView) tui.Frame {
 		Time: time.Now(), Source: redactURLs(v.nats.url), Interval: v.interval,
 		Gadgets: stateRows(f.GadgetRows(v.nodeGlob)), Programs: stateRows(f.ProgramRows(v.nodeGlob)),
 	}
+	// A set, not a scan of the list per row: a fleet has thousands of
+	// nodes and rows.
+	nodes := map[string]struct{}{}
 	for _, rows := range [][]state.Row{fr.Gadgets, fr.Programs} {
 		for _, r := range rows {
-			if !slices.Contains(fr.Nodes, r.NodeName) {
+			if _, ok := nodes[r.NodeName]; !ok {
+				nodes[r.NodeName] = struct{}{}
 				fr.Nodes = append(fr.Nodes, r.NodeName)
 			}
 		}

@@ -99,6 +99,9 @@ func Aggregate(ctx context.Context, nc *nats.Conn, opts AggregateOptions) error 
 	if opts.Interval <= 0 {
 		opts.Interval = 2 * time.Second
 	}
+	// Ends the subscription's decoding goroutine with the aggregator.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	f := New(opts.SubjectPrefix, opts.Interval, opts.Now)
 	f.kinds = kinds{summaries: true}
 	var misrouted atomic.Uint64
@@ -113,12 +116,11 @@ func Aggregate(ctx context.Context, nc *nats.Conn, opts AggregateOptions) error 
 		}
 		return f.Ingest(subject, data)
 	}
-	subs, err := subscribeSubjects(nc, ingest, opts.Logger, []string{partitionSubject(opts.SubjectPrefix, opts.Partition)})
+	subs, err := subscribeCoalesced(ctx, nc, ingest, opts.Logger, f, []string{partitionSubject(opts.SubjectPrefix, opts.Partition)})
 	if err != nil {
 		return err
 	}
 	defer unsubscribe(subs)
-	f.consumer = func() (int, uint64) { return subsPending(subs) }
 	var id [8]byte
 	rand.Read(id[:]) //nolint:errcheck // never fails
 	base := RollupMessage{Schema: RollupSchema, Type: TypeRollup, Partition: opts.Partition,
@@ -158,23 +160,34 @@ func (f *Fleet) Rollup(base RollupMessage) RollupMessage {
 	m.Time = f.now().UTC()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	// Images keyed with a 'g' in front, so that the unowned row's empty
-	// key never meets the gadgets of an empty image.
-	images := f.rollup(&f.images, "", true, false, func(id publish.GadgetIdentity) string { return "g" + id.Image })
-	m.Images = make([]RollupRow, 0, len(images))
-	for _, r := range images {
-		row := RollupRow{Key: r.key, Nodes: r.nodes, Gadgets: r.gadgets, Totals: publish.MessageTotals(r.totals)}
-		if r.key == "" {
-			m.Unowned = row
-			continue
+	var images, names, unowned []rollupSum
+	if f.liveRollups() {
+		images, names, unowned = f.liveRollup(byImage, false), f.liveRollup(byName, false), f.liveRollup(byUnowned, false)
+	} else {
+		// Images keyed with a 'g' in front, so that the unowned row's
+		// empty key never meets the gadgets of an empty image.
+		all := f.rollup(&f.images, "", true, false, func(id publish.GadgetIdentity) string { return "g" + id.Image })
+		for _, r := range all {
+			if r.key == "" {
+				unowned = append(unowned, r)
+				continue
+			}
+			r.key = r.key[1:]
+			images = append(images, r)
 		}
-		row.Key = r.key[1:]
-		m.Images = append(m.Images, row)
+		names = f.rollup(&f.names, "", false, false, func(id publish.GadgetIdentity) string { return id.Name })
 	}
-	names := f.rollup(&f.names, "", false, false, func(id publish.GadgetIdentity) string { return id.Name })
-	m.GadgetNames = make([]RollupRow, len(names))
-	for i, r := range names {
-		m.GadgetNames[i] = RollupRow{Key: r.key, Nodes: r.nodes, Gadgets: r.gadgets, Totals: publish.MessageTotals(r.totals)}
+	m.Images, m.GadgetNames = rollupRows(images), rollupRows(names)
+	if len(unowned) > 0 {
+		m.Unowned = rollupRows(unowned)[0]
 	}
 	return m
+}
+
+func rollupRows(sums []rollupSum) []RollupRow {
+	rows := make([]RollupRow, len(sums))
+	for i, r := range sums {
+		rows[i] = RollupRow{Key: r.key, Nodes: r.nodes, Gadgets: r.gadgets, Totals: publish.MessageTotals(r.totals)}
+	}
+	return rows
 }

@@ -87,3 +87,24 @@ func BenchmarkPrintByImage(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPrintGadgetRows measures one print of "top" (a row per
+// gadget) over 10,000 nodes' summaries: 200,000 rows.
+func BenchmarkPrintGadgetRows(b *testing.B) {
+	f := summaryView(nil)
+	for i := range 10000 {
+		_, s := simNode(b, fmt.Sprintf("n%d", i), 1, time.Now(), fleetShape)
+		if err := f.Ingest(s.subject, s.data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	b.ReportAllocs()
+	for b.Loop() {
+		out.Reset()
+		if err := f.Render(&out, Options{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(out.Len()), "bytes/print")
+}

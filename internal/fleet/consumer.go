@@ -25,6 +25,10 @@ type Consumer struct {
 	// Dropped counts the messages the NATS client dropped because the
 	// view read them too slowly (slow consumer), since the start.
 	Dropped uint64 `json:"dropped"`
+	// Skipped counts the summaries replaced by a newer one of their node
+	// before the view decoded them (it was behind, and caught up with the
+	// newest), since the start.
+	Skipped uint64 `json:"skipped"`
 }
 
 // Consumer returns the view's lag now and its subscriptions' pending and
@@ -32,7 +36,7 @@ type Consumer struct {
 func (f *Fleet) Consumer() Consumer {
 	var c Consumer
 	if f.consumer != nil {
-		c.Pending, c.Dropped = f.consumer()
+		c.Pending, c.Dropped, c.Skipped = f.consumer()
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -48,11 +48,14 @@ type Fleet struct {
 	// counters from going down when a gadget instance or a node goes away
 	// (ImageRows, Rollup).
 	images, names state.CounterSets
+	// retired keeps what gone gadgets counted in the live rollups of a
+	// fleet that takes only summaries (live.go).
+	retired map[retiredKey]cumulative
 	// kinds are the messages the fleet takes.
 	kinds kinds
 	// consumer reports the subscriptions' pending and dropped messages,
-	// when set (Run).
-	consumer func() (pending int, dropped uint64)
+	// and the summaries skipped for a newer one, when set (Run).
+	consumer func() (pending int, dropped, skipped uint64)
 }
 
 // kinds are the messages a fleet takes: all of them for New, the ones it
@@ -95,6 +98,8 @@ type node struct {
 	unowned *slot
 	// summary is the node's latest _summary, when it sends them.
 	summary *summary
+	// roll is the node's part of the live rollups (live.go).
+	roll *nodeRollup
 }
 
 // New returns an empty fleet of the trackers publishing under prefix
@@ -113,7 +118,7 @@ func New(prefix string, defaultInterval time.Duration, now func() time.Time) *Fl
 	}
 	return &Fleet{
 		now: now, prefix: prefix, defaultInterval: boundInterval(defaultInterval),
-		nodes: make(map[string]*node), expired: make(map[string]position),
+		nodes: make(map[string]*node), expired: make(map[string]position), retired: make(map[retiredKey]cumulative),
 		kinds: kinds{detail: true, summaries: true, rows: true},
 	}
 }
@@ -413,6 +418,7 @@ func (f *Fleet) Expire() []string {
 			if n.unowned != nil {
 				f.dropSlot(n.unowned)
 			}
+			f.dropRollup(n)
 			delete(f.nodes, name)
 			f.rememberExpired(name, n.position)
 			f.stats.ExpiredNodes++

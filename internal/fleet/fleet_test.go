@@ -312,3 +312,47 @@ func TestGadgetRowsCarryCost(t *testing.T) {
 		t.Fatalf("gadget rows %+v, want nsPerRun 1000 ns / 10 runs", rows)
 	}
 }
+
+// Gadget rows, from summaries or gadget messages, normalize cpuPercent by
+// the CPUs the node reports (cpuPercentNorm), and leave it 0 when a node
+// does not say (older trackers) or claims an impossible count.
+func TestGadgetRowsNormalizeByNodeCPUs(t *testing.T) {
+	for _, cpus := range []int{4, 0, -1, MaxCPUs + 1} {
+		want := 0.0
+		if cpus == 4 {
+			want = 0.125 // cpuPercent 0.5 over 4 CPUs
+		}
+		h := publish.Header{Schema: publish.SchemaVersion, Type: publish.TypeSummary, Node: "n1", Seq: 1, Time: testTime,
+			Interval: time.Second, Instance: "i1"}
+		sum := publish.SummaryMessage{NodeMessage: publish.NodeMessage{Header: h, CPUs: cpus}, Gadgets: []publish.GadgetSummary{{
+			Gadget: publish.GadgetIdentity{ID: "g1", Name: "x", Image: "img"},
+			Totals: publish.MessageTotals{CPUPercent: 0.5, RuncountDelta: 10, ProgramCount: 1},
+		}}}
+		summaries := summaryView(func() time.Time { return testTime })
+		ingestAll(t, summaries, []msg{encode(t, "n1", publish.TokenSummary, sum)})
+		detail := New("bpfstats", time.Second, func() time.Time { return testTime })
+		msgs := interval(t, "n1", 1, testTime, time.Second, time.Second, []fleetGadget{{id: "g1", image: "img", programs: []uint32{1}}}, nil)
+		var node publish.NodeMessage
+		last := &msgs[len(msgs)-1]
+		if err := json.Unmarshal(last.data, &node); err != nil {
+			t.Fatal(err)
+		}
+		node.CPUs = cpus
+		*last = encode(t, "n1", publish.TokenNode, node)
+		ingestAll(t, detail, msgs)
+		for what, f := range map[string]*Fleet{"summary": summaries, "gadget message": detail} {
+			rows := f.GadgetRows("")
+			if len(rows) != 1 {
+				t.Fatalf("%s rows %+v", what, rows)
+			}
+			// The detail rows' cpuPercent is 0.25 (interval's totals).
+			got, wantNorm := rows[0].CPUPercentNorm, want
+			if what == "gadget message" && want != 0 {
+				wantNorm = 0.25 / 4
+			}
+			if got != wantNorm {
+				t.Errorf("cpus %d, %s row: cpuPercentNorm %v, want %v", cpus, what, got, wantNorm)
+			}
+		}
+	}
+}

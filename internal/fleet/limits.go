@@ -157,7 +157,14 @@ func (st *Stats) capNode(m *publish.NodeMessage) {
 	st.capLabel(&m.Version)
 	st.capLabel(&m.Kernel)
 	st.capLabel(&m.Source)
+	if m.CPUs < 0 || m.CPUs > MaxCPUs {
+		// Not a machine: unknown, as from an older tracker.
+		m.CPUs = 0
+	}
 }
+
+// MaxCPUs is the largest CPU count a node message may claim.
+const MaxCPUs = 1 << 16
 
 // boundInterval clamps d into [MinInterval, MaxInterval].
 func boundInterval(d time.Duration) time.Duration {

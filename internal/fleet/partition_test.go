@@ -2,9 +2,11 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"math"
+	"net/url"
 	"slices"
 	"sync"
 	"testing"
@@ -18,26 +20,41 @@ import (
 	"github.com/bpfstats/tracker/internal/testutil"
 )
 
-// partitionedServer starts a server with the subject mapping of
-// deploy/nats/partitions.conf, the file users deploy.
-func partitionedServer(t *testing.T) *server.Server {
+// partitionedCluster starts three clustered servers, each with the
+// subject mapping of deploy/nats/partitions.conf, the file users deploy.
+func partitionedCluster(t *testing.T) []*server.Server {
 	t.Helper()
-	opts, err := server.ProcessConfigFile("../../deploy/nats/partitions.conf")
-	if err != nil {
-		t.Fatalf("loading the deployed mapping: %v", err)
+	var servers []*server.Server
+	var routes []*url.URL
+	for _, name := range []string{"a", "b", "c"} {
+		opts, err := server.ProcessConfigFile("../../deploy/nats/partitions.conf")
+		if err != nil {
+			t.Fatalf("loading the deployed mapping: %v", err)
+		}
+		opts.ServerName = name
+		opts.Cluster = server.ClusterOpts{Name: "bpfstats-partitioned", Host: "127.0.0.1", Port: server.RANDOM_PORT}
+		opts.Routes = routes
+		srv := testutil.StartNATS(t, opts)
+		if routes == nil {
+			routes = server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d", srv.ClusterAddr().Port))
+		}
+		servers = append(servers, srv)
 	}
-	return testutil.StartNATS(t, opts)
+	return servers
 }
 
-// The cluster's mapping puts every node's summaries into exactly one of
-// two partitions, the one Partition computes; two aggregators, one per
-// partition, publish rollups whose merge is the sum over all nodes.
+// In a cluster whose servers map summaries into two partitions, every
+// node's summaries land in exactly the partition Partition computes,
+// whichever server they are published to; two aggregators, one per
+// partition on different servers, publish rollups, and top --fleet
+// (RunRollups) on the third server prints their merge: the sum over all
+// nodes.
 func TestPartitionedAggregation(t *testing.T) {
 	const nodes, parts = 24, 2
-	srv := partitionedServer(t)
+	servers := partitionedCluster(t)
 	log := testutil.NewLogWatch(t).Logger()
-	connect := func() *nats.Conn {
-		nc, err := publish.ConnectNATS(publish.ConnOptions{URLs: srv.ClientURL(), FailFast: true, Logger: log})
+	connect := func(srv *server.Server, name string) *nats.Conn {
+		nc, err := publish.ConnectNATS(publish.ConnOptions{URLs: srv.ClientURL(), Name: name, FailFast: true, Logger: log})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -47,7 +64,7 @@ func TestPartitionedAggregation(t *testing.T) {
 	// Where each node's summaries arrive.
 	var mu sync.Mutex
 	landed := map[string]map[string]bool{}
-	watch := connect()
+	watch := connect(servers[0], "watch")
 	if _, err := watch.Subscribe("bpfstats.partitioned.*.*._summary", func(m *nats.Msg) {
 		toks := splitSubject(m.Subject)
 		mu.Lock()
@@ -59,14 +76,6 @@ func TestPartitionedAggregation(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	merged := NewRollups("bpfstats", nil)
-	if _, err := watch.Subscribe("bpfstats._fleet.*", func(m *nats.Msg) {
-		if err := merged.Ingest(m.Subject, m.Data); err != nil {
-			t.Errorf("rollup refused: %v", err)
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
 	if err := watch.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +84,7 @@ func TestPartitionedAggregation(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	for p := range parts {
-		nc := connect()
+		nc := connect(servers[1+p], "bpfstats-aggregate")
 		wg.Go(func() {
 			err := Aggregate(ctx, nc, AggregateOptions{Partition: p, Partitions: parts, Interval: 50 * time.Millisecond, Logger: log})
 			if err != nil {
@@ -83,9 +92,31 @@ func TestPartitionedAggregation(t *testing.T) {
 			}
 		})
 	}
+	prints := make(lineWriter, 64)
+	// Runs before the cleanup above: top --fleet may be writing a print
+	// no one reads any more.
+	t.Cleanup(func() {
+		cancel()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		for {
+			select {
+			case <-prints:
+			case <-done:
+				return
+			}
+		}
+	})
+	fleetTop := connect(servers[0], "bpfstats-top")
+	wg.Go(func() {
+		if err := RunRollups(ctx, fleetTop, Options{JSON: true, Interval: 50 * time.Millisecond, Logger: log}, prints); err != nil {
+			t.Errorf("top --fleet: %v", err)
+		}
+	})
 
 	// The nodes publish the same summary (seq 1) every tick, as trackers
-	// would their intervals, until the merge shows them all.
+	// would their intervals, each node to one of the three servers, until
+	// top --fleet prints them all.
 	var summaries []msg
 	want := map[string]RollupRow{}
 	var wantUnowned RollupRow
@@ -98,18 +129,28 @@ func TestPartitionedAggregation(t *testing.T) {
 		}
 		addSummary(want, &wantUnowned, &m)
 	}
-	pub := connect()
+	var pubs []*nats.Conn
+	for _, srv := range servers {
+		pubs = append(pubs, connect(srv, "publisher"))
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	deadline := time.After(testutil.Wait)
 	var got FleetPrint
-	for got = merged.Merged(); len(got.Seen) != parts || got.Nodes != nodes; got = merged.Merged() {
+	for len(got.Seen) != parts || got.Nodes != nodes {
 		select {
 		case <-deadline:
-			t.Fatalf("merged rollup never showed %d nodes in %d partitions: %+v", nodes, parts, got)
-		case <-time.After(20 * time.Millisecond):
-		}
-		for _, s := range summaries {
-			if err := pub.Publish(s.subject, s.data); err != nil {
-				t.Fatal(err)
+			t.Fatalf("top --fleet never showed %d nodes in %d partitions: %+v", nodes, parts, got)
+		case line := <-prints:
+			got = FleetPrint{}
+			if err := json.Unmarshal(line, &got); err != nil {
+				t.Fatalf("top --fleet printed %q: %v", line, err)
+			}
+		case <-tick.C:
+			for i, s := range summaries {
+				if err := pubs[i%len(pubs)].Publish(s.subject, s.data); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 	}
@@ -125,8 +166,8 @@ func TestPartitionedAggregation(t *testing.T) {
 		}
 		perPartition[Partition(node, parts)]++
 	}
-	if got.Misrouted != 0 {
-		t.Errorf("aggregators saw %d summaries of another partition", got.Misrouted)
+	if got.Misrouted != 0 || got.Rejected != 0 || len(got.Missing) != 0 {
+		t.Errorf("merged view: %d summaries of another partition, %d rollups refused, partitions missing %v", got.Misrouted, got.Rejected, got.Missing)
 	}
 	if perPartition[0] == 0 || perPartition[1] == 0 {
 		t.Errorf("a partition got no node: %v", perPartition)

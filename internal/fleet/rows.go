@@ -23,8 +23,19 @@ type Row struct {
 func (f *Fleet) GadgetRows(glob string) []Row {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	rows := []Row{}
-	for _, name := range f.matching(glob) {
+	names := f.matching(glob)
+	// Sized once: a fleet's rows are many and large, and growing the
+	// slice would copy them over and over.
+	size := 0
+	for _, name := range names {
+		if n := f.nodes[name]; n.summary != nil {
+			size += len(n.summary.gadgets)
+		} else {
+			size += len(n.gadgets)
+		}
+	}
+	rows := make([]Row, 0, size)
+	for _, name := range names {
 		n := f.nodes[name]
 		if n.summary != nil {
 			rows = summaryRows(rows, name, n)
@@ -35,8 +46,8 @@ func (f *Fleet) GadgetRows(glob string) []Row {
 			if s.shown != nil {
 				r := gadgetRow(name, s.shown)
 				// The cost columns a message's totals imply, over the
-				// node's interval (its CPU count is not sent).
-				r.Cost = state.CostOf(&r, n.interval, 0, 0)
+				// node's interval and CPUs.
+				r.Cost = state.CostOf(&r, n.interval, n.cpus(), 0)
 				rows = append(rows, Row{Row: r, Seq: n.seq})
 			}
 		}
@@ -122,7 +133,12 @@ type ImageRow struct {
 func (f *Fleet) ImageRows(glob string, unowned bool) []ImageRow {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	sums := f.rollup(&f.images, glob, unowned, true, func(id publish.GadgetIdentity) string { return id.Image })
+	var sums []rollupSum
+	if glob == "" && !unowned && f.liveRollups() {
+		sums = f.liveRollup(byImage, true)
+	} else {
+		sums = f.rollup(&f.images, glob, unowned, true, func(id publish.GadgetIdentity) string { return id.Image })
+	}
 	rows := make([]ImageRow, len(sums))
 	for i, r := range sums {
 		rows[i] = ImageRow{GadgetImage: r.key, Nodes: r.nodes, NodeNames: r.names, Gadgets: r.gadgets, Totals: r.totals}
@@ -149,4 +165,13 @@ func (n *node) slots() []*slot {
 		out = append(out, n.unowned)
 	}
 	return out
+}
+
+// cpus is the node's online CPU count, from its latest _node or
+// _summary; 0 when unknown (a tracker older than the field).
+func (n *node) cpus() int {
+	if n.info == nil {
+		return 0
+	}
+	return n.info.CPUs
 }

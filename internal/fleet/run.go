@@ -73,14 +73,16 @@ func Run(ctx context.Context, nc *nats.Conn, opts Options, out io.Writer) error 
 		return err
 	}
 	log := opts.Logger
+	// Ends the subscriptions' decoding goroutine with the view.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	f := New(opts.SubjectPrefix, opts.Interval, opts.Now)
 	f.kinds, _ = viewKinds(opts)
-	subs, err := subscribe(nc, f, opts)
+	subs, err := subscribe(ctx, nc, f, opts)
 	if err != nil {
 		return err
 	}
 	defer unsubscribe(subs)
-	f.consumer = func() (int, uint64) { return subsPending(subs) }
 
 	prints := 0
 	print := func() (done bool, err error) {
@@ -141,10 +143,40 @@ func literalToken(glob string) bool {
 	return glob != "" && !strings.ContainsAny(glob, "*?[\\.> \t")
 }
 
-// subscribe subscribes f to the subjects of its view.
-func subscribe(nc *nats.Conn, f *Fleet, opts Options) ([]*nats.Subscription, error) {
+// subscribe subscribes f to the subjects of its view, and sets what f
+// reports of them. A view of summaries alone decodes each node's newest
+// summary (coalescer) until ctx ends.
+func subscribe(ctx context.Context, nc *nats.Conn, f *Fleet, opts Options) ([]*nats.Subscription, error) {
 	_, subjects := viewKinds(opts)
-	return subscribeSubjects(nc, f.Ingest, opts.Logger, subjects)
+	if f.kinds.detail {
+		subs, err := subscribeSubjects(nc, f.Ingest, opts.Logger, subjects)
+		f.consumer = func() (int, uint64, uint64) {
+			pending, dropped := subsPending(subs)
+			return pending, dropped, 0
+		}
+		return subs, err
+	}
+	return subscribeCoalesced(ctx, nc, f.Ingest, opts.Logger, f, subjects)
+}
+
+// subscribeCoalesced subscribes to summary subjects through a coalescer
+// that decodes with ingest until ctx ends, and sets what f reports of
+// them.
+func subscribeCoalesced(ctx context.Context, nc *nats.Conn, ingest func(subject string, data []byte) error, log zerolog.Logger, f *Fleet, subjects []string) ([]*nats.Subscription, error) {
+	c := newCoalescer(ingest, func(subject string, err error) {
+		log.Debug().Err(err).Str("subject", subject).Msg("ignoring message")
+	})
+	subs, err := subscribeSubjects(nc, c.put, log, subjects)
+	if err != nil {
+		return nil, err
+	}
+	go c.run(ctx)
+	f.consumer = func() (int, uint64, uint64) {
+		pending, dropped := subsPending(subs)
+		filed, skipped := c.pending()
+		return pending + filed, dropped, skipped
+	}
+	return subs, nil
 }
 
 // subscribeSubjects hands the messages of subjects to ingest, each

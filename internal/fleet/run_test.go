@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
@@ -181,6 +183,10 @@ func TestRunReadsKVFirst(t *testing.T) {
 		}
 		return got
 	}
+	// The sinks write the bucket asynchronously: wait for each node's
+	// _summary entry, written after its interval's other entries.
+	waitKVSeq(t, nc, "node-a", 1)
+	waitKVSeq(t, nc, "node-b", 1)
 	if got, want := top(), []string{"node-a/gadget-node-a", "node-b/gadget-node-b"}; !slices.Equal(got, want) {
 		t.Fatalf("first print %v, want %v", got, want)
 	}
@@ -191,7 +197,40 @@ func TestRunReadsKVFirst(t *testing.T) {
 	if err := sinks[1].Publish(ended); err != nil {
 		t.Fatal(err)
 	}
+	waitKVSeq(t, nc, "node-b", 2)
 	if got, want := top(), []string{"node-a/gadget-node-a"}; !slices.Equal(got, want) {
 		t.Fatalf("print after node-b's gadget ended %v, want %v", got, want)
+	}
+}
+
+// waitKVSeq waits until the key-value bucket holds node's _summary entry of
+// interval seq or later.
+func waitKVSeq(t *testing.T, nc *nats.Conn, node string, seq uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Wait)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, publish.DefaultKVBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.Watch(ctx, node+"."+publish.TokenSummary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop() //nolint:errcheck // the test ends
+	for {
+		select {
+		case e := <-w.Updates():
+			var h publish.Header
+			if e != nil && json.Unmarshal(e.Value(), &h) == nil && h.Seq >= seq {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("the bucket never held %s's _summary of seq %d", node, seq)
+		}
 	}
 }

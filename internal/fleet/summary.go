@@ -33,6 +33,9 @@ func (f *Fleet) applySummary(n *node, m *publish.SummaryMessage) {
 		f.stats.capIdentity(&gadgets[i].Gadget)
 	}
 	n.summary = &summary{seq: m.Seq, gadgets: gadgets, unowned: m.Unowned}
+	if f.liveRollups() {
+		f.updateRollup(n, gadgets, m.Unowned)
+	}
 	if len(n.gadgets) > 0 || n.unowned != nil {
 		f.closeInterval(n, m.Seq)
 	}
@@ -42,8 +45,9 @@ func (f *Fleet) applySummary(n *node, m *publish.SummaryMessage) {
 // gadget name and ID.
 func summaryRows(rows []Row, name string, n *node) []Row {
 	start := len(rows)
+	cpus := n.cpus()
 	for _, g := range n.summary.gadgets {
-		rows = append(rows, Row{Seq: n.seq, Row: state.Row{
+		r := state.Row{
 			NodeName:    name,
 			GadgetID:    g.Gadget.ID,
 			GadgetName:  g.Gadget.Name,
@@ -52,7 +56,11 @@ func summaryRows(rows []Row, name string, n *node) []Row {
 			Loader:      &state.ProcessRef{PID: g.OwnerPID},
 			PIDs:        ownerPIDs(g.OwnerPID),
 			Comms:       []string{},
-		}})
+		}
+		// The cost columns the totals imply, over the node's interval
+		// and CPUs, as for a gadget message's row.
+		r.Cost = state.CostOf(&r, n.interval, cpus, 0)
+		rows = append(rows, Row{Seq: n.seq, Row: r})
 	}
 	slices.SortFunc(rows[start:], func(a, b Row) int {
 		return cmp.Or(cmp.Compare(a.GadgetName, b.GadgetName), cmp.Compare(a.GadgetID, b.GadgetID))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +174,92 @@ func TestRunFollowsSummaries(t *testing.T) {
 			t.Fatal("Run never printed the node")
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// Messages the NATS client drops because the view reads too slowly are
+// reported in the header line (slowDrops) and the JSON print
+// (consumer.dropped), with those still pending.
+func TestConsumerReportsSlowDrops(t *testing.T) {
+	srv := testutil.StartNATS(t, nil)
+	log := testutil.NewLogWatch(t).Logger()
+	nc, err := publish.ConnectNATS(publish.ConnOptions{URLs: srv.ClientURL(), FailFast: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	f := summaryView(nil)
+	// The view's reader is stuck on the first message until the test ends.
+	stuck := make(chan struct{})
+	reading := make(chan struct{}, 1)
+	ingest := func(subject string, data []byte) error {
+		select {
+		case reading <- struct{}{}:
+		default:
+		}
+		<-stuck
+		return f.Ingest(subject, data)
+	}
+	subs, err := subscribeSubjects(nc, ingest, log, summarySubjects("bpfstats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { close(stuck); unsubscribe(subs) })
+	for _, sub := range subs {
+		if err := sub.SetPendingLimits(2, -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.consumer = func() (int, uint64, uint64) {
+		pending, dropped := subsPending(subs)
+		return pending, dropped, 0
+	}
+	_, s := simNode(t, "n1", 1, time.Now(), simShape{gadgets: 1})
+	publishOnce := func() {
+		t.Helper()
+		if err := nc.Publish(s.subject, s.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishOnce()
+	<-reading
+	// One being read, at most two pending: the rest are dropped.
+	const sent = 10
+	for range sent - 1 {
+		publishOnce()
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(testutil.Wait)
+	for c := f.Consumer(); c.Dropped+uint64(c.Pending) < sent-1; c = f.Consumer() {
+		select {
+		case <-deadline:
+			t.Fatalf("consumer %+v: want the %d messages after the first pending or dropped", c, sent-1)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// The client's own count of what it holds may include the message
+	// being read; at most the limit is pending, the rest dropped.
+	c := f.Consumer()
+	if c.Pending > 2 || c.Dropped < sent-3 {
+		t.Fatalf("consumer %+v, want at most 2 pending and at least %d dropped", c, sent-3)
+	}
+	var table, asJSON bytes.Buffer
+	if err := f.Render(&table, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("pending=%d slowDrops=%d", c.Pending, c.Dropped); !strings.Contains(table.String(), want) {
+		t.Errorf("header line lacks %q: %s", want, table.String())
+	}
+	if err := f.Render(&asJSON, Options{JSON: true}); err != nil {
+		t.Fatal(err)
+	}
+	var p Print[Row]
+	if err := json.Unmarshal(asJSON.Bytes(), &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Consumer.Dropped != c.Dropped || p.Consumer.Pending != c.Pending {
+		t.Errorf("JSON consumer %+v, want %+v", p.Consumer, c)
 	}
 }

@@ -136,12 +136,13 @@ func writePrint[R any](w io.Writer, p Print[R]) error {
 // writeStatsLine writes the "#" line heading a table: the time, the nodes
 // shown, what the view refused or cut since it started, and how far
 // behind it is (lag, in time and in the nodes' intervals; nodes behind;
-// messages pending and dropped by the NATS client).
+// messages pending and dropped by the NATS client; summaries skipped for a
+// newer one).
 func writeStatsLine(w io.Writer, now time.Time, s Stats, c Consumer) {
-	fmt.Fprintf(w, "# %s nodes=%d accepted=%d rejected=%d stale=%d dropped=%d capped=%d incomplete=%d expired=%d lag=%s lagIntervals=%.2f behind=%d pending=%d slowDrops=%d\n",
+	fmt.Fprintf(w, "# %s nodes=%d accepted=%d rejected=%d stale=%d dropped=%d capped=%d incomplete=%d expired=%d lag=%s lagIntervals=%.2f behind=%d pending=%d slowDrops=%d skipped=%d\n",
 		now.Format("2006-01-02T15:04:05Z"), s.Nodes, s.Accepted, s.Rejected(), s.Stale, s.Dropped(),
 		s.CappedLabels+s.CappedLists, s.IncompleteIntervals, s.ExpiredNodes,
-		c.Lag.Round(time.Millisecond), c.LagIntervals, c.Behind, c.Pending, c.Dropped)
+		c.Lag.Round(time.Millisecond), c.LagIntervals, c.Behind, c.Pending, c.Dropped, c.Skipped)
 }
 
 // fleetColumns puts the nodeName column first, before cols or the default

@@ -121,6 +121,7 @@ func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) Node
 		NodeName: CleanLabel(s.opts.Node),
 		Version:  CleanLabel(s.opts.Version),
 		Kernel:   CleanLabel(s.opts.Kernel),
+		CPUs:     s.opts.CPUs,
 		Source:   CleanLabel(snap.Source),
 		Counts: NodeCounts{
 			Programs:      len(snap.Programs),

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -286,7 +287,9 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 		NodeName: "node_a.example",
 		Version:  "v0.0.0-test",
 		Kernel:   "6.18.0-test",
-		Source:   "perf",
+		// NATSOptions.CPUs defaults to the machine's.
+		CPUs:   runtime.NumCPU(),
+		Source: "perf",
 		Counts: NodeCounts{
 			Programs: 3, Gadgets: 1, Unowned: 1, EventsLoad: 5, EventsRelease: 2, EventsLost: 1,
 		},

@@ -195,6 +195,10 @@ type NodeMessage struct {
 	Version  string `json:"version"`
 	// Kernel is the node's uname release.
 	Kernel string `json:"kernel"`
+	// CPUs is the node's number of online CPUs, so that a consumer
+	// normalizes cpuPercent as the node does (cpuPercentNorm); omitted by
+	// trackers older than the field.
+	CPUs int `json:"cpus,omitempty"`
 	// Source is the event source in use.
 	Source  string     `json:"source"`
 	Counts  NodeCounts `json:"counts"`

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,9 @@ type NATSOptions struct {
 	Version string
 	// Kernel is the uname release reported on _node (loader.KernelRelease).
 	Kernel string
+	// CPUs is the node's number of online CPUs, reported on _node and
+	// _summary; default runtime.NumCPU(), as state.Options.CPUs.
+	CPUs int
 	// Interval is the tracker's sweep interval, carried in every message
 	// so that consumers can tell a silent node from a slow one.
 	Interval time.Duration
@@ -166,6 +170,9 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 	}
 	if opts.KVBucket == "" {
 		opts.KVBucket = DefaultKVBucket
+	}
+	if opts.CPUs <= 0 {
+		opts.CPUs = runtime.NumCPU()
 	}
 	if opts.FullEvery <= 0 {
 		opts.FullEvery = DefaultFullEvery

@@ -65,7 +65,8 @@ func startCluster(bin, conf string) ([]*server, error) {
 			}
 			if time.Now().After(deadline) {
 				stopAll(servers)
-				return nil, fmt.Errorf("nats-server %s: no routes to the others within 30s (%v, %d routes)", s.name, err, routez.NumRoutes)
+				return nil, fmt.Errorf("nats-server %s: no routes to the others within 30s (%v, %d routes; alive %t: %s)",
+					s.name, err, routez.NumRoutes, s.proc.alive(), s.proc.errors())
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

@@ -19,8 +19,11 @@ type config struct {
 	tracker, natsServer, conf, out string
 	ks                             []int
 	partitions                     int
-	interval, warmup, window       time.Duration
-	shape                          shape
+	// simulateUpTo is the largest K loaded by "tracker simulate"; larger
+	// fleets get the harness's generator.
+	simulateUpTo             int
+	interval, warmup, window time.Duration
+	shape                    shape
 }
 
 func main() {
@@ -32,6 +35,7 @@ func main() {
 	flag.StringVar(&c.out, "out", "docs/fleet.md", "report to update (between its fleetbench markers)")
 	flag.StringVar(&ks, "k", "100,1000,10000", "node counts")
 	flag.IntVar(&c.partitions, "partitions", 2, "partitions of the mapping in deploy/nats/partitions.conf")
+	flag.IntVar(&c.simulateUpTo, "simulate-up-to", 1000, "largest K loaded by tracker simulate (its real encoder); larger K get fleetbench's pre-encoded generator")
 	flag.DurationVar(&c.interval, "interval", time.Second, "the nodes' interval")
 	flag.DurationVar(&c.warmup, "warmup", 6*time.Second, "time before measuring, per K")
 	flag.DurationVar(&c.window, "window", 20*time.Second, "measured time, per K")
@@ -61,12 +65,12 @@ func run(c config) error {
 	var results []result
 	for _, k := range c.ks {
 		fmt.Fprintf(os.Stderr, "fleetbench: K=%d\n", k)
-		r, err := measure(c, servers, k, sim)
+		r, err := measure(c, servers, k, sim && k <= c.simulateUpTo)
 		if err != nil {
 			return fmt.Errorf("with %d nodes: %w", k, err)
 		}
 		results = append(results, r)
 		fmt.Fprintf(os.Stderr, "fleetbench: K=%d %s\n", k, r.oneLine())
 	}
-	return writeReport(c, results, sim)
+	return writeReport(c, results)
 }

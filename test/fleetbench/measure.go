@@ -24,8 +24,13 @@ type result struct {
 	// phase.
 	top, fleet, servers, aggServers usageRate
 	aggs                            []usageRate
-	aggPubMsgs                      float64
-	topLag, fleetLag                lagStats
+	// simulated tells whether "tracker simulate" was the load, not the
+	// harness's generator; load and aggLoad are the simulator's CPU in
+	// the two phases.
+	simulated        bool
+	load, aggLoad    float64
+	aggPubMsgs       float64
+	topLag, fleetLag lagStats
 }
 
 // usageRate is a process's CPU in cores over the window and its memory.
@@ -137,21 +142,23 @@ func hasSimulate(tracker string) bool {
 	return err == nil && strings.Contains(string(out), "-nodes")
 }
 
-// startLoad starts K nodes: "tracker simulate" when there is one, else
-// the harness's own generator.
-func startLoad(ctx context.Context, c config, urls []string, k int, sim bool) (stop func(), err error) {
+// startLoad starts K nodes: "tracker simulate --summary-only" when there
+// is one (the tracker's own encoder; the gadget subjects carry nothing the
+// measured consumers read), else the harness's own generator. It returns
+// the simulator's process, nil for the generator.
+func startLoad(ctx context.Context, c config, urls []string, k int, sim bool) (p *process, stop func(), err error) {
 	if sim {
 		cmd := exec.CommandContext(ctx, c.tracker, "simulate", "--nodes", strconv.Itoa(k), "--interval", c.interval.String(),
-			"--nats-url", strings.Join(urls, ","))
+			"--summary-only", "--conns", strconv.Itoa(min(k, len(urls))), "--nats-url", strings.Join(urls, ","))
 		p, err := startProcess("simulate", cmd, nil)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return p.stop, nil
+		return p, p.stop, nil
 	}
 	g, err := newGenerator(k, c.shape, c.interval, urls)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -161,5 +168,5 @@ func startLoad(ctx context.Context, c config, urls []string, k int, sim bool) (s
 			fmt.Fprintln(os.Stderr, "fleetbench: generator:", err)
 		}
 	}()
-	return func() { cancel(); <-done; g.close() }, nil
+	return nil, func() { cancel(); <-done; g.close() }, nil
 }

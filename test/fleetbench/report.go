@@ -17,7 +17,7 @@ const (
 
 // writeReport replaces the part of c.out between the fleetbench markers
 // with the results.
-func writeReport(c config, results []result, sim bool) error {
+func writeReport(c config, results []result) error {
 	doc, err := os.ReadFile(c.out)
 	if err != nil {
 		return err
@@ -29,21 +29,21 @@ func writeReport(c config, results []result, sim bool) error {
 	}
 	var b strings.Builder
 	b.WriteString(beginMarker + "\n")
-	writeSetup(&b, c, sim)
+	writeSetup(&b, c)
 	writeTable(&b, results)
 	writeExtrapolation(&b, c, results)
 	b.WriteString(endMarker)
 	return os.WriteFile(c.out, []byte(before+b.String()+after), 0o644)
 }
 
-func writeSetup(b *strings.Builder, c config, sim bool) {
+func writeSetup(b *strings.Builder, c config) {
 	describe, _ := exec.Command("git", "describe", "--always", "--dirty").Output()
 	load, _ := os.ReadFile("/proc/loadavg")
-	gen := "fleetbench's own generator (test/fleetbench/gen.go: publish's types, summaries only; " +
-		"this tracker has no `simulate` command)"
-	if sim {
-		gen = "`tracker simulate` (what `tracker run` publishes)"
-	}
+	gen := fmt.Sprintf("`tracker simulate --summary-only` for K up to %d (the tracker's own encoder and sink; each node publishes its `_node` and `_summary`, "+
+		"not the gadget subjects, which the measured consumers do not read: two messages per node-interval); above that, "+
+		"fleetbench's own generator (test/fleetbench/gen.go: summaries built from publish's types, encoded again every %d intervals, one message per node-interval), "+
+		"because on this machine the simulator's real encoder cannot publish 10,000 nodes a second besides the servers and the consumers "+
+		"(see its CPU at K=%d)", c.simulateUpTo, refreshEvery, c.simulateUpTo)
 	fmt.Fprintf(b, "Measured by `make fleetbench` on %s, tree `%s`, %d CPUs (%s), load average at the end %s.\n\n",
 		time.Now().UTC().Format("2006-01-02"), strings.TrimSpace(string(describe)), runtime.NumCPU(), cpuModel(),
 		strings.Join(strings.Fields(string(load))[:3], " "))
@@ -53,20 +53,26 @@ func writeSetup(b *strings.Builder, c config, sim bool) {
 		"`tracker top --by image` (summary mode) alone, then the partitioned aggregation, %d `tracker aggregate --partition i/%d` "+
 		"and `tracker top --fleet`, each its own process. Each phase measured over %v after %v of warm-up; CPU in cores (CPU seconds per second), RSS at the end; "+
 		"lag is the largest a consumer reported during the window (age of a node's newest summary; "+
-		"for the fleet view, an aggregator's lag plus the age of its rollup).\n\n",
-		gen, c.shape.gadgets, c.shape.programs, c.shape.unowned, c.interval, c.partitions, c.partitions, c.partitions, c.window, c.warmup)
+		"for the fleet view, an aggregator's lag plus the age of its rollup). The simulator, the servers and the consumers share the machine's %d CPUs "+
+		"(and, when this ran, with whatever else ran on it: see the load average), so the largest K measures a CPU-starved consumer as much as the consumer itself.\n\n",
+		gen, c.shape.gadgets, c.shape.programs, c.shape.unowned, c.interval, c.partitions, c.partitions, c.partitions, c.window, c.warmup,
+		runtime.NumCPU())
 }
 
 func writeTable(b *strings.Builder, results []result) {
-	b.WriteString("| K nodes | published msg/s | published MB/s | top CPU | top RSS | top lag (intervals) | top nodes shown (min..end) | top slow-consumer drops | 3 servers CPU, RSS | aggregators CPU (sum) | aggregator RSS (max) | fleet view CPU | fleet lag | fleet nodes (min..end) | 3 servers CPU |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| K nodes | published msg/s | published MB/s | load (simulator CPU: top phase, aggregation phase) | top CPU | top RSS | top lag (intervals) | top nodes shown (min..end) | top slow-consumer drops | 3 servers CPU, RSS | aggregators CPU (sum) | aggregator RSS (max) | fleet view CPU | fleet lag | fleet nodes (min..end) | 3 servers CPU |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range results {
 		var aggRSS int64
 		for _, a := range r.aggs {
 			aggRSS = max(aggRSS, a.rss)
 		}
-		fmt.Fprintf(b, "| %d | %.0f | %.1f | %.2f | %s | %v (%.2f) | %d..%d | %d | %.2f, %s | %.2f | %s | %.2f | %v | %d..%d | %.2f |\n",
-			r.k, r.pubMsgs, r.pubBytes/1e6, r.top.cores, mib(r.top.rss),
+		load := "generator"
+		if r.simulated {
+			load = fmt.Sprintf("simulate %.2f, %.2f", r.load, r.aggLoad)
+		}
+		fmt.Fprintf(b, "| %d | %.0f | %.1f | %s | %.2f | %s | %v (%.2f) | %d..%d | %d | %.2f, %s | %.2f | %s | %.2f | %v | %d..%d | %.2f |\n",
+			r.k, r.pubMsgs, r.pubBytes/1e6, load, r.top.cores, mib(r.top.rss),
 			r.topLag.maxLag.Round(time.Millisecond), r.topLag.maxIntervals, r.topLag.minNodes, r.topLag.lastNodes,
 			r.topLag.dropped-r.topLag.droppedAtStart, r.servers.cores, mib(r.servers.rss), r.aggCores(), mib(aggRSS), r.fleet.cores,
 			r.fleetLag.maxLag.Round(time.Millisecond), r.fleetLag.minNodes, r.fleetLag.lastNodes, r.aggServers.cores)
@@ -85,15 +91,19 @@ func writeExtrapolation(b *strings.Builder, c config, results []result) {
 		return
 	}
 	const big = 100000
+	// Costs per node-interval: each node publishes once per interval
+	// (a _summary, and a _node with the simulator), whatever the count of
+	// messages.
 	perSec := big / c.interval.Seconds()
-	size := r.pubBytes / r.pubMsgs
-	topCost := r.top.cores / r.pubMsgs
-	aggCost := r.aggCores() / max(r.aggPubMsgs, 1)
-	srvCost := r.servers.cores / r.pubMsgs
-	fmt.Fprintf(b, "**Paper extrapolation to %d nodes** (from K=%d: %.0f bytes a summary, %.1f µs of top CPU, "+
-		"%.1f µs of aggregator CPU and %.1f µs of server CPU per summary; linear, which the table supports only as far as it goes):\n\n",
+	nodeIntervals := float64(r.k) / c.interval.Seconds()
+	size := r.pubBytes / nodeIntervals
+	topCost := r.top.cores / nodeIntervals
+	aggCost := r.aggCores() / nodeIntervals
+	srvCost := r.servers.cores / nodeIntervals
+	fmt.Fprintf(b, "**Paper extrapolation to %d nodes** (from K=%d, per node-interval: %.0f bytes published, %.1f µs of top CPU, "+
+		"%.1f µs of aggregator CPU and %.1f µs of server CPU; linear, which the table supports only as far as it goes):\n\n",
 		big, r.k, size, topCost*1e6, aggCost*1e6, srvCost*1e6)
-	fmt.Fprintf(b, "- %.0f summaries/s, %.0f MB/s into the cluster (%.1f Gbit/s), each delivered to every summary consumer.\n",
+	fmt.Fprintf(b, "- %.0f node-intervals/s, %.0f MB/s into the cluster (%.1f Gbit/s), each summary delivered to every summary consumer.\n",
 		perSec, perSec*size/1e6, perSec*size*8/1e9)
 	fmt.Fprintf(b, "- One `tracker top` on everything: %.1f cores of decoding and bookkeeping; in a partitioned cluster every summary "+
 		"arrives on one subscription, read by one goroutine, so %s.\n",

@@ -12,7 +12,7 @@ import (
 // its own load, so that they do not share the CPUs: "tracker top" alone,
 // then the partitioned aggregation (the aggregators and top --fleet).
 func measure(c config, servers []*server, k int, sim bool) (result, error) {
-	r := result{k: k}
+	r := result{k: k, simulated: sim}
 	top, err := startTop(c, servers[0].url)
 	if err != nil {
 		return r, err
@@ -21,7 +21,7 @@ func measure(c config, servers []*server, k int, sim bool) (result, error) {
 	if err != nil {
 		return r, fmt.Errorf("top: %w", err)
 	}
-	r.pubMsgs, r.pubBytes, r.servers = s.pubMsgs, s.pubBytes, s.servers
+	r.pubMsgs, r.pubBytes, r.servers, r.load = s.pubMsgs, s.pubBytes, s.servers, s.load
 	r.top, r.topLag = s.procs[0], top.lag
 
 	fleet, err := startFleetTop(c, servers[0].url)
@@ -43,7 +43,7 @@ func measure(c config, servers []*server, k int, sim bool) (result, error) {
 	if err != nil {
 		return r, fmt.Errorf("aggregation: %w", err)
 	}
-	r.aggPubMsgs, r.aggServers = s.pubMsgs, s.servers
+	r.aggPubMsgs, r.aggServers, r.aggLoad = s.pubMsgs, s.servers, s.load
 	r.fleet, r.aggs, r.fleetLag = s.procs[0], s.procs[1:], fleet.lag
 	return r, nil
 }
@@ -57,8 +57,10 @@ func stopProcs(procs []*process) {
 // phase is what one phase measured.
 type phase struct {
 	pubMsgs, pubBytes float64
-	procs             []usageRate
-	servers           usageRate
+	// load is the simulator's CPU in cores.
+	load    float64
+	procs   []usageRate
+	servers usageRate
 }
 
 // runPhase starts the load once the consumers procs run, waits for the
@@ -72,7 +74,7 @@ func runPhase(c config, servers []*server, k int, sim bool, procs []*process, co
 	}
 	// The consumers' interest reaches every server before the load.
 	time.Sleep(time.Second)
-	stopLoad, err := startLoad(context.Background(), c, urls, k, sim)
+	load, stopLoad, err := startLoad(context.Background(), c, urls, k, sim)
 	if err != nil {
 		return ph, err
 	}
@@ -81,6 +83,10 @@ func runPhase(c config, servers []*server, k int, sim bool, procs []*process, co
 	all := append([]*process{}, procs...)
 	for _, s := range servers {
 		all = append(all, s.proc)
+	}
+	if load != nil {
+		// Last: fill takes the servers as the usages after the consumers.
+		all = append(all, load)
 	}
 	before, err := snapshot(all, servers)
 	if err != nil {
@@ -105,6 +111,11 @@ func runPhase(c config, servers []*server, k int, sim bool, procs []*process, co
 		con.mu.Lock()
 		con.measuring = false
 		con.mu.Unlock()
+	}
+	if load != nil {
+		last := len(after.usage) - 1
+		ph.load = float64(after.usage[last].cpu-before.usage[last].cpu) / float64(c.window)
+		before.usage, after.usage = before.usage[:last], after.usage[:last]
 	}
 	ph.fill(before, after, c.window, len(procs))
 	return ph, nil
