@@ -81,7 +81,11 @@ type KernelOptions struct {
 	// OneSweep is for a Kernel that serves one sweep (a one-shot): only
 	// the iterators that sweep reads through are loaded (iter/bpf_prog
 	// with map IDs, iter/task_file), not the one that makes later sweeps
-	// cheaper; a later ReadPrograms reads map IDs again.
+	// cheaper, and each runs once: the output of its self-check at load
+	// is what every later read through it (ProgramIDs, ReadPrograms,
+	// ReadAllPrograms, Holders) returns, a consistent view of the
+	// programs and their holders as of the load. Single reads (bpf(2),
+	// /proc) stay live.
 	OneSweep bool
 }
 
