@@ -259,7 +259,11 @@ func (k *Kernel) loadedIterators() *iterators {
 // loadedIteratorsLocked is loadedIterators with k.mu held.
 func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
-		k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
+		if k.opts.OneSweep && !oneSweepWantsIterators() {
+			k.iters = &iterators{progsErr: ErrFewPrograms, filesErr: ErrFewPrograms}
+		} else {
+			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
+		}
 	}
 	return k.iters
 }

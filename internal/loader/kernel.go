@@ -85,7 +85,8 @@ type KernelOptions struct {
 	// is what every later read through it (ProgramIDs, ReadPrograms,
 	// ReadAllPrograms, Holders) returns, a consistent view of the
 	// programs and their holders as of the load. Single reads (bpf(2),
-	// /proc) stay live.
+	// /proc) stay live. With few programs and open files the iterators
+	// are not loaded at all (Iterators reports ErrFewPrograms).
 	OneSweep bool
 }
 
