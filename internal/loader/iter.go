@@ -261,6 +261,7 @@ func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
 		if k.opts.OneSweep && !oneSweepWantsIterators() {
 			k.iters = &iterators{progsErr: ErrFewPrograms, filesErr: ErrFewPrograms}
+			k.startHoldersAhead()
 		} else {
 			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
 		}

@@ -3,6 +3,7 @@ package loader
 import (
 	"bytes"
 	"errors"
+	"os"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -57,4 +58,52 @@ func openFiles() (int, bool) {
 	field, _, _ := bytes.Cut(bytes.TrimSpace(data), []byte("\t"))
 	n, err := strconv.Atoi(string(field))
 	return n, err == nil
+}
+
+// holdersResult is the outcome of a /proc walk for Holders.
+type holdersResult struct {
+	holders map[uint32][]uint32
+	err     error
+}
+
+// startHoldersAhead starts the /proc walk of the one Holders call of a
+// OneSweep Kernel without iterators on a goroutine of its own, so that it
+// overlaps the sweep's program and map reads; Holders then takes its
+// result. The walk leaves this process out, which Holders scans itself
+// when it takes the result: meanwhile this process opens short-lived fds
+// of programs for its reads, which the early walk could see. Only for the
+// host's /proc (where this process's PID is its own). k.mu is held.
+func (k *Kernel) startHoldersAhead() {
+	if k.procRoot != "/proc" {
+		return
+	}
+	ahead := make(chan holdersResult, 1)
+	k.holdersAhead = ahead
+	self := uint32(os.Getpid())
+	go func() {
+		w := newProcWalker()
+		holders := make(map[uint32][]uint32)
+		err := w.holders("/proc", holders, self)
+		ahead <- holdersResult{holders, err}
+	}()
+}
+
+// takeHoldersAhead waits for the walk startHoldersAhead started, once,
+// adds this process's own program fds, and returns the holders; false
+// when there is none or it failed (the caller then walks again). k.mu is
+// held, so no read of this Kernel has an fd open.
+func (k *Kernel) takeHoldersAhead() (map[uint32][]uint32, bool) {
+	if k.holdersAhead == nil {
+		return nil, false
+	}
+	r := <-k.holdersAhead
+	k.holdersAhead = nil
+	if r.err != nil {
+		return nil, false
+	}
+	if err := k.walker.holdersOf(k.procRoot, uint32(os.Getpid()), r.holders); err != nil {
+		return nil, false
+	}
+	sortHolders(r.holders)
+	return r.holders, true
 }

@@ -1,9 +1,13 @@
 package loader
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfstats/tracker/internal/testutil"
 )
@@ -20,6 +24,10 @@ func TestIterOneSweepReadsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { k.Close() })
+	// Loaded here whatever the program count (see oneSweepWantsIterators).
+	k.mu.Lock()
+	k.iters = loadIterators(true, true)
+	k.mu.Unlock()
 	perr, herr := k.Iterators()
 	testutil.SkipIfUnsupported(t, perr, "iter/bpf_prog")
 	testutil.SkipIfUnsupported(t, herr, "iter/task_file")
@@ -73,5 +81,100 @@ func TestIterOneSweepReadsOnce(t *testing.T) {
 		if !slices.Contains(holders[id], self) {
 			t.Errorf("program %d: holders %v lack this process %d", id, holders[id], self)
 		}
+	}
+}
+
+// TestHoldersAheadAgrees checks that the early /proc walk of a OneSweep
+// Kernel without iterators finds what a walk at the time of Holders
+// finds: this process and a child holding programs, this process's own
+// fds scanned when Holders runs.
+func TestHoldersAheadAgrees(t *testing.T) {
+	testutil.RequireRoot(t)
+	syscalls, err := NewKernelWithOptions(KernelOptions{NoIterators: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscalls.Close() })
+	k, err := NewKernelWithOptions(KernelOptions{OneSweep: true, NoIterators: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	progs := iterFixture(t, 2)
+	dup, err := unix.FcntlInt(uintptr(progs[0].FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(dup), "prog")
+	cmd := exec.Command("sleep", "30")
+	cmd.ExtraFiles = []*os.File{f}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// The child holds the program once it runs sleep: wait until a walk
+	// at this moment sees it.
+	first := programIDOf(t, progs[0])
+	for {
+		h, err := syscalls.Holders()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(h[first], uint32(cmd.Process.Pid)) {
+			break
+		}
+	}
+
+	k.mu.Lock()
+	k.startHoldersAhead()
+	k.mu.Unlock()
+	if k.holdersAhead == nil {
+		t.Fatal("no early walk started")
+	}
+	got, err := k.Holders()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := syscalls.Holders()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, child := uint32(os.Getpid()), uint32(cmd.Process.Pid)
+	for i, p := range progs {
+		id := programIDOf(t, p)
+		exp := []uint32{self}
+		if i == 0 {
+			exp = slices.Sorted(slices.Values([]uint32{self, child}))
+		}
+		if !slices.Equal(got[id], exp) || !slices.Equal(want[id], exp) {
+			t.Errorf("program %d: early walk %v, walk now %v, want %v", id, got[id], want[id], exp)
+		}
+	}
+	if k.holdersAhead != nil {
+		t.Error("early walk not taken")
+	}
+}
+
+// TestOneSweepChoice checks the inputs of the choice between iterators
+// and bpf(2): the open file count is readable, and a OneSweep Kernel
+// either loads the iterators or says why not.
+func TestOneSweepChoice(t *testing.T) {
+	testutil.RequireRoot(t)
+	if n, ok := openFiles(); !ok || n <= 0 {
+		t.Fatalf("openFiles() = %d, %v", n, ok)
+	}
+	k, err := NewKernelWithOptions(KernelOptions{OneSweep: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	perr, herr := k.Iterators()
+	if oneSweepWantsIterators() {
+		testutil.SkipIfUnsupported(t, perr, "iter/bpf_prog")
+		return
+	}
+	if !errors.Is(perr, ErrFewPrograms) || !errors.Is(herr, ErrFewPrograms) {
+		t.Errorf("few programs, Iterators() = %v, %v; want ErrFewPrograms", perr, herr)
 	}
 }

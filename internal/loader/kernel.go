@@ -41,7 +41,10 @@ type Kernel struct {
 	lastHolders int
 	procReader  procReader
 	iters       *iterators
-	closed      bool
+	// holdersAhead, when not nil, delivers the /proc walk a OneSweep
+	// Kernel without iterators started early (see startHoldersAhead).
+	holdersAhead chan holdersResult
+	closed       bool
 	// metaMapInfo and metaCache serve ReadProgramMetadata.
 	metaMapInfo sysMapInfoBTF
 	metaCache   map[metadataKey]map[string]string

@@ -230,6 +230,9 @@ func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
 func (k *Kernel) Holders() (map[uint32][]uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if h, ok := k.takeHoldersAhead(); ok {
+		return h, nil
+	}
 	holders := make(map[uint32][]uint32, k.lastHolders)
 	if k.holdersIter(holders) {
 		sortHolders(holders)
@@ -237,7 +240,7 @@ func (k *Kernel) Holders() (map[uint32][]uint32, error) {
 		return holders, nil
 	}
 	clear(holders)
-	if err := k.walker.holders(k.procRoot, holders); err != nil {
+	if err := k.walker.holders(k.procRoot, holders, 0); err != nil {
 		return nil, fmt.Errorf("finding program holders: %w", err)
 	}
 	sortHolders(holders)
