@@ -285,18 +285,25 @@ func (k *Kernel) Iterators() (programs, holders error) {
 	return its.progsErr, its.filesErr
 }
 
-// holdersIter fills holders with one run of the task_file iterator and
-// reports false when the iterator is not in use or failed. k.mu is held.
-func (k *Kernel) holdersIter(holders map[uint32][]uint32) bool {
+// holdersIter returns the holders of one run of the task_file iterator
+// in a map sized for it (lastHolders programs, or for the run's records
+// when lastHolders is 0: the first sweep), or false when the iterator is
+// not in use or failed. k.mu is held.
+func (k *Kernel) holdersIter() (map[uint32][]uint32, bool) {
 	its := k.loadedIteratorsLocked()
 	if its == nil || its.files == nil {
-		return false
+		return nil, false
 	}
 	data, err := its.files.read(k.fileBuf)
 	k.fileBuf = data[:0]
 	if err != nil {
-		return false
+		return nil, false
 	}
+	size := k.lastHolders
+	if size == 0 {
+		size = len(data) / iterFDRecordSize
+	}
+	holders := make(map[uint32][]uint32, size)
 	parseIterHolders(data, holders)
-	return true
+	return holders, true
 }

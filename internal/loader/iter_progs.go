@@ -367,7 +367,8 @@ func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, all bool, fn func(uin
 		}
 		id := binary.NativeEndian.Uint32(rec)
 		complete := iterRecMaps(rec) <= iterMaxMapIDs
-		if complete {
+		// A OneSweep Kernel has no next sweep to keep the map IDs for.
+		if complete && !k.opts.OneSweep {
 			next.add(id, iterRecLoadTime(rec), iterRecMapIDs(rec, &k.scratchIDs))
 		}
 		if !set.take(id) && !all {

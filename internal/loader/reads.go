@@ -233,13 +233,12 @@ func (k *Kernel) Holders() (map[uint32][]uint32, error) {
 	if h, ok := k.takeHoldersAhead(); ok {
 		return h, nil
 	}
-	holders := make(map[uint32][]uint32, k.lastHolders)
-	if k.holdersIter(holders) {
+	if holders, ok := k.holdersIter(); ok {
 		sortHolders(holders)
 		k.lastHolders = len(holders)
 		return holders, nil
 	}
-	clear(holders)
+	holders := make(map[uint32][]uint32, k.lastHolders)
 	if err := k.walker.holders(k.procRoot, holders, 0); err != nil {
 		return nil, fmt.Errorf("finding program holders: %w", err)
 	}
