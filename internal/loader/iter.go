@@ -187,37 +187,6 @@ func loadFileIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*bpf
 	return it, nil
 }
 
-// checkFileIter checks that the iterator finds this process holding the
-// iterator's own program, and returns the output of the run. It fails
-// where the program files are not recognised, or where this process is
-// in another PID namespace than the kernel's (the iterator reports global
-// PIDs).
-func checkFileIter(it *bpfIter) ([]byte, error) {
-	data, err := it.read(nil)
-	if err != nil {
-		return nil, err
-	}
-	if !iterHolds(data, it.id, uint32(os.Getpid())) {
-		holders := make(map[uint32][]uint32)
-		parseIterHolders(data, holders)
-		return nil, fmt.Errorf("this process (PID %d) not found holding program %d (holders %v): another PID namespace?",
-			os.Getpid(), it.id, holders[it.id])
-	}
-	return data, nil
-}
-
-// iterHolds reports whether an iter/task_file output has pid holding
-// program id.
-func iterHolds(data []byte, id, pid uint32) bool {
-	ne := binary.NativeEndian
-	for ; len(data) >= iterFDRecordSize; data = data[iterFDRecordSize:] {
-		if ne.Uint32(data[0:]) == pid && ne.Uint32(data[4:]) == id {
-			return true
-		}
-	}
-	return false
-}
-
 // possibleCPUs parses /sys/devices/system/cpu/possible.
 func possibleCPUs() ([]int, error) {
 	raw, err := os.ReadFile("/sys/devices/system/cpu/possible")
