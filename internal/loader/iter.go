@@ -228,11 +228,15 @@ func (k *Kernel) loadedIterators() *iterators {
 // loadedIteratorsLocked is loadedIterators with k.mu held.
 func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
-		if k.opts.OneSweep && !oneSweepWantsIterators() {
+		want := true
+		if k.opts.OneSweep {
+			want, k.walkedIDs = oneSweepWantsIterators()
+		}
+		if want {
+			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
+		} else {
 			k.iters = &iterators{progsErr: ErrFewPrograms, filesErr: ErrFewPrograms}
 			k.startHoldersAhead()
-		} else {
-			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
 		}
 	}
 	return k.iters

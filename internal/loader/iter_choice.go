@@ -28,23 +28,36 @@ const (
 // oneSweepWantsIterators reports whether one sweep is cheaper through the
 // iterators: when the system has many open files (/proc/sys/fs/file-nr)
 // or many programs (a BPF_PROG_GET_NEXT_ID walk, stopped at the bound).
-// When it cannot tell, it says yes.
-func oneSweepWantsIterators() bool {
+// When it cannot tell, it says yes. When it says no, ids are every program
+// ID, from the walk.
+func oneSweepWantsIterators() (want bool, ids []uint32) {
 	if n, ok := openFiles(); !ok || n >= oneSweepIterMinFiles {
-		return true
+		return true, nil
 	}
 	var id uint32
-	for n := 0; n < oneSweepIterMinPrograms; n++ {
+	for range oneSweepIterMinPrograms {
 		next, err := bpfNextID(unix.BPF_PROG_GET_NEXT_ID, id)
 		if err == unix.ENOENT {
-			return false
+			return false, ids
 		}
 		if err != nil {
-			return true
+			return true, nil
 		}
+		ids = append(ids, next)
 		id = next
 	}
-	return true
+	return true, nil
+}
+
+// takeWalkedIDs returns, once, the program IDs oneSweepWantsIterators
+// walked for a OneSweep Kernel without iterators, so that its ProgramIDs
+// does not walk them again.
+func (k *Kernel) takeWalkedIDs() ([]uint32, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ids := k.walkedIDs
+	k.walkedIDs = nil
+	return ids, ids != nil
 }
 
 // openFiles returns the number of allocated file handles of the system,

@@ -164,17 +164,31 @@ func TestOneSweepChoice(t *testing.T) {
 	if n, ok := openFiles(); !ok || n <= 0 {
 		t.Fatalf("openFiles() = %d, %v", n, ok)
 	}
+	progs := iterFixture(t, 2)
 	k, err := NewKernelWithOptions(KernelOptions{OneSweep: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { k.Close() })
 	perr, herr := k.Iterators()
-	if oneSweepWantsIterators() {
+	if want, _ := oneSweepWantsIterators(); want {
 		testutil.SkipIfUnsupported(t, perr, "iter/bpf_prog")
 		return
 	}
 	if !errors.Is(perr, ErrFewPrograms) || !errors.Is(herr, ErrFewPrograms) {
 		t.Errorf("few programs, Iterators() = %v, %v; want ErrFewPrograms", perr, herr)
+	}
+	// ProgramIDs takes the IDs of the choice's walk, once.
+	ids, err := k.ProgramIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range progs {
+		if id := programIDOf(t, p); !slices.Contains(ids, id) {
+			t.Errorf("ProgramIDs() = %v lacks program %d", ids, id)
+		}
+	}
+	if _, ok := k.takeWalkedIDs(); ok {
+		t.Error("walked IDs still kept after ProgramIDs")
 	}
 }

@@ -44,7 +44,10 @@ type Kernel struct {
 	// holdersAhead, when not nil, delivers the /proc walk a OneSweep
 	// Kernel without iterators started early (see startHoldersAhead).
 	holdersAhead chan holdersResult
-	closed       bool
+	// walkedIDs are the program IDs a OneSweep Kernel listed to choose
+	// against the iterators, for its next ProgramIDs (see takeWalkedIDs).
+	walkedIDs []uint32
+	closed    bool
 	// metaMapInfo and metaCache serve ReadProgramMetadata.
 	metaMapInfo sysMapInfoBTF
 	metaCache   map[metadataKey]map[string]string

@@ -24,6 +24,9 @@ func (k *Kernel) ProgramIDs() ([]uint32, error) {
 // loaded (by ReadPrograms or Iterators), one run of it lists the IDs
 // instead of one syscall per program. Requires Linux 4.13.
 func (k *Kernel) appendProgramIDs(dst []uint32) ([]uint32, error) {
+	if ids, ok := k.takeWalkedIDs(); ok {
+		return append(dst, ids...), nil
+	}
 	if out, ok := k.appendProgramIDsIter(dst); ok {
 		return out, nil
 	}
