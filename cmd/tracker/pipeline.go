@@ -173,11 +173,16 @@ func openKernel(log zerolog.Logger, opts loader.KernelOptions) (*loader.Kernel, 
 	// The iterators (Linux 6.2) read every program in one syscall; without
 	// them the same reads go through bpf(2) and /proc.
 	progIter, holderIter := kernel.Iterators()
+	// A one-shot skipping them by choice (loader.ErrFewPrograms) is no news.
+	level := zerolog.InfoLevel
+	if errors.Is(progIter, loader.ErrFewPrograms) {
+		level = zerolog.DebugLevel
+	}
 	if progIter != nil {
-		log.Info().Err(progIter).Msg("program iterator unavailable, reading programs with bpf(2)")
+		log.WithLevel(level).Err(progIter).Msg("program iterator unavailable, reading programs with bpf(2)")
 	}
 	if holderIter != nil {
-		log.Info().Err(holderIter).Msg("task_file iterator unavailable, scanning /proc for holders")
+		log.WithLevel(level).Err(holderIter).Msg("task_file iterator unavailable, scanning /proc for holders")
 	}
 	return kernel, nil
 }

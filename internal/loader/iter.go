@@ -37,6 +37,11 @@ type bpfIter struct {
 	link *link.Iter
 	// id is the iterator program's own ID, for the self-checks.
 	id uint32
+	// kept, when not nil, is the output of the self-check's run, which
+	// every read returns instead of running the iterator again: a
+	// OneSweep Kernel's one sweep reads the programs and their holders
+	// as of the iterators' load, one run of each iterator in all.
+	kept []byte
 }
 
 // attachIter attaches prog as an iterator and takes ownership of it.
@@ -68,6 +73,9 @@ func programFDIDOf(fd int) (uint32, error) {
 // storage, grown as needed. Each read(2) of an iterator returns at most
 // one seq_file buffer (8 pages), so a large output takes several.
 func (it *bpfIter) read(buf []byte) ([]byte, error) {
+	if it.kept != nil {
+		return it.kept, nil
+	}
 	attr := sysIterCreateAttr{LinkFD: uint32(it.link.FD())}
 	fd, err := bpfSyscall(unix.BPF_ITER_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
 	if err != nil {
@@ -122,9 +130,12 @@ func (its *iterators) close() error {
 var errIteratorsOff = errors.New("iterators turned off")
 
 // loadIterators loads and checks the iterators. withFiles is false when
-// Holders must read a /proc other than the host's; withStats is false when
-// the iterator without map IDs is not needed (KernelOptions.OneSweep).
-func loadIterators(withFiles, withStats bool) *iterators {
+// Holders must read a /proc other than the host's. oneSweep is
+// KernelOptions.OneSweep: the iterator without map IDs is not loaded, and
+// the others keep the output of their checks for the reads of the one
+// sweep (see bpfIter.kept). All are loaded before any is checked, so that
+// every check lists all of them.
+func loadIterators(withFiles, oneSweep bool) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff}
 	spec, err := loadIter()
 	if err != nil {
@@ -133,16 +144,34 @@ func loadIterators(withFiles, withStats bool) *iterators {
 		return its
 	}
 	opts := iterLoadOptions()
-	its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts, withStats)
+	its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts, !oneSweep)
 	if withFiles {
 		its.files, its.filesErr = loadFileIter(spec, opts)
 	} else {
 		its.filesErr = errors.New("proc root is not /proc")
 	}
+	if its.progsErr == nil {
+		if err := checkProgIters(its.progs, its.progStats, oneSweep); err != nil {
+			its.progs, its.progStats, its.progsErr = nil, nil, err
+		}
+	}
+	if its.files != nil {
+		data, err := checkFileIter(its.files)
+		switch {
+		case err != nil:
+			its.files.close()
+			its.files, its.filesErr = nil, fmt.Errorf("iter/task_file self-check: %w", err)
+		case oneSweep && its.progsErr == nil:
+			// Not when the program iterators were closed meanwhile:
+			// the output would list them.
+			its.files.kept = data
+		}
+	}
 	return its
 }
 
-// loadFileIter loads and checks iter/task_file. Requires Linux 5.8
+// loadFileIter loads and attaches iter/task_file (checkFileIter checks
+// it). Requires Linux 5.8
 // (task_file iterators) and 6.2 (bpf_rdonly_cast).
 func loadFileIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*bpfIter, error) {
 	var objs struct {
@@ -155,29 +184,7 @@ func loadFileIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*bpf
 	if err != nil {
 		return nil, fmt.Errorf("iter/task_file: %w", err)
 	}
-	if err := checkFileIter(it); err != nil {
-		it.close()
-		return nil, fmt.Errorf("iter/task_file self-check: %w", err)
-	}
 	return it, nil
-}
-
-// checkFileIter checks that the iterator finds this process holding the
-// iterator's own program. It fails where the program files are not
-// recognised, or where this process is in another PID namespace than
-// the kernel's (the iterator reports global PIDs).
-func checkFileIter(it *bpfIter) error {
-	data, err := it.read(nil)
-	if err != nil {
-		return err
-	}
-	holders := make(map[uint32][]uint32)
-	parseIterHolders(data, holders)
-	if !slices.Contains(holders[it.id], uint32(os.Getpid())) {
-		return fmt.Errorf("this process (PID %d) not found holding program %d (holders %v): another PID namespace?",
-			os.Getpid(), it.id, holders[it.id])
-	}
-	return nil
 }
 
 // possibleCPUs parses /sys/devices/system/cpu/possible.
@@ -221,7 +228,16 @@ func (k *Kernel) loadedIterators() *iterators {
 // loadedIteratorsLocked is loadedIterators with k.mu held.
 func (k *Kernel) loadedIteratorsLocked() *iterators {
 	if k.iters == nil && !k.closed && !k.opts.NoIterators {
-		k.iters = loadIterators(k.procRoot == "/proc", !k.opts.OneSweep)
+		want := true
+		if k.opts.OneSweep {
+			want, k.walkedIDs = oneSweepWantsIterators()
+		}
+		if want {
+			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
+		} else {
+			k.iters = &iterators{progsErr: ErrFewPrograms, filesErr: ErrFewPrograms}
+			k.startHoldersAhead()
+		}
 	}
 	return k.iters
 }
@@ -242,18 +258,25 @@ func (k *Kernel) Iterators() (programs, holders error) {
 	return its.progsErr, its.filesErr
 }
 
-// holdersIter fills holders with one run of the task_file iterator and
-// reports false when the iterator is not in use or failed. k.mu is held.
-func (k *Kernel) holdersIter(holders map[uint32][]uint32) bool {
+// holdersIter returns the holders of one run of the task_file iterator
+// in a map sized for it (lastHolders programs, or for the run's records
+// when lastHolders is 0: the first sweep), or false when the iterator is
+// not in use or failed. k.mu is held.
+func (k *Kernel) holdersIter() (map[uint32][]uint32, bool) {
 	its := k.loadedIteratorsLocked()
 	if its == nil || its.files == nil {
-		return false
+		return nil, false
 	}
 	data, err := its.files.read(k.fileBuf)
 	k.fileBuf = data[:0]
 	if err != nil {
-		return false
+		return nil, false
 	}
+	size := k.lastHolders
+	if size == 0 {
+		size = len(data) / iterFDRecordSize
+	}
+	holders := make(map[uint32][]uint32, size)
 	parseIterHolders(data, holders)
-	return true
+	return holders, true
 }

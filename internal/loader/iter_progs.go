@@ -6,15 +6,15 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
 
-// loadProgIters loads and checks the two iter/bpf_prog programs: with and
-// without map IDs, the latter only when withStats is set (stats is nil
-// otherwise). Requires Linux 5.8 (bpf_prog iterators), 5.19
-// (bpf_map_lookup_percpu_elem) and 6.2 (bpf_rdonly_cast).
+// loadProgIters loads and attaches the two iter/bpf_prog programs: with
+// and without map IDs, the latter only when withStats is set (stats is
+// nil otherwise). checkProgIters checks them. Requires Linux 5.8
+// (bpf_prog iterators), 5.19 (bpf_map_lookup_percpu_elem) and 6.2
+// (bpf_rdonly_cast).
 func loadProgIters(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, withStats bool) (full, stats *bpfIter, err error) {
 	spec = spec.Copy()
 	if err := setPossibleCPUs(spec); err != nil {
@@ -48,19 +48,6 @@ func loadProgIters(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, with
 			return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
 		}
 	}
-	for _, c := range []struct {
-		it       *bpfIter
-		withMaps bool
-	}{{full, true}, {stats, false}} {
-		if c.it == nil {
-			continue
-		}
-		if err := checkProgIter(c.it, c.withMaps); err != nil {
-			full.close()
-			stats.close()
-			return nil, nil, fmt.Errorf("iter/bpf_prog self-check: %w", err)
-		}
-	}
 	return full, stats, nil
 }
 
@@ -84,53 +71,6 @@ func setPossibleCPUs(spec *ebpf.CollectionSpec) error {
 		return fmt.Errorf("setting possible_cpus: %w", err)
 	}
 	return nil
-}
-
-// checkProgIter compares the iterator's record of its own program with
-// what bpf(2) says of it.
-func checkProgIter(it *bpfIter, withMaps bool) error {
-	data, err := it.read(nil)
-	if err != nil {
-		return err
-	}
-	var got ProgramInfo
-	found := false
-	err = walkIterProgs(data, withMaps, func(rec []byte) {
-		if binary.NativeEndian.Uint32(rec) == it.id {
-			parseIterProg(rec, &got, nil)
-			found = true
-		}
-	})
-	if err != nil {
-		return err
-	}
-	if !found {
-		return fmt.Errorf("own program %d not listed", it.id)
-	}
-	want := new(sysProgInfo)
-	if err := bpfObjInfo(it.prog.FD(), unsafe.Pointer(want), unsafe.Sizeof(*want)); err != nil {
-		return fmt.Errorf("reading own program info: %w", err)
-	}
-	nrMaps := iterRecMaps(walkFirst(data, withMaps, it.id))
-	if got.Type != want.Type || got.Tag != want.Tag || got.LoadTime != want.LoadTime ||
-		got.Name != string(cString(want.Name[:])) || nrMaps != want.NrMapIDs ||
-		(withMaps && uint32(len(got.MapIDs)) != want.NrMapIDs) {
-		return fmt.Errorf("iterator says type %d tag %x load time %d name %q %d maps, bpf(2) says %d %x %d %q %d",
-			got.Type, got.Tag, got.LoadTime, got.Name, nrMaps,
-			want.Type, want.Tag, want.LoadTime, cString(want.Name[:]), want.NrMapIDs)
-	}
-	return nil
-}
-
-// walkFirst returns the record of program id in data, or nil.
-func walkFirst(data []byte, withMaps bool, id uint32) []byte {
-	var found []byte
-	walkIterProgs(data, withMaps, func(rec []byte) {
-		if found == nil && binary.NativeEndian.Uint32(rec) == id {
-			found = rec
-		}
-	})
-	return found
 }
 
 // walkIterProgs calls fn with each record of an iter/bpf_prog output.
@@ -355,7 +295,8 @@ func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, all bool, fn func(uin
 		}
 		id := binary.NativeEndian.Uint32(rec)
 		complete := iterRecMaps(rec) <= iterMaxMapIDs
-		if complete {
+		// A OneSweep Kernel has no next sweep to keep the map IDs for.
+		if complete && !k.opts.OneSweep {
 			next.add(id, iterRecLoadTime(rec), iterRecMapIDs(rec, &k.scratchIDs))
 		}
 		if !set.take(id) && !all {
@@ -475,10 +416,19 @@ func (k *Kernel) appendProgramIDsIter(dst []uint32) ([]uint32, bool) {
 	k.mu.Lock()
 	its := k.iters
 	k.mu.Unlock()
-	if its == nil || its.progStats == nil {
+	if its == nil {
 		return dst, false
 	}
-	data, err := its.progStats.read(k.progBuf)
+	// A OneSweep Kernel lists the IDs from the output its sweep reads
+	// (kept since the iterators loaded): no run at all.
+	it, withMaps := its.progStats, false
+	if it == nil && its.progs != nil && its.progs.kept != nil {
+		it, withMaps = its.progs, true
+	}
+	if it == nil {
+		return dst, false
+	}
+	data, err := it.read(k.progBuf)
 	k.progBuf = data[:0]
 	if err != nil {
 		return dst, false
@@ -486,7 +436,7 @@ func (k *Kernel) appendProgramIDsIter(dst []uint32) ([]uint32, bool) {
 	n := len(dst)
 	for rest := data; len(rest) > 0; {
 		var rec []byte
-		if rec, rest, err = nextIterProg(rest, false); err != nil {
+		if rec, rest, err = nextIterProg(rest, withMaps); err != nil {
 			return dst[:n], false
 		}
 		dst = append(dst, binary.NativeEndian.Uint32(rec))

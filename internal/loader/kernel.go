@@ -41,7 +41,13 @@ type Kernel struct {
 	lastHolders int
 	procReader  procReader
 	iters       *iterators
-	closed      bool
+	// holdersAhead, when not nil, delivers the /proc walk a OneSweep
+	// Kernel without iterators started early (see startHoldersAhead).
+	holdersAhead chan holdersResult
+	// walkedIDs are the program IDs a OneSweep Kernel listed to choose
+	// against the iterators, for its next ProgramIDs (see takeWalkedIDs).
+	walkedIDs []uint32
+	closed    bool
 	// metaMapInfo and metaCache serve ReadProgramMetadata.
 	metaMapInfo sysMapInfoBTF
 	metaCache   map[metadataKey]map[string]string
@@ -81,7 +87,12 @@ type KernelOptions struct {
 	// OneSweep is for a Kernel that serves one sweep (a one-shot): only
 	// the iterators that sweep reads through are loaded (iter/bpf_prog
 	// with map IDs, iter/task_file), not the one that makes later sweeps
-	// cheaper; a later ReadPrograms reads map IDs again.
+	// cheaper, and each runs once: the output of its self-check at load
+	// is what every later read through it (ProgramIDs, ReadPrograms,
+	// ReadAllPrograms, Holders) returns, a consistent view of the
+	// programs and their holders as of the load. Single reads (bpf(2),
+	// /proc) stay live. With few programs and open files the iterators
+	// are not loaded at all (Iterators reports ErrFewPrograms).
 	OneSweep bool
 }
 

@@ -258,9 +258,9 @@ func newProcWalker() procWalker {
 }
 
 // holders walks procRoot/<tgid>/fd and adds every process holding a BPF
-// program fd to holders. Processes that vanish or deny access mid-walk are
-// skipped.
-func (w *procWalker) holders(procRoot string, holders map[uint32][]uint32) error {
+// program fd to holders, except process skip (0: none). Processes that
+// vanish or deny access mid-walk are skipped.
+func (w *procWalker) holders(procRoot string, holders map[uint32][]uint32, skip uint32) error {
 	procFd, err := unix.Open(procRoot, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", procRoot, err)
@@ -280,12 +280,24 @@ func (w *procWalker) holders(procRoot string, holders map[uint32][]uint32) error
 		it := direntIter{buf: w.procDents[:n]}
 		for name, ok := it.next(); ok; name, ok = it.next() {
 			pid, ok := parsePID(name)
-			if !ok {
+			if !ok || pid == skip {
 				continue
 			}
 			w.scanProcess(procFd, name, pid, holders)
 		}
 	}
+}
+
+// holdersOf adds pid to holders for each BPF program it has an fd to,
+// as holders does for every process.
+func (w *procWalker) holdersOf(procRoot string, pid uint32, holders map[uint32][]uint32) error {
+	procFd, err := unix.Open(procRoot, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", procRoot, err)
+	}
+	defer unix.Close(procFd)
+	w.scanProcess(procFd, strconv.AppendUint(nil, uint64(pid), 10), pid, holders)
+	return nil
 }
 
 // scanProcess adds pid to holders for each BPF program it has an fd to.

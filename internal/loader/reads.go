@@ -24,6 +24,9 @@ func (k *Kernel) ProgramIDs() ([]uint32, error) {
 // loaded (by ReadPrograms or Iterators), one run of it lists the IDs
 // instead of one syscall per program. Requires Linux 4.13.
 func (k *Kernel) appendProgramIDs(dst []uint32) ([]uint32, error) {
+	if ids, ok := k.takeWalkedIDs(); ok {
+		return append(dst, ids...), nil
+	}
 	if out, ok := k.appendProgramIDsIter(dst); ok {
 		return out, nil
 	}
@@ -230,14 +233,16 @@ func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
 func (k *Kernel) Holders() (map[uint32][]uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	holders := make(map[uint32][]uint32, k.lastHolders)
-	if k.holdersIter(holders) {
+	if h, ok := k.takeHoldersAhead(); ok {
+		return h, nil
+	}
+	if holders, ok := k.holdersIter(); ok {
 		sortHolders(holders)
 		k.lastHolders = len(holders)
 		return holders, nil
 	}
-	clear(holders)
-	if err := k.walker.holders(k.procRoot, holders); err != nil {
+	holders := make(map[uint32][]uint32, k.lastHolders)
+	if err := k.walker.holders(k.procRoot, holders, 0); err != nil {
 		return nil, fmt.Errorf("finding program holders: %w", err)
 	}
 	sortHolders(holders)

@@ -20,9 +20,28 @@ const (
 
 // mapReader holds the buffers of one ReadMaps worker.
 type mapReader struct {
-	info   sysMapInfo
-	path   []byte
-	fdinfo []byte
+	// fdinfoDir is an fd of /proc/self/fdinfo, or AT_FDCWD when it could
+	// not be opened; path is relative to it.
+	fdinfoDir int
+	info      sysMapInfo
+	path      []byte
+	fdinfo    []byte
+}
+
+// procSelfFdinfo is the directory of this process's fdinfo files.
+const procSelfFdinfo = "/proc/self/fdinfo/"
+
+// openFdinfoDir opens /proc/self/fdinfo for the map reads of one ReadMaps
+// call: a lookup of the fd's name there is cheaper than one of the whole
+// path from the root (most of a map read is opening its fdinfo). It
+// returns AT_FDCWD when the directory cannot be opened, and a close
+// function.
+func openFdinfoDir() (int, func()) {
+	fd, err := openat(unix.AT_FDCWD, []byte(procSelfFdinfo+"\x00"), unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return unix.AT_FDCWD, func() {}
+	}
+	return fd, func() { unix.Close(fd) }
 }
 
 // ReadMaps reads every map of ids as ReadMap does and calls fn once per ID,
@@ -35,9 +54,11 @@ type mapReader struct {
 func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err error)) {
 	infos := make([]MapInfo, len(ids))
 	errs := make([]error, len(ids))
+	dir, closeDir := openFdinfoDir()
+	defer closeDir()
 	workers := min(mapWorkersMax, (len(ids)+mapsPerWorker-1)/mapsPerWorker)
 	if workers <= 1 {
-		r := newMapReader()
+		r := newMapReader(dir)
 		for i, id := range ids {
 			errs[i] = r.read(id, &infos[i])
 		}
@@ -47,7 +68,7 @@ func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err er
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := newMapReader()
+				r := newMapReader(dir)
 				// Interleaved shares: maps of one program, often
 				// adjacent IDs, spread over the workers.
 				for i := w; i < len(ids); i += workers {
@@ -62,8 +83,10 @@ func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err er
 	}
 }
 
-func newMapReader() *mapReader {
-	return &mapReader{path: make([]byte, 0, 64), fdinfo: make([]byte, 4096)}
+// newMapReader returns a worker's reader of fdinfo files under dir (see
+// openFdinfoDir).
+func newMapReader(dir int) *mapReader {
+	return &mapReader{fdinfoDir: dir, path: make([]byte, 0, 64), fdinfo: make([]byte, 4096)}
 }
 
 // read is readMapInto with the worker's own buffers.
@@ -77,16 +100,19 @@ func (r *mapReader) read(id uint32, info *MapInfo) error {
 	if err := bpfObjInfo(fd, unsafe.Pointer(&r.info), unsafe.Sizeof(r.info)); err != nil {
 		return fmt.Errorf("reading info of map %d: %w", id, err)
 	}
-	r.path = append(r.path[:0], "/proc/self/fdinfo/"...)
+	r.path = r.path[:0]
+	if r.fdinfoDir == unix.AT_FDCWD {
+		r.path = append(r.path, procSelfFdinfo...)
+	}
 	r.path = strconv.AppendInt(r.path, int64(fd), 10)
 	r.path = append(r.path, 0)
-	data, err := readSmallFile(r.path, r.fdinfo)
+	data, err := readSmallFileAt(r.fdinfoDir, r.path, r.fdinfo)
 	if err != nil {
-		return fmt.Errorf("reading memlock of map %d: reading %s: %w", id, r.path[:len(r.path)-1], err)
+		return fmt.Errorf("reading memlock of map %d: reading fdinfo %s: %w", id, r.path[:len(r.path)-1], err)
 	}
 	memlock, ok := fdinfoField(data, "memlock:")
 	if !ok {
-		return fmt.Errorf("reading memlock of map %d: no %q line in %s", id, "memlock:", r.path[:len(r.path)-1])
+		return fmt.Errorf("reading memlock of map %d: no %q line in fdinfo %s", id, "memlock:", r.path[:len(r.path)-1])
 	}
 	fillMapInfo(info, &r.info, memlock)
 	return nil

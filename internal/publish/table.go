@@ -1,7 +1,6 @@
 package publish
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -136,20 +135,6 @@ func WriteTable(w io.Writer, cols []Column, rows []state.Row) error {
 		b.WriteString("\n")
 	}
 	_, err := io.WriteString(w, b.String())
-	return err
-}
-
-// WriteJSON writes rows (state.Row, or a row type of the output that
-// embeds it) as one JSON array on one line.
-func WriteJSON[R any](w io.Writer, rows []R) error {
-	if rows == nil {
-		rows = []R{}
-	}
-	b, err := json.Marshal(rows)
-	if err != nil {
-		return fmt.Errorf("encoding rows: %w", err)
-	}
-	_, err = w.Write(append(b, '\n'))
 	return err
 }
 

@@ -3,12 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os/exec"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/bpfstats/tracker/internal/loader"
+	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
 )
 
@@ -157,9 +159,9 @@ func measureStatsPhases() ([]phase, error) {
 		phase{fmt.Sprintf("first sweep: ReadProcess × %d", tk.nProcs), ms(tk.procs)},
 		phase{"first sweep: the rest (internal/state)", sweep - ms(tk.programs+tk.maps+tk.holders+tk.procs)},
 	)
-	if _, err := json.Marshal(snap.Programs); err != nil {
+	if err := publish.WriteRowsJSON(io.Discard, snap.Programs, src.Name()); err != nil {
 		return nil, err
 	}
-	lap("encode the rows as JSON")
+	lap("encode the rows as JSON (publish.WriteRowsJSON, as stats -o json)")
 	return phases, nil
 }
