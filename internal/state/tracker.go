@@ -127,6 +127,8 @@ type Tracker struct {
 	// rowGen numbers the changes of program rows' lists (see rowSum).
 	rowGen      uint64
 	commScratch []string
+	// rowVer numbers the changes of program rows (see program.rowVer).
+	rowVer uint64
 }
 
 // inventoryChanged notes that a program entered or left the inventory:
@@ -217,6 +219,10 @@ type program struct {
 	rowOK     bool
 	rowGadget *gadget
 	rowGen    uint64
+	// rowVer is the Tracker's rowVer when row last changed in any field:
+	// unique across programs, so that consumers reuse what they derived
+	// from an unchanged row (see Snapshot.RowVersion).
+	rowVer uint64
 }
 
 type gadget struct {
