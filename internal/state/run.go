@@ -154,6 +154,9 @@ type runLoop struct {
 	full, free chan *readBatch
 	reading    bool
 	lost       []loader.ProgramEvent
+	// held are the events a snapshot in progress held back (see
+	// yieldLoads).
+	held []loader.ProgramEvent
 }
 
 // startConsumers starts the goroutines of OnSnapshot and OnEvent.

@@ -105,6 +105,8 @@ func (t *Tracker) sweep(pace pacer) (*Snapshot, error) {
 	t.expireGone()
 	t.counters.Sweeps++
 	snap.Counters = t.counters
+	// The events the snapshot held back, for the next one.
+	pace.yield()
 	return snap, errors.Join(errs...)
 }
 
