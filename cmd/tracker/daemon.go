@@ -278,6 +278,9 @@ func (o *outputs) runConfig(interval time.Duration) state.RunConfig {
 			}
 		},
 		OnEvent: o.PublishEvent,
+		// Every sink is done with a snapshot's rows when Publish returns
+		// (the NATS sink keeps encodings, the metrics their own series).
+		RecycleSnapshots: true,
 	}
 }
 

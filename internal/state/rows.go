@@ -26,9 +26,13 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		Node:       t.opts.Node,
 		Time:       now,
 		Source:     t.opts.Source,
-		Programs:   make([]Row, 0, len(order)),
+		Programs:   t.spare.rows,
 		GadgetInfo: make(map[string]Gadget, len(t.gadgets)),
-		versions:   make([]uint64, 0, len(order)),
+		versions:   t.spare.versions,
+	}
+	t.spare = snapshotStorage{}
+	if cap(snap.Programs) < len(order) || cap(snap.versions) < len(order) {
+		snap.Programs, snap.versions = make([]Row, 0, len(order)), make([]uint64, 0, len(order))
 	}
 	t.summed = t.summed[:0]
 	t.unownedSum.reset()
@@ -53,6 +57,8 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		snap.versions = append(snap.versions, p.rowVer)
 	}
 
+	// Recycled storage may hold rows of a larger inventory after them.
+	clear(snap.Programs[len(snap.Programs):cap(snap.Programs)])
 	snap.Gadgets = make([]Row, 0, len(t.summed))
 	for _, g := range t.summed {
 		snap.Gadgets = append(snap.Gadgets, t.total(&g.sum, t.gadgetHead(g), &g.ledger, now))

@@ -129,6 +129,9 @@ type Tracker struct {
 	commScratch []string
 	// rowVer numbers the changes of program rows (see program.rowVer).
 	rowVer uint64
+	// spare is storage for the next snapshot's program rows, from a
+	// snapshot no consumer uses any more (RunConfig.RecycleSnapshots).
+	spare snapshotStorage
 }
 
 // inventoryChanged notes that a program entered or left the inventory:
