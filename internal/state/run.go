@@ -45,7 +45,7 @@ type RunConfig struct {
 	// a few hundred bytes per program per sweep, and the garbage
 	// collections it causes.
 	RecycleSnapshots bool
-	Log        zerolog.Logger
+	Log              zerolog.Logger
 }
 
 // DefaultEventQueue is the default RunConfig.EventQueue: a few seconds of

@@ -129,15 +129,22 @@ type Tracker struct {
 	commScratch []string
 	// rowVer numbers the changes of program rows (see program.rowVer).
 	rowVer uint64
+	// mapsStale is set when a program came, went or changed its maps
+	// since the last readMaps; growingMaps counts the maps without
+	// preallocation (their memlock is read every sweep); mapScratch
+	// serves merge.
+	mapsStale   bool
+	growingMaps int
+	mapScratch  []uint32
 	// spare is storage for the next snapshot's program rows, from a
 	// snapshot no consumer uses any more (RunConfig.RecycleSnapshots).
 	spare snapshotStorage
 }
 
 // inventoryChanged notes that a program entered or left the inventory:
-// the next sweep scans the holders.
+// the next sweep scans the holders and reads the maps.
 func (t *Tracker) inventoryChanged() {
-	t.holdersStale, t.orderStale = true, true
+	t.holdersStale, t.orderStale, t.mapsStale = true, true, true
 }
 
 // instance names one process instance: a PID alone can be reused.
