@@ -46,14 +46,16 @@ func (m messageRows) cleanCopy(i int, node string) state.Row {
 // rowEncoder encodes the rows of m into e's row buffer, whole or as
 // CompactRow, reusing the kept full-row encodings.
 func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) itemEncoder {
+	// Misses are encoded by rowItems, through a row copy of their own.
 	var one [1]state.Row
+	encodeOne := rowItems(one[:], compact)
 	return func(enc *json.Encoder, i int) error {
 		k := int(m.idx[i])
 		r := &m.snap.Programs[k]
 		ver := m.snap.RowVersion(k)
 		if compact || ver == 0 {
 			one[0] = m.cleanCopy(i, s.node)
-			return rowItems(one[:], compact)(enc, 0)
+			return encodeOne(enc, 0)
 		}
 		c := s.rowCodes[r.ProgID]
 		buf := &e.b.row
@@ -68,7 +70,7 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 		}
 		one[0] = m.cleanCopy(i, s.node)
 		start := buf.Len()
-		if err := rowItems(one[:], false)(enc, 0); err != nil {
+		if err := encodeOne(enc, 0); err != nil {
 			return err
 		}
 		if c == nil {
