@@ -71,14 +71,14 @@ func (s *NATSSink) due(tok string) bool {
 // slowFingerprint hashes what of a gadget or _unowned message rarely
 // changes: the identity, the owner and every program row without its
 // numbers (name, tag, type, maps, loader, holders, labels, placement).
-func slowFingerprint(id GadgetIdentity, owner state.ProcessRef, rows []state.Row) uint64 {
+func slowFingerprint(id GadgetIdentity, owner state.ProcessRef, rows messageRows) uint64 {
 	h := fnv.New64a()
 	enc := json.NewEncoder(h)
 	// Encoding these types does not fail, and a hash.Hash does not either.
 	_ = enc.Encode(id)
 	_ = enc.Encode(owner)
-	for i := range rows {
-		r := rows[i]
+	for _, k := range rows.idx {
+		r := rows.snap.Programs[k]
 		r.Totals, r.Cost = state.Totals{}, state.Cost{}
 		_ = enc.Encode(&r)
 	}
@@ -89,7 +89,7 @@ func slowFingerprint(id GadgetIdentity, owner state.ProcessRef, rows []state.Row
 // header h, Rows field rowsMode and program rows rows) with full or
 // compact rows as plan decides, marking its parts for the bucket.
 func (s *NATSSink) addProgramMessage(e *intervalEncoder, tok string, h *Header, msg any, rowsMode *string,
-	id GadgetIdentity, owner state.ProcessRef, rows []state.Row, resync bool) error {
+	id GadgetIdentity, owner state.ProcessRef, rows messageRows, resync bool) error {
 	full, kv := true, false
 	if s.tracking() {
 		full, kv = s.plan(tok, slowFingerprint(id, owner, rows), resync)
@@ -101,7 +101,7 @@ func (s *NATSSink) addProgramMessage(e *intervalEncoder, tok string, h *Header, 
 		}
 	}
 	first := len(e.msgs)
-	err := e.addArray(tok, h, msg, "programs", len(rows), rowItems(rows, !full))
+	err := e.addArray(tok, h, msg, "programs", len(rows.idx), s.rowEncoder(e, rows, !full))
 	for i := first; i < len(e.msgs); i++ {
 		e.msgs[i].kv = kv
 	}

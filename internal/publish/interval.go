@@ -24,8 +24,8 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 	}
 	// A summary needs no program rows: not copying them is most of what
 	// a summary-only node saves.
-	var byGadget map[string][]state.Row
-	var unowned []state.Row
+	var byGadget map[string][]int32
+	var unowned []int32
 	unownedCount := snap.Unowned.ProgramCount
 	if !s.opts.SummaryOnly {
 		byGadget, unowned = s.programsByGadget(snap)
@@ -35,8 +35,8 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 	gadgets := make([]GadgetSummary, 0, len(snap.Gadgets))
 	var errs []error
 	for _, g := range snap.Gadgets {
-		rows := byGadget[g.GadgetID]
-		msg := gadgetMessage(h, snap, g, len(rows))
+		rows := messageRows{snap, byGadget[g.GadgetID]}
+		msg := gadgetMessage(h, snap, g, len(rows.idx))
 		msg.Type = TypeGadget
 		gadgets = append(gadgets, GadgetSummary{Gadget: msg.Gadget, OwnerPID: msg.Owner.PID, Totals: msg.Totals})
 		if s.opts.SummaryOnly {
@@ -51,7 +51,7 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 	msg.Type = TypeUnowned
 	if !s.opts.SummaryOnly {
 		if err := s.addProgramMessage(e, TokenUnowned, &msg.Header, &msg, &msg.Rows,
-			GadgetIdentity{}, state.ProcessRef{}, unowned, resync); err != nil {
+			GadgetIdentity{}, state.ProcessRef{}, messageRows{snap, unowned}, resync); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -70,25 +70,22 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 	return e.msgs, errors.Join(errs...)
 }
 
-// programsByGadget splits the snapshot's program rows, named after this
-// node and with clean labels, into those of each gadget and the unowned
-// ones.
-func (s *NATSSink) programsByGadget(snap *state.Snapshot) (map[string][]state.Row, []state.Row) {
-	byGadget := make(map[string][]state.Row, len(snap.Gadgets))
+// programsByGadget splits the snapshot's program rows into those of each
+// gadget and the unowned ones, as indexes into snap.Programs: the rows
+// are named after this node and cleaned as they are encoded, without a
+// copy of them all.
+func (s *NATSSink) programsByGadget(snap *state.Snapshot) (map[string][]int32, []int32) {
+	byGadget := make(map[string][]int32, len(snap.Gadgets))
 	for _, g := range snap.Gadgets {
-		byGadget[g.GadgetID] = make([]state.Row, 0, g.ProgramCount)
+		byGadget[g.GadgetID] = make([]int32, 0, g.ProgramCount)
 	}
-	unowned := make([]state.Row, 0, snap.Unowned.ProgramCount)
-	for _, r := range snap.Programs {
-		r.NodeName = s.node
-		if r.GadgetID == "" {
-			cleanRow(&r)
-			unowned = append(unowned, r)
-			continue
+	unowned := make([]int32, 0, snap.Unowned.ProgramCount)
+	for i := range snap.Programs {
+		if id := snap.Programs[i].GadgetID; id != "" {
+			byGadget[id] = append(byGadget[id], int32(i))
+		} else {
+			unowned = append(unowned, int32(i))
 		}
-		id := r.GadgetID
-		cleanRow(&r)
-		byGadget[id] = append(byGadget[id], r)
 	}
 	return byGadget, unowned
 }

@@ -147,6 +147,10 @@ type NATSSink struct {
 	// tokens are the gadgets (and _unowned, _summary) being tracked.
 	tokens map[string]*tokenState
 	bufs   *EncodeBuffers
+	// rowCodes are the programs' kept row encodings, by program ID, and
+	// rowCodesUsed how many this interval used (see rowcache.go).
+	rowCodes     map[uint32]*rowCode
+	rowCodesUsed int
 
 	closeOnce sync.Once
 }
@@ -203,6 +207,7 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 		log:      opts.Conn.Logger,
 		done:     make(chan struct{}),
 		tokens:   make(map[string]*tokenState),
+		rowCodes: make(map[uint32]*rowCode),
 		kvFailed: make(map[string]struct{}),
 		bufs:     opts.Buffers,
 	}
@@ -341,6 +346,7 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	s.forgetRowCodes()
 	for _, m := range msgs {
 		if err := c.nc.Publish(m.subject, m.data); err != nil {
 			s.pubErrors.Add(1)

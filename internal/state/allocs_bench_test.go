@@ -25,11 +25,18 @@ func (k *fakeKernel) growEvery(every int) {
 
 // BenchmarkSweepAllocs is one steady-state sweep over a fake kernel (the
 // tracker's own work only) with a share of the programs changed since the
-// last one, reported as allocations (and bytes) per program.
+// last one, reported as allocations (and bytes) per program. The
+// "recycled" variant builds each snapshot's rows in the storage of the
+// previous one, as Run does with RunConfig.RecycleSnapshots.
 func BenchmarkSweepAllocs(b *testing.B) {
-	for _, every := range []int{10, 1} {
+	variants := []struct {
+		name    string
+		every   int
+		recycle bool
+	}{{"changed=10%", 10, false}, {"changed=100%", 1, false}, {"changed=10%,recycled", 10, true}}
+	for _, v := range variants {
 		for _, n := range allocsSizes {
-			b.Run(fmt.Sprintf("changed=%d%%/n=%d", 100/every, n), func(b *testing.B) {
+			b.Run(fmt.Sprintf("%s/n=%d", v.name, n), func(b *testing.B) {
 				fk := benchFake(n)
 				tr := primedTracker(b, batchFakeKernel{fk})
 				b.ReportAllocs()
@@ -37,7 +44,7 @@ func BenchmarkSweepAllocs(b *testing.B) {
 				runtime.ReadMemStats(&before)
 				for b.Loop() {
 					b.StopTimer()
-					fk.growEvery(every)
+					fk.growEvery(v.every)
 					b.StartTimer()
 					snap, err := tr.Sweep()
 					if err != nil {
@@ -45,6 +52,9 @@ func BenchmarkSweepAllocs(b *testing.B) {
 					}
 					if len(snap.Programs) != n {
 						b.Fatalf("%d programs in snapshot, want %d", len(snap.Programs), n)
+					}
+					if v.recycle {
+						tr.spare = snapshotStorage{snap.Programs[:0], snap.versions[:0]}
 					}
 				}
 				runtime.ReadMemStats(&after)

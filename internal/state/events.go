@@ -101,6 +101,18 @@ func (t *Tracker) expireGone() {
 	}
 }
 
+// loadIsNew reports whether ev is the load of a program the inventory
+// neither holds nor noted gone: applying it adds a program and touches
+// no other, so a snapshot being built can let it in (see pace.go).
+func (t *Tracker) loadIsNew(ev loader.ProgramEvent) bool {
+	if ev.Kind != loader.EventLoad || ev.ProgramID == 0 {
+		return false
+	}
+	_, held := t.programs[ev.ProgramID]
+	_, gone := t.gone[ev.ProgramID]
+	return !held && !gone
+}
+
 func (t *Tracker) load(ev loader.ProgramEvent) {
 	if ev.ProgramID == 0 {
 		return

@@ -1,6 +1,8 @@
 package state
 
 import (
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -74,4 +76,45 @@ func TestHoldersScannedOnChange(t *testing.T) {
 		scans("within the period", 5)
 	}
 	scans("the period", 6)
+}
+
+// Maps are read when programs come or bind new maps, and a map whose
+// memlock grows on every sweep; a sweep after which nothing changed reads
+// none, and a released program's maps are forgotten.
+func TestMapsReadOnChange(t *testing.T) {
+	k := newFakeKernel()
+	k.maps[7] = loader.MapInfo{ID: 7, Memlock: 100}
+	k.maps[8] = loader.MapInfo{ID: 8, Memlock: 200}
+	p := progStats(1, 10, 1)
+	p.MapIDs = []uint32{7}
+	k.progs[1] = p
+	tr, _ := newTracker(t, k)
+	reads := func(what string, want int, memory uint64) {
+		t.Helper()
+		k.mapReads = 0
+		snap := sweep(t, tr)
+		if k.mapReads != want {
+			t.Errorf("%s: %d map reads, want %d", what, k.mapReads, want)
+		}
+		if len(snap.Programs) > 0 && snap.Programs[0].MapMemory != memory {
+			t.Errorf("%s: map memory %d, want %d", what, snap.Programs[0].MapMemory, memory)
+		}
+	}
+	reads("first sweep", 1, 100)
+	reads("nothing changed", 0, 100)
+	p.MapIDs = []uint32{7, 8}
+	k.progs[1] = p
+	reads("a map bound to the program", 1, 300)
+	reads("nothing changed again", 0, 300)
+	k.maps[9] = loader.MapInfo{ID: 9, Memlock: 50, Flags: bpfFNoPrealloc}
+	p.MapIDs = []uint32{7, 8, 9}
+	k.progs[1] = p
+	reads("a growing map bound", 1, 350)
+	k.maps[9] = loader.MapInfo{ID: 9, Memlock: 80, Flags: bpfFNoPrealloc}
+	reads("the growing map reread", 1, 380)
+	delete(k.progs, 1)
+	reads("the program released", 0, 0)
+	if len(tr.maps) != 0 {
+		t.Errorf("maps of a released program kept: %v", slices.Collect(maps.Keys(tr.maps)))
+	}
 }

@@ -7,10 +7,14 @@ import "github.com/bpfstats/tracker/internal/loader"
 // events: the program read (handed to the loop in batches of
 // readBatchSize reads, which the loop merges between events) and the
 // holders scan (when one is due). The other phases yield to pending
-// events every yieldEvery programs. The snapshot's rows are built in one
-// go, without events in between: a snapshot is one point in time, and
-// with rows reused it costs little. Sweep, outside Run, reads on the
-// calling goroutine.
+// events every yieldEvery programs. So does the building of the
+// snapshot's rows, which at thousands of programs takes milliseconds,
+// but only to loads of programs the inventory does not hold (see
+// yieldLoads): a snapshot is one point in time, and such a load changes
+// nothing it sums (the program joins the next snapshot). Any other event
+// (a release, a lost-events notice, a load of a program the inventory
+// holds) is held back, with every event after it, until the rows are
+// built. Sweep, outside Run, reads on the calling goroutine.
 //
 // So a Kernel given to Run must be safe for concurrent use, as
 // loader.Kernel is: ReadAllPrograms (or ProgramIDs and ReadPrograms or
@@ -33,6 +37,10 @@ type pacer interface {
 	scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error)
 	// yield applies the events that arrived.
 	yield()
+	// yieldLoads applies the events that arrived while each is a load
+	// the snapshot being built may see (see loadIsNew), and holds back
+	// the first other one and all after it for the next yield.
+	yieldLoads()
 }
 
 // yieldEvery is how many programs a sweep phase handles between two
@@ -53,6 +61,8 @@ func (inline) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32]
 }
 
 func (inline) yield() {}
+
+func (inline) yieldLoads() {}
 
 // readRecord is one program read handed from the reading goroutine to
 // the loop; readBatch a batch of them, with their map IDs.
@@ -147,8 +157,8 @@ func (r *runLoop) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uin
 	}
 }
 
-// yield applies the lost-events resyncs held back during a read, then
-// the events that arrived.
+// yield applies the lost-events resyncs held back during a read and the
+// events held back during a snapshot, then the events that arrived.
 func (r *runLoop) yield() {
 	for len(r.lost) > 0 {
 		ev := r.lost[0]
@@ -156,5 +166,29 @@ func (r *runLoop) yield() {
 		r.handle(ev)
 	}
 	r.lost = nil
+	for len(r.held) > 0 {
+		ev := r.held[0]
+		r.held = r.held[1:]
+		r.handle(ev)
+	}
+	r.held = nil
 	r.drain()
+}
+
+// yieldLoads applies the loads of new programs that arrived; the first
+// other event and every one after it wait in r.held for yield, so that
+// events are applied in the order they came.
+func (r *runLoop) yieldLoads() {
+	for {
+		select {
+		case ev := <-r.events:
+			if len(r.held) == 0 && r.t.loadIsNew(ev) {
+				r.handle(ev)
+			} else {
+				r.held = append(r.held, ev)
+			}
+		default:
+			return
+		}
+	}
 }

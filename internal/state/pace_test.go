@@ -1,6 +1,8 @@
 package state
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -18,6 +20,8 @@ func (y yielding) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uin
 }
 
 func (y yielding) yield() { y() }
+
+func (y yielding) yieldLoads() {}
 
 // stallingKernel is a fake kernel whose program read stops halfway,
 // after handing over more than one batch, until the test releases it.
@@ -90,5 +94,44 @@ func TestRunAppliesEventsDuringSweepRead(t *testing.T) {
 	snap := <-snaps
 	if len(snap.Programs) != n+1 || snap.Counters.EventsLoad != 1 || snap.Counters.RepairsAdded != 0 {
 		t.Fatalf("last snapshot: %d programs, counters %+v", len(snap.Programs), snap.Counters)
+	}
+}
+
+// While a snapshot is built, loads of new programs are applied and
+// published; a release, and every event after it, wait for the next full
+// yield, in order.
+func TestYieldLoadsHoldsBackOtherEvents(t *testing.T) {
+	k := newFakeKernel()
+	for _, id := range []uint32{1, 2, 3} {
+		k.progs[id] = prog(id)
+	}
+	tr, _ := newTracker(t, k)
+	tr.applyEvent(load(2, 0)) // announced: its release is published
+	sweep(t, tr)
+	var published []string
+	events := make(chan loader.ProgramEvent, 8)
+	r := &runLoop{t: tr, events: events, cfg: RunConfig{OnEvent: func(ev *Event) {
+		published = append(published, fmt.Sprintf("%s %d", ev.Kind, ev.ProgID))
+	}}}
+	r.published = startConsumer(8, r.cfg.OnEvent)
+	k.progs[4], k.progs[5] = prog(4), prog(5)
+	events <- load(4, 0)
+	events <- release(2)
+	events <- load(5, 0)
+	r.yieldLoads()
+	if _, ok := tr.programs[4]; !ok {
+		t.Error("the load of new program 4 was not applied")
+	}
+	if _, ok := tr.programs[2]; !ok {
+		t.Error("the release of 2 was applied during the snapshot")
+	}
+	if _, ok := tr.programs[5]; ok {
+		t.Error("the load of 5, after the held release, was applied before it")
+	}
+	r.yield()
+	r.published.stop(false)
+	want := []string{"load 4", "release 2", "load 5"}
+	if !slices.Equal(published, want) {
+		t.Errorf("published %q, want %q", published, want)
 	}
 }

@@ -26,14 +26,23 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		Node:       t.opts.Node,
 		Time:       now,
 		Source:     t.opts.Source,
-		Programs:   make([]Row, 0, len(order)),
+		Programs:   t.spare.rows,
 		GadgetInfo: make(map[string]Gadget, len(t.gadgets)),
+		versions:   t.spare.versions,
+	}
+	t.spare = snapshotStorage{}
+	if cap(snap.Programs) < len(order) || cap(snap.versions) < len(order) {
+		snap.Programs, snap.versions = make([]Row, 0, len(order)), make([]uint64, 0, len(order))
 	}
 	t.summed = t.summed[:0]
 	t.unownedSum.reset()
 	// Programs listed by a snapshot or an event but never read (gone
 	// before the first sweep, or the read failed) have no row.
-	for _, p := range order {
+	for i, p := range order {
+		if i%yieldEvery == yieldEvery-1 {
+			// Only loads of new programs: order and the sums stay valid.
+			t.pace.yieldLoads()
+		}
 		if !p.read {
 			continue
 		}
@@ -45,8 +54,11 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		sum.add(p, liveShare(p))
 		p.share.reported = statsOf(p)
 		snap.Programs = append(snap.Programs, *row)
+		snap.versions = append(snap.versions, p.rowVer)
 	}
 
+	// Recycled storage may hold rows of a larger inventory after them.
+	clear(snap.Programs[len(snap.Programs):cap(snap.Programs)])
 	snap.Gadgets = make([]Row, 0, len(t.summed))
 	for _, g := range t.summed {
 		snap.Gadgets = append(snap.Gadgets, t.total(&g.sum, t.gadgetHead(g), &g.ledger, now))
@@ -97,6 +109,7 @@ func (t *Tracker) programRow(p *program) *Row {
 		p.tagHex, p.tagOf = hex.EncodeToString(p.tag[:]), p.tag
 	}
 	r := &p.row
+	prev := *r
 	tot := Totals{
 		Runtime:         p.info.RunTime,
 		Runcount:        p.info.RunCount,
@@ -146,8 +159,31 @@ func (t *Tracker) programRow(p *program) *Row {
 		t.rowGen++
 		p.rowGen = t.rowGen
 	}
+	if !p.rowOK || !sameRow(&prev, r) {
+		t.rowVer++
+		p.rowVer = t.rowVer
+	}
 	p.rowOK, p.rowGadget = true, p.gadget
 	return r
+}
+
+// sameRow reports whether program row b is a with nothing changed:
+// programRow replaces a row's slices and loader when they change, so
+// comparing their identity is exact.
+func sameRow(a, b *Row) bool {
+	return a.Totals == b.Totals && a.Cost == b.Cost && a.Placement == b.Placement &&
+		a.NodeName == b.NodeName && a.ProgID == b.ProgID && a.ProgName == b.ProgName &&
+		a.ProgType == b.ProgType && a.Tag == b.Tag && a.Loader == b.Loader &&
+		a.GadgetID == b.GadgetID && a.GadgetName == b.GadgetName && a.GadgetImage == b.GadgetImage &&
+		sameSlice(a.PIDs, b.PIDs) && sameSlice(a.Comms, b.Comms) && sameSlice(a.MapIDs, b.MapIDs) &&
+		sameSlice(a.Attach, b.Attach)
+}
+
+// sameSlice reports whether a and b are the same slice: both nil or
+// neither (JSON tells them apart), the same length and, when not empty,
+// the same first element.
+func sameSlice[T any](a, b []T) bool {
+	return (a == nil) == (b == nil) && len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // gadgetHead is the identity part of g's row.

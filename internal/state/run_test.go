@@ -2,6 +2,8 @@ package state
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -273,5 +275,44 @@ func TestRunCancelDropsQueued(t *testing.T) {
 	}
 	if got == 0 || uint64(got)+tr.counters.EventsDropped != n {
 		t.Fatalf("%d handed over, %d dropped, want at least one and %d in all", got, tr.counters.EventsDropped, n)
+	}
+}
+
+// With RecycleSnapshots, a later snapshot's program rows are built in the
+// storage of one OnSnapshot is done with, and every snapshot still holds
+// the right rows while OnSnapshot has it.
+func TestRunRecyclesSnapshotStorage(t *testing.T) {
+	k := newFakeKernel()
+	for id := uint32(1); id <= 5; id++ {
+		k.progs[id] = prog(id)
+	}
+	tr := New(k, Options{Node: "n1", Source: "test"})
+	src := make(chanSource)
+	defer close(src)
+	var storage []*Row
+	var bad []string
+	_, wait := startRun(t, tr, RunConfig{
+		Source: src, Interval: time.Millisecond, Count: 4, RecycleSnapshots: true,
+		OnSnapshot: func(s *Snapshot) {
+			storage = append(storage, &s.Programs[:1][0])
+			for i, r := range s.Programs {
+				if r.ProgID != uint32(i+1) || r.ProgName != fmt.Sprintf("p%d", i+1) {
+					bad = append(bad, fmt.Sprintf("snapshot %d row %d: %d %q", len(storage), i, r.ProgID, r.ProgName))
+				}
+			}
+		},
+	})
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if len(bad) > 0 || len(storage) != 4 {
+		t.Fatalf("%d snapshots, wrong rows: %q", len(storage), bad)
+	}
+	reused := false
+	for i := range storage {
+		reused = reused || slices.Contains(storage[:i], storage[i])
+	}
+	if !reused {
+		t.Error("no snapshot reused the storage of an earlier one")
 	}
 }

@@ -105,12 +105,20 @@ func (t *Tracker) sweep(pace pacer) (*Snapshot, error) {
 	t.expireGone()
 	t.counters.Sweeps++
 	snap.Counters = t.counters
+	// The events the snapshot held back, for the next one.
+	pace.yield()
 	return snap, errors.Join(errs...)
 }
 
 // readMaps reads the maps the programs use (new ones, and the memlock of
 // those that allocate as they grow) and forgets the maps no program uses.
+//
+// A sweep after which no program came, went or changed its maps, and
+// that knows no map whose memlock grows, has nothing to read or forget.
 func (t *Tracker) readMaps() {
+	if !t.mapsStale && t.growingMaps == 0 {
+		return
+	}
 	for _, m := range t.maps {
 		m.used = false
 	}
@@ -125,11 +133,16 @@ func (t *Tracker) readMaps() {
 			t.mapInfo(mid)
 		}
 	}
+	t.growingMaps = 0
 	for id, m := range t.maps {
-		if !m.used {
+		switch {
+		case !m.used:
 			delete(t.maps, id)
+		case m.info.Flags&bpfFNoPrealloc != 0:
+			t.growingMaps++
 		}
 	}
+	t.mapsStale = false
 }
 
 // readAll reads every program of the inventory and audits it against the
@@ -246,9 +259,14 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 	p.name = info.Name
 	p.progType = info.Type
 	// Keep the map ID slice: the kernel reader may reuse its buffer.
-	mapIDs := append(p.info.MapIDs[:0], info.MapIDs...)
-	slices.Sort(mapIDs)
-	mapIDs = slices.Compact(mapIDs)
+	sorted := append(t.mapScratch[:0], info.MapIDs...)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	t.mapScratch = sorted
+	if !slices.Equal(sorted, p.info.MapIDs) {
+		t.mapsStale = true // a new program, or maps bound to it
+	}
+	mapIDs := append(p.info.MapIDs[:0], sorted...)
 	p.info = info
 	p.info.MapIDs = mapIDs
 	p.readAt = now

@@ -127,12 +127,24 @@ type Tracker struct {
 	// rowGen numbers the changes of program rows' lists (see rowSum).
 	rowGen      uint64
 	commScratch []string
+	// rowVer numbers the changes of program rows (see program.rowVer).
+	rowVer uint64
+	// mapsStale is set when a program came, went or changed its maps
+	// since the last readMaps; growingMaps counts the maps without
+	// preallocation (their memlock is read every sweep); mapScratch
+	// serves merge.
+	mapsStale   bool
+	growingMaps int
+	mapScratch  []uint32
+	// spare is storage for the next snapshot's program rows, from a
+	// snapshot no consumer uses any more (RunConfig.RecycleSnapshots).
+	spare snapshotStorage
 }
 
 // inventoryChanged notes that a program entered or left the inventory:
-// the next sweep scans the holders.
+// the next sweep scans the holders and reads the maps.
 func (t *Tracker) inventoryChanged() {
-	t.holdersStale, t.orderStale = true, true
+	t.holdersStale, t.orderStale, t.mapsStale = true, true, true
 }
 
 // instance names one process instance: a PID alone can be reused.
@@ -217,6 +229,10 @@ type program struct {
 	rowOK     bool
 	rowGadget *gadget
 	rowGen    uint64
+	// rowVer is the Tracker's rowVer when row last changed in any field:
+	// unique across programs, so that consumers reuse what they derived
+	// from an unchanged row (see Snapshot.RowVersion).
+	rowVer uint64
 }
 
 type gadget struct {

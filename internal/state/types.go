@@ -224,6 +224,22 @@ type Snapshot struct {
 	Counters   Counters
 	// SweepDuration is how long the sweep's kernel reads took.
 	SweepDuration time.Duration
+	// versions are the RowVersion of Programs, index for index; nil when
+	// the snapshot did not come from a Tracker.
+	versions []uint64
+}
+
+// RowVersion returns a number that changes whenever Programs[i] changes,
+// except its Attach and pod name columns, which namePods and readAttach
+// fill per snapshot: two snapshots of one Tracker whose program rows have
+// the same nonzero version have equal rows apart from those columns. 0
+// means unknown (a snapshot not built by a Tracker): the row may differ
+// from any other. A publisher uses it to reuse a row's encoding.
+func (s *Snapshot) RowVersion(i int) uint64 {
+	if i < 0 || i >= len(s.versions) {
+		return 0
+	}
+	return s.versions[i]
 }
 
 // Counters are the tracker's own running totals.

@@ -1,0 +1,100 @@
+package publish
+
+import (
+	"encoding/json"
+	"slices"
+
+	"github.com/bpfstats/tracker/internal/state"
+)
+
+// Encoding a program row as JSON was most of what publishing cost: at
+// thousands of programs, every interval encoded every row again although
+// most had not changed (a program that did not run keeps its numbers).
+// The sink keeps each program's last full-row encoding with the
+// snapshot's RowVersion it was made from, and copies it when the version
+// (and the Attach and pod columns, which every snapshot fills anew) did
+// not change. Rows of snapshots without versions (RowVersion 0) are
+// encoded every time. An encoding not used in an interval is dropped.
+
+// rowCode is the kept encoding of one program's full row.
+type rowCode struct {
+	version uint64
+	// attach, podName and podNamespace are the columns the version does
+	// not cover, as encoded.
+	attach                []string
+	podName, podNamespace string
+	// seq is the last interval that used it.
+	seq  uint64
+	data []byte
+}
+
+// messageRows are the program rows of one gadget or _unowned message:
+// indexes into snap.Programs.
+type messageRows struct {
+	snap *state.Snapshot
+	idx  []int32
+}
+
+// cleanCopy is row i of m named after node, with clean labels.
+func (m messageRows) cleanCopy(i int, node string) state.Row {
+	r := m.snap.Programs[m.idx[i]]
+	r.NodeName = node
+	cleanRow(&r)
+	return r
+}
+
+// rowEncoder encodes the rows of m into e's row buffer, whole or as
+// CompactRow, reusing the kept full-row encodings.
+func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) itemEncoder {
+	// Misses are encoded by rowItems, through a row copy of their own.
+	var one [1]state.Row
+	encodeOne := rowItems(one[:], compact)
+	return func(enc *json.Encoder, i int) error {
+		k := int(m.idx[i])
+		r := &m.snap.Programs[k]
+		ver := m.snap.RowVersion(k)
+		if compact || ver == 0 {
+			one[0] = m.cleanCopy(i, s.node)
+			return encodeOne(enc, 0)
+		}
+		c := s.rowCodes[r.ProgID]
+		buf := &e.b.row
+		if c != nil && c.version == ver && slices.Equal(c.attach, r.Attach) &&
+			c.podName == r.PodName && c.podNamespace == r.PodNamespace {
+			c.seq = s.seq
+			s.rowCodesUsed++
+			buf.Write(c.data)
+			// As Encode ends: encodeItems cuts the newline.
+			buf.WriteByte('\n')
+			return nil
+		}
+		one[0] = m.cleanCopy(i, s.node)
+		start := buf.Len()
+		if err := encodeOne(enc, 0); err != nil {
+			return err
+		}
+		if c == nil {
+			c = &rowCode{}
+			s.rowCodes[r.ProgID] = c
+		}
+		out := buf.Bytes()
+		c.data = append(c.data[:0], out[start:len(out)-1]...)
+		c.version, c.attach, c.podName, c.podNamespace = ver, r.Attach, r.PodName, r.PodNamespace
+		c.seq = s.seq
+		s.rowCodesUsed++
+		return nil
+	}
+}
+
+// forgetRowCodes drops the encodings this interval did not use (programs
+// gone, or no longer sent in full).
+func (s *NATSSink) forgetRowCodes() {
+	if len(s.rowCodes) > s.rowCodesUsed {
+		for id, c := range s.rowCodes {
+			if c.seq != s.seq {
+				delete(s.rowCodes, id)
+			}
+		}
+	}
+	s.rowCodesUsed = 0
+}
