@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -99,6 +101,50 @@ func (it *bpfIter) read(buf []byte) ([]byte, error) {
 			return buf, nil
 		}
 		buf = buf[:len(buf)+n]
+	}
+}
+
+// holdersChunk is the size of one read(2) of the task_file iterator: the
+// kernel visits files until it has this much output (512 program fds),
+// about a millisecond at thousands of programs, so a single read waits
+// at most that long for a holders scan (see readUnlocking).
+const holdersChunk = 4096
+
+// readUnlocking is read in read(2)s of holdersChunk bytes, with mu, which
+// the caller holds, unlocked between them: the single reads that mu
+// serializes (ReadProgram for a load event) then wait for one chunk, not
+// for the whole scan. No read of the Kernel holds a short-lived program
+// fd of its own while it does not hold mu, so none can show up as a
+// holder of the tracker's in any chunk.
+func (it *bpfIter) readUnlocking(buf []byte, mu sync.Locker) ([]byte, error) {
+	if it.kept != nil {
+		return it.kept, nil
+	}
+	attr := sysIterCreateAttr{LinkFD: uint32(it.link.FD())}
+	fd, err := bpfSyscall(unix.BPF_ITER_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if err != nil {
+		return buf[:0], fmt.Errorf("creating iterator: %w", err)
+	}
+	defer unix.Close(fd)
+	buf = buf[:0]
+	for {
+		if cap(buf)-len(buf) < holdersChunk {
+			buf = slices.Grow(buf, max(holdersChunk, cap(buf)))
+		}
+		n, err := unix.Read(fd, buf[len(buf):len(buf)+holdersChunk])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return buf, fmt.Errorf("reading iterator: %w", err)
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+		mu.Unlock()
+		runtime.Gosched()
+		mu.Lock()
 	}
 }
 
@@ -261,13 +307,14 @@ func (k *Kernel) Iterators() (programs, holders error) {
 // holdersIter returns the holders of one run of the task_file iterator
 // in a map sized for it (lastHolders programs, or for the run's records
 // when lastHolders is 0: the first sweep), or false when the iterator is
-// not in use or failed. k.mu is held.
+// not in use or failed. k.mu and k.holdersMu are held; k.mu is let go
+// between the iterator's reads (see readUnlocking).
 func (k *Kernel) holdersIter() (map[uint32][]uint32, bool) {
 	its := k.loadedIteratorsLocked()
 	if its == nil || its.files == nil {
 		return nil, false
 	}
-	data, err := its.files.read(k.fileBuf)
+	data, err := its.files.readUnlocking(k.fileBuf, &k.mu)
 	k.fileBuf = data[:0]
 	if err != nil {
 		return nil, false

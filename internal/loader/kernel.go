@@ -20,7 +20,8 @@ import (
 // before it returns, so the tracker never keeps a program or map alive
 // (except its own iterator programs, until Close). A Kernel is safe for
 // concurrent use; reads are serialized because they share buffers (which
-// also keeps Holders from seeing the Kernel's own short-lived fds).
+// also keeps Holders from seeing the Kernel's own short-lived fds; a
+// holders scan lets single reads in between its chunks).
 type Kernel struct {
 	procRoot string
 	opts     KernelOptions
@@ -69,6 +70,11 @@ type Kernel struct {
 	// known and knownNext are the map ID caches of the last and the
 	// current sweep.
 	known, knownNext progCache
+
+	// holdersMu serializes Holders, which lets go of mu between the
+	// chunks of its scan (fileBuf, walker and lastHolders stay its own);
+	// lock order is holdersMu, batchMu, mu.
+	holdersMu sync.Mutex
 
 	// cgroups resolves cgroup IDs (CgroupPath), with a lock of its own.
 	cgroups cgroupPaths
@@ -134,7 +140,9 @@ func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
 // Close releases the BPF iterators and the cgroup mount fd. The Kernel
 // stays usable, reading through bpf(2) and /proc only. Close is idempotent.
 func (k *Kernel) Close() error {
-	// Wait for reads in flight (lock order: batchMu, then mu).
+	// Wait for reads in flight (lock order: holdersMu, batchMu, mu).
+	k.holdersMu.Lock()
+	defer k.holdersMu.Unlock()
 	k.batchMu.Lock()
 	defer k.batchMu.Unlock()
 	k.mu.Lock()

@@ -231,6 +231,8 @@ func (k *Kernel) ReadProcess(pid uint32) (Process, error) {
 // exit or deny access during the walk are skipped. Programs kept alive
 // only by links, pins or attachments have no holder.
 func (k *Kernel) Holders() (map[uint32][]uint32, error) {
+	k.holdersMu.Lock()
+	defer k.holdersMu.Unlock()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if h, ok := k.takeHoldersAhead(); ok {

@@ -21,7 +21,8 @@ import "github.com/bpfstats/tracker/internal/loader"
 // ReadProgram) and Holders run concurrently with the reads of events
 // (ReadProgram, ReadProcess, ReadProgramMetadata, CgroupPath). An event
 // that needs such a read may still wait for the kernel itself
-// (loader.Kernel serializes its single reads with Holders). A lost-events
+// (loader.Kernel serializes its single reads with each chunk of a holders
+// scan, about a millisecond, not with the whole scan). A lost-events
 // resync (which lists programs, as the program read does) waits until the
 // read phase is over.
 
