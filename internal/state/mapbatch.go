@@ -56,7 +56,21 @@ func (t *Tracker) batchReadMaps() {
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	br.ReadMaps(ids, func(id uint32, info *loader.MapInfo, err error) {
+	// Thousands of maps take tens of milliseconds: read off the loop
+	// (events go on being applied), then merged on it.
+	type mapRead struct {
+		id   uint32
+		info loader.MapInfo
+		err  error
+	}
+	reads := make([]mapRead, 0, len(ids))
+	t.pace.offload(func() {
+		br.ReadMaps(ids, func(id uint32, info *loader.MapInfo, err error) {
+			reads = append(reads, mapRead{id, *info, err})
+		})
+	})
+	for i := range reads {
+		id, info, err := reads[i].id, &reads[i].info, reads[i].err
 		m, known := t.maps[id]
 		switch {
 		case known && err == nil:
@@ -74,5 +88,5 @@ func (t *Tracker) batchReadMaps() {
 		}
 		m.used = true
 		t.maps[id] = m
-	})
+	}
 }

@@ -2,19 +2,21 @@ package state
 
 import "github.com/bpfstats/tracker/internal/loader"
 
-// Events never wait for a sweep. Under Run, the two long kernel reads of
-// a sweep run on a goroutine of their own while the loop goes on applying
+// Events never wait for a sweep. Under Run, the long kernel reads of a
+// sweep run on a goroutine of their own while the loop goes on applying
 // events: the program read (handed to the loop in batches of
-// readBatchSize reads, which the loop merges between events) and the
-// holders scan (when one is due). The other phases yield to pending
-// events every yieldEvery programs. So does the building of the
-// snapshot's rows, which at thousands of programs takes milliseconds,
-// but only to loads of programs the inventory does not hold (see
-// yieldLoads): a snapshot is one point in time, and such a load changes
-// nothing it sums (the program joins the next snapshot). Any other event
-// (a release, a lost-events notice, a load of a program the inventory
-// holds) is held back, with every event after it, until the rows are
-// built. Sweep, outside Run, reads on the calling goroutine.
+// readBatchSize reads, which the loop merges between events), the batch
+// of map reads and the holders scan (when they are due). The other
+// phases yield to pending events every yieldEvery programs. So does the
+// building of the snapshot's rows, which at thousands of programs takes
+// milliseconds, but only to loads of programs the inventory does not
+// hold (see yieldLoads): a snapshot is one point in time, and such a load
+// changes nothing it sums (the program joins the next snapshot). Any
+// other event (a release, a lost-events notice, a load of a program the
+// inventory holds) is held back until the rows are built, with the
+// events that must follow it (the same program's; all, after a
+// lost-events notice). Sweep, outside Run, reads on the calling
+// goroutine.
 //
 // So a Kernel given to Run must be safe for concurrent use, as
 // loader.Kernel is: ReadAllPrograms (or ProgramIDs and ReadPrograms or
@@ -36,6 +38,9 @@ type pacer interface {
 	readPrograms(read func(readFunc) error, each readFunc) error
 	// scanHolders runs scan and returns its result.
 	scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error)
+	// offload runs work, which must not touch the Tracker (only the
+	// kernel and its own variables), and returns when it is done.
+	offload(work func())
 	// yield applies the events that arrived.
 	yield()
 	// yieldLoads applies the events that arrived while each is a load
@@ -60,6 +65,8 @@ func (inline) readPrograms(read func(readFunc) error, each readFunc) error { ret
 func (inline) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error) {
 	return scan()
 }
+
+func (inline) offload(work func()) { work() }
 
 func (inline) yield() {}
 
@@ -138,20 +145,23 @@ func (r *runLoop) readPrograms(read func(readFunc) error, each readFunc) error {
 
 // scanHolders runs scan on a goroutine of its own, applying events until
 // it is done.
-func (r *runLoop) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uint32][]uint32, error) {
-	type result struct {
-		holders map[uint32][]uint32
-		err     error
-	}
-	done := make(chan result, 1)
+func (r *runLoop) scanHolders(scan func() (map[uint32][]uint32, error)) (holders map[uint32][]uint32, err error) {
+	r.offload(func() { holders, err = scan() })
+	return holders, err
+}
+
+// offload runs work on a goroutine of its own, applying events until it
+// is done.
+func (r *runLoop) offload(work func()) {
+	done := make(chan struct{})
 	go func() {
-		h, err := scan()
-		done <- result{h, err}
+		defer close(done)
+		work()
 	}()
 	for {
 		select {
-		case res := <-done:
-			return res.holders, res.err
+		case <-done:
+			return
 		case ev := <-r.events:
 			r.handle(ev)
 		}
@@ -176,14 +186,15 @@ func (r *runLoop) yield() {
 	r.drain()
 }
 
-// yieldLoads applies the loads of new programs that arrived; the first
-// other event and every one after it wait in r.held for yield, so that
-// events are applied in the order they came.
+// yieldLoads applies the loads of new programs that arrived; every other
+// event waits in r.held for yield, and so does a load that a held event
+// must precede (see heldBefore): each program's events, and everything
+// after a lost-events notice, are applied in the order they came.
 func (r *runLoop) yieldLoads() {
 	for {
 		select {
 		case ev := <-r.events:
-			if len(r.held) == 0 && r.t.loadIsNew(ev) {
+			if r.t.loadIsNew(ev) && !r.heldBefore(ev) {
 				r.handle(ev)
 			} else {
 				r.held = append(r.held, ev)
@@ -192,4 +203,18 @@ func (r *runLoop) yieldLoads() {
 			return
 		}
 	}
+}
+
+// heldBefore reports whether a held event must be applied before ev: a
+// lost-events notice (its resync lists every program) or an event of the
+// same program. Events of different programs commute: during a load
+// storm the sweep's audit adds programs before their load event arrives,
+// and such an event, held, must not hold back the loads behind it.
+func (r *runLoop) heldBefore(ev loader.ProgramEvent) bool {
+	for i := range r.held {
+		if h := &r.held[i]; h.Kind == loader.EventLost || h.ProgramID == ev.ProgramID {
+			return true
+		}
+	}
+	return false
 }

@@ -19,6 +19,8 @@ func (y yielding) scanHolders(scan func() (map[uint32][]uint32, error)) (map[uin
 	return scan()
 }
 
+func (y yielding) offload(work func()) { work(); y() }
+
 func (y yielding) yield() { y() }
 
 func (y yielding) yieldLoads() {}
@@ -98,7 +100,8 @@ func TestRunAppliesEventsDuringSweepRead(t *testing.T) {
 }
 
 // While a snapshot is built, loads of new programs are applied and
-// published; a release, and every event after it, wait for the next full
+// published, also behind a held release of another program; a release,
+// and every event after a lost-events notice, wait for the next full
 // yield, in order.
 func TestYieldLoadsHoldsBackOtherEvents(t *testing.T) {
 	k := newFakeKernel()
@@ -115,9 +118,12 @@ func TestYieldLoadsHoldsBackOtherEvents(t *testing.T) {
 	}}}
 	r.published = startConsumer(8, r.cfg.OnEvent)
 	k.progs[4], k.progs[5] = prog(4), prog(5)
+	k.progs[6] = prog(6)
 	events <- load(4, 0)
 	events <- release(2)
 	events <- load(5, 0)
+	events <- loader.ProgramEvent{Kind: loader.EventLost, Lost: 1}
+	events <- load(6, 0)
 	r.yieldLoads()
 	if _, ok := tr.programs[4]; !ok {
 		t.Error("the load of new program 4 was not applied")
@@ -125,12 +131,15 @@ func TestYieldLoadsHoldsBackOtherEvents(t *testing.T) {
 	if _, ok := tr.programs[2]; !ok {
 		t.Error("the release of 2 was applied during the snapshot")
 	}
-	if _, ok := tr.programs[5]; ok {
-		t.Error("the load of 5, after the held release, was applied before it")
+	if _, ok := tr.programs[5]; !ok {
+		t.Error("the load of new program 5 waited for the held release of 2")
+	}
+	if _, ok := tr.programs[6]; ok {
+		t.Error("the load of 6, after a held lost-events notice, was applied before it")
 	}
 	r.yield()
 	r.published.stop(false)
-	want := []string{"load 4", "release 2", "load 5"}
+	want := []string{"load 4", "load 5", "release 2", "load 6"}
 	if !slices.Equal(published, want) {
 		t.Errorf("published %q, want %q", published, want)
 	}
