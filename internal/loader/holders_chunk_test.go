@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,18 +32,7 @@ func TestHoldersChunkedScan(t *testing.T) {
 	progs := iterFixture(t, 3*holdersChunk/iterFDRecordSize)
 	only := progs[0]
 	id := programIDOf(t, only)
-	dup, err := unix.FcntlInt(uintptr(only.FD()), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(dup), "prog")
-	cmd := exec.Command("sleep", "30")
-	cmd.ExtraFiles = []*os.File{f}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cmd := holdInChild(t, only)
 	only.Close() // now held by the child alone
 
 	its := iter.loadedIterators()
@@ -83,4 +73,24 @@ func TestHoldersChunkedScan(t *testing.T) {
 			t.Fatalf("holders of program %d = %v, want only the child %v", id, holders[id], want)
 		}
 	}
+}
+
+// holdInChild starts a child process holding a copy of prog's fd until
+// the test ends.
+func holdInChild(t *testing.T, prog *ebpf.Program) *exec.Cmd {
+	t.Helper()
+	dup, err := unix.FcntlInt(uintptr(prog.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(dup), "prog")
+	cmd := exec.Command("sleep", "30")
+	cmd.ExtraFiles = []*os.File{f}
+	err = cmd.Start()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
 }

@@ -75,33 +75,7 @@ func programFDIDOf(fd int) (uint32, error) {
 // storage, grown as needed. Each read(2) of an iterator returns at most
 // one seq_file buffer (8 pages), so a large output takes several.
 func (it *bpfIter) read(buf []byte) ([]byte, error) {
-	if it.kept != nil {
-		return it.kept, nil
-	}
-	attr := sysIterCreateAttr{LinkFD: uint32(it.link.FD())}
-	fd, err := bpfSyscall(unix.BPF_ITER_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
-	if err != nil {
-		return buf[:0], fmt.Errorf("creating iterator: %w", err)
-	}
-	defer unix.Close(fd)
-	chunk := 8 * os.Getpagesize()
-	buf = buf[:0]
-	for {
-		if cap(buf)-len(buf) < chunk {
-			buf = slices.Grow(buf, max(chunk, cap(buf)))
-		}
-		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return buf, fmt.Errorf("reading iterator: %w", err)
-		}
-		if n == 0 {
-			return buf, nil
-		}
-		buf = buf[:len(buf)+n]
-	}
+	return it.readChunks(buf, 0, nil)
 }
 
 // holdersChunk is the size of one read(2) of the task_file iterator: the
@@ -117,6 +91,12 @@ const holdersChunk = 4096
 // fd of its own while it does not hold mu, so none can show up as a
 // holder of the tracker's in any chunk.
 func (it *bpfIter) readUnlocking(buf []byte, mu sync.Locker) ([]byte, error) {
+	return it.readChunks(buf, holdersChunk, mu)
+}
+
+// readChunks is read with each read(2) asking for at most limit bytes (0:
+// all the room buf has) and, when mu is not nil, mu let go between them.
+func (it *bpfIter) readChunks(buf []byte, limit int, mu sync.Locker) ([]byte, error) {
 	if it.kept != nil {
 		return it.kept, nil
 	}
@@ -126,12 +106,17 @@ func (it *bpfIter) readUnlocking(buf []byte, mu sync.Locker) ([]byte, error) {
 		return buf[:0], fmt.Errorf("creating iterator: %w", err)
 	}
 	defer unix.Close(fd)
+	grow := max(8*os.Getpagesize(), limit)
 	buf = buf[:0]
 	for {
-		if cap(buf)-len(buf) < holdersChunk {
-			buf = slices.Grow(buf, max(holdersChunk, cap(buf)))
+		if cap(buf)-len(buf) < grow {
+			buf = slices.Grow(buf, max(grow, cap(buf)))
 		}
-		n, err := unix.Read(fd, buf[len(buf):len(buf)+holdersChunk])
+		end := cap(buf)
+		if limit > 0 {
+			end = len(buf) + limit
+		}
+		n, err := unix.Read(fd, buf[len(buf):end])
 		if err == unix.EINTR {
 			continue
 		}
@@ -142,9 +127,11 @@ func (it *bpfIter) readUnlocking(buf []byte, mu sync.Locker) ([]byte, error) {
 			return buf, nil
 		}
 		buf = buf[:len(buf)+n]
-		mu.Unlock()
-		runtime.Gosched()
-		mu.Lock()
+		if mu != nil {
+			mu.Unlock()
+			runtime.Gosched() // a waiter may take it before we do
+			mu.Lock()
+		}
 	}
 }
 

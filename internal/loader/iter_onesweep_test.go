@@ -3,11 +3,8 @@ package loader
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"slices"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfstats/tracker/internal/testutil"
 )
@@ -101,18 +98,7 @@ func TestHoldersAheadAgrees(t *testing.T) {
 	}
 	t.Cleanup(func() { k.Close() })
 	progs := iterFixture(t, 2)
-	dup, err := unix.FcntlInt(uintptr(progs[0].FD()), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(dup), "prog")
-	cmd := exec.Command("sleep", "30")
-	cmd.ExtraFiles = []*os.File{f}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cmd := holdInChild(t, progs[0])
 	// The child holds the program once it runs sleep: wait until a walk
 	// at this moment sees it.
 	first := programIDOf(t, progs[0])

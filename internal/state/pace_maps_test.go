@@ -2,7 +2,6 @@ package state
 
 import (
 	"testing"
-	"time"
 
 	"github.com/bpfstats/tracker/internal/loader"
 )
@@ -44,34 +43,7 @@ func TestRunAppliesEventsDuringMapRead(t *testing.T) {
 	const late = n + 1
 	fk.progs[late] = progStats(late, 10, 1)
 	tr := New(k, Options{Node: "n1", Source: "test"})
-	src := make(chanSource)
-	defer close(src)
-	events := make(chan *Event, 1)
-	snaps := make(chan *Snapshot, 1)
-	_, wait := startRun(t, tr, RunConfig{
-		Source: src, Interval: time.Millisecond, Count: 1,
-		OnSnapshot: latest(snaps),
-		OnEvent:    func(ev *Event) { events <- ev },
-	})
-	select {
-	case <-k.reading:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the first sweep never read its maps in a batch")
-	}
-	src <- load(late, 0)
-	select {
-	case ev := <-events:
-		if ev.Kind != "load" || ev.ProgID != late {
-			t.Fatalf("event %+v, want the load of %d", ev, late)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the load waited for the sweep's map read")
-	}
-	close(k.resume)
-	if err := wait(); err != nil {
-		t.Fatal(err)
-	}
-	snap := <-snaps
+	snap := loadDuringStall(t, tr, k.reading, k.resume, late, 1)
 	var memlock uint64
 	for _, r := range snap.Programs {
 		memlock += r.MapMemory

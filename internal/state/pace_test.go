@@ -66,19 +66,31 @@ func TestRunAppliesEventsDuringSweepRead(t *testing.T) {
 	const late = n + 1
 	fk.progs[late] = progStats(late, 10, 1)
 	tr := New(k, Options{Node: "n1", Source: "test"})
+	snap := loadDuringStall(t, tr, k.halfway, k.resume, late, 2)
+	if len(snap.Programs) != n+1 || snap.Counters.EventsLoad != 1 || snap.Counters.RepairsAdded != 0 {
+		t.Fatalf("last snapshot: %d programs, counters %+v", len(snap.Programs), snap.Counters)
+	}
+}
+
+// loadDuringStall runs tr for count sweeps; once its kernel stopped in a
+// read (stalled closed), it sends the load of program late and requires
+// its event before it lets the kernel go on (closes resume). It returns
+// the last snapshot.
+func loadDuringStall(t *testing.T, tr *Tracker, stalled, resume chan struct{}, late uint32, count int) *Snapshot {
+	t.Helper()
 	src := make(chanSource)
 	defer close(src)
 	events := make(chan *Event, 1)
 	snaps := make(chan *Snapshot, 1)
 	_, wait := startRun(t, tr, RunConfig{
-		Source: src, Interval: time.Millisecond, Count: 2,
+		Source: src, Interval: time.Millisecond, Count: count,
 		OnSnapshot: latest(snaps),
 		OnEvent:    func(ev *Event) { events <- ev },
 	})
 	select {
-	case <-k.halfway:
+	case <-stalled:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the first sweep never read")
+		t.Fatal("the first sweep never reached the stalling read")
 	}
 	src <- load(late, 0)
 	select {
@@ -89,14 +101,11 @@ func TestRunAppliesEventsDuringSweepRead(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the load waited for the sweep's read")
 	}
-	close(k.resume)
+	close(resume)
 	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
-	snap := <-snaps
-	if len(snap.Programs) != n+1 || snap.Counters.EventsLoad != 1 || snap.Counters.RepairsAdded != 0 {
-		t.Fatalf("last snapshot: %d programs, counters %+v", len(snap.Programs), snap.Counters)
-	}
+	return <-snaps
 }
 
 // While a snapshot is built, loads of new programs are applied and
