@@ -47,9 +47,10 @@ type pacer interface {
 	offload(work func())
 	// yield applies the events that arrived.
 	yield()
-	// yieldLoads applies the events that arrived while each is a load
-	// the snapshot being built may see (see loadIsNew), and holds back
-	// the first other one and all after it for the next yield.
+	// yieldLoads applies the loads of new programs that arrived (see
+	// loadIsNew), which the snapshot being built may see, and holds back
+	// every other event, and the ones that must follow it, for the next
+	// yield.
 	yieldLoads()
 }
 
