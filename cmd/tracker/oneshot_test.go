@@ -14,6 +14,14 @@ import (
 	"github.com/bpfstats/tracker/internal/testutil"
 )
 
+// sourcedRow is a row as "tracker stats -o json" prints it (see
+// publish.WriteRowsJSON): with the event source of the tracker that made
+// it, as the output's metadata.
+type sourcedRow struct {
+	state.Row
+	Source string `json:"source,omitempty"`
+}
+
 // trackerTable runs "tracker stats -o json args..." as a child process and
 // returns the rows of its first table.
 func trackerTable(t *testing.T, args ...string) []sourcedRow {

@@ -24,14 +24,6 @@ func (o *outputFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.fields, "fields", "", "extra columns, comma-separated (see the list below)")
 }
 
-// sourcedRow is a row as "tracker stats -o json" prints it (see
-// publish.WriteRowsJSON): with the event source of the tracker that made
-// it, as the output's metadata.
-type sourcedRow struct {
-	state.Row
-	Source string `json:"source,omitempty"`
-}
-
 // printer returns a function printing the rows of one snapshot.
 func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) error, error) {
 	cols, err := publish.SelectColumns(strings.Split(o.fields, ","))
@@ -53,7 +45,8 @@ func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) er
 		}, nil
 	case "json":
 		return func(s *state.Snapshot) error {
-			// Each row as a sourcedRow, without copying the snapshot's.
+			// Each row with the tracker's event source, without copying
+			// the snapshot's rows.
 			return publish.WriteRowsJSON(out, rows(s), s.Source)
 		}, nil
 	}
