@@ -69,9 +69,10 @@ func benchIngest(b *testing.B, f *Fleet, nodes [][]msg, bytes int) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*perNode), "ns/msg")
 }
 
-// BenchmarkPrintByImage measures one print of "top --by image" over
-// 10,000 nodes' summaries.
-func BenchmarkPrintByImage(b *testing.B) {
+// tenThousandNodes is a summary view holding one summary of each of
+// 10,000 nodes.
+func tenThousandNodes(b *testing.B) *Fleet {
+	b.Helper()
 	f := summaryView(nil)
 	for i := range 10000 {
 		_, s := simNode(b, fmt.Sprintf("n%d", i), 1, time.Now(), fleetShape)
@@ -79,6 +80,13 @@ func BenchmarkPrintByImage(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	return f
+}
+
+// BenchmarkPrintByImage measures one print of "top --by image" over
+// 10,000 nodes' summaries.
+func BenchmarkPrintByImage(b *testing.B) {
+	f := tenThousandNodes(b)
 	var out bytes.Buffer
 	for b.Loop() {
 		out.Reset()
@@ -91,13 +99,7 @@ func BenchmarkPrintByImage(b *testing.B) {
 // BenchmarkPrintGadgetRows measures one print of "top" (a row per
 // gadget) over 10,000 nodes' summaries: 200,000 rows.
 func BenchmarkPrintGadgetRows(b *testing.B) {
-	f := summaryView(nil)
-	for i := range 10000 {
-		_, s := simNode(b, fmt.Sprintf("n%d", i), 1, time.Now(), fleetShape)
-		if err := f.Ingest(s.subject, s.data); err != nil {
-			b.Fatal(err)
-		}
-	}
+	f := tenThousandNodes(b)
 	var out bytes.Buffer
 	b.ReportAllocs()
 	for b.Loop() {

@@ -240,14 +240,8 @@ func (f *Fleet) liveRollup(by rollupBy, withNames bool) []rollupSum {
 			row.totals.Add(s.totals)
 		}
 	}
-	rows := make([]rollupSum, 0, len(byKey))
-	for _, row := range byKey {
-		c := f.retired[retiredKey{by, row.key}]
-		row.totals.Runtime += c.runtime
-		row.totals.Runcount += c.runcount
-		row.totals.RecursionMisses += c.recursionMisses
-		rows = append(rows, *row)
-	}
-	slices.SortFunc(rows, func(a, b rollupSum) int { return cmp.Compare(a.key, b.key) })
-	return rows
+	return sortedRollup(byKey, func(r *rollupSum) state.Totals {
+		c := f.retired[retiredKey{by, r.key}]
+		return state.Totals{Runtime: c.runtime, Runcount: c.runcount, RecursionMisses: c.recursionMisses}
+	})
 }

@@ -64,14 +64,20 @@ func (f *Fleet) rollup(counters *state.CounterSets, glob string, unowned, withNa
 		})
 	}
 	counters.End()
+	return sortedRollup(byKey, func(r *rollupSum) state.Totals { return counters.Retired(r.set) })
+}
+
+// sortedRollup returns the rows of byKey in key order, each with the
+// cumulative counters gone gives for it added: gadgets (or nodes) of the
+// key that went away keep counting, so that a rollup's cumulative
+// counters never go down.
+func sortedRollup(byKey map[string]*rollupSum, gone func(*rollupSum) state.Totals) []rollupSum {
 	rows := make([]rollupSum, 0, len(byKey))
 	for _, r := range byKey {
-		// Gadgets (or nodes) of the key that went away keep counting: the
-		// rollup's cumulative counters never go down.
-		gone := counters.Retired(r.set)
-		r.totals.Runtime += gone.Runtime
-		r.totals.Runcount += gone.Runcount
-		r.totals.RecursionMisses += gone.RecursionMisses
+		g := gone(r)
+		r.totals.Runtime += g.Runtime
+		r.totals.Runcount += g.Runcount
+		r.totals.RecursionMisses += g.RecursionMisses
 		rows = append(rows, *r)
 	}
 	slices.SortFunc(rows, func(a, b rollupSum) int { return cmp.Compare(a.key, b.key) })

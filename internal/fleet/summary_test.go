@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
 	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/testutil"
 )
@@ -133,9 +136,10 @@ func TestConsumerLag(t *testing.T) {
 	}
 }
 
-// Run, by default, follows the summaries alone and prints rows with the
-// node's seq and its own lag.
-func TestRunFollowsSummaries(t *testing.T) {
+// connectEmbedded connects to an embedded nats-server of the test's own,
+// logging to a log the test watches (returned too).
+func connectEmbedded(t *testing.T) (*nats.Conn, zerolog.Logger) {
+	t.Helper()
 	srv := testutil.StartNATS(t, nil)
 	log := testutil.NewLogWatch(t).Logger()
 	nc, err := publish.ConnectNATS(publish.ConnOptions{URLs: srv.ClientURL(), FailFast: true, Logger: log})
@@ -143,6 +147,13 @@ func TestRunFollowsSummaries(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
+	return nc, log
+}
+
+// Run, by default, follows the summaries alone and prints rows with the
+// node's seq and its own lag.
+func TestRunFollowsSummaries(t *testing.T) {
+	nc, _ := connectEmbedded(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	out := make(lineWriter, 64)
 	done := make(chan error, 1)
@@ -181,13 +192,7 @@ func TestRunFollowsSummaries(t *testing.T) {
 // reported in the header line (slowDrops) and the JSON print
 // (consumer.dropped), with those still pending.
 func TestConsumerReportsSlowDrops(t *testing.T) {
-	srv := testutil.StartNATS(t, nil)
-	log := testutil.NewLogWatch(t).Logger()
-	nc, err := publish.ConnectNATS(publish.ConnOptions{URLs: srv.ClientURL(), FailFast: true, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc, log := connectEmbedded(t)
 	f := summaryView(nil)
 	// The view's reader is stuck on the first message until the test ends.
 	stuck := make(chan struct{})

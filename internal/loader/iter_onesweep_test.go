@@ -126,17 +126,7 @@ func TestHoldersAheadAgrees(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	self, child := uint32(os.Getpid()), uint32(cmd.Process.Pid)
-	for i, p := range progs {
-		id := programIDOf(t, p)
-		exp := []uint32{self}
-		if i == 0 {
-			exp = slices.Sorted(slices.Values([]uint32{self, child}))
-		}
-		if !slices.Equal(got[id], exp) || !slices.Equal(want[id], exp) {
-			t.Errorf("program %d: early walk %v, walk now %v, want %v", id, got[id], want[id], exp)
-		}
-	}
+	checkHolders(t, "early walk", "walk now", got, want, progs, 1, uint32(cmd.Process.Pid))
 	if k.holdersAhead != nil {
 		t.Error("early walk not taken")
 	}

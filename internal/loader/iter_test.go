@@ -76,6 +76,24 @@ func iterFixture(t *testing.T, n int) []*ebpf.Program {
 	return progs
 }
 
+// checkHolders requires both holder maps (named gotName and wantName in
+// failures) to give this process as the holder of every program of progs,
+// and the child too for the first childHeld of them.
+func checkHolders(t *testing.T, gotName, wantName string, got, want map[uint32][]uint32, progs []*ebpf.Program, childHeld int, child uint32) {
+	t.Helper()
+	self := uint32(os.Getpid())
+	for i, p := range progs {
+		id := programIDOf(t, p)
+		exp := []uint32{self}
+		if i < childHeld {
+			exp = slices.Sorted(slices.Values([]uint32{self, child}))
+		}
+		if !slices.Equal(got[id], exp) || !slices.Equal(want[id], exp) {
+			t.Errorf("program %d: %s %v, %s %v, want %v", id, gotName, got[id], wantName, want[id], exp)
+		}
+	}
+}
+
 // runOnCPU runs prog n times on the given CPU, so that its stats are
 // spread over the per-CPU counters.
 func runOnCPU(t *testing.T, prog *ebpf.Program, cpu int, n uint32) {
@@ -308,17 +326,8 @@ func TestIterHoldersAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	self, child := uint32(os.Getpid()), uint32(cmd.Process.Pid)
-	for i, p := range progs {
-		id := programIDOf(t, p)
-		exp := []uint32{self}
-		if i < 2 {
-			exp = slices.Sorted(slices.Values([]uint32{self, child}))
-		}
-		if !slices.Equal(got[id], exp) || !slices.Equal(want[id], exp) {
-			t.Errorf("program %d: iterator holders %v, /proc %v, want %v", id, got[id], want[id], exp)
-		}
-	}
+	self := uint32(os.Getpid())
+	checkHolders(t, "iterator holders", "/proc", got, want, progs, 2, uint32(cmd.Process.Pid))
 	// Both see the iterator programs held by this process.
 	own := iteratorProgramIDs(iter)
 	if len(own) != 3 {

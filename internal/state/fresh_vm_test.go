@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/rs/zerolog"
 
@@ -44,7 +43,7 @@ func TestVMFreshness(t *testing.T) {
 	}
 	// The sweeps have programs to read, as on a busy node.
 	for range freshBackground {
-		prog := freshLoad(t)
+		prog := loadProgram(t)
 		t.Cleanup(func() { prog.Close() })
 	}
 	for _, name := range []string{loader.SourceFentry, loader.SourcePerf} {
@@ -114,7 +113,7 @@ func measureVMFreshness(t *testing.T, name string) vmFreshness {
 	for range freshPrograms {
 		<-pace.C
 		start := time.Now()
-		prog := freshLoad(t)
+		prog := loadProgram(t)
 		f.loadCalls = append(f.loadCalls, ms(time.Since(start)))
 		t.Cleanup(func() { prog.Close() }) // a no-op for the closed ones
 		progs = append(progs, loaded{prog: prog, id: programID(t, prog), loadStart: start})
@@ -283,21 +282,6 @@ func (r *freshRecorder) waitAll(t *testing.T, kind string, ids []uint32) {
 				len(missing), len(ids), kind, freshTimeout, missing[:min(len(missing), 10)])
 		}
 	}
-}
-
-// freshLoad loads a tiny socket filter; the caller closes it.
-func freshLoad(t *testing.T) *ebpf.Program {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "tk_vm_fresh",
-		Type:         ebpf.SocketFilter,
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	})
-	if err != nil {
-		t.Fatalf("loading program: %v", err)
-	}
-	return prog
 }
 
 func programID(t *testing.T, prog *ebpf.Program) uint32 {
