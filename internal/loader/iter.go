@@ -266,6 +266,9 @@ func (k *Kernel) loadedIteratorsLocked() *iterators {
 			want, k.walkedIDs = oneSweepWantsIterators()
 		}
 		if want {
+			if k.opts.OneSweep {
+				k.mapsAhead = startMapsAhead()
+			}
 			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
 		} else {
 			k.iters = &iterators{progsErr: ErrFewPrograms, filesErr: ErrFewPrograms}

@@ -149,7 +149,13 @@ func TestOneSweepChoice(t *testing.T) {
 	perr, herr := k.Iterators()
 	if want, _ := oneSweepWantsIterators(); want {
 		testutil.SkipIfUnsupported(t, perr, "iter/bpf_prog")
+		if k.mapsAhead == nil {
+			t.Error("iterators loaded without the early read of the maps")
+		}
 		return
+	}
+	if k.mapsAhead != nil {
+		t.Error("few programs: the maps are read early, which only slows the /proc walk down")
 	}
 	if !errors.Is(perr, ErrFewPrograms) || !errors.Is(herr, ErrFewPrograms) {
 		t.Errorf("few programs, Iterators() = %v, %v; want ErrFewPrograms", perr, herr)

@@ -48,6 +48,9 @@ type Kernel struct {
 	// walkedIDs are the program IDs a OneSweep Kernel listed to choose
 	// against the iterators, for its next ProgramIDs (see takeWalkedIDs).
 	walkedIDs []uint32
+	// mapsAhead is a OneSweep Kernel's early read of every map (see
+	// startMapsAhead); nil otherwise. It has a lock of its own.
+	mapsAhead *mapsAhead
 	closed    bool
 	// metaMapInfo and metaCache serve ReadProgramMetadata.
 	metaMapInfo sysMapInfoBTF
@@ -98,7 +101,9 @@ type KernelOptions struct {
 	// ReadAllPrograms, Holders) returns, a consistent view of the
 	// programs and their holders as of the load. Single reads (bpf(2),
 	// /proc) stay live. With few programs and open files the iterators
-	// are not loaded at all (Iterators reports ErrFewPrograms).
+	// are not loaded at all (Iterators reports ErrFewPrograms). When they
+	// are, every map of the system is read while they load, and ReadMaps
+	// hands out those values (see startMapsAhead).
 	OneSweep bool
 }
 
@@ -123,7 +128,7 @@ func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("proc root %s is not a directory", procRoot)
 	}
-	return &Kernel{
+	k := &Kernel{
 		procRoot: procRoot,
 		opts:     opts,
 		mapIDs:   make([]uint32, 64),
@@ -134,7 +139,8 @@ func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
 			stat: make([]byte, 4096),
 			link: make([]byte, 4096),
 		},
-	}, nil
+	}
+	return k, nil
 }
 
 // Close releases the BPF iterators and the cgroup mount fd. The Kernel

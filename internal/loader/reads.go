@@ -36,14 +36,20 @@ func (k *Kernel) appendProgramIDs(dst []uint32) ([]uint32, error) {
 // walkProgramIDs appends every program ID to dst, in ascending order, with
 // BPF_PROG_GET_NEXT_ID. Requires Linux 4.13.
 func walkProgramIDs(dst []uint32) ([]uint32, error) {
+	return walkIDs(unix.BPF_PROG_GET_NEXT_ID, "program", dst)
+}
+
+// walkIDs appends the ID of every object of one kind (cmd is one of the
+// BPF_*_GET_NEXT_ID commands), in ID order, to dst.
+func walkIDs(cmd uintptr, kind string, dst []uint32) ([]uint32, error) {
 	var id uint32
 	for {
-		next, err := bpfNextID(unix.BPF_PROG_GET_NEXT_ID, id)
+		next, err := bpfNextID(cmd, id)
 		if err == unix.ENOENT {
 			return dst, nil
 		}
 		if err != nil {
-			return dst, fmt.Errorf("walking program IDs after %d: %w", id, err)
+			return dst, fmt.Errorf("walking %s IDs after %d: %w", kind, id, err)
 		}
 		dst = append(dst, next)
 		id = next

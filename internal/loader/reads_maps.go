@@ -50,10 +50,43 @@ func openFdinfoDir() (int, func()) {
 // on a small pool of goroutines (at most 4), each opening, reading and
 // closing one map at a time; fn runs on the caller's goroutine, after all
 // reads are done. The values are ReadMap's: memlock is the fdinfo line.
-// Requires Linux 4.13.
+// A OneSweep Kernel takes each map's values, once, from the read of every
+// map it started when it was created (see startMapsAhead), and reads the
+// others now. Requires Linux 4.13.
 func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err error)) {
+	k.mu.Lock()
+	early := k.mapsAhead
+	k.mu.Unlock()
+	ahead := early.take(ids)
+	live := ids
+	if ahead != nil {
+		live = make([]uint32, 0, len(ids))
+		for i, id := range ids {
+			if ahead[i] == nil {
+				live = append(live, id)
+			}
+		}
+	}
+	infos, errs := readMaps(live)
+	j := 0
+	for i, id := range ids {
+		if ahead != nil && ahead[i] != nil {
+			fn(id, ahead[i], nil)
+			continue
+		}
+		fn(id, &infos[j], errs[j])
+		j++
+	}
+}
+
+// readMaps reads every map of ids as ReadMap does, on a pool of at most
+// mapWorkersMax goroutines, and returns the infos and errors by index.
+func readMaps(ids []uint32) ([]MapInfo, []error) {
 	infos := make([]MapInfo, len(ids))
 	errs := make([]error, len(ids))
+	if len(ids) == 0 {
+		return infos, errs
+	}
 	dir, closeDir := openFdinfoDir()
 	defer closeDir()
 	workers := min(mapWorkersMax, (len(ids)+mapsPerWorker-1)/mapsPerWorker)
@@ -62,25 +95,23 @@ func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err er
 		for i, id := range ids {
 			errs[i] = r.read(id, &infos[i])
 		}
-	} else {
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r := newMapReader(dir)
-				// Interleaved shares: maps of one program, often
-				// adjacent IDs, spread over the workers.
-				for i := w; i < len(ids); i += workers {
-					errs[i] = r.read(ids[i], &infos[i])
-				}
-			}()
-		}
-		wg.Wait()
+		return infos, errs
 	}
-	for i, id := range ids {
-		fn(id, &infos[i], errs[i])
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := newMapReader(dir)
+			// Interleaved shares: maps of one program, often
+			// adjacent IDs, spread over the workers.
+			for i := w; i < len(ids); i += workers {
+				errs[i] = r.read(ids[i], &infos[i])
+			}
+		}()
 	}
+	wg.Wait()
+	return infos, errs
 }
 
 // newMapReader returns a worker's reader of fdinfo files under dir (see

@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -9,21 +8,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// walkIDs lists every ID of one kind (BPF_PROG_GET_NEXT_ID, BPF_LINK_GET_NEXT_ID, ...).
-func walkIDs(t *testing.T, cmd uintptr) []uint32 {
+// listIDs lists every ID of one kind (BPF_PROG_GET_NEXT_ID, BPF_LINK_GET_NEXT_ID, ...).
+func listIDs(t *testing.T, cmd uintptr) []uint32 {
 	t.Helper()
-	var ids []uint32
-	for id := uint32(0); ; {
-		next, err := bpfNextID(cmd, id)
-		if errors.Is(err, unix.ENOENT) {
-			return ids
-		}
-		if err != nil {
-			t.Fatalf("walking IDs (cmd %d): %v", cmd, err)
-		}
-		ids = append(ids, next)
-		id = next
+	ids, err := walkIDs(cmd, "object", nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return ids
 }
 
 // Closing the fentry source leaves none of its programs or links in the
@@ -31,16 +23,16 @@ func walkIDs(t *testing.T, cmd uintptr) []uint32 {
 // loads programs, so the lists must come back to what they were.
 func TestVMFentryCloseFreesEverything(t *testing.T) {
 	requireVM(t)
-	progsBefore := walkIDs(t, unix.BPF_PROG_GET_NEXT_ID)
-	linksBefore := walkIDs(t, unix.BPF_LINK_GET_NEXT_ID)
+	progsBefore := listIDs(t, unix.BPF_PROG_GET_NEXT_ID)
+	linksBefore := listIDs(t, unix.BPF_LINK_GET_NEXT_ID)
 	src, err := OpenSource(SourceFentry, SourceOptions{Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("opening fentry: %v", err)
 	}
-	if progs := walkIDs(t, unix.BPF_PROG_GET_NEXT_ID); len(progs) <= len(progsBefore) {
+	if progs := listIDs(t, unix.BPF_PROG_GET_NEXT_ID); len(progs) <= len(progsBefore) {
 		t.Fatalf("fentry source loaded no programs? before %v, open %v", progsBefore, progs)
 	}
-	if links := walkIDs(t, unix.BPF_LINK_GET_NEXT_ID); len(links) <= len(linksBefore) {
+	if links := listIDs(t, unix.BPF_LINK_GET_NEXT_ID); len(links) <= len(linksBefore) {
 		t.Fatalf("fentry source holds no links? before %v, open %v", linksBefore, links)
 	}
 	if err := src.Close(); err != nil {
@@ -49,8 +41,8 @@ func TestVMFentryCloseFreesEverything(t *testing.T) {
 	// Programs are freed after an RCU grace period: wait for it.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		progs := walkIDs(t, unix.BPF_PROG_GET_NEXT_ID)
-		links := walkIDs(t, unix.BPF_LINK_GET_NEXT_ID)
+		progs := listIDs(t, unix.BPF_PROG_GET_NEXT_ID)
+		links := listIDs(t, unix.BPF_LINK_GET_NEXT_ID)
 		if slices.Equal(progs, progsBefore) && slices.Equal(links, linksBefore) {
 			return
 		}
