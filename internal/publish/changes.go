@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"hash/fnv"
 	"strings"
@@ -71,18 +72,45 @@ func (s *NATSSink) due(tok string) bool {
 // slowFingerprint hashes what of a gadget or _unowned message rarely
 // changes: the identity, the owner and every program row without its
 // numbers (name, tag, type, maps, loader, holders, labels, placement).
+// A row with a SlowVersion is hashed as that version and the columns the
+// version does not cover (Attach and the pod name): encoding every row
+// each interval to hash it was most of what compact rows cost at
+// thousands of programs. A row without one is hashed as its encoding.
 func slowFingerprint(id GadgetIdentity, owner state.ProcessRef, rows messageRows) uint64 {
 	h := fnv.New64a()
 	enc := json.NewEncoder(h)
 	// Encoding these types does not fail, and a hash.Hash does not either.
 	_ = enc.Encode(id)
 	_ = enc.Encode(owner)
+	var b []byte
 	for _, k := range rows.idx {
-		r := rows.snap.Programs[k]
-		r.Totals, r.Cost = state.Totals{}, state.Cost{}
-		_ = enc.Encode(&r)
+		r := &rows.snap.Programs[k]
+		if v := rows.snap.SlowVersion(int(k)); v != 0 {
+			b = binary.LittleEndian.AppendUint64(b[:0], v)
+			b = appendHashed(b, r.PodName)
+			b = appendHashed(b, r.PodNamespace)
+			b = append(b, 0) // Attach null, not []
+			if r.Attach != nil {
+				b[len(b)-1] = 1
+			}
+			for _, a := range r.Attach {
+				b = appendHashed(b, a)
+			}
+			h.Write(b)
+			continue
+		}
+		c := *r
+		c.Totals, c.Cost = state.Totals{}, state.Cost{}
+		_ = enc.Encode(&c)
 	}
 	return h.Sum64()
+}
+
+// appendHashed appends s to b as its length and bytes, so that
+// consecutive strings cannot run into each other.
+func appendHashed(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(s)))
+	return append(b, s...)
 }
 
 // addProgramMessage encodes a gadget or _unowned message (msg, with

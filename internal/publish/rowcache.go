@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
 
@@ -13,10 +14,13 @@ import (
 // The sink keeps each program's last full-row encoding with the
 // snapshot's RowVersion it was made from, and copies it when the version
 // (and the Attach and pod columns, which every snapshot fills anew) did
-// not change. Rows of snapshots without versions (RowVersion 0) are
-// encoded every time. An encoding not used in an interval is dropped.
+// not change. With CompactRows the same holds for its compact encoding,
+// whose fields the version covers alone. Rows of snapshots without
+// versions (RowVersion 0) are encoded every time. An encoding not used in
+// an interval is dropped.
 
-// rowCode is the kept encoding of one program's full row.
+// rowCode is the kept encoding of one program's full row, and of its
+// compact row.
 type rowCode struct {
 	version uint64
 	// attach, podName and podNamespace are the columns the version does
@@ -26,6 +30,9 @@ type rowCode struct {
 	// seq is the last interval that used it.
 	seq  uint64
 	data []byte
+	// compact is the CompactRow encoding of the row of compactVersion.
+	compactVersion uint64
+	compact        []byte
 }
 
 // messageRows are the program rows of one gadget or _unowned message:
@@ -53,12 +60,15 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 		k := int(m.idx[i])
 		r := &m.snap.Programs[k]
 		ver := m.snap.RowVersion(k)
-		if compact || ver == 0 {
+		if ver == 0 {
 			one[0] = m.cleanCopy(i, s.node)
 			return encodeOne(enc, 0)
 		}
 		c := s.rowCodes[r.ProgID]
 		buf := &e.b.row
+		if compact {
+			return s.compactRow(enc, buf, c, r, ver)
+		}
 		if c != nil && c.version == ver && slices.Equal(c.attach, r.Attach) &&
 			c.podName == r.PodName && c.podNamespace == r.PodNamespace {
 			c.seq = s.seq
@@ -84,6 +94,32 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 		s.rowCodesUsed++
 		return nil
 	}
+}
+
+// compactRow writes r's CompactRow encoding to buf, the kept one when
+// c holds it for version ver, and keeps a new one otherwise.
+func (s *NATSSink) compactRow(enc *json.Encoder, buf *bytes.Buffer, c *rowCode, r *state.Row, ver uint64) error {
+	if c == nil {
+		c = &rowCode{}
+		s.rowCodes[r.ProgID] = c
+	}
+	if c.seq != s.seq {
+		c.seq = s.seq
+		s.rowCodesUsed++
+	}
+	if c.compact != nil && c.compactVersion == ver {
+		buf.Write(c.compact)
+		buf.WriteByte('\n') // as Encode ends: encodeItems cuts it
+		return nil
+	}
+	start := buf.Len()
+	if err := enc.Encode(CompactRow{ProgID: r.ProgID, Totals: r.Totals, Cost: r.Cost}); err != nil {
+		return err
+	}
+	out := buf.Bytes()
+	c.compact = append(c.compact[:0], out[start:len(out)-1]...)
+	c.compactVersion = ver
+	return nil
 }
 
 // forgetRowCodes drops the encodings this interval did not use (programs

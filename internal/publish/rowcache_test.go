@@ -2,6 +2,7 @@ package publish
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"github.com/bpfstats/tracker/internal/state"
@@ -31,17 +32,31 @@ func encodeInterval(t *testing.T, s *NATSSink, snap *state.Snapshot, seq uint64)
 
 // A sink that reuses the encodings of unchanged rows publishes exactly
 // what a sink encoding every row anew does, interval after interval,
-// whether programs ran, were added or left, or a row's Attach changed.
+// whether programs ran, were added or left, or a row's Attach changed;
+// with full rows and with compact ones.
 func TestRowEncodingsReusedMatchFresh(t *testing.T) {
+	for _, compact := range []bool{false, true} {
+		t.Run(fmt.Sprintf("compact=%v", compact), func(t *testing.T) { testRowEncodingsReused(t, compact) })
+	}
+}
+
+func testRowEncodingsReused(t *testing.T, compact bool) {
 	k := newBenchKernel(300)
 	tr := state.New(k, state.Options{Node: "n1"})
 	kept := benchSink()
+	kept.opts.CompactRows = compact
 	steps := []func(){
 		func() {},
 		func() { k.runEvery(10) },
 		func() { delete(k.progs, 5); k.ids = append(k.ids[:4], k.ids[5:]...) },
 		func() {},
+		func() { k.runEvery(7) },
+		// Numbers only: compact rows, when on.
+		func() { k.runEvery(3) },
+		func() {},
+		func() { k.runEvery(5) },
 	}
+	compactSeen := 0
 	for i, step := range steps {
 		step()
 		snap, err := tr.Sweep()
@@ -52,8 +67,16 @@ func TestRowEncodingsReusedMatchFresh(t *testing.T) {
 			// Filled per snapshot, outside the rows' versions.
 			snap.Programs[7].Attach = []string{"cgroup /x ingress"}
 		}
+		// A sink with the same view of what was sent, but no kept
+		// encodings.
+		fresh := benchSink()
+		fresh.opts = kept.opts
+		for tok, st := range kept.tokens {
+			c := *st
+			fresh.tokens[tok] = &c
+		}
 		seq := uint64(i + 1)
-		got, want := encodeInterval(t, kept, snap, seq), encodeInterval(t, benchSink(), snap, seq)
+		got, want := encodeInterval(t, kept, snap, seq), encodeInterval(t, fresh, snap, seq)
 		if len(got) != len(want) {
 			t.Fatalf("step %d: %d messages, want %d", i, len(got), len(want))
 		}
@@ -61,9 +84,15 @@ func TestRowEncodingsReusedMatchFresh(t *testing.T) {
 			if !bytes.Equal(got[j], want[j]) {
 				t.Fatalf("step %d, message %d differs from a fresh encoding:\n%.300s\nwant\n%.300s", i, j, got[j], want[j])
 			}
+			if bytes.Contains(got[j], []byte(`"rows":"compact"`)) {
+				compactSeen++
+			}
 		}
 		if n := len(kept.rowCodes); n != len(snap.Programs) {
 			t.Errorf("step %d: %d kept encodings, want one per program (%d)", i, n, len(snap.Programs))
 		}
+	}
+	if compact && compactSeen < 3 || !compact && compactSeen > 0 {
+		t.Errorf("%d messages with compact rows", compactSeen)
 	}
 }

@@ -31,8 +31,8 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		versions:   t.spare.versions,
 	}
 	t.spare = snapshotStorage{}
-	if cap(snap.Programs) < len(order) || cap(snap.versions) < len(order) {
-		snap.Programs, snap.versions = make([]Row, 0, len(order)), make([]uint64, 0, len(order))
+	if cap(snap.Programs) < len(order) || cap(snap.versions) < 2*len(order) {
+		snap.Programs, snap.versions = make([]Row, 0, len(order)), make([]uint64, 0, 2*len(order))
 	}
 	t.summed = t.summed[:0]
 	t.unownedSum.reset()
@@ -54,7 +54,7 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		sum.add(p, liveShare(p))
 		p.share.reported = statsOf(p)
 		snap.Programs = append(snap.Programs, *row)
-		snap.versions = append(snap.versions, p.rowVer)
+		snap.versions = append(snap.versions, p.rowVer, p.slowVer)
 	}
 
 	// Recycled storage may hold rows of a larger inventory after them.
@@ -162,6 +162,9 @@ func (t *Tracker) programRow(p *program) *Row {
 	if !p.rowOK || !sameRow(&prev, r) {
 		t.rowVer++
 		p.rowVer = t.rowVer
+		if !p.rowOK || !sameSlowFields(&prev, r) {
+			p.slowVer = t.rowVer
+		}
 	}
 	p.rowOK, p.rowGadget = true, p.gadget
 	return r
@@ -171,7 +174,12 @@ func (t *Tracker) programRow(p *program) *Row {
 // programRow replaces a row's slices and loader when they change, so
 // comparing their identity is exact.
 func sameRow(a, b *Row) bool {
-	return a.Totals == b.Totals && a.Cost == b.Cost && a.Placement == b.Placement &&
+	return a.Totals == b.Totals && a.Cost == b.Cost && sameSlowFields(a, b)
+}
+
+// sameSlowFields is sameRow without the numbers (Totals and Cost).
+func sameSlowFields(a, b *Row) bool {
+	return a.Placement == b.Placement &&
 		a.NodeName == b.NodeName && a.ProgID == b.ProgID && a.ProgName == b.ProgName &&
 		a.ProgType == b.ProgType && a.Tag == b.Tag && a.Loader == b.Loader &&
 		a.GadgetID == b.GadgetID && a.GadgetName == b.GadgetName && a.GadgetImage == b.GadgetImage &&

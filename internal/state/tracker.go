@@ -233,6 +233,9 @@ type program struct {
 	// unique across programs, so that consumers reuse what they derived
 	// from an unchanged row (see Snapshot.RowVersion).
 	rowVer uint64
+	// slowVer is the rowVer of the last change of row in any field but
+	// its numbers (Totals and Cost): see Snapshot.SlowVersion.
+	slowVer uint64
 }
 
 type gadget struct {

@@ -224,8 +224,9 @@ type Snapshot struct {
 	Counters   Counters
 	// SweepDuration is how long the sweep's kernel reads took.
 	SweepDuration time.Duration
-	// versions are the RowVersion of Programs, index for index; nil when
-	// the snapshot did not come from a Tracker.
+	// versions are the RowVersion and SlowVersion of Programs, two per
+	// row in index order; nil when the snapshot did not come from a
+	// Tracker.
 	versions []uint64
 }
 
@@ -236,10 +237,21 @@ type Snapshot struct {
 // means unknown (a snapshot not built by a Tracker): the row may differ
 // from any other. A publisher uses it to reuse a row's encoding.
 func (s *Snapshot) RowVersion(i int) uint64 {
-	if i < 0 || i >= len(s.versions) {
+	if i < 0 || 2*i >= len(s.versions) {
 		return 0
 	}
-	return s.versions[i]
+	return s.versions[2*i]
+}
+
+// SlowVersion is RowVersion for the fields of Programs[i] other than its
+// numbers (Totals and Cost): it changes when any of them changes, not
+// when only the numbers do. 0 means unknown. A publisher uses it to tell
+// whether what rarely changes did, without looking at the row.
+func (s *Snapshot) SlowVersion(i int) uint64 {
+	if i < 0 || 2*i+1 >= len(s.versions) {
+		return 0
+	}
+	return s.versions[2*i+1]
 }
 
 // Counters are the tracker's own running totals.

@@ -21,6 +21,7 @@ import (
 type daemonSetup struct {
 	natsServer  string // nats-server binary; "" for the tracker's embedded server
 	activeEvery int    // every activeEvery-th program runs each interval; 0: none
+	compactRows bool   // tracker run --compact-rows
 	interval    time.Duration
 	warmup      time.Duration // after the first message (or the start, embedded)
 	window      time.Duration
@@ -55,6 +56,9 @@ func measureDaemon(tracker string, n int, h helperGroup, setup daemonSetup) daem
 		defer h.do("idle", "idle")
 	}
 	args := []string{"run", "--metrics-addr", "", "--interval", setup.interval.String(), "--log-level", "warn"}
+	if setup.compactRows {
+		args = append(args, "--compact-rows")
+	}
 	var sub *subscriber
 	natsPID := 0
 	if setup.natsServer != "" {

@@ -221,6 +221,12 @@ func measureDaemons(c *config, res *sizeResult, h helperGroup) {
 	if slices.Contains(c.daemonSizes, res.n) {
 		logf("N=%d: tracker run, standalone nats-server, subscriber, every %dth program running, %v", res.n, c.activeEvery, c.window)
 		res.daemons = append(res.daemons, measureDaemon(c.tracker, res.n, h, setup))
+		if res.n == c.targetN {
+			compact := setup
+			compact.compactRows = true
+			logf("N=%d: the same with --compact-rows", res.n)
+			res.daemons = append(res.daemons, measureDaemon(c.tracker, res.n, h, compact))
+		}
 	}
 	if c.embedded && res.n == c.targetN {
 		setup.natsServer, setup.activeEvery = "", 0

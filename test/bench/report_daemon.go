@@ -13,7 +13,7 @@ func (r *report) userDaemons() []daemonUsage {
 	var ds []daemonUsage
 	for _, s := range r.results {
 		for _, d := range s.daemons {
-			if d.setup.natsServer != "" {
+			if d.setup.natsServer != "" && !d.setup.compactRows {
 				ds = append(ds, d)
 			}
 		}
@@ -30,7 +30,9 @@ func (r *report) daemonSection(b *strings.Builder) {
 	p("(BPF_PROG_TEST_RUN) each second, so their stats change every interval. Measured over %v after the\n", r.cfg.window)
 	p("first message and a warm-up, from /proc/<pid>/stat and status; bytes are subjects plus payloads\n")
 	p("the subscriber received. The `embedded` row is the earlier setup: embedded NATS server, no\n")
-	p("subscriber, idle programs.\n\n")
+	p("subscriber, idle programs. The `compact rows` row is the first setup with `--compact-rows` (full\n")
+	p("program rows only when they change or every 30 intervals: see docs/nats.md), which needs\n")
+	p("consumers that know the `rows` field, and so is not the default.\n\n")
 	p("| N | setup | CPU, %% of a core | start-up CPU | peak RSS (VmHWM) | RSS at end | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
@@ -127,6 +129,9 @@ func bytesText(v float64) string {
 func (d daemonUsage) setupName() string {
 	if d.setup.natsServer == "" {
 		return "embedded, idle"
+	}
+	if d.setup.compactRows {
+		return "standalone, subscriber, active, compact rows"
 	}
 	return "standalone, subscriber, active"
 }

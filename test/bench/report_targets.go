@@ -137,7 +137,7 @@ func (r *report) cliTargets(b *strings.Builder, s *sizeResult) []string {
 // userDaemon returns the tracker run measured as users run it at s.n.
 func userDaemon(s *sizeResult) *daemonUsage {
 	for i := range s.daemons {
-		if s.daemons[i].setup.natsServer != "" {
+		if s.daemons[i].setup.natsServer != "" && !s.daemons[i].setup.compactRows {
 			return &s.daemons[i]
 		}
 	}
