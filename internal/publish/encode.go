@@ -20,8 +20,12 @@ const defaultMaxPayload = 1 << 20
 type EncodeBuffers struct {
 	mu sync.Mutex
 	// enc holds the encoded messages of the interval being published,
-	// row the encoded array elements (program rows) of one message.
+	// row the encoded array elements (program rows) of one message that
+	// are not kept elsewhere.
 	enc, row bytes.Buffer
+	// elems are the array elements of the message being encoded: in
+	// row, or kept elsewhere (see intervalEncoder.refer).
+	elems [][]byte
 }
 
 // intervalEncoder encodes the messages of one interval into the sink's
@@ -34,8 +38,9 @@ type intervalEncoder struct {
 	b     *EncodeBuffers
 	limit int
 	msgs  []outMsg
-	// rowEnds are the end offsets of the elements encoded into b.row.
-	rowEnds []int
+	// ext is what the item being encoded referred to, nil if it wrote to
+	// the row buffer.
+	ext []byte
 	// dropped counts rows and messages that could not fit limit.
 	dropped uint64
 }
@@ -117,7 +122,6 @@ func (e *intervalEncoder) addArray(tok string, h *Header, msg any, key string, n
 		return fmt.Errorf("encoding %s %s: %w", tok, key, err)
 	}
 	parts := e.packRows(room)
-	rowBytes := e.b.row.Bytes()
 	h.Parts = len(parts)
 	for i, p := range parts {
 		h.Part = i + 1
@@ -132,7 +136,7 @@ func (e *intervalEncoder) addArray(tok string, h *Header, msg any, key string, n
 			if j > p.first {
 				buf.WriteByte(',')
 			}
-			buf.Write(rowBytes[e.rowStart(j):e.rowEnds[j]])
+			buf.Write(e.b.elems[j])
 		}
 		buf.Write(env[split:])
 		e.push(tok, h.Part, h.Parts, start)
@@ -157,29 +161,38 @@ func envelope(msg any, key string) ([]byte, int, error) {
 	return env, at + len(field) - 1, nil
 }
 
-// encodeItems encodes n array elements into the row buffer, one after
-// another, recording where each ends.
+// refer makes data, which stays unchanged until the message is
+// assembled, the element being encoded, instead of bytes written to the
+// row buffer: the sink's kept row encodings are not copied twice.
+func (e *intervalEncoder) refer(data []byte) { e.ext = data }
+
+// encodeItems encodes n array elements, one after another, into the row
+// buffer or as references (see refer).
 func (e *intervalEncoder) encodeItems(n int, item itemEncoder) error {
 	buf := &e.b.row
 	buf.Reset()
-	e.rowEnds = e.rowEnds[:0]
+	elems := e.b.elems[:0]
 	enc := json.NewEncoder(buf)
 	for i := 0; i < n; i++ {
+		start := buf.Len()
+		e.ext = nil
 		if err := item(enc, i); err != nil {
 			return err
 		}
-		// Encode ends with a newline that Marshal does not write.
+		if e.ext != nil {
+			buf.Truncate(start)
+			elems = append(elems, e.ext)
+			continue
+		}
+		// Encode ends with a newline that Marshal does not write. The
+		// buffer never moves what it holds (it is only written), and a
+		// buffer it grew out of stays as it was: the slice stays right.
 		buf.Truncate(buf.Len() - 1)
-		e.rowEnds = append(e.rowEnds, buf.Len())
+		elems = append(elems, buf.Bytes()[start:buf.Len():buf.Len()])
 	}
+	e.ext = nil
+	e.b.elems = elems
 	return nil
-}
-
-func (e *intervalEncoder) rowStart(i int) int {
-	if i == 0 {
-		return 0
-	}
-	return e.rowEnds[i-1]
 }
 
 // rowRange is the rows [first, end) of one part.
@@ -187,13 +200,21 @@ type rowRange struct{ first, end int }
 
 // packRows splits the encoded rows into consecutive parts of at most room
 // bytes (rows and the commas between them), at least one part. A row
-// longer than room is dropped: it is cut out of the row buffer's ends.
+// longer than room is dropped and counted.
 func (e *intervalEncoder) packRows(room int) []rowRange {
-	e.dropOversized(room)
+	kept := e.b.elems[:0]
+	for _, el := range e.b.elems {
+		if len(el) > room {
+			e.dropped++
+			continue
+		}
+		kept = append(kept, el)
+	}
+	e.b.elems = kept
 	parts := []rowRange{{}}
 	size := 0
-	for i := range e.rowEnds {
-		n := e.rowEnds[i] - e.rowStart(i)
+	for i := range kept {
+		n := len(kept[i])
 		cur := &parts[len(parts)-1]
 		if cur.end > cur.first && size+1+n > room {
 			parts = append(parts, rowRange{first: i, end: i})
@@ -206,25 +227,6 @@ func (e *intervalEncoder) packRows(room int) []rowRange {
 		cur.end = i + 1
 	}
 	return parts
-}
-
-// dropOversized removes the rows longer than room from the row buffer and
-// rowEnds, counting them.
-func (e *intervalEncoder) dropOversized(room int) {
-	rows := e.b.row.Bytes()
-	kept, w := e.rowEnds[:0], 0
-	start := 0
-	for _, end := range e.rowEnds {
-		if end-start > room {
-			e.dropped++
-		} else {
-			w += copy(rows[w:], rows[start:end])
-			kept = append(kept, w)
-		}
-		start = end
-	}
-	e.b.row.Truncate(w)
-	e.rowEnds = kept
 }
 
 // cleanRow caps and cleans the labels of a row copy (see CleanLabel),

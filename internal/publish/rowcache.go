@@ -50,8 +50,9 @@ func (m messageRows) cleanCopy(i int, node string) state.Row {
 	return r
 }
 
-// rowEncoder encodes the rows of m into e's row buffer, whole or as
-// CompactRow, reusing the kept full-row encodings.
+// rowEncoder encodes the rows of m, whole or as CompactRow: a kept
+// encoding is referred to (see intervalEncoder.refer), a new one encoded
+// through e's row buffer and kept.
 func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) itemEncoder {
 	// Misses are encoded by rowItems, through a row copy of their own.
 	var one [1]state.Row
@@ -67,15 +68,13 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 		c := s.rowCodes[r.ProgID]
 		buf := &e.b.row
 		if compact {
-			return s.compactRow(enc, buf, c, r, ver)
+			return s.compactRow(e, enc, buf, c, r, ver)
 		}
 		if c != nil && c.version == ver && slices.Equal(c.attach, r.Attach) &&
 			c.podName == r.PodName && c.podNamespace == r.PodNamespace {
 			c.seq = s.seq
 			s.rowCodesUsed++
-			buf.Write(c.data)
-			// As Encode ends: encodeItems cuts the newline.
-			buf.WriteByte('\n')
+			e.refer(c.data)
 			return nil
 		}
 		one[0] = m.cleanCopy(i, s.node)
@@ -92,13 +91,14 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 		c.version, c.attach, c.podName, c.podNamespace = ver, r.Attach, r.PodName, r.PodNamespace
 		c.seq = s.seq
 		s.rowCodesUsed++
+		e.refer(c.data)
 		return nil
 	}
 }
 
 // compactRow writes r's CompactRow encoding to buf, the kept one when
 // c holds it for version ver, and keeps a new one otherwise.
-func (s *NATSSink) compactRow(enc *json.Encoder, buf *bytes.Buffer, c *rowCode, r *state.Row, ver uint64) error {
+func (s *NATSSink) compactRow(e *intervalEncoder, enc *json.Encoder, buf *bytes.Buffer, c *rowCode, r *state.Row, ver uint64) error {
 	if c == nil {
 		c = &rowCode{}
 		s.rowCodes[r.ProgID] = c
@@ -108,8 +108,7 @@ func (s *NATSSink) compactRow(enc *json.Encoder, buf *bytes.Buffer, c *rowCode, 
 		s.rowCodesUsed++
 	}
 	if c.compact != nil && c.compactVersion == ver {
-		buf.Write(c.compact)
-		buf.WriteByte('\n') // as Encode ends: encodeItems cuts it
+		e.refer(c.compact)
 		return nil
 	}
 	start := buf.Len()
@@ -119,6 +118,7 @@ func (s *NATSSink) compactRow(enc *json.Encoder, buf *bytes.Buffer, c *rowCode, 
 	out := buf.Bytes()
 	c.compact = append(c.compact[:0], out[start:len(out)-1]...)
 	c.compactVersion = ver
+	e.refer(c.compact)
 	return nil
 }
 
