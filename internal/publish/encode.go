@@ -41,6 +41,9 @@ type intervalEncoder struct {
 	// ext is what the item being encoded referred to, nil if it wrote to
 	// the row buffer.
 	ext []byte
+	// emit, when not nil, takes each message as it is encoded, instead of
+	// msgs (see encodeInterval).
+	emit func(*outMsg)
 	// dropped counts rows and messages that could not fit limit.
 	dropped uint64
 }
@@ -77,13 +80,19 @@ func (e *intervalEncoder) add(tok string, v any) error {
 func (e *intervalEncoder) push(tok string, part, parts, start int) {
 	buf := &e.b.enc
 	end := buf.Len()
-	e.msgs = append(e.msgs, outMsg{
+	m := outMsg{
 		subject: e.s.tokenSubject(tok),
 		tok:     tok,
 		part:    part,
 		parts:   parts,
 		data:    buf.Bytes()[start:end:end],
-	})
+	}
+	if e.emit != nil {
+		e.emit(&m)
+		buf.Reset()
+		return
+	}
+	e.msgs = append(e.msgs, m)
 }
 
 // itemEncoder encodes element i of a message's array.

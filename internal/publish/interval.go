@@ -13,6 +13,15 @@ import (
 // reported in the error; the other messages are still returned. resync
 // sends every gadget's full rows. The caller holds s.mu and s.bufs.mu.
 func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bool) ([]outMsg, error) {
+	return s.encodeInterval(snap, limit, resync, nil)
+}
+
+// encodeInterval is intervalMessages, handing each message to emit as
+// soon as it is encoded when emit is not nil: the message's data is valid
+// only during the call, and the returned list is empty. Then the buffer
+// holds one message at a time rather than the whole interval (megabytes
+// at thousands of programs).
+func (s *NATSSink) encodeInterval(snap *state.Snapshot, limit int64, resync bool, emit func(*outMsg)) ([]outMsg, error) {
 	h := Header{
 		Schema:   SchemaVersion,
 		Node:     s.node,
@@ -31,7 +40,10 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 		byGadget, unowned = s.programsByGadget(snap)
 		unownedCount = len(unowned)
 	}
+	// As of the interval's start, whenever the node message goes out.
+	pub := s.Stats()
 	e := s.newIntervalEncoder(len(snap.Gadgets)+3, limit)
+	e.emit = emit
 	gadgets := make([]GadgetSummary, 0, len(snap.Gadgets))
 	var errs []error
 	for _, g := range snap.Gadgets {
@@ -56,7 +68,7 @@ func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bo
 		}
 	}
 	h.Type = TypeNode
-	node := s.nodeMessage(h, snap, unownedCount)
+	node := s.nodeMessage(h, snap, unownedCount, pub)
 	if err := e.add(TokenNode, node); err != nil {
 		errs = append(errs, err)
 	}
@@ -110,8 +122,9 @@ func gadgetMessage(h Header, snap *state.Snapshot, g state.Row, programs int) Ga
 	}
 }
 
-// nodeMessage is the _node message closing the interval.
-func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) NodeMessage {
+// nodeMessage is the _node message closing the interval, with the
+// publisher counters pub as of its start.
+func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int, pub PublisherStats) NodeMessage {
 	c := snap.Counters
 	return NodeMessage{
 		Header:   h,
@@ -139,7 +152,7 @@ func (s *NATSSink) nodeMessage(h Header, snap *state.Snapshot, unowned int) Node
 		Resyncs:       c.Resyncs,
 		Sweeps:        c.Sweeps,
 		SweepDuration: snap.SweepDuration,
-		Publisher:     s.Stats(),
+		Publisher:     pub,
 	}
 }
 

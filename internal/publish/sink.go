@@ -341,19 +341,28 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 	}
 	s.bufs.mu.Lock()
 	defer s.bufs.mu.Unlock()
+	publish := func(m *outMsg) {
+		if err := c.nc.Publish(m.subject, m.data); err != nil {
+			s.pubErrors.Add(1)
+			errs = append(errs, fmt.Errorf("publishing %s: %w", m.subject, err))
+			return
+		}
+		s.published.Add(1)
+	}
+	// Without key-value writes, which take every message after, each is
+	// published as it is encoded (nats.Conn.Publish copies it).
+	emit := publish
+	if s.kv != nil {
+		emit = nil
+	}
 	// The server may have changed with a reconnect: read its limit now.
-	msgs, err := s.intervalMessages(snap, c.nc.MaxPayload(), resync)
+	msgs, err := s.encodeInterval(snap, c.nc.MaxPayload(), resync, emit)
 	if err != nil {
 		errs = append(errs, err)
 	}
 	s.forgetRowCodes()
-	for _, m := range msgs {
-		if err := c.nc.Publish(m.subject, m.data); err != nil {
-			s.pubErrors.Add(1)
-			errs = append(errs, fmt.Errorf("publishing %s: %w", m.subject, err))
-			continue
-		}
-		s.published.Add(1)
+	for i := range msgs {
+		publish(&msgs[i])
 	}
 	if s.kv != nil {
 		s.writeKV(msgs)
