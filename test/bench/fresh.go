@@ -18,8 +18,13 @@ import (
 // freshness is the latency of one event source, in milliseconds.
 type freshness struct {
 	source                 string
+	// To the inventory: the time the tracker applied the event (or built
+	// the first snapshot that shows the change).
 	loadP50, loadP99       float64
 	releaseP50, releaseP99 float64
+	// To the tracker's consumers: OnEvent (or OnSnapshot) running, one
+	// goroutine hop later.
+	loadOutP99, releaseOutP99 float64
 	loads, releases        int // events seen, of want each
 	want                   int
 	loadCall               float64 // median BPF_PROG_LOAD time, ms
@@ -62,10 +67,12 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 	}
 	w.waitAll(progs, w.releaseSeen)
 
-	loads, releases := w.latencies(progs)
+	loads, releases := w.latencies(progs, w.loadIn, w.releaseIn)
 	f.loads, f.releases = len(loads), len(releases)
 	f.loadP50, f.loadP99 = percentile(loads, 50), percentile(loads, 99)
 	f.releaseP50, f.releaseP99 = percentile(releases, 50), percentile(releases, 99)
+	loads, releases = w.latencies(progs, w.loadSeen, w.releaseSeen)
+	f.loadOutP99, f.releaseOutP99 = percentile(loads, 99), percentile(releases, 99)
 	return f
 }
 
@@ -117,9 +124,11 @@ type watch struct {
 	cancel context.CancelFunc
 	runErr chan error
 
-	mu          sync.Mutex
-	loadSeen    map[uint32]time.Time
-	releaseSeen map[uint32]time.Time
+	mu sync.Mutex
+	// loadSeen and releaseSeen are when the tracker's consumers learned
+	// of each program; loadIn and releaseIn when its inventory did.
+	loadSeen, releaseSeen map[uint32]time.Time
+	loadIn, releaseIn     map[uint32]time.Time
 	opening     map[uint32]bool // loaded by the harness
 	closing     map[uint32]bool // closed by the harness
 }
@@ -137,6 +146,7 @@ func startWatch(source string) (*watch, error) {
 	}
 	w := &watch{src: src, k: k, runErr: make(chan error, 1),
 		loadSeen: make(map[uint32]time.Time), releaseSeen: make(map[uint32]time.Time),
+		loadIn: make(map[uint32]time.Time), releaseIn: make(map[uint32]time.Time),
 		opening: make(map[uint32]bool), closing: make(map[uint32]bool)}
 	tr := state.New(k, state.Options{Node: "bench", Source: src.Name()})
 	ready := make(chan struct{})
@@ -183,13 +193,15 @@ func (w *watch) onSnapshot(snap *state.Snapshot) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for id := range w.opening {
-		if _, ok := w.loadSeen[id]; !ok && present[id] {
-			w.loadSeen[id] = now
+		if present[id] {
+			first(w.loadSeen, id, now)
+			first(w.loadIn, id, snap.Time)
 		}
 	}
 	for id := range w.closing {
-		if _, ok := w.releaseSeen[id]; !ok && !present[id] {
-			w.releaseSeen[id] = now
+		if !present[id] {
+			first(w.releaseSeen, id, now)
+			first(w.releaseIn, id, snap.Time)
 		}
 	}
 }
@@ -198,15 +210,21 @@ func (w *watch) onEvent(ev *state.Event) {
 	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// ev.Time is when the tracker applied the event to its inventory.
 	switch ev.Kind {
 	case "load":
-		if _, ok := w.loadSeen[ev.ProgID]; !ok {
-			w.loadSeen[ev.ProgID] = now
-		}
+		first(w.loadSeen, ev.ProgID, now)
+		first(w.loadIn, ev.ProgID, ev.Time)
 	case "release":
-		if _, ok := w.releaseSeen[ev.ProgID]; !ok {
-			w.releaseSeen[ev.ProgID] = now
-		}
+		first(w.releaseSeen, ev.ProgID, now)
+		first(w.releaseIn, ev.ProgID, ev.Time)
+	}
+}
+
+// first records t for id unless an earlier time is recorded.
+func first(seen map[uint32]time.Time, id uint32, t time.Time) {
+	if old, ok := seen[id]; !ok || t.Before(old) {
+		seen[id] = t
 	}
 }
 
@@ -230,14 +248,14 @@ func (w *watch) waitAll(progs []freshProgram, seen map[uint32]time.Time) {
 }
 
 // latencies returns the load and release latencies seen, in ms.
-func (w *watch) latencies(progs []freshProgram) (loads, releases []float64) {
+func (w *watch) latencies(progs []freshProgram, loadSeen, releaseSeen map[uint32]time.Time) (loads, releases []float64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range progs {
-		if t, ok := w.loadSeen[p.id]; ok {
+		if t, ok := loadSeen[p.id]; ok {
 			loads = append(loads, float64(t.Sub(p.loadStart).Microseconds())/1000)
 		}
-		if t, ok := w.releaseSeen[p.id]; ok {
+		if t, ok := releaseSeen[p.id]; ok {
 			releases = append(releases, float64(t.Sub(p.closed).Microseconds())/1000)
 		}
 	}
