@@ -17,7 +17,7 @@ import (
 
 // freshness is the latency of one event source, in milliseconds.
 type freshness struct {
-	source                 string
+	source string
 	// To the inventory: the time the tracker applied the event (or built
 	// the first snapshot that shows the change).
 	loadP50, loadP99       float64
@@ -25,10 +25,10 @@ type freshness struct {
 	// To the tracker's consumers: OnEvent (or OnSnapshot) running, one
 	// goroutine hop later.
 	loadOutP99, releaseOutP99 float64
-	loads, releases        int // events seen, of want each
-	want                   int
-	loadCall               float64 // median BPF_PROG_LOAD time, ms
-	err                    error
+	loads, releases           int // events seen, of want each
+	want                      int
+	loadCall                  float64 // median BPF_PROG_LOAD time, ms
+	err                       error
 }
 
 // measureFreshness runs a tracker (state.Tracker.Run, 1 s sweeps) on the
@@ -129,8 +129,8 @@ type watch struct {
 	// of each program; loadIn and releaseIn when its inventory did.
 	loadSeen, releaseSeen map[uint32]time.Time
 	loadIn, releaseIn     map[uint32]time.Time
-	opening     map[uint32]bool // loaded by the harness
-	closing     map[uint32]bool // closed by the harness
+	opening               map[uint32]bool // loaded by the harness
+	closing               map[uint32]bool // closed by the harness
 }
 
 // startWatch starts the tracker and waits for its first sweep.
