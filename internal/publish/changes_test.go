@@ -58,7 +58,7 @@ func messagesOf(msgs []outMsg, tok string) [][]byte {
 func TestSummaryParts(t *testing.T) {
 	sink := offlineSink("node_a", 1, "i")
 	snap := bigSnapshot("node_a", gadgetIDs(20), 5, 30, testTime)
-	msgs, err := sink.intervalMessages(snap, defaultMaxPayload, false)
+	msgs, err := sink.encodeInterval(snap, defaultMaxPayload, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestSummaryParts(t *testing.T) {
 	ids := gadgetIDs(2000)
 	snap = bigSnapshot("node_a", ids, 1, 3, testTime)
 	const limit = 16 << 10
-	msgs, err = sink.intervalMessages(snap, limit, false)
+	msgs, err = sink.encodeInterval(snap, limit, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestCompactRows(t *testing.T) {
 				t.Fatalf("seq %d is %s's turn: pick another node name", sink.seq, tok)
 			}
 		}
-		msgs, err := sink.intervalMessages(snap, defaultMaxPayload, resync)
+		msgs, err := sink.encodeInterval(snap, defaultMaxPayload, resync, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +186,7 @@ func TestCompactRows(t *testing.T) {
 	for range 9 {
 		sink.seq++
 		due := map[string]bool{"g1": sink.due("g1"), "g2": sink.due("g2")}
-		msgs, err := sink.intervalMessages(snap, defaultMaxPayload, false)
+		msgs, err := sink.encodeInterval(snap, defaultMaxPayload, false, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

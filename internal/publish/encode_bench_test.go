@@ -83,7 +83,7 @@ func BenchmarkIntervalMessages(b *testing.B) {
 					b.Fatal(err)
 				}
 				s.seq++
-				if _, err := s.intervalMessages(snap, defaultMaxPayload, false); err != nil {
+				if _, err := s.encodeInterval(snap, defaultMaxPayload, false, nil); err != nil {
 					b.Fatal(err)
 				}
 				s.forgetRowCodes()
@@ -103,7 +103,7 @@ func BenchmarkIntervalMessages(b *testing.B) {
 				s.seq++
 				runtime.ReadMemStats(&before)
 				b.StartTimer()
-				if _, err := s.intervalMessages(snap, defaultMaxPayload, false); err != nil {
+				if _, err := s.encodeInterval(snap, defaultMaxPayload, false, nil); err != nil {
 					b.Fatal(err)
 				}
 				s.forgetRowCodes()

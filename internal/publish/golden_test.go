@@ -21,7 +21,7 @@ func intervalMessage(t *testing.T, snap *state.Snapshot, token string) []byte {
 	t.Helper()
 	sink := offlineSink("node_a", 3, "5f0c2a9e4b7d1e38")
 	sink.opts.Interval = time.Second
-	msgs, err := sink.intervalMessages(snap, defaultMaxPayload, false)
+	msgs, err := sink.encodeInterval(snap, defaultMaxPayload, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,20 +7,16 @@ import (
 	"github.com/bpfstats/tracker/internal/state"
 )
 
-// intervalMessages encodes one snapshot: the messages (parts) of every
+// encodeInterval encodes one snapshot: the messages (parts) of every
 // gadget, then _unowned, _node and _summary, each at most limit bytes. A
 // message or row that cannot fit is left out, counted in PublishErrors and
 // reported in the error; the other messages are still returned. resync
 // sends every gadget's full rows. The caller holds s.mu and s.bufs.mu.
-func (s *NATSSink) intervalMessages(snap *state.Snapshot, limit int64, resync bool) ([]outMsg, error) {
-	return s.encodeInterval(snap, limit, resync, nil)
-}
-
-// encodeInterval is intervalMessages, handing each message to emit as
-// soon as it is encoded when emit is not nil: the message's data is valid
-// only during the call, and the returned list is empty. Then the buffer
-// holds one message at a time rather than the whole interval (megabytes
-// at thousands of programs).
+//
+// When emit is not nil it takes each message as soon as it is encoded
+// (its data valid only during the call) and the returned list is empty:
+// the buffer then holds one message at a time rather than the whole
+// interval (megabytes at thousands of programs).
 func (s *NATSSink) encodeInterval(snap *state.Snapshot, limit int64, resync bool, emit func(*outMsg)) ([]outMsg, error) {
 	h := Header{
 		Schema:   SchemaVersion,

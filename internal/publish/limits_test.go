@@ -212,7 +212,7 @@ func TestNATSOversizedRow(t *testing.T) {
 	}
 	sink := offlineSink("node_a", 1, "i")
 	const limit = 4096
-	msgs, err := sink.intervalMessages(snap, limit, false)
+	msgs, err := sink.encodeInterval(snap, limit, false, nil)
 	if err == nil || !strings.Contains(err.Error(), "1 program rows or messages left out") {
 		t.Errorf("error %v, want one row left out", err)
 	}
@@ -306,7 +306,7 @@ func TestNATSHostileGadgetIDs(t *testing.T) {
 	}
 	// Every message has its own subject and key: no gadget takes the
 	// place of _node or _unowned, nor of another gadget.
-	msgs, err := sink.intervalMessages(snap, 1<<20, false)
+	msgs, err := sink.encodeInterval(snap, 1<<20, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,11 +14,11 @@ func benchSink() *NATSSink {
 		tokens: map[string]*tokenState{}, rowCodes: map[uint32]*rowCode{}, bufs: &EncodeBuffers{}}
 }
 
-// encodeInterval returns the payloads of snap's interval messages.
-func encodeInterval(t *testing.T, s *NATSSink, snap *state.Snapshot, seq uint64) [][]byte {
+// intervalPayloads returns the payloads of snap's interval messages.
+func intervalPayloads(t *testing.T, s *NATSSink, snap *state.Snapshot, seq uint64) [][]byte {
 	t.Helper()
 	s.seq = seq
-	msgs, err := s.intervalMessages(snap, defaultMaxPayload, false)
+	msgs, err := s.encodeInterval(snap, defaultMaxPayload, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func testRowEncodingsReused(t *testing.T, compact bool) {
 			fresh.tokens[tok] = &c
 		}
 		seq := uint64(i + 1)
-		got, want := encodeInterval(t, kept, snap, seq), encodeInterval(t, fresh, snap, seq)
+		got, want := intervalPayloads(t, kept, snap, seq), intervalPayloads(t, fresh, snap, seq)
 		if len(got) != len(want) {
 			t.Fatalf("step %d: %d messages, want %d", i, len(got), len(want))
 		}
