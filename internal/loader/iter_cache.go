@@ -33,12 +33,14 @@ func (c *nameCache) intern(b []byte) string {
 
 // knownProg is what ReadPrograms remembers of a program from one sweep
 // to the next: its map IDs, which stay valid while its load time and map
-// count do (BPF_PROG_BIND_MAP only appends).
+// count do (BPF_PROG_BIND_MAP only appends), and its name, fixed at load
+// (interning it again each sweep was a tenth of a sweep's reading).
 type knownProg struct {
 	id       uint32
 	nrMaps   uint32
 	loadTime uint64
 	off      uint32 // of the first map ID in progCache.mapIDs
+	name     string
 }
 
 // progCache holds the map IDs of the programs of the last sweep, in
@@ -53,15 +55,15 @@ func (c *progCache) reset() {
 	c.mapIDs = c.mapIDs[:0]
 }
 
-func (c *progCache) add(id uint32, loadTime uint64, mapIDs []uint32) {
-	c.progs = append(c.progs, knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs))})
+func (c *progCache) add(id uint32, loadTime uint64, name string, mapIDs []uint32) {
+	c.progs = append(c.progs, knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs)), name: name})
 	c.mapIDs = append(c.mapIDs, mapIDs...)
 }
 
 // insert adds a program out of ID order.
-func (c *progCache) insert(id uint32, loadTime uint64, mapIDs []uint32) {
+func (c *progCache) insert(id uint32, loadTime uint64, name string, mapIDs []uint32) {
 	i, found := slices.BinarySearchFunc(c.progs, id, func(p knownProg, id uint32) int { return cmp.Compare(p.id, id) })
-	kp := knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs))}
+	kp := knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs)), name: name}
 	c.mapIDs = append(c.mapIDs, mapIDs...)
 	if found {
 		c.progs[i] = kp

@@ -119,14 +119,8 @@ func iterRecLoadTime(rec []byte) uint64 { return binary.NativeEndian.Uint64(rec[
 // the record holds.
 func parseIterProg(rec []byte, info *ProgramInfo, names *nameCache) bool {
 	ne := binary.NativeEndian
-	info.ID = ne.Uint32(rec[0:])
-	info.Type = ne.Uint32(rec[4:])
-	copy(info.Tag[:], rec[8:16])
-	info.LoadTime = ne.Uint64(rec[16:])
-	info.RunTime = ne.Uint64(rec[24:])
-	info.RunCount = ne.Uint64(rec[32:])
-	info.RecursionMisses = ne.Uint64(rec[40:])
-	name := cString(rec[48:64])
+	parseIterStats(rec, info)
+	name := iterRecName(rec)
 	if names != nil {
 		info.Name = names.intern(name)
 	} else {
@@ -138,6 +132,22 @@ func parseIterProg(rec []byte, info *ProgramInfo, names *nameCache) bool {
 	}
 	return ne.Uint32(rec[64:]) == uint32(len(info.MapIDs))
 }
+
+// parseIterStats fills info from one iter/bpf_prog record, all but its
+// name and map IDs.
+func parseIterStats(rec []byte, info *ProgramInfo) {
+	ne := binary.NativeEndian
+	info.ID = ne.Uint32(rec[0:])
+	info.Type = ne.Uint32(rec[4:])
+	copy(info.Tag[:], rec[8:16])
+	info.LoadTime = ne.Uint64(rec[16:])
+	info.RunTime = ne.Uint64(rec[24:])
+	info.RunCount = ne.Uint64(rec[32:])
+	info.RecursionMisses = ne.Uint64(rec[40:])
+}
+
+// iterRecName is the program name of an iter/bpf_prog record.
+func iterRecName(rec []byte) []byte { return cString(rec[48:64]) }
 
 // iterFullPassMin is how many new programs make ReadPrograms run the
 // iterator with map IDs rather than read each of them with bpf(2).
@@ -297,7 +307,7 @@ func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, all bool, fn func(uin
 		complete := iterRecMaps(rec) <= iterMaxMapIDs
 		// A OneSweep Kernel has no next sweep to keep the map IDs for.
 		if complete && !k.opts.OneSweep {
-			next.add(id, iterRecLoadTime(rec), iterRecMapIDs(rec, &k.scratchIDs))
+			next.add(id, iterRecLoadTime(rec), k.names.intern(iterRecName(rec)), iterRecMapIDs(rec, &k.scratchIDs))
 		}
 		if !set.take(id) && !all {
 			continue
@@ -350,7 +360,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 		if j < len(known.progs) {
 			if p := &known.progs[j]; p.id == id && p.loadTime == iterRecLoadTime(rec) && p.nrMaps == iterRecMaps(rec) {
 				kp = p
-				next.add(id, p.loadTime, known.ids(p))
+				next.add(id, p.loadTime, p.name, known.ids(p))
 			}
 		}
 		if !set.take(id) && !all {
@@ -360,8 +370,9 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 			pending = append(pending, id)
 			continue
 		}
-		parseIterProg(rec, info, &k.names)
-		info.MapIDs = append(info.MapIDs, known.ids(kp)...)
+		parseIterStats(rec, info)
+		info.Name = kp.name
+		info.MapIDs = append(info.MapIDs[:0], known.ids(kp)...)
 		fn(id, info, nil)
 	}
 	k.known, k.knownNext = k.knownNext, k.known
@@ -391,7 +402,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 	for _, id := range pending {
 		rerr := k.readProgramInto(id, info)
 		if rerr == nil && len(info.MapIDs) <= iterMaxMapIDs {
-			k.known.insert(id, info.LoadTime, info.MapIDs)
+			k.known.insert(id, info.LoadTime, info.Name, info.MapIDs)
 		}
 		fn(id, info, rerr)
 	}

@@ -50,6 +50,16 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 	return added, removed, nil
 }
 
+// Recycle hands the storage of snap's program rows to the next Sweep,
+// which then builds its snapshot without allocating them again, as Run
+// does with RunConfig.RecycleSnapshots: for a caller of Sweep that is done
+// with snap. snap must not be used after. Not for use while Run runs.
+func (t *Tracker) Recycle(snap *Snapshot) {
+	if snap != nil && snap.versions != nil {
+		t.spare = snapshotStorage{snap.Programs[:0], snap.versions[:0]}
+	}
+}
+
 // Sweep reads the stats of every program in the inventory and the maps they
 // use, settles ownership, and returns the resulting Snapshot. Every sweep
 // is also an audit: the same read lists the kernel's programs, and the
