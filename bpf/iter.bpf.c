@@ -25,9 +25,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 /*
  * One program, as bpf_prog_info reports it. Keep in sync with
- * iterProgHeaderSize and parseIterProg in iter.go. Written packed: the
- * record is the 68-byte header followed by min(nr_map_ids, 64) map IDs
- * (dump_progs) or by none (dump_prog_stats).
+ * iterProgHeaderSize and parseIterProg in iter_progs.go. Written packed
+ * by dump_progs: the 68-byte header followed by min(nr_map_ids, 64) map
+ * IDs.
  */
 struct iter_prog_record {
 	__u32 id;
@@ -122,13 +122,50 @@ static __always_inline const struct bpf_map *map_ptr_at(__u64 addr)
 }
 
 /*
- * Writes one program's record; the map IDs only when with_map_ids. Most
- * of the cost is cache misses: the per-CPU stats, three lines of
- * bpf_prog_aux, the used-maps array and each map. Every independent load
- * is issued before any result is used, so that the misses overlap; the
- * map IDs, two dependent misses, are what dump_prog_stats leaves out.
+ * One program's numbers, for sweeps of programs already read
+ * (dump_prog_stats): what tells the program apart (its ID and load time,
+ * and its map count, which BPF_PROG_BIND_MAP may raise) and what changes.
+ * Its name, tag and type, fixed at load, user space keeps from the first
+ * read. Keep in sync with iterStatsRecordSize and parseIterStats in
+ * iter_progs.go.
  */
-static __always_inline int dump_prog(struct bpf_iter__bpf_prog *ctx, bool with_map_ids)
+struct iter_stats_record {
+	__u32 id;
+	__u32 nr_map_ids;
+	__u64 load_time;
+	__u64 run_time_ns;
+	__u64 run_cnt;
+	__u64 recursion_misses;
+};
+_Static_assert(sizeof(struct iter_stats_record) == 40, "no padding: iterStatsRecordSize");
+
+/*
+ * Sums prog's per-CPU stats. prog->stats is __percpu, but BTF lacks the
+ * type tag that would let bpf_per_cpu_ptr take it: each CPU's offset is
+ * added by hand.
+ */
+static __always_inline void sum_stats(const struct bpf_prog *prog, __u64 *nsecs, __u64 *cnt, __u64 *misses)
+{
+	__u64 stats = ptr_value(prog->stats);
+
+	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
+		const struct bpf_prog_stats *st =
+			bpf_rdonly_cast((void *)(stats + cpu_offsets[i]),
+					bpf_core_type_id_kernel(struct bpf_prog_stats));
+		*cnt += st->cnt.v.a.a.counter;
+		*nsecs += st->nsecs.v.a.a.counter;
+		*misses += st->misses.v.a.a.counter;
+	}
+}
+
+/*
+ * Writes one program's record with up to 64 of its map IDs. Most of the
+ * cost is cache misses: the per-CPU stats, three lines of bpf_prog_aux,
+ * the used-maps array and each map. Every independent load is issued
+ * before any result is used, so that the misses overlap.
+ */
+SEC("iter/bpf_prog")
+int dump_progs(struct bpf_iter__bpf_prog *ctx)
 {
 	struct seq_file *seq = ctx->meta->seq;
 	struct bpf_prog *prog = ctx->prog;
@@ -143,29 +180,16 @@ static __always_inline int dump_prog(struct bpf_iter__bpf_prog *ctx, bool with_m
 		return 0;
 
 	struct bpf_prog_aux *aux = prog->aux;
-	/* prog->stats is __percpu, but BTF lacks the type tag that would let
-	 * bpf_per_cpu_ptr take it: add each CPU's offset by hand. */
-	__u64 stats = ptr_value(prog->stats);
-	__u64 used_maps = with_map_ids ? ptr_value(aux->used_maps) : 0;
+	__u64 used_maps = ptr_value(aux->used_maps);
 	__u32 nr = aux->used_map_cnt;
 	__u64 load_time = aux->load_time;
 	__u64 name_lo = *(const __u64 *)&aux->name[0];
 	__u64 name_hi = *(const __u64 *)&aux->name[8];
 	__u64 nsecs = 0, cnt = 0, misses = 0;
-	for (__u32 i = 0; i < ITER_MAX_CPUS && i < nr_possible_cpus; i++) {
-		const struct bpf_prog_stats *st =
-			bpf_rdonly_cast((void *)(stats + cpu_offsets[i]),
-					bpf_core_type_id_kernel(struct bpf_prog_stats));
-		cnt += st->cnt.v.a.a.counter;
-		nsecs += st->nsecs.v.a.a.counter;
-		misses += st->misses.v.a.a.counter;
-	}
-	__u32 n = 0;
-	if (with_map_ids) {
-		n = nr < ITER_MAX_MAP_IDS ? nr : ITER_MAX_MAP_IDS;
-		for (__u32 i = 0; i < ITER_MAX_MAP_IDS && i < n; i++)
-			rec->map_ids[i] = map_ptr_at(used_maps + i * sizeof(void *))->id;
-	}
+	sum_stats(prog, &nsecs, &cnt, &misses);
+	__u32 n = nr < ITER_MAX_MAP_IDS ? nr : ITER_MAX_MAP_IDS;
+	for (__u32 i = 0; i < ITER_MAX_MAP_IDS && i < n; i++)
+		rec->map_ids[i] = map_ptr_at(used_maps + i * sizeof(void *))->id;
 
 	rec->id = aux->id;
 	rec->type = prog->type;
@@ -183,18 +207,29 @@ static __always_inline int dump_prog(struct bpf_iter__bpf_prog *ctx, bool with_m
 	return 0;
 }
 
-/* Every program with up to 64 of its map IDs. */
-SEC("iter/bpf_prog")
-int dump_progs(struct bpf_iter__bpf_prog *ctx)
-{
-	return dump_prog(ctx, true);
-}
-
-/* Every program without map IDs, for sweeps of programs already read. */
+/*
+ * Every program's numbers, for sweeps of programs already read: no map
+ * IDs (two dependent misses each), no name, tag or type.
+ */
 SEC("iter/bpf_prog")
 int dump_prog_stats(struct bpf_iter__bpf_prog *ctx)
 {
-	return dump_prog(ctx, false);
+	struct seq_file *seq = ctx->meta->seq;
+	struct bpf_prog *prog = ctx->prog;
+
+	if (!prog)
+		return 0;
+	if (!cpu_offsets_ready && load_cpu_offsets())
+		return 0;
+	struct bpf_prog_aux *aux = prog->aux;
+	struct iter_stats_record rec = {
+		.id = aux->id,
+		.nr_map_ids = aux->used_map_cnt,
+		.load_time = aux->load_time,
+	};
+	sum_stats(prog, &rec.run_time_ns, &rec.run_cnt, &rec.recursion_misses);
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	return 0;
 }
 
 /* bpf_prog_fops, learned from the first file named "bpf-prog": the symbol

@@ -33,14 +33,22 @@ func (c *nameCache) intern(b []byte) string {
 
 // knownProg is what ReadPrograms remembers of a program from one sweep
 // to the next: its map IDs, which stay valid while its load time and map
-// count do (BPF_PROG_BIND_MAP only appends), and its name, fixed at load
-// (interning it again each sweep was a tenth of a sweep's reading).
+// count do (BPF_PROG_BIND_MAP only appends), and what is fixed at load,
+// which the stats iterator then leaves out.
 type knownProg struct {
 	id       uint32
 	nrMaps   uint32
 	loadTime uint64
 	off      uint32 // of the first map ID in progCache.mapIDs
-	name     string
+	knownIdentity
+}
+
+// knownIdentity is what of a program is fixed at load: its type, tag and
+// name.
+type knownIdentity struct {
+	typ  uint32
+	tag  [8]byte
+	name string
 }
 
 // progCache holds the map IDs of the programs of the last sweep, in
@@ -55,15 +63,15 @@ func (c *progCache) reset() {
 	c.mapIDs = c.mapIDs[:0]
 }
 
-func (c *progCache) add(id uint32, loadTime uint64, name string, mapIDs []uint32) {
-	c.progs = append(c.progs, knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs)), name: name})
+func (c *progCache) add(id uint32, loadTime uint64, ident knownIdentity, mapIDs []uint32) {
+	c.progs = append(c.progs, knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs)), knownIdentity: ident})
 	c.mapIDs = append(c.mapIDs, mapIDs...)
 }
 
 // insert adds a program out of ID order.
-func (c *progCache) insert(id uint32, loadTime uint64, name string, mapIDs []uint32) {
+func (c *progCache) insert(id uint32, loadTime uint64, ident knownIdentity, mapIDs []uint32) {
 	i, found := slices.BinarySearchFunc(c.progs, id, func(p knownProg, id uint32) int { return cmp.Compare(p.id, id) })
-	kp := knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs)), name: name}
+	kp := knownProg{id: id, nrMaps: uint32(len(mapIDs)), loadTime: loadTime, off: uint32(len(c.mapIDs)), knownIdentity: ident}
 	c.mapIDs = append(c.mapIDs, mapIDs...)
 	if found {
 		c.progs[i] = kp

@@ -41,25 +41,28 @@ func checkProgIter(it *bpfIter, withMaps bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var got ProgramInfo
-	found := false
-	err = walkIterProgs(data, withMaps, func(rec []byte) {
-		if binary.NativeEndian.Uint32(rec) == it.id {
-			parseIterProg(rec, &got, nil)
-			found = true
-		}
-	})
-	if err != nil {
+	if err := walkIterProgs(data, withMaps, func([]byte) {}); err != nil {
 		return nil, err
 	}
-	if !found {
+	rec := walkFirst(data, withMaps, it.id)
+	if rec == nil {
 		return nil, fmt.Errorf("own program %d not listed", it.id)
 	}
 	want := new(sysProgInfo)
 	if err := bpfObjInfo(it.prog.FD(), unsafe.Pointer(want), unsafe.Sizeof(*want)); err != nil {
 		return nil, fmt.Errorf("reading own program info: %w", err)
 	}
-	nrMaps := iterRecMaps(walkFirst(data, withMaps, it.id))
+	var got ProgramInfo
+	var nrMaps uint32
+	if withMaps {
+		parseIterProg(rec, &got, nil)
+		nrMaps = iterRecMaps(rec)
+	} else {
+		// The stats record has no type, tag or name to check.
+		parseIterStats(rec, &got)
+		nrMaps = statsRecMaps(rec)
+		got.Type, got.Tag, got.Name = want.Type, want.Tag, string(cString(want.Name[:]))
+	}
 	if got.Type != want.Type || got.Tag != want.Tag || got.LoadTime != want.LoadTime ||
 		got.Name != string(cString(want.Name[:])) || nrMaps != want.NrMapIDs ||
 		(withMaps && uint32(len(got.MapIDs)) != want.NrMapIDs) {

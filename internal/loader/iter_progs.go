@@ -89,12 +89,12 @@ func walkIterProgs(data []byte, withMaps bool, fn func(rec []byte)) error {
 // nextIterProg splits the first record off a non-empty iter/bpf_prog
 // output; withMaps says whether its records carry map IDs.
 func nextIterProg(data []byte, withMaps bool) (rec, rest []byte, err error) {
-	if len(data) < iterProgHeaderSize {
-		return nil, nil, fmt.Errorf("iterator output: %d trailing bytes", len(data))
-	}
-	size := iterProgHeaderSize
+	size := iterStatsRecordSize
 	if withMaps {
-		size += 4 * int(min(iterRecMaps(data), iterMaxMapIDs))
+		if len(data) < iterProgHeaderSize {
+			return nil, nil, fmt.Errorf("iterator output: %d trailing bytes", len(data))
+		}
+		size = iterProgHeaderSize + 4*int(min(iterRecMaps(data), iterMaxMapIDs))
 	}
 	if len(data) < size {
 		return nil, nil, fmt.Errorf("iterator output: record of %d bytes, %d left", size, len(data))
@@ -119,7 +119,13 @@ func iterRecLoadTime(rec []byte) uint64 { return binary.NativeEndian.Uint64(rec[
 // the record holds.
 func parseIterProg(rec []byte, info *ProgramInfo, names *nameCache) bool {
 	ne := binary.NativeEndian
-	parseIterStats(rec, info)
+	info.ID = ne.Uint32(rec[0:])
+	info.Type = ne.Uint32(rec[4:])
+	copy(info.Tag[:], rec[8:16])
+	info.LoadTime = ne.Uint64(rec[16:])
+	info.RunTime = ne.Uint64(rec[24:])
+	info.RunCount = ne.Uint64(rec[32:])
+	info.RecursionMisses = ne.Uint64(rec[40:])
 	name := iterRecName(rec)
 	if names != nil {
 		info.Name = names.intern(name)
@@ -133,21 +139,37 @@ func parseIterProg(rec []byte, info *ProgramInfo, names *nameCache) bool {
 	return ne.Uint32(rec[64:]) == uint32(len(info.MapIDs))
 }
 
-// parseIterStats fills info from one iter/bpf_prog record, all but its
-// name and map IDs.
+// iterStatsRecordSize is the size of a dump_prog_stats record (struct
+// iter_stats_record in bpf/iter.bpf.c): ID, map count, load time, run
+// time, run count, recursion misses.
+const iterStatsRecordSize = 40
+
+// parseIterStats fills info from one dump_prog_stats record: its ID,
+// load time and numbers, not its type, tag, name or map IDs.
 func parseIterStats(rec []byte, info *ProgramInfo) {
 	ne := binary.NativeEndian
 	info.ID = ne.Uint32(rec[0:])
-	info.Type = ne.Uint32(rec[4:])
-	copy(info.Tag[:], rec[8:16])
-	info.LoadTime = ne.Uint64(rec[16:])
-	info.RunTime = ne.Uint64(rec[24:])
-	info.RunCount = ne.Uint64(rec[32:])
-	info.RecursionMisses = ne.Uint64(rec[40:])
+	info.LoadTime = ne.Uint64(rec[8:])
+	info.RunTime = ne.Uint64(rec[16:])
+	info.RunCount = ne.Uint64(rec[24:])
+	info.RecursionMisses = ne.Uint64(rec[32:])
 }
 
-// iterRecName is the program name of an iter/bpf_prog record.
+// statsRecMaps and statsRecLoadTime are a dump_prog_stats record's map
+// count and load time.
+func statsRecMaps(rec []byte) uint32     { return binary.NativeEndian.Uint32(rec[4:]) }
+func statsRecLoadTime(rec []byte) uint64 { return binary.NativeEndian.Uint64(rec[8:]) }
+
+// iterRecName is the program name of a dump_progs record.
 func iterRecName(rec []byte) []byte { return cString(rec[48:64]) }
+
+// iterRecIdentity is what of a dump_progs record stays fixed for the
+// program's life, its name interned in names.
+func iterRecIdentity(rec []byte, names *nameCache) knownIdentity {
+	id := knownIdentity{typ: binary.NativeEndian.Uint32(rec[4:]), name: names.intern(iterRecName(rec))}
+	copy(id.tag[:], rec[8:16])
+	return id
+}
 
 // iterFullPassMin is how many new programs make ReadPrograms run the
 // iterator with map IDs rather than read each of them with bpf(2).
@@ -307,7 +329,7 @@ func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, all bool, fn func(uin
 		complete := iterRecMaps(rec) <= iterMaxMapIDs
 		// A OneSweep Kernel has no next sweep to keep the map IDs for.
 		if complete && !k.opts.OneSweep {
-			next.add(id, iterRecLoadTime(rec), k.names.intern(iterRecName(rec)), iterRecMapIDs(rec, &k.scratchIDs))
+			next.add(id, iterRecLoadTime(rec), iterRecIdentity(rec, &k.names), iterRecMapIDs(rec, &k.scratchIDs))
 		}
 		if !set.take(id) && !all {
 			continue
@@ -358,9 +380,9 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 		}
 		var kp *knownProg
 		if j < len(known.progs) {
-			if p := &known.progs[j]; p.id == id && p.loadTime == iterRecLoadTime(rec) && p.nrMaps == iterRecMaps(rec) {
+			if p := &known.progs[j]; p.id == id && p.loadTime == statsRecLoadTime(rec) && p.nrMaps == statsRecMaps(rec) {
 				kp = p
-				next.add(id, p.loadTime, p.name, known.ids(p))
+				next.add(id, p.loadTime, p.knownIdentity, known.ids(p))
 			}
 		}
 		if !set.take(id) && !all {
@@ -371,7 +393,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 			continue
 		}
 		parseIterStats(rec, info)
-		info.Name = kp.name
+		info.Type, info.Tag, info.Name = kp.typ, kp.tag, kp.name
 		info.MapIDs = append(info.MapIDs[:0], known.ids(kp)...)
 		fn(id, info, nil)
 	}
@@ -402,7 +424,7 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 	for _, id := range pending {
 		rerr := k.readProgramInto(id, info)
 		if rerr == nil && len(info.MapIDs) <= iterMaxMapIDs {
-			k.known.insert(id, info.LoadTime, info.Name, info.MapIDs)
+			k.known.insert(id, info.LoadTime, knownIdentity{typ: info.Type, tag: info.Tag, name: info.Name}, info.MapIDs)
 		}
 		fn(id, info, rerr)
 	}
