@@ -77,6 +77,19 @@ func AppendRowJSON(b []byte, r *state.Row, source string) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
+// appendCompactRowJSON appends r's CompactRow as encoding/json encodes it.
+func appendCompactRowJSON(b []byte, r *state.Row) ([]byte, error) {
+	b = strconv.AppendUint(append(b, `{"progID":`...), uint64(r.ProgID), 10)
+	b, err := appendTotalsJSON(b, &r.Totals)
+	if err != nil {
+		return b, err
+	}
+	if b, err = appendCostJSON(b, &r.Cost); err != nil {
+		return b, err
+	}
+	return append(b, '}'), nil
+}
+
 // appendTotalsJSON appends the fields of t, each after a comma.
 func appendTotalsJSON(b []byte, t *state.Totals) ([]byte, error) {
 	b = strconv.AppendUint(append(b, `,"runtime":`...), t.Runtime, 10)
