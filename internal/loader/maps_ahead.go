@@ -13,9 +13,9 @@ import (
 // but with thousands of maps their reads are most of a one-shot's time,
 // and the iterators' load mostly keeps one CPU busy. (Without the
 // iterators, few programs, the /proc walk of the holders already overlaps
-// the reads; reading the maps early too only slowed it down.) Each value is handed out
-// once; a map the read missed (created later, or not readable then) is
-// read when asked for.
+// the reads; reading the maps early too only slowed it down.) Each value
+// is handed out once; a map the read missed (created later, or not
+// readable then) is read when asked for.
 type mapsAhead struct {
 	done chan struct{}
 	mu   sync.Mutex

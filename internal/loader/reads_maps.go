@@ -51,8 +51,8 @@ func openFdinfoDir() (int, func()) {
 // closing one map at a time; fn runs on the caller's goroutine, after all
 // reads are done. The values are ReadMap's: memlock is the fdinfo line.
 // A OneSweep Kernel takes each map's values, once, from the read of every
-// map it started when it was created (see startMapsAhead), and reads the
-// others now. Requires Linux 4.13.
+// map it started when it loaded its iterators (see startMapsAhead), and
+// reads the others now. Requires Linux 4.13.
 func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err error)) {
 	k.mu.Lock()
 	early := k.mapsAhead
