@@ -96,8 +96,8 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 	}
 }
 
-// compactRow writes r's CompactRow encoding to buf, the kept one when
-// c holds it for version ver, and keeps a new one otherwise.
+// compactRow makes r's CompactRow encoding e's element: the kept one when
+// c holds it for version ver, else a new one, kept.
 func (s *NATSSink) compactRow(e *intervalEncoder, c *rowCode, r *state.Row, ver uint64) error {
 	if c == nil {
 		c = &rowCode{}
