@@ -41,10 +41,15 @@ func checkProgIter(it *bpfIter, withMaps bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := walkIterProgs(data, withMaps, func([]byte) {}); err != nil {
+	var rec []byte
+	err = walkIterProgs(data, withMaps, func(r []byte) {
+		if rec == nil && binary.NativeEndian.Uint32(r) == it.id {
+			rec = r
+		}
+	})
+	if err != nil {
 		return nil, err
 	}
-	rec := walkFirst(data, withMaps, it.id)
 	if rec == nil {
 		return nil, fmt.Errorf("own program %d not listed", it.id)
 	}
@@ -71,17 +76,6 @@ func checkProgIter(it *bpfIter, withMaps bool) ([]byte, error) {
 			want.Type, want.Tag, want.LoadTime, cString(want.Name[:]), want.NrMapIDs)
 	}
 	return data, nil
-}
-
-// walkFirst returns the record of program id in data, or nil.
-func walkFirst(data []byte, withMaps bool, id uint32) []byte {
-	var found []byte
-	walkIterProgs(data, withMaps, func(rec []byte) {
-		if found == nil && binary.NativeEndian.Uint32(rec) == id {
-			found = rec
-		}
-	})
-	return found
 }
 
 // checkFileIter checks that the iterator finds this process holding the
