@@ -25,6 +25,21 @@ func newTestMap(t *testing.T, spec *ebpf.MapSpec) uint32 {
 	return uint32(id)
 }
 
+// newMixedMaps creates n maps of two kinds and sizes (arrays and hashes,
+// alternating) and returns their IDs.
+func newMixedMaps(t *testing.T, n int) []uint32 {
+	t.Helper()
+	var ids []uint32
+	for i := range n {
+		spec := &ebpf.MapSpec{Name: "tk_rm_arr", Type: ebpf.Array, KeySize: 4, ValueSize: 8 + uint32(i), MaxEntries: 16}
+		if i%2 == 1 {
+			spec = &ebpf.MapSpec{Name: "tk_rm_hash", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 64 + uint32(i)}
+		}
+		ids = append(ids, newTestMap(t, spec))
+	}
+	return ids
+}
+
 // A OneSweep Kernel's early read of every map serves ReadMaps with the
 // values a read now gives (memlock equal to bpftool's), each once; a map
 // created after it is read when asked for.
@@ -35,14 +50,7 @@ func TestMapsAheadServesReadMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { k.Close() })
-	var early []uint32
-	for i := range 2 * mapsPerWorker {
-		spec := &ebpf.MapSpec{Name: "tk_ahead_arr", Type: ebpf.Array, KeySize: 4, ValueSize: 8 + uint32(i), MaxEntries: 8}
-		if i%2 == 1 {
-			spec = &ebpf.MapSpec{Name: "tk_ahead_hash", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 32 + uint32(i)}
-		}
-		early = append(early, newTestMap(t, spec))
-	}
+	early := newMixedMaps(t, 2*mapsPerWorker)
 	k.mu.Lock()
 	k.mapsAhead = startMapsAhead()
 	k.mu.Unlock()

@@ -22,24 +22,7 @@ func TestReadMapsMatchesReadMapAndBpftool(t *testing.T) {
 	t.Cleanup(func() { k.Close() })
 	// Enough maps for several workers, of two kinds, and one ID of a map
 	// that is gone.
-	var ids []uint32
-	for i := range 3 * mapsPerWorker {
-		spec := &ebpf.MapSpec{Name: "tk_rm_arr", Type: ebpf.Array, KeySize: 4, ValueSize: 8 + uint32(i), MaxEntries: 16}
-		if i%2 == 1 {
-			spec = &ebpf.MapSpec{Name: "tk_rm_hash", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 64 + uint32(i)}
-		}
-		m, err := ebpf.NewMap(spec)
-		if err != nil {
-			t.Fatal("creating BPF map: ", err)
-		}
-		t.Cleanup(func() { m.Close() })
-		info, err := m.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := info.ID()
-		ids = append(ids, uint32(id))
-	}
+	ids := newMixedMaps(t, 3*mapsPerWorker)
 	gone, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		t.Fatal(err)
