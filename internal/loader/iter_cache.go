@@ -32,9 +32,12 @@ func (c *nameCache) intern(b []byte) string {
 }
 
 // knownProg is what ReadPrograms remembers of a program from one sweep
-// to the next: its map IDs, which stay valid while its load time and map
-// count do (BPF_PROG_BIND_MAP only appends), and what is fixed at load,
-// which the stats iterator then leaves out.
+// to the next: its map IDs, which stay valid while its tag and map count
+// do (BPF_PROG_BIND_MAP only appends), and what is fixed at load, which
+// the stats iterator then leaves out. The ID alone names one program
+// until the kernel's cyclic ID allocator wraps, after 2^31 more loads;
+// the tag (a hash of its instructions) tells a reused ID apart unless the
+// new program is the same code with the same maps.
 type knownProg struct {
 	id       uint32
 	nrMaps   uint32
@@ -81,6 +84,23 @@ func (c *progCache) insert(id uint32, loadTime uint64, ident knownIdentity, mapI
 }
 
 func (c *progCache) ids(kp *knownProg) []uint32 { return c.mapIDs[kp.off : kp.off+kp.nrMaps] }
+
+// compactKnown rewrites k.known's map IDs without those of programs gone
+// (left behind when the cache is kept in place) once they outnumber the
+// live ones, live being how many its programs hold; k.knownNext is the
+// scratch space, so that steady sweeps allocate nothing.
+func (k *Kernel) compactKnown(live int) {
+	if len(k.known.mapIDs) <= 2*live+1024 {
+		return
+	}
+	next := &k.knownNext
+	next.reset()
+	for i := range k.known.progs {
+		p := &k.known.progs[i]
+		next.add(p.id, p.loadTime, p.knownIdentity, k.known.ids(p))
+	}
+	k.known, k.knownNext = k.knownNext, k.known
+}
 
 // idSet is a reusable set of IDs: a bitmap over their range when it is
 // small, a map otherwise.

@@ -63,10 +63,11 @@ func checkProgIter(it *bpfIter, withMaps bool) ([]byte, error) {
 		parseIterProg(rec, &got, nil)
 		nrMaps = iterRecMaps(rec)
 	} else {
-		// The stats record has no type, tag or name to check.
+		// The stats record has no type, name or load time to check.
 		parseIterStats(rec, &got)
 		nrMaps = statsRecMaps(rec)
-		got.Type, got.Tag, got.Name = want.Type, want.Tag, string(cString(want.Name[:]))
+		got.Tag = statsRecTag(rec)
+		got.Type, got.Name, got.LoadTime = want.Type, string(cString(want.Name[:])), want.LoadTime
 	}
 	if got.Type != want.Type || got.Tag != want.Tag || got.LoadTime != want.LoadTime ||
 		got.Name != string(cString(want.Name[:])) || nrMaps != want.NrMapIDs ||

@@ -140,25 +140,24 @@ func parseIterProg(rec []byte, info *ProgramInfo, names *nameCache) bool {
 }
 
 // iterStatsRecordSize is the size of a dump_prog_stats record (struct
-// iter_stats_record in bpf/iter.bpf.c): ID, map count, load time, run
-// time, run count, recursion misses.
+// iter_stats_record in bpf/iter.bpf.c): ID, map count, tag, run time,
+// run count, recursion misses.
 const iterStatsRecordSize = 40
 
-// parseIterStats fills info from one dump_prog_stats record: its ID,
-// load time and numbers, not its type, tag, name or map IDs.
+// parseIterStats fills info from one dump_prog_stats record: its ID and
+// numbers, not its type, tag, name, load time or map IDs.
 func parseIterStats(rec []byte, info *ProgramInfo) {
 	ne := binary.NativeEndian
 	info.ID = ne.Uint32(rec[0:])
-	info.LoadTime = ne.Uint64(rec[8:])
 	info.RunTime = ne.Uint64(rec[16:])
 	info.RunCount = ne.Uint64(rec[24:])
 	info.RecursionMisses = ne.Uint64(rec[32:])
 }
 
-// statsRecMaps and statsRecLoadTime are a dump_prog_stats record's map
-// count and load time.
-func statsRecMaps(rec []byte) uint32     { return binary.NativeEndian.Uint32(rec[4:]) }
-func statsRecLoadTime(rec []byte) uint64 { return binary.NativeEndian.Uint64(rec[8:]) }
+// statsRecMaps and statsRecTag are a dump_prog_stats record's map count
+// and tag.
+func statsRecMaps(rec []byte) uint32 { return binary.NativeEndian.Uint32(rec[4:]) }
+func statsRecTag(rec []byte) [8]byte { return [8]byte(rec[8:16]) }
 
 // iterRecName is the program name of a dump_progs record.
 func iterRecName(rec []byte) []byte { return cString(rec[48:64]) }
@@ -364,11 +363,12 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 	if err != nil {
 		return err
 	}
-	known, next := &k.known, &k.knownNext
-	next.reset()
+	// The cache is kept in place: the programs still listed, with the
+	// same tag and map count, move down over those gone (w <= j).
+	known := &k.known
 	pending := k.pending[:0]
 	info := &k.batchInfo
-	j := 0
+	j, w, liveMaps := 0, 0, 0
 	for rest := data; len(rest) > 0; {
 		var rec []byte
 		if rec, rest, err = nextIterProg(rest, false); err != nil {
@@ -380,9 +380,11 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 		}
 		var kp *knownProg
 		if j < len(known.progs) {
-			if p := &known.progs[j]; p.id == id && p.loadTime == statsRecLoadTime(rec) && p.nrMaps == statsRecMaps(rec) {
-				kp = p
-				next.add(id, p.loadTime, p.knownIdentity, known.ids(p))
+			if p := known.progs[j]; p.id == id && p.tag == statsRecTag(rec) && p.nrMaps == statsRecMaps(rec) {
+				known.progs[w] = p
+				kp = &known.progs[w]
+				w, j = w+1, j+1
+				liveMaps += int(p.nrMaps)
 			}
 		}
 		if !set.take(id) && !all {
@@ -393,11 +395,12 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 			continue
 		}
 		parseIterStats(rec, info)
-		info.Type, info.Tag, info.Name = kp.typ, kp.tag, kp.name
+		info.Type, info.Tag, info.Name, info.LoadTime = kp.typ, kp.tag, kp.name, kp.loadTime
 		info.MapIDs = append(info.MapIDs[:0], known.ids(kp)...)
 		fn(id, info, nil)
 	}
-	k.known, k.knownNext = k.knownNext, k.known
+	known.progs = known.progs[:w]
+	k.compactKnown(liveMaps)
 	k.pending = pending
 	if len(pending) == 0 {
 		return err
