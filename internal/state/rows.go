@@ -103,13 +103,14 @@ func frozen[T any](v []T) []T {
 }
 
 // programRow refreshes and returns the row of program p, its gadget's
-// columns included. The returned row is p's own: copy it.
+// columns included. The returned row is p's own: copy it. Each field is
+// compared before it is written, so that telling what changed needs no
+// copy of the row.
 func (t *Tracker) programRow(p *program) *Row {
 	if p.tagHex == "" || p.tagOf != p.tag {
 		p.tagHex, p.tagOf = hex.EncodeToString(p.tag[:]), p.tag
 	}
 	r := &p.row
-	prev := *r
 	tot := Totals{
 		Runtime:         p.info.RunTime,
 		Runcount:        p.info.RunCount,
@@ -120,54 +121,76 @@ func (t *Tracker) programRow(p *program) *Row {
 		MapMemory:       r.MapMemory,
 		MapCount:        len(p.info.MapIDs),
 	}
-	if !p.rowOK || tot != r.Totals {
+	// numbers: Totals or Cost changed; slow: any other field.
+	numbers := !p.rowOK || tot != r.Totals
+	if numbers {
 		r.Totals = tot
 		// Without runs in the interval the cost columns do not depend on
 		// its length; with runs, Runcount changed.
 		t.fillCost(r, p.interval)
 	}
-	r.NodeName, r.ProgID, r.ProgName, r.ProgType = t.opts.Node, p.id, p.name, progTypeName(p.progType)
-	r.Loader, r.Tag = p.loader, p.tagHex
-	// Where the loader ran; where the owner runs when no load event named
-	// the loader.
-	r.Placement = p.where
-	r.GadgetID, r.GadgetName, r.GadgetImage = "", "", ""
-	if g := p.gadget; g != nil {
-		r.GadgetID, r.GadgetName, r.GadgetImage = g.info.ID, g.info.Name, g.info.Image
-	}
+	slow := t.refreshHead(p, r)
 	lists := !p.rowOK || p.rowGadget != p.gadget
 	if !p.rowOK || !slices.Equal(r.MapIDs, p.info.MapIDs) {
-		r.MapIDs, lists = frozen(p.info.MapIDs), true
+		r.MapIDs, lists, slow = frozen(p.info.MapIDs), true, true
 	}
 	if lists || t.memlockChanged {
-		r.MapMemory = 0
+		var mem uint64
 		for _, mid := range r.MapIDs {
 			if m, ok := t.maps[mid]; ok {
-				r.MapMemory += m.info.Memlock
+				mem += m.info.Memlock
 			}
+		}
+		if mem != r.MapMemory {
+			r.MapMemory, numbers = mem, true
 		}
 	}
 	pidsChanged := !p.rowOK || !slices.Equal(r.PIDs, p.pids)
 	if pidsChanged {
-		r.PIDs, lists = frozen(p.pids), true
+		r.PIDs, lists, slow = frozen(p.pids), true, true
 	}
 	if pidsChanged || t.holdersScanned {
-		r.Comms = t.sharedComms(r.Comms, r.PIDs)
+		if comms := t.sharedComms(r.Comms, r.PIDs); !sameSlice(comms, r.Comms) {
+			r.Comms, slow = comms, true
+		}
 	}
 	if lists {
 		// The sums of p's holder list its maps and PIDs again.
 		t.rowGen++
 		p.rowGen = t.rowGen
 	}
-	if !p.rowOK || !sameRow(&prev, r) {
+	if numbers || slow {
 		t.rowVer++
 		p.rowVer = t.rowVer
-		if !p.rowOK || !sameSlowFields(&prev, r) {
+		if slow {
 			p.slowVer = t.rowVer
 		}
 	}
 	p.rowOK, p.rowGadget = true, p.gadget
 	return r
+}
+
+// refreshHead sets the identity columns of p's row r (node, program,
+// loader, placement, gadget) and reports whether any changed (always on
+// p's first row).
+func (t *Tracker) refreshHead(p *program, r *Row) bool {
+	gid, gname, gimage := "", "", ""
+	if g := p.gadget; g != nil {
+		gid, gname, gimage = g.info.ID, g.info.Name, g.info.Image
+	}
+	typ := progTypeName(p.progType)
+	if p.rowOK && r.NodeName == t.opts.Node && r.ProgID == p.id && r.ProgName == p.name && r.ProgType == typ &&
+		r.Loader == p.loader && r.Tag == p.tagHex && r.GadgetID == gid && r.GadgetName == gname &&
+		r.GadgetImage == gimage && r.Placement == p.where {
+		return false
+	}
+	r.NodeName, r.ProgID, r.ProgName, r.ProgType = t.opts.Node, p.id, p.name, typ
+	r.Loader, r.Tag = p.loader, p.tagHex
+	// Where the loader ran; where the owner runs when no load event named
+	// the loader.
+	r.Placement = p.where
+	r.GadgetID, r.GadgetName, r.GadgetImage = gid, gname, gimage
+	return true
 }
 
 // sameRow reports whether program row b is a with nothing changed:

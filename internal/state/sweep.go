@@ -161,12 +161,30 @@ func (t *Tracker) readAll() error {
 	var errs []error
 	now := t.opts.now()
 	t.audit = auditCount{}
+	order := t.sortedPrograms()
+	cursor := 0
+	// lookup finds a program of the inventory: the kernel lists programs
+	// in ID order, so a cursor over order finds most of them without a
+	// map lookup, while order is the inventory (no event or repair
+	// changed it since).
+	lookup := func(id uint32) (*program, bool) {
+		if !t.orderStale {
+			for cursor < len(order) && order[cursor].id < id {
+				cursor++
+			}
+			if cursor < len(order) && order[cursor].id == id {
+				return order[cursor], true
+			}
+		}
+		p, ok := t.programs[id]
+		return p, ok
+	}
 	each := func(id uint32, info *loader.ProgramInfo, err error) {
-		if rerr := t.audited(id, info, err, now); rerr != nil {
+		p, ok := lookup(id)
+		if rerr := t.audited(p, ok, id, info, err, now); rerr != nil {
 			errs = append(errs, rerr)
 		}
 	}
-	t.sortedPrograms()
 	ids := t.ids // not changed before the next sweep
 	if err := t.pace.readPrograms(func(fn readFunc) error { return t.readKernel(ids, fn) }, each); err != nil {
 		errs = append(errs, err)
@@ -209,10 +227,9 @@ func (t *Tracker) readKernel(ids []uint32, fn readFunc) error {
 	return errors.Join(errs...)
 }
 
-// audited applies one program read of the audit: id is in the inventory,
-// in the kernel, or both.
-func (t *Tracker) audited(id uint32, info *loader.ProgramInfo, err error, now time.Time) error {
-	p, ok := t.programs[id]
+// audited applies one program read of the audit: id is in the inventory
+// (as p, when ok), in the kernel, or both.
+func (t *Tracker) audited(p *program, ok bool, id uint32, info *loader.ProgramInfo, err error, now time.Time) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		if ok {

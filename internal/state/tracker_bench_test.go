@@ -140,9 +140,12 @@ func BenchmarkSweepKernel(b *testing.B) {
 			tr := primedTracker(b, k)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := tr.Sweep(); err != nil {
+				snap, err := tr.Sweep()
+				if err != nil {
 					b.Fatal(err)
 				}
+				// As tracker run does, once the snapshot is published.
+				tr.Recycle(snap)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(tr.programs)), "ns/prog")
 		})
