@@ -30,9 +30,11 @@ import (
 //	VMTEST-FRESH source=S programs=N background=B pace_ms=P interval_ms=I loads=L releases=R audit_first=A
 //	  load_p50=X load_p99=X release_p50=X release_p99=X load_call=X
 //	  read_load_p50=X read_load_p99=X read_release_p50=X read_release_p99=X
+//	  inv_load_p50=X inv_load_p99=X inv_release_p50=X inv_release_p99=X
 //
 // (on one line; times in ms; read_* are until the source's Read returned
-// the event, the rest being the tracker's).
+// the event, inv_* until the tracker applied it to its inventory, the
+// rest being the hop to OnEvent).
 func TestVMFreshness(t *testing.T) {
 	if os.Getenv("TRACKER_VM") != "1" {
 		t.Skip("vm: runs inside qemu only (TRACKER_VM=1, set by test/vm/run.sh)")
@@ -52,13 +54,16 @@ func TestVMFreshness(t *testing.T) {
 			fmt.Printf("VMTEST-FRESH source=%s programs=%d background=%d pace_ms=%d interval_ms=%d "+
 				"loads=%d releases=%d audit_first=%d "+
 				"load_p50=%.2f load_p99=%.2f release_p50=%.2f release_p99=%.2f load_call=%.2f "+
-				"read_load_p50=%.2f read_load_p99=%.2f read_release_p50=%.2f read_release_p99=%.2f\n",
+				"read_load_p50=%.2f read_load_p99=%.2f read_release_p50=%.2f read_release_p99=%.2f "+
+				"inv_load_p50=%.2f inv_load_p99=%.2f inv_release_p50=%.2f inv_release_p99=%.2f\n",
 				name, freshPrograms, freshBackground, freshPace.Milliseconds(), freshInterval.Milliseconds(),
 				len(f.loads), len(f.releases), f.auditFirst,
 				nearestRank(f.loads, 50), nearestRank(f.loads, 99),
 				nearestRank(f.releases, 50), nearestRank(f.releases, 99), nearestRank(f.loadCalls, 50),
 				nearestRank(f.readLoads, 50), nearestRank(f.readLoads, 99),
-				nearestRank(f.readReleases, 50), nearestRank(f.readReleases, 99))
+				nearestRank(f.readReleases, 50), nearestRank(f.readReleases, 99),
+				nearestRank(f.invLoads, 50), nearestRank(f.invLoads, 99),
+				nearestRank(f.invReleases, 50), nearestRank(f.invReleases, 99))
 		})
 	}
 }
@@ -84,6 +89,9 @@ type vmFreshness struct {
 	// readLoads and readReleases end when the source's Read returned the
 	// event instead.
 	readLoads, readReleases []float64
+	// invLoads and invReleases end when the tracker applied the event to
+	// its inventory (state.Event.Time), one goroutine hop before OnEvent.
+	invLoads, invReleases []float64
 	// auditFirst counts releases a sweep's audit published before their
 	// event was applied (the event arrived, and was a no-op): not in
 	// releases.
@@ -140,9 +148,12 @@ func measureVMFreshness(t *testing.T, name string) vmFreshness {
 		}
 		f.readLoads = append(f.readLoads, ms(readLoad.Sub(p.loadStart)))
 		f.readReleases = append(f.readReleases, ms(readRelease.Sub(p.closed)))
-		f.loads = append(f.loads, ms(rec.published["load"][p.id].at.Sub(p.loadStart)))
+		load := rec.published["load"][p.id]
+		f.loads = append(f.loads, ms(load.at.Sub(p.loadStart)))
+		f.invLoads = append(f.invLoads, ms(load.inventory.Sub(p.loadStart)))
 		if pub := rec.published["release"][p.id]; pub.kernelTime != 0 {
 			f.releases = append(f.releases, ms(pub.at.Sub(p.closed)))
+			f.invReleases = append(f.invReleases, ms(pub.inventory.Sub(p.closed)))
 		} else {
 			f.auditFirst++
 		}
@@ -198,11 +209,12 @@ func startFreshTracker(t *testing.T, rec *freshRecorder) {
 	}
 }
 
-// published is when OnEvent received an event, and the kernel time the
-// event carried (0 when a sweep, not an event, published it).
+// published is when OnEvent received an event, when the tracker applied
+// it to its inventory, and the kernel time the event carried (0 when a
+// sweep, not an event, published it).
 type published struct {
-	at         time.Time
-	kernelTime uint64
+	at, inventory time.Time
+	kernelTime    uint64
 }
 
 // freshRecorder is a source that notes which events it delivered, and the
@@ -248,7 +260,7 @@ func (r *freshRecorder) onEvent(ev *state.Event) {
 	r.mu.Lock()
 	if byID, ok := r.published[ev.Kind]; ok {
 		if _, seen := byID[ev.ProgID]; !seen {
-			byID[ev.ProgID] = published{at: now, kernelTime: ev.KernelTime}
+			byID[ev.ProgID] = published{at: now, inventory: ev.Time, kernelTime: ev.KernelTime}
 		}
 	}
 	r.mu.Unlock()
