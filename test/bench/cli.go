@@ -66,6 +66,23 @@ func commandTimes(reps int, cmds map[string][]string) (map[string]cliRun, error)
 	return out, nil
 }
 
+// startupTime runs argv reps times after one warm-up run and returns its
+// median wall time in milliseconds.
+func startupTime(reps int, argv ...string) (float64, error) {
+	var walls []float64
+	for rep := range reps + 1 {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, out)
+		}
+		if rep > 0 {
+			walls = append(walls, float64(time.Since(start).Microseconds())/1000)
+		}
+	}
+	return median(walls), nil
+}
+
 // timedKernel times the kernel reads a state.Tracker makes.
 type timedKernel struct {
 	*loader.Kernel
@@ -89,6 +106,12 @@ func (t *timedKernel) ReadMap(id uint32) (loader.MapInfo, error) {
 	start := time.Now()
 	defer func() { t.maps += time.Since(start); t.nMaps++ }()
 	return t.Kernel.ReadMap(id)
+}
+
+func (t *timedKernel) ReadMaps(ids []uint32, fn func(uint32, *loader.MapInfo, error)) {
+	start := time.Now()
+	defer func() { t.maps += time.Since(start); t.nMaps += len(ids) }()
+	t.Kernel.ReadMaps(ids, fn)
 }
 
 func (t *timedKernel) Holders() (map[uint32][]uint32, error) {
@@ -154,7 +177,7 @@ func measureStatsPhases() ([]phase, error) {
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	phases = append(phases,
 		phase{"first sweep: ReadPrograms (iterator with map IDs)", ms(tk.programs)},
-		phase{fmt.Sprintf("first sweep: ReadMap × %d (bpf(2) + fdinfo)", tk.nMaps), ms(tk.maps)},
+		phase{fmt.Sprintf("first sweep: %d maps read (bpf(2) + fdinfo; ReadMaps on 4 workers)", tk.nMaps), ms(tk.maps)},
 		phase{"first sweep: Holders (task_file iterator)", ms(tk.holders)},
 		phase{fmt.Sprintf("first sweep: ReadProcess × %d", tk.nProcs), ms(tk.procs)},
 		phase{"first sweep: the rest (internal/state)", sweep - ms(tk.programs+tk.maps+tk.holders+tk.procs)},

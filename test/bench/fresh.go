@@ -28,7 +28,11 @@ type freshness struct {
 	loads, releases           int // events seen, of want each
 	want                      int
 	loadCall                  float64 // median BPF_PROG_LOAD time, ms
-	err                       error
+	// wakeP99 is the p99 of how late a goroutine of this process that
+	// sleeps 1 ms at a time wakes up during the run, in ms: the
+	// scheduling delay any event path of the process also meets.
+	wakeP99 float64
+	err     error
 }
 
 // measureFreshness runs a tracker (state.Tracker.Run, 1 s sweeps) on the
@@ -43,6 +47,8 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 		return f
 	}
 	defer w.stop()
+	stopProbe := startWakeProbe()
+	defer stopProbe()
 	progs, calls, err := loadPaced(count, pace, w.loading)
 	defer func() {
 		for _, p := range progs {
@@ -66,6 +72,7 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 		progs[i].prog.Close()
 	}
 	w.waitAll(progs, w.releaseSeen)
+	f.wakeP99 = percentile(stopProbe(), 99)
 
 	loads, releases := w.latencies(progs, w.loadIn, w.releaseIn)
 	f.loads, f.releases = len(loads), len(releases)
@@ -74,6 +81,37 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 	loads, releases = w.latencies(progs, w.loadSeen, w.releaseSeen)
 	f.loadOutP99, f.releaseOutP99 = percentile(loads, 99), percentile(releases, 99)
 	return f
+}
+
+// startWakeProbe starts a goroutine that sleeps 1 ms at a time and notes
+// how late it wakes; the returned function stops it (the first call) and
+// returns the delays in ms.
+func startWakeProbe() func() []float64 {
+	done := make(chan struct{})
+	result := make(chan []float64, 1)
+	var stop sync.Once
+	var late []float64
+	go func() {
+		var late []float64
+		for {
+			select {
+			case <-done:
+				result <- late
+				return
+			default:
+			}
+			start := time.Now()
+			time.Sleep(time.Millisecond)
+			late = append(late, float64((time.Since(start)-time.Millisecond).Microseconds())/1000)
+		}
+	}()
+	return func() []float64 {
+		stop.Do(func() {
+			close(done)
+			late = <-result
+		})
+		return late
+	}
 }
 
 // freshProgram is one program loaded by a freshness run.

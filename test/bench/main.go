@@ -159,7 +159,10 @@ type sizeResult struct {
 	fresh            []freshness
 	daemons          []daemonUsage
 	cli              map[string]cliRun
-	phases           []phase
+	// startMs is the median wall time of "tracker version": the process
+	// start, package initialisation and exit that every command pays.
+	startMs float64
+	phases  []phase
 	programsAll      int
 }
 
@@ -202,6 +205,9 @@ func measureCommands(c *config, res *sizeResult) error {
 	}
 	var err error
 	if res.cli, err = commandTimes(c.cliReps, cmds); err != nil {
+		return err
+	}
+	if res.startMs, err = startupTime(c.cliReps, c.tracker, "version"); err != nil {
 		return err
 	}
 	if res.n != c.targetN {

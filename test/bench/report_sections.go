@@ -64,35 +64,41 @@ func (r *report) freshSection(b *strings.Builder) {
 	p("events at all). The `at OnEvent` columns measure to the tracker's consumer instead (OnEvent or\n")
 	p("OnSnapshot running, which is what a NATS subscriber waits for too): one goroutine hop later.\n")
 	p("The fentry source cannot load on this host (trampolines fail with EPERM under lockdown): it is\n")
-	p("measured only in a VM (`make vmtest`).\n\n")
-	p("| N | source | load p50 | load p99 | release p50 | release p99 | load p99 at OnEvent | release p99 at OnEvent | seen | load call |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	p("measured only in a VM (`make vmtest`). `wake p99`: during the same run, how late a goroutine of\n")
+	p("the harness that sleeps 1 ms at a time woke up (p99): the scheduling delay that each goroutine\n")
+	p("hop of the event path (perf reader, loop, OnEvent) can meet as well.\n\n")
+	p("| N | source | load p50 | load p99 | release p50 | release p99 | load p99 at OnEvent | release p99 at OnEvent | seen | load call | wake p99 |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
 		for _, f := range s.fresh {
 			if f.err != nil {
-				p("| %d | %s | error: %v | | | | | | | |\n", s.n, f.source, f.err)
+				p("| %d | %s | error: %v | | | | | | | | |\n", s.n, f.source, f.err)
 				continue
 			}
-			p("| %d | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %d+%d of %d+%d | %.2f |\n", s.n, f.source,
-				f.loadP50, f.loadP99, f.releaseP50, f.releaseP99, f.loadOutP99, f.releaseOutP99, f.loads, f.releases, f.want, f.want, f.loadCall)
+			p("| %d | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %d+%d of %d+%d | %.2f | %.2f |\n", s.n, f.source,
+				f.loadP50, f.loadP99, f.releaseP50, f.releaseP99, f.loadOutP99, f.releaseOutP99, f.loads, f.releases, f.want, f.want,
+				f.loadCall, f.wakeP99)
 		}
 	}
-	p("| all | fentry | VM only | | | | | | | |\n\n")
+	p("| all | fentry | VM only | | | | | | | | |\n\n")
 }
 
 func (r *report) commandSection(b *strings.Builder) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## 5. Whole process, ms\n\n")
 	p("Each command run %d times at each N (interleaved, after one warm-up run); wall and CPU (user+sys)\n", r.cfg.cliReps)
-	p("medians. Ratio: tracker wall / bpftool wall.\n\n")
-	p("| N | `%s` wall | CPU | rows | `%s` wall | CPU | rows | ratio |\n|---|---|---|---|---|---|---|---|\n", cliTracker, cliBpftool)
+	p("medians. Ratio: tracker wall / bpftool wall. `tracker version`: the same binary doing no work\n")
+	p("(process start, Go runtime and package initialisation, exit), which every command pays.\n\n")
+	p("| N | `%s` wall | CPU | rows | `%s` wall | CPU | rows | ratio | `tracker version` wall |\n|---|---|---|---|---|---|---|---|---|\n",
+		cliTracker, cliBpftool)
 	for _, s := range r.results {
 		t, tok := s.cli[cliTracker]
 		c, cok := s.cli[cliBpftool]
 		switch {
 		case tok && cok:
-			p("| %d | %.1f | %.1f | %d | %.1f | %.1f | %d | %.2f× |\n", s.n, t.wallMs, t.cpuMs, t.rows, c.wallMs, c.cpuMs, c.rows, t.wallMs/c.wallMs)
+			p("| %d | %.1f | %.1f | %d | %.1f | %.1f | %d | %.2f× | %.1f |\n", s.n, t.wallMs, t.cpuMs, t.rows, c.wallMs, c.cpuMs, c.rows,
+				t.wallMs/c.wallMs, s.startMs)
 		case tok:
-			p("| %d | %.1f | %.1f | %d | not run | | | |\n", s.n, t.wallMs, t.cpuMs, t.rows)
+			p("| %d | %.1f | %.1f | %d | not run | | | | %.1f |\n", s.n, t.wallMs, t.cpuMs, t.rows, s.startMs)
 		}
 	}
 	s := r.result(r.cfg.targetN)
