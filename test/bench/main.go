@@ -161,9 +161,9 @@ type sizeResult struct {
 	cli              map[string]cliRun
 	// startMs is the median wall time of "tracker version": the process
 	// start, package initialisation and exit that every command pays.
-	startMs float64
-	phases  []phase
-	programsAll      int
+	startMs     float64
+	phases      []phase
+	programsAll int
 }
 
 func measureSize(c *config, n int, h helperGroup) (*sizeResult, error) {
