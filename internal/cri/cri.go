@@ -9,11 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // The CRI sockets of the common runtimes.
@@ -84,9 +79,8 @@ func (o *Options) setDefaults() {
 // container's pod sandbox, then PodSandboxStatus for the sandbox's
 // metadata). It is safe for concurrent use.
 type Resolver struct {
-	conn   *grpc.ClientConn
-	client runtimeapi.RuntimeServiceClient
-	opts   Options
+	rpc  *rpcClient
+	opts Options
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -120,15 +114,10 @@ func New(path string, opts Options) (*Resolver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the CRI socket %s: %w", path, err)
 	}
-	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("opening the CRI socket %s: %w", path, err)
-	}
 	opts.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Resolver{
-		conn:    conn,
-		client:  runtimeapi.NewRuntimeServiceClient(conn),
+		rpc:     newRPCClient(abs),
 		opts:    opts,
 		ctx:     ctx,
 		cancel:  cancel,
@@ -147,9 +136,7 @@ func (r *Resolver) Close() error {
 	r.closed.Do(func() {
 		r.cancel()
 		<-r.done
-		if cerr := r.conn.Close(); cerr != nil {
-			err = fmt.Errorf("closing the CRI connection: %w", cerr)
-		}
+		r.rpc.close()
 	})
 	return err
 }
@@ -236,28 +223,34 @@ func (r *Resolver) store(id string, pod Pod, err error) {
 // the sandbox's name, namespace and UID. An error wrapping ErrNotPod means
 // the runtime knows no such container or sandbox.
 func (r *Resolver) Lookup(ctx context.Context, containerID string) (Pod, error) {
-	list, err := r.client.ListContainers(ctx, &runtimeapi.ListContainersRequest{
-		Filter: &runtimeapi.ContainerFilter{Id: containerID},
-	})
+	resp, err := r.rpc.call(ctx, "ListContainers", listContainersRequest(containerID))
+	var list []container
+	if err == nil {
+		list, err = decodeListContainers(resp)
+	}
 	if err != nil {
 		return Pod{}, fmt.Errorf("listing CRI container %s: %w", containerID, err)
 	}
 	sandboxID := containerID
 	var labels map[string]string
-	for _, c := range list.GetContainers() {
-		if c.GetId() == containerID {
-			sandboxID, labels = c.GetPodSandboxId(), c.GetLabels()
+	for _, c := range list {
+		if c.id == containerID {
+			sandboxID, labels = c.podSandboxID, c.labels
 			break
 		}
 	}
-	resp, err := r.client.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sandboxID})
-	if status.Code(err) == codes.NotFound {
+	resp, err = r.rpc.call(ctx, "PodSandboxStatus", podSandboxStatusRequest(sandboxID))
+	if isNotFound(err) {
 		return Pod{}, fmt.Errorf("CRI pod sandbox %s of container %s: %w", sandboxID, containerID, ErrNotPod)
+	}
+	var sb sandbox
+	if err == nil {
+		sb, err = decodePodSandboxStatus(resp)
 	}
 	if err != nil {
 		return Pod{}, fmt.Errorf("reading CRI pod sandbox %s of container %s: %w", sandboxID, containerID, err)
 	}
-	pod := podOf(resp.GetStatus(), labels)
+	pod := podOf(sb, labels)
 	if pod.Name == "" || pod.Namespace == "" {
 		return Pod{}, fmt.Errorf("CRI pod sandbox %s of container %s has no pod name: %w", sandboxID, containerID, ErrNotPod)
 	}
@@ -266,11 +259,11 @@ func (r *Resolver) Lookup(ctx context.Context, containerID string) (Pod, error) 
 
 // podOf reads the pod of a sandbox from its metadata, else from the
 // kubelet's labels on the sandbox, else on the container.
-func podOf(s *runtimeapi.PodSandboxStatus, containerLabels map[string]string) Pod {
-	if m := s.GetMetadata(); m.GetName() != "" && m.GetNamespace() != "" {
-		return Pod{Name: m.GetName(), Namespace: m.GetNamespace(), UID: m.GetUid()}
+func podOf(s sandbox, containerLabels map[string]string) Pod {
+	if s.meta.Name != "" && s.meta.Namespace != "" {
+		return s.meta
 	}
-	for _, labels := range []map[string]string{s.GetLabels(), containerLabels} {
+	for _, labels := range []map[string]string{s.labels, containerLabels} {
 		if labels[LabelPodName] != "" && labels[LabelPodNamespace] != "" {
 			return Pod{Name: labels[LabelPodName], Namespace: labels[LabelPodNamespace], UID: labels[LabelPodUID]}
 		}
@@ -281,9 +274,13 @@ func podOf(s *runtimeapi.PodSandboxStatus, containerLabels map[string]string) Po
 // Version asks the runtime its name and version ("containerd v2.1.4"),
 // to check the socket at start.
 func (r *Resolver) Version(ctx context.Context) (string, error) {
-	v, err := r.client.Version(ctx, &runtimeapi.VersionRequest{})
+	resp, err := r.rpc.call(ctx, "Version", nil)
+	var name, version string
+	if err == nil {
+		name, version, err = decodeVersion(resp)
+	}
 	if err != nil {
 		return "", fmt.Errorf("asking the CRI runtime its version: %w", err)
 	}
-	return v.GetRuntimeName() + " " + v.GetRuntimeVersion(), nil
+	return name + " " + version, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -74,6 +75,8 @@ const (
 	labelledID  = "1111111111111111111111111111111111111111111111111111111111111111"
 	labelledBox = "2222222222222222222222222222222222222222222222222222222222222222"
 	strangerID  = "3333333333333333333333333333333333333333333333333333333333333333"
+	bareID      = "4444444444444444444444444444444444444444444444444444444444444444"
+	bareBox     = "5555555555555555555555555555555555555555555555555555555555555555"
 	podUID      = "8a2c7f3e-1b4d-4c5e-9f60-0a1b2c3d4e5f"
 )
 
@@ -82,19 +85,16 @@ const (
 // has no metadata, only the kubelet's labels.
 func newFakeRuntime(t *testing.T) (*fakeRuntime, string) {
 	t.Helper()
-	f := &fakeRuntime{
-		containers: map[string]*runtimeapi.Container{
-			containerID: {Id: containerID, PodSandboxId: sandboxID},
-			labelledID:  {Id: labelledID, PodSandboxId: labelledBox},
-		},
-		sandboxes: map[string]*runtimeapi.PodSandboxStatus{
-			sandboxID: {Id: sandboxID, Metadata: &runtimeapi.PodSandboxMetadata{Name: "ig-x7k2p", Namespace: "gadget", Uid: podUID}},
-			labelledBox: {Id: labelledBox, Labels: map[string]string{
-				LabelPodName: "web-0", LabelPodNamespace: "shop", LabelPodUID: "u-1",
-			}},
-		},
-	}
+	f := newFakeState()
 	sock := filepath.Join(t.TempDir(), "cri.sock")
+	serveFake(t, f, sock)
+	return f, sock
+}
+
+// serveFake serves f on a new unix socket at sock until the returned
+// function (also a cleanup of t) stops it.
+func serveFake(t *testing.T, f *fakeRuntime, sock string) (stop func()) {
+	t.Helper()
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -106,11 +106,35 @@ func newFakeRuntime(t *testing.T) (*fakeRuntime, string) {
 		defer close(served)
 		srv.Serve(l)
 	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	return f, sock
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			srv.Stop()
+			<-served
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func newFakeState() *fakeRuntime {
+	return &fakeRuntime{
+		containers: map[string]*runtimeapi.Container{
+			containerID: {Id: containerID, PodSandboxId: sandboxID},
+			labelledID:  {Id: labelledID, PodSandboxId: labelledBox},
+			// Only the container carries the kubelet's labels.
+			bareID: {Id: bareID, PodSandboxId: bareBox, Labels: map[string]string{
+				LabelPodName: "db-1", LabelPodNamespace: "store", LabelPodUID: "u-2", "other": "x",
+			}},
+		},
+		sandboxes: map[string]*runtimeapi.PodSandboxStatus{
+			sandboxID: {Id: sandboxID, Metadata: &runtimeapi.PodSandboxMetadata{Name: "ig-x7k2p", Namespace: "gadget", Uid: podUID}},
+			labelledBox: {Id: labelledBox, Labels: map[string]string{
+				LabelPodName: "web-0", LabelPodNamespace: "shop", LabelPodUID: "u-1",
+			}},
+			bareBox: {Id: bareBox, State: runtimeapi.PodSandboxState_SANDBOX_READY, CreatedAt: 1700000000},
+		},
+	}
 }
 
 func newResolver(t *testing.T, sock string, opts Options) *Resolver {
@@ -138,6 +162,7 @@ func TestLookup(t *testing.T) {
 		{"container", containerID, Pod{Name: "ig-x7k2p", Namespace: "gadget", UID: podUID}},
 		{"pause container", sandboxID, Pod{Name: "ig-x7k2p", Namespace: "gadget", UID: podUID}},
 		{"sandbox labels", labelledID, Pod{Name: "web-0", Namespace: "shop", UID: "u-1"}},
+		{"container labels", bareID, Pod{Name: "db-1", Namespace: "store", UID: "u-2"}},
 	} {
 		got, err := r.Lookup(ctx, tc.id)
 		if err != nil || got != tc.want {
@@ -240,7 +265,7 @@ func TestLookupTimeout(t *testing.T) {
 		t.Fatal("Pod answered from a runtime that does not answer")
 	}
 	<-stored
-	if err := r.Err(); status.Code(errors.Unwrap(err)) != codes.DeadlineExceeded {
+	if err := r.Err(); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Err = %v, want a deadline", err)
 	}
 }
@@ -274,5 +299,29 @@ func TestNoRuntime(t *testing.T) {
 	}
 	if _, err := New("", Options{}); err == nil {
 		t.Fatal("New accepted an empty path")
+	}
+}
+
+// A runtime that restarts (a new server on the same socket) answers the
+// next lookup: the connection to the old one is made again.
+func TestRuntimeRestart(t *testing.T) {
+	f := newFakeState()
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	stop := serveFake(t, f, sock)
+	r := newResolver(t, sock, Options{})
+	want := Pod{Name: "ig-x7k2p", Namespace: "gadget", UID: podUID}
+	if got, err := r.Lookup(t.Context(), containerID); err != nil || got != want {
+		t.Fatalf("before the restart: Lookup = %+v, %v", got, err)
+	}
+	stop()
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if _, err := r.Lookup(t.Context(), containerID); err == nil {
+		t.Fatal("Lookup answered with the runtime down")
+	}
+	serveFake(t, f, sock)
+	if got, err := r.Lookup(t.Context(), containerID); err != nil || got != want {
+		t.Fatalf("after the restart: Lookup = %+v, %v", got, err)
 	}
 }

@@ -193,23 +193,6 @@ func (t *Tracker) refreshHead(p *program, r *Row) bool {
 	return true
 }
 
-// sameRow reports whether program row b is a with nothing changed:
-// programRow replaces a row's slices and loader when they change, so
-// comparing their identity is exact.
-func sameRow(a, b *Row) bool {
-	return a.Totals == b.Totals && a.Cost == b.Cost && sameSlowFields(a, b)
-}
-
-// sameSlowFields is sameRow without the numbers (Totals and Cost).
-func sameSlowFields(a, b *Row) bool {
-	return a.Placement == b.Placement &&
-		a.NodeName == b.NodeName && a.ProgID == b.ProgID && a.ProgName == b.ProgName &&
-		a.ProgType == b.ProgType && a.Tag == b.Tag && a.Loader == b.Loader &&
-		a.GadgetID == b.GadgetID && a.GadgetName == b.GadgetName && a.GadgetImage == b.GadgetImage &&
-		sameSlice(a.PIDs, b.PIDs) && sameSlice(a.Comms, b.Comms) && sameSlice(a.MapIDs, b.MapIDs) &&
-		sameSlice(a.Attach, b.Attach)
-}
-
 // sameSlice reports whether a and b are the same slice: both nil or
 // neither (JSON tells them apart), the same length and, when not empty,
 // the same first element.
