@@ -35,6 +35,7 @@ type daemonUsage struct {
 	startupCPU     float64 // CPU seconds used until the window
 	maxRSSMiB      float64 // VmHWM
 	rssMiB         float64 // VmRSS at the end
+	rssFileMiB     float64 // of which file-backed (RssFile): the binary's and libraries' pages
 	natsCPUPercent float64 // the standalone server's CPU over the window
 	msgs, bytes    float64 // received by the subscriber per interval
 	logLines       int     // lines the tracker logged at warn or above
@@ -174,7 +175,7 @@ func (d *daemon) measure(u *daemonUsage, sub *subscriber, natsPID int) error {
 	}
 	u.startupCPU = float64(t0) / loader.ClockTicksPerSecond
 	u.cpuPercent = float64(t1-t0) / loader.ClockTicksPerSecond / wall * 100
-	u.maxRSSMiB, u.rssMiB, err = memory(pid)
+	u.maxRSSMiB, u.rssMiB, u.rssFileMiB, err = memory(pid)
 	return err
 }
 
@@ -249,11 +250,11 @@ func cpuTicks(pid int) (uint64, error) {
 	return ut + st, nil
 }
 
-// memory returns VmHWM and VmRSS of pid in MiB.
-func memory(pid int) (hwm, rss float64, err error) {
+// memory returns VmHWM, VmRSS and RssFile of pid in MiB.
+func memory(pid int) (hwm, rss, file float64, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -265,9 +266,11 @@ func memory(pid int) (hwm, rss float64, err error) {
 			hwm = kb / 1024
 		case "VmRSS":
 			rss = kb / 1024
+		case "RssFile":
+			file = kb / 1024
 		}
 	}
-	return hwm, rss, sc.Err()
+	return hwm, rss, file, sc.Err()
 }
 
 func freePort() (int, error) {

@@ -32,18 +32,21 @@ func (r *report) daemonSection(b *strings.Builder) {
 	p("the subscriber received. The `embedded` row is the earlier setup: embedded NATS server, no\n")
 	p("subscriber, idle programs. The `compact rows` row is the first setup with `--compact-rows` (full\n")
 	p("program rows only when they change or every 30 intervals: see docs/nats.md), which needs\n")
-	p("consumers that know the `rows` field, and so is not the default.\n\n")
-	p("| N | setup | CPU, %% of a core | start-up CPU | peak RSS (VmHWM) | RSS at end | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("consumers that know the `rows` field, and so is not the default. `of which file`: the part of\n")
+	p("the RSS at the end that is file-backed (RssFile: the pages of the tracker binary and libc that it\n")
+	p("touched), the rest being its heap and stacks.\n\n")
+	p("| N | setup | CPU, %% of a core | start-up CPU | peak RSS (VmHWM) | RSS at end | of which file | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
 		for _, d := range s.daemons {
 			setup := d.setupName()
 			if d.err != nil {
-				p("| %d | %s | error: %v | | | | | | | | |\n", d.n, setup, d.err)
+				p("| %d | %s | error: %v | | | | | | | | | |\n", d.n, setup, d.err)
 				continue
 			}
-			p("| %d | %s | %.2f %% | %.2f s | %.1f MiB | %.1f MiB | %.0f | %s | %.2f %% | %d | %d |\n", d.n, setup,
-				d.cpuPercent, d.startupCPU, d.maxRSSMiB, d.rssMiB, d.msgs, bytesText(d.bytes), d.natsCPUPercent, d.logLines, d.publishErrs)
+			p("| %d | %s | %.2f %% | %.2f s | %.1f MiB | %.1f MiB | %.1f MiB | %.0f | %s | %.2f %% | %d | %d |\n", d.n, setup,
+				d.cpuPercent, d.startupCPU, d.maxRSSMiB, d.rssMiB, d.rssFileMiB, d.msgs, bytesText(d.bytes), d.natsCPUPercent,
+				d.logLines, d.publishErrs)
 		}
 	}
 	p("\n")

@@ -54,6 +54,11 @@ func (r *report) targets(b *strings.Builder) {
 				"per interval (section 4).",
 				full, full/10, floor, floor/10, bytesText(d.bytes)))
 		}
+		if d.maxRSSMiB > targetRSSMiB {
+			why = append(why, fmt.Sprintf("RSS: at the end of the run %.1f MiB, of which %.1f MiB file-backed (the pages of the "+
+				"tracker binary and libc it touched) and %.1f MiB its heap and stacks (section 4).",
+				d.rssMiB, d.rssFileMiB, d.rssMiB-d.rssFileMiB))
+		}
 		if d.publishErrs > 0 {
 			why = append(why, fmt.Sprintf("Publishing failed: the tracker logged %d failed publishes to the standalone "+
 				"nats-server in this run (section 4, e.g. `nats: maximum payload exceeded`: a gadget's message over the "+
