@@ -155,8 +155,7 @@ func (t *Tracker) load(ev loader.ProgramEvent) {
 			return
 		}
 	}
-	t.programs[p.id] = p
-	t.inventoryChanged()
+	t.insert(p)
 	t.attribute(p, ev)
 	t.announce(p, ev)
 }
@@ -272,5 +271,13 @@ func (t *Tracker) remove(p *program) {
 	t.retire(p, statsOf(p))
 	t.unown(p)
 	delete(t.programs, p.id)
+	p.dropped = true
+	t.inventoryChanged()
+}
+
+// insert adds p to the inventory.
+func (t *Tracker) insert(p *program) {
+	t.programs[p.id] = p
+	t.orderAdded = append(t.orderAdded, p)
 	t.inventoryChanged()
 }

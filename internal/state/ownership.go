@@ -237,7 +237,15 @@ func (t *Tracker) settleOwners() error {
 		relevant[key.owner.pid] = struct{}{}
 	}
 	var holderless []*program
+	n := 0
 	for id, p := range t.programs {
+		if n++; n%yieldEvery == 0 {
+			// Only loads of new programs (see yieldLoads): a release
+			// would drop a program held in holderless. A program loaded
+			// now may be visited or not; it has no holders in this scan
+			// either way, and the next sweep scans again.
+			t.pace.yieldLoads()
+		}
 		p.pids = append(p.pids[:0], holders[id]...)
 		slices.Sort(p.pids)
 		for _, pid := range p.pids {

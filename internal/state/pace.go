@@ -11,15 +11,16 @@ import (
 // events: the program read (handed to the loop in batches of
 // readBatchSize reads, which the loop merges between events), the batch
 // of map reads and the holders scan (when they are due). The other
-// phases yield to pending events every yieldEvery programs. So does the
-// building of the snapshot's rows, which at thousands of programs takes
-// milliseconds, but only to loads of programs the inventory does not
-// hold (see yieldLoads): a snapshot is one point in time, and such a load
-// changes nothing it sums (the program joins the next snapshot). Any
-// other event (a release, a lost-events notice, a load of a program the
-// inventory holds) is held back until the rows are built, with the
-// events that must follow it (the same program's; all, after a
-// lost-events notice). Sweep, outside Run, reads on the calling
+// phases yield to pending events every yieldEvery programs. So do the
+// settling of owners after a holders scan and the building of the
+// snapshot's rows, which at thousands of programs take milliseconds, but
+// only to loads of programs the inventory does not hold (see yieldLoads):
+// a snapshot is one point in time, and such a load changes nothing it
+// sums (the program joins the next snapshot); the settling holds programs
+// a release would drop. Any other event (a release, a lost-events notice,
+// a load of a program the inventory holds) is held back until that phase
+// ends, with the events that must follow it (the same program's; all,
+// after a lost-events notice). Sweep, outside Run, reads on the calling
 // goroutine.
 //
 // So a Kernel given to Run must be safe for concurrent use, as

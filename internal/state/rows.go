@@ -76,24 +76,71 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 	return snap
 }
 
-// sortedPrograms returns the inventory in ID order, sorted again only
-// when it changed since the last call; t.ids holds the same IDs.
+// sortedPrograms returns the inventory in ID order, brought up to date
+// only when it changed since the last call; t.ids holds the same IDs.
+// During a load storm every phase of a sweep finds it changed: the
+// programs inserted since are sorted and merged in, and those dropped
+// left out, in one pass over the order, instead of sorting the whole
+// inventory again (the loop applies no event meanwhile).
 func (t *Tracker) sortedPrograms() []*program {
 	if !t.orderStale && len(t.order) == len(t.programs) {
 		return t.order
 	}
-	clear(t.order)
-	t.order = t.order[:0]
-	for _, p := range t.programs {
-		t.order = append(t.order, p)
+	added := slices.DeleteFunc(t.orderAdded, func(p *program) bool { return p.dropped })
+	slices.SortFunc(added, func(a, b *program) int { return cmp.Compare(a.id, b.id) })
+	kept := 0
+	for _, p := range t.order {
+		if !p.dropped {
+			kept++
+		}
 	}
-	slices.SortFunc(t.order, func(a, b *program) int { return cmp.Compare(a.id, b.id) })
+	if kept+len(added) == len(t.programs) {
+		t.order = mergeOrder(t.order, added, kept)
+	} else {
+		// Not a program inserted or dropped the usual way: sort all.
+		clear(t.order)
+		t.order = t.order[:0]
+		for _, p := range t.programs {
+			t.order = append(t.order, p)
+		}
+		slices.SortFunc(t.order, func(a, b *program) int { return cmp.Compare(a.id, b.id) })
+	}
+	clear(t.orderAdded)
+	t.orderAdded = t.orderAdded[:0]
 	t.ids = t.ids[:0]
 	for _, p := range t.order {
 		t.ids = append(t.ids, p.id)
 	}
 	t.orderStale = false
 	return t.order
+}
+
+// mergeOrder returns order without its dropped programs (kept are left)
+// merged with added, sorted by ID, in order's storage: the merge runs
+// from the back, so that no program is overwritten before it is moved.
+func mergeOrder(order, added []*program, kept int) []*program {
+	// Compact the kept programs to the front.
+	w := 0
+	for _, p := range order {
+		if !p.dropped {
+			order[w] = p
+			w++
+		}
+	}
+	clear(order[w:])
+	n := kept + len(added)
+	order = slices.Grow(order[:kept], len(added))[:n]
+	i, j := kept-1, len(added)-1
+	for k := n - 1; k >= 0; k-- {
+		if j < 0 || (i >= 0 && order[i].id > added[j].id) {
+			order[k] = order[i]
+			i--
+		} else {
+			order[k] = added[j]
+			j--
+		}
+	}
+	return order
 }
 
 // frozen returns a copy of v for rows to share: never nil, never written

@@ -35,8 +35,7 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 	for _, id := range ids {
 		t.seen[id] = struct{}{}
 		if _, ok := t.programs[id]; !ok && t.goneMatch(id, [8]byte{}) == nil {
-			t.programs[id] = &program{id: id}
-			t.inventoryChanged()
+			t.insert(&program{id: id})
 			added++
 		}
 	}
@@ -256,8 +255,7 @@ func (t *Tracker) audited(p *program, ok bool, id uint32, info *loader.ProgramIn
 		return nil // released, listed by a read racing with its release
 	}
 	p = &program{id: id}
-	t.programs[id] = p
-	t.inventoryChanged()
+	t.insert(p)
 	t.merge(p, *info, now)
 	t.audit.added++
 	t.counters.RepairsAdded++

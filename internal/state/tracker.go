@@ -85,11 +85,13 @@ type Tracker struct {
 	unowned ledger
 	// seen is reused by every resync to avoid allocations.
 	seen map[uint32]struct{}
-	// order is the inventory in ID order and ids their IDs, sorted again
-	// only when orderStale (see sortedPrograms).
+	// order is the inventory in ID order and ids their IDs, brought up to
+	// date only when orderStale (see sortedPrograms); orderAdded are the
+	// programs inserted since.
 	order      []*program
 	ids        []uint32
 	orderStale bool
+	orderAdded []*program
 	// sweepRead holds the PIDs already read in the current ownership
 	// settling, so that a process holding many programs is read once.
 	sweepRead map[uint32]struct{}
@@ -185,8 +187,10 @@ func (l *programLabels) key() string {
 }
 
 type program struct {
-	id       uint32
-	tag      [8]byte
+	id  uint32
+	tag [8]byte
+	// dropped is set when p leaves the inventory (see sortedPrograms).
+	dropped  bool
 	loadTime uint64 // 0 until the first read
 	name     string
 	progType uint32
