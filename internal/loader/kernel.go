@@ -128,7 +128,7 @@ func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("proc root %s is not a directory", procRoot)
 	}
-	k := &Kernel{
+	return &Kernel{
 		procRoot: procRoot,
 		opts:     opts,
 		mapIDs:   make([]uint32, 64),
@@ -139,8 +139,7 @@ func NewKernelWithOptions(opts KernelOptions) (*Kernel, error) {
 			stat: make([]byte, 4096),
 			link: make([]byte, 4096),
 		},
-	}
-	return k, nil
+	}, nil
 }
 
 // Close releases the BPF iterators and the cgroup mount fd. The Kernel

@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -82,11 +81,7 @@ func TestMapsAheadServesReadMaps(t *testing.T) {
 			t.Errorf("map %d: ReadMaps %+v, ReadMap now %+v", id, *info, want)
 		}
 		if i%29 == 1 || id == late { // bpftool is slow: a sample
-			var tool testutil.BpftoolMap
-			testutil.Bpftool(t, &tool, "map", "show", "id", strconv.Itoa(int(id)))
-			if info.Memlock == 0 || info.Memlock != tool.BytesMemlock {
-				t.Errorf("map %d: memlock %d, bpftool bytes_memlock %d", id, info.Memlock, tool.BytesMemlock)
-			}
+			checkMemlockByBpftool(t, id, info.Memlock)
 		}
 	})
 	if i != len(ids) {

@@ -60,14 +60,21 @@ func TestReadMapsMatchesReadMapAndBpftool(t *testing.T) {
 			t.Errorf("map %d: ReadMaps %+v, ReadMap %+v", id, *info, want)
 		}
 		if i%37 == 1 { // bpftool is slow: a sample of both kinds
-			var tool testutil.BpftoolMap
-			testutil.Bpftool(t, &tool, "map", "show", "id", strconv.Itoa(int(id)))
-			if info.Memlock == 0 || info.Memlock != tool.BytesMemlock {
-				t.Errorf("map %d: memlock %d, bpftool bytes_memlock %d", id, info.Memlock, tool.BytesMemlock)
-			}
+			checkMemlockByBpftool(t, id, info.Memlock)
 		}
 	})
 	if i != len(ids) {
 		t.Fatalf("%d calls for %d IDs", i, len(ids))
+	}
+}
+
+// checkMemlockByBpftool checks a memlock read of map id, which must not
+// be zero, against bpftool's bytes_memlock.
+func checkMemlockByBpftool(t *testing.T, id uint32, memlock uint64) {
+	t.Helper()
+	var tool testutil.BpftoolMap
+	testutil.Bpftool(t, &tool, "map", "show", "id", strconv.Itoa(int(id)))
+	if memlock == 0 || memlock != tool.BytesMemlock {
+		t.Errorf("map %d: memlock %d, bpftool bytes_memlock %d", id, memlock, tool.BytesMemlock)
 	}
 }
