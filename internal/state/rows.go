@@ -86,16 +86,12 @@ func (t *Tracker) sortedPrograms() []*program {
 	if !t.orderStale && len(t.order) == len(t.programs) {
 		return t.order
 	}
-	added := slices.DeleteFunc(t.orderAdded, func(p *program) bool { return p.dropped })
+	dropped := func(p *program) bool { return p.dropped }
+	added := slices.DeleteFunc(t.orderAdded, dropped)
 	slices.SortFunc(added, func(a, b *program) int { return cmp.Compare(a.id, b.id) })
-	kept := 0
-	for _, p := range t.order {
-		if !p.dropped {
-			kept++
-		}
-	}
-	if kept+len(added) == len(t.programs) {
-		t.order = mergeOrder(t.order, added, kept)
+	t.order = slices.DeleteFunc(t.order, dropped)
+	if len(t.order)+len(added) == len(t.programs) {
+		t.order = mergeOrder(t.order, added)
 	} else {
 		// Not a program inserted or dropped the usual way: sort all.
 		clear(t.order)
@@ -115,21 +111,12 @@ func (t *Tracker) sortedPrograms() []*program {
 	return t.order
 }
 
-// mergeOrder returns order without its dropped programs (kept are left)
-// merged with added, sorted by ID, in order's storage: the merge runs
-// from the back, so that no program is overwritten before it is moved.
-func mergeOrder(order, added []*program, kept int) []*program {
-	// Compact the kept programs to the front.
-	w := 0
-	for _, p := range order {
-		if !p.dropped {
-			order[w] = p
-			w++
-		}
-	}
-	clear(order[w:])
-	n := kept + len(added)
-	order = slices.Grow(order[:kept], len(added))[:n]
+// mergeOrder returns order and added, each sorted by ID, merged in
+// order's storage: the merge runs from the back, so that no program is
+// overwritten before it is moved.
+func mergeOrder(order, added []*program) []*program {
+	kept, n := len(order), len(order)+len(added)
+	order = slices.Grow(order, len(added))[:n]
 	i, j := kept-1, len(added)-1
 	for k := n - 1; k >= 0; k-- {
 		if j < 0 || (i >= 0 && order[i].id > added[j].id) {
