@@ -54,7 +54,7 @@ func BenchmarkSweepAllocs(b *testing.B) {
 						b.Fatalf("%d programs in snapshot, want %d", len(snap.Programs), n)
 					}
 					if v.recycle {
-						tr.spare = snapshotStorage{snap.Programs[:0], snap.versions[:0]}
+						tr.Recycle(snap)
 					}
 				}
 				runtime.ReadMemStats(&after)

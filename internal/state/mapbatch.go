@@ -35,24 +35,19 @@ func (t *Tracker) batchReadMaps() {
 		m, ok := t.maps[id]
 		return !ok || (!m.used && m.info.Flags&bpfFNoPrealloc != 0)
 	}
-	n := 0
-	for _, p := range t.programs {
-		for _, id := range p.info.MapIDs {
-			if due(id) {
-				n++
-			}
-		}
-	}
-	if n < mapBatchMin {
-		return
-	}
-	ids := make([]uint32, 0, n)
+	// One pass, yielding as readMaps does; the slice is reused.
+	ids, n := t.mapBatch[:0], 0
 	for _, p := range t.programs {
 		for _, id := range p.info.MapIDs {
 			if due(id) {
 				ids = append(ids, id)
 			}
 		}
+		t.yieldEach(&n)
+	}
+	t.mapBatch = ids
+	if len(ids) < mapBatchMin {
+		return
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)

@@ -52,3 +52,55 @@ func TestRunAppliesEventsDuringMapRead(t *testing.T) {
 		t.Fatalf("snapshot: %d programs, map memory %d, want %d and %d", len(snap.Programs), memlock, n+1, n*4096)
 	}
 }
+
+// mapBatchKernel is a fakeKernel that reads maps in batches.
+type mapBatchKernel struct{ *fakeKernel }
+
+func (k mapBatchKernel) ReadMaps(ids []uint32, fn func(uint32, *loader.MapInfo, error)) {
+	for _, id := range ids {
+		info, err := k.ReadMap(id)
+		fn(id, &info, err)
+	}
+}
+
+// yieldCounter is the inline pacer, counting its yields.
+type yieldCounter struct {
+	inline
+	yields int
+}
+
+func (c *yieldCounter) yield() { c.yields++ }
+
+// Reading the maps of thousands of programs yields to events every
+// yieldEvery programs or maps in each of its passes, not only while it
+// reads: the passes over every map take milliseconds too.
+func TestReadMapsYieldsInEveryPass(t *testing.T) {
+	const n = 20 * yieldEvery
+	fk := newFakeKernel()
+	for id := uint32(1); id <= n; id++ {
+		p := progStats(id, 10, 1)
+		p.MapIDs = []uint32{100000 + id}
+		fk.progs[id] = p
+		fk.maps[100000+id] = loader.MapInfo{ID: 100000 + id, Memlock: 4096}
+	}
+	tr := New(mapBatchKernel{fk}, Options{Node: "n1", Source: "test"})
+	if _, _, err := tr.Resync(); err != nil {
+		t.Fatal(err)
+	}
+	c := &yieldCounter{}
+	tr.pace = c
+	if err := tr.readAll(); err != nil {
+		t.Fatal(err)
+	}
+	tr.readMaps() // the maps are known from here on
+	tr.mapsStale, c.yields = true, 0
+	tr.readMaps()
+	// The batch's pass over programs, clearing the used marks, the pass
+	// over programs and forgetting unused maps: 20 yields each.
+	if want := 4 * 20; c.yields < want {
+		t.Fatalf("%d yields reading the maps of %d programs, want at least %d", c.yields, n, want)
+	}
+	if len(tr.maps) != n {
+		t.Fatalf("%d maps known, want %d", len(tr.maps), n)
+	}
+}

@@ -20,7 +20,8 @@ func (m *podMap) Pod(containerID string) (cri.Pod, bool) {
 
 // Rows whose container the resolver knows get its pod name and namespace;
 // a resolver that does not know it yet leaves them empty until it does,
-// and an answer whose pod UID contradicts the cgroup's is not used.
+// and an answer whose pod UID contradicts the cgroup's is not used. Each
+// snapshot is recycled, as tracker run does: a kept row is named again.
 func TestPodNamesFromResolver(t *testing.T) {
 	k := newLabelKernel()
 	daemon(k)
@@ -42,6 +43,7 @@ func TestPodNamesFromResolver(t *testing.T) {
 	}
 
 	pods.pods[cid] = cri.Pod{Name: "ig-x7k2p", Namespace: "gadget", UID: uid}
+	tr.Recycle(snap)
 	snap = sweep(t, tr)
 	r := programRow(t, snap, 4)
 	if r.PodName != "ig-x7k2p" || r.PodNamespace != "gadget" {
@@ -61,6 +63,7 @@ func TestPodNamesFromResolver(t *testing.T) {
 	}
 
 	pods.pods[cid] = cri.Pod{Name: "other", Namespace: "gadget", UID: "00000000-0000-0000-0000-000000000000"}
+	tr.Recycle(snap)
 	snap = sweep(t, tr)
 	if r := programRow(t, snap, 4); r.PodName != "" || r.PodNamespace != "" {
 		t.Fatalf("an answer with another pod UID was used: %+v", r.Placement)

@@ -1,9 +1,12 @@
 package state
 
 import (
+	"maps"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/bpfstats/tracker/internal/loader"
 )
 
 // A Tracker whose caller recycles each snapshot builds the next one in its
@@ -19,12 +22,26 @@ func TestRecycleReusesStorage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The two lowest IDs leave and two new programs come before them: the
+	// rows behind move down two places and back, unchanged, while the
+	// storage's last rows were cleared in between.
+	low := map[uint32]loader.ProgramInfo{}
+	for _, id := range []uint32{5, 6} {
+		p := k.progs[10]
+		p.ID = id
+		low[id] = p
+	}
 	steps := []func(){
 		func() {},
+		func() {}, // unchanged rows are kept, not copied
 		k.grow,
 		func() { delete(k.progs, 12); delete(k.holders, 12) },
 		k.grow,
 		func() { k.progs[9000] = k.progs[13]; p := k.progs[9000]; p.ID = 9000; k.progs[9000] = p },
+		func() {},
+		func() { delete(k.progs, 10); delete(k.progs, 11) },
+		func() { maps.Copy(k.progs, low) },
+		func() {},
 	}
 	var last *Snapshot
 	for i, step := range steps {

@@ -30,10 +30,15 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		GadgetInfo: make(map[string]Gadget, len(t.gadgets)),
 		versions:   t.spare.versions,
 	}
+	kept := t.spare.kept
 	t.spare = snapshotStorage{}
 	if cap(snap.Programs) < len(order) || cap(snap.versions) < 2*len(order) {
 		snap.Programs, snap.versions = make([]Row, 0, len(order)), make([]uint64, 0, 2*len(order))
+		kept = 0
 	}
+	// The versions the recycled rows were built with; versions is
+	// written behind the reads.
+	was := snap.versions[:2*kept]
 	t.summed = t.summed[:0]
 	t.unownedSum.reset()
 	// Programs listed by a snapshot or an event but never read (gone
@@ -53,7 +58,17 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		}
 		sum.add(p, liveShare(p))
 		p.share.reported = statsOf(p)
-		snap.Programs = append(snap.Programs, *row)
+		if n := len(snap.Programs); n < kept && was[2*n] == p.rowVer {
+			// The recycled row is this row, unchanged: rowVer is unique
+			// across programs and changes with any field. Copying its
+			// 464 bytes again is most of a steady sweep's memory traffic.
+			snap.Programs = snap.Programs[:n+1]
+			if t.opts.Pods != nil {
+				snap.Programs[n].Placement = row.Placement // namePods names it again
+			}
+		} else {
+			snap.Programs = append(snap.Programs, *row)
+		}
 		snap.versions = append(snap.versions, p.rowVer, p.slowVer)
 	}
 

@@ -127,6 +127,7 @@ func readEvents(ctx context.Context, cfg RunConfig, events chan<- loader.Program
 		}
 		select {
 		case events <- ev:
+			handOver()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -170,16 +171,25 @@ type runLoop struct {
 }
 
 // snapshotStorage is the storage of a snapshot's program rows, reused.
+// rows and versions are empty; their first kept rows (and 2*kept
+// versions) still hold the snapshot's, so that an unchanged row need not
+// be copied again (see snapshot).
 type snapshotStorage struct {
 	rows     []Row
 	versions []uint64
+	kept     int
+}
+
+// storageOf returns the storage of snap, which no consumer uses any more.
+func storageOf(snap *Snapshot) snapshotStorage {
+	return snapshotStorage{snap.Programs[:0], snap.versions[:0], len(snap.Programs)}
 }
 
 // recycle hands the storage of snap, which no consumer uses any more, to
 // the sweeps; it is dropped when two are waiting already.
 func (r *runLoop) recycle(snap *Snapshot) {
 	select {
-	case r.spare <- snapshotStorage{snap.Programs[:0], snap.versions[:0]}:
+	case r.spare <- storageOf(snap):
 	default:
 	}
 }

@@ -55,7 +55,7 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 // with snap. snap must not be used after. Not for use while Run runs.
 func (t *Tracker) Recycle(snap *Snapshot) {
 	if snap != nil && snap.versions != nil {
-		t.spare = snapshotStorage{snap.Programs[:0], snap.versions[:0]}
+		t.spare = storageOf(snap)
 	}
 }
 
@@ -128,8 +128,12 @@ func (t *Tracker) readMaps() {
 	if !t.mapsStale && t.growingMaps == 0 {
 		return
 	}
+	// Thousands of maps: these passes yield as the loop over programs
+	// does (maps added or deleted meanwhile are fine for range).
+	n := 0
 	for _, m := range t.maps {
 		m.used = false
+		t.yieldEach(&n)
 	}
 	t.batchReadMaps()
 	for i, p := range t.sortedPrograms() {
@@ -144,6 +148,7 @@ func (t *Tracker) readMaps() {
 	}
 	t.growingMaps = 0
 	for id, m := range t.maps {
+		t.yieldEach(&n)
 		switch {
 		case !m.used:
 			delete(t.maps, id)
@@ -152,6 +157,13 @@ func (t *Tracker) readMaps() {
 		}
 	}
 	t.mapsStale = false
+}
+
+// yieldEach yields to events every yieldEvery calls, counted in n.
+func (t *Tracker) yieldEach(n *int) {
+	if *n++; *n%yieldEvery == 0 {
+		t.pace.yield()
+	}
 }
 
 // readAll reads every program of the inventory and audits it against the

@@ -134,10 +134,11 @@ type Tracker struct {
 	// mapsStale is set when a program came, went or changed its maps
 	// since the last readMaps; growingMaps counts the maps without
 	// preallocation (their memlock is read every sweep); mapScratch
-	// serves merge.
+	// serves merge, mapBatch batchReadMaps.
 	mapsStale   bool
 	growingMaps int
 	mapScratch  []uint32
+	mapBatch    []uint32
 	// spare is storage for the next snapshot's program rows, from a
 	// snapshot no consumer uses any more (RunConfig.RecycleSnapshots).
 	spare snapshotStorage

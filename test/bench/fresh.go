@@ -3,12 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/rs/zerolog"
 
 	"github.com/bpfstats/tracker/internal/loader"
@@ -36,9 +33,9 @@ type freshness struct {
 }
 
 // measureFreshness runs a tracker (state.Tracker.Run, 1 s sweeps) on the
-// source in this process, loads count programs one every pace, then
-// releases them, and times each from the start of its load (or close)
-// call to the tracker's OnEvent for it.
+// source in this process while another process (runFreshLoader) loads
+// count programs one every pace, then releases them, and times each from
+// the start of its load (or close) call to the tracker's OnEvent for it.
 func measureFreshness(source string, count int, pace time.Duration) freshness {
 	f := freshness{source: source, want: count}
 	w, err := startWatch(source)
@@ -49,27 +46,30 @@ func measureFreshness(source string, count int, pace time.Duration) freshness {
 	defer w.stop()
 	stopProbe := startWakeProbe()
 	defer stopProbe()
-	progs, calls, err := loadPaced(count, pace, w.loading)
-	defer func() {
-		for _, p := range progs {
-			p.prog.Close() // no-op for the released ones
-		}
-	}()
+	l, err := startFreshLoader(count, pace)
+	if err != nil {
+		f.err = err
+		return f
+	}
+	defer l.stop()
+	clock := newMonoClock()
+	progs, calls, err := l.loads(w, clock)
 	if err != nil {
 		f.err = err
 		return f
 	}
 	f.loadCall = median(calls)
 	w.waitAll(progs, w.loadSeen)
-	next := time.Now()
-	for i := range progs {
-		time.Sleep(time.Until(next))
-		next = next.Add(pace)
-		w.mu.Lock()
-		w.closing[progs[i].id] = true
-		w.mu.Unlock()
-		progs[i].closed = time.Now()
-		progs[i].prog.Close()
+	// Every program is gone once a snapshot lacks it: mark them all
+	// before the first close.
+	w.mu.Lock()
+	for _, p := range progs {
+		w.closing[p.id] = true
+	}
+	w.mu.Unlock()
+	if err := l.releases(progs, clock); err != nil {
+		f.err = err
+		return f
 	}
 	w.waitAll(progs, w.releaseSeen)
 	f.wakeP99 = percentile(stopProbe(), 99)
@@ -114,44 +114,12 @@ func startWakeProbe() func() []float64 {
 	}
 }
 
-// freshProgram is one program loaded by a freshness run.
+// freshProgram is one program loaded by a freshness run, with the start
+// of its load and close calls.
 type freshProgram struct {
-	prog      *ebpf.Program
 	id        uint32
 	loadStart time.Time
 	closed    time.Time
-}
-
-// loadPaced loads count tiny socket filters, one every pace, tells
-// loaded the ID of each, and returns them with the duration of each
-// BPF_PROG_LOAD call in ms.
-func loadPaced(count int, pace time.Duration, loaded func(uint32)) ([]freshProgram, []float64, error) {
-	spec := &ebpf.ProgramSpec{
-		Name: "bench_fresh", Type: ebpf.SocketFilter, License: "Dual MIT/GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	}
-	progs := make([]freshProgram, 0, count)
-	var calls []float64
-	next := time.Now()
-	for range count {
-		time.Sleep(time.Until(next))
-		next = next.Add(pace)
-		start := time.Now()
-		p, err := ebpf.NewProgram(spec)
-		calls = append(calls, float64(time.Since(start).Microseconds())/1000)
-		if err != nil {
-			return progs, nil, fmt.Errorf("loading: %w", err)
-		}
-		info, err := p.Info()
-		if err != nil {
-			p.Close()
-			return progs, nil, err
-		}
-		id, _ := info.ID()
-		loaded(uint32(id))
-		progs = append(progs, freshProgram{prog: p, id: uint32(id), loadStart: start})
-	}
-	return progs, calls, nil
 }
 
 // watch is a state.Tracker running on an event source in this process,

@@ -144,11 +144,17 @@ type helper struct {
 // helper dies with the harness (PR_SET_PDEATHSIG). Its wait reports when
 // they are loaded.
 func startHelper(n, first int) (*helper, error) {
+	return startSelf(helperArg, strconv.Itoa(n), strconv.Itoa(first))
+}
+
+// startSelf starts the harness binary with args, talking to it over its
+// stdin and stdout; it dies with the harness (PR_SET_PDEATHSIG).
+func startSelf(args ...string) (*helper, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, helperArg, strconv.Itoa(n), strconv.Itoa(first))
+	cmd := exec.Command(self, args...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
@@ -160,7 +166,7 @@ func startHelper(n, first int) (*helper, error) {
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting helper: %w", err)
+		return nil, fmt.Errorf("starting %s: %w", args[0], err)
 	}
 	return &helper{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(stdout), pid: cmd.Process.Pid}, nil
 }
@@ -197,7 +203,8 @@ func (h *helper) answer(want string, timeout time.Duration) ([]string, error) {
 	}
 }
 
-// stop releases the helper's programs and waits for it to exit.
+// stop closes the helper's stdin, which releases its programs, and waits
+// for it to exit.
 func (h *helper) stop() {
 	h.stdin.Close()
 	done := make(chan struct{})

@@ -25,6 +25,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == freshLoaderArg {
+		if err := runFreshLoader(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench freshness loader:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == holderArg {
 		runHolder()
 		return

@@ -56,7 +56,8 @@ func (r *report) freshSection(b *strings.Builder) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## 3. Event freshness, ms\n\n")
 	p("A tracker (state.Tracker.Run, 1 s sweeps) in the harness process; %d programs loaded one at a\n", r.cfg.events)
-	p("time (every 1 ms for perf, 2 ms for poll), then released one at a time. Load: from the start of\n")
+	p("time by another process, as on a node (every 1 ms for perf, 2 ms for poll), then released one at\n")
+	p("a time. Times of both processes are CLOCK_MONOTONIC. Load: from the start of\n")
 	p("the BPF_PROG_LOAD call to the moment the tracker applied the load event to its inventory (the\n")
 	p("event's `time`) or built the first snapshot that lists the program, whichever comes first (the\n")
 	p("call itself takes the `load call` median); release: from close() of the last fd to the same for\n")
