@@ -47,10 +47,15 @@ func (t *Tracker) readAttach(snap *Snapshot) error {
 	}
 	start := t.opts.now()
 	var links []attachment
-	err := ar.ReadAttachments(func(progID uint32, attach string) {
-		if progID != 0 {
-			links = append(links, attachment{progID, attach})
-		}
+	var err error
+	// A walk of every link, off the loop as the other long reads (see
+	// pace.go); it touches only links.
+	t.pace.offload(func() {
+		err = ar.ReadAttachments(func(progID uint32, attach string) {
+			if progID != 0 {
+				links = append(links, attachment{progID, attach})
+			}
+		})
 	})
 	snap.SweepDuration += t.opts.now().Sub(start)
 	switch {

@@ -10,11 +10,12 @@ import (
 // sweep run on a goroutine of their own while the loop goes on applying
 // events: the program read (handed to the loop in batches of
 // readBatchSize reads, which the loop merges between events), the batch
-// of map reads and the holders scan (when they are due). The other
-// phases yield to pending events every yieldEvery programs. So do the
-// settling of owners after a holders scan and the building of the
-// snapshot's rows, which at thousands of programs take milliseconds, but
-// only to loads of programs the inventory does not hold (see yieldLoads):
+// of map reads and the holders scan (when they are due), and the walk of
+// the links. The other phases yield to pending events every yieldEvery
+// programs (or maps). So do the settling of owners after a holders scan
+// and the building of the snapshot's rows, which at thousands of
+// programs take milliseconds, but only to loads of programs the inventory
+// does not hold (see yieldLoads):
 // a snapshot is one point in time, and such a load changes nothing it
 // sums (the program joins the next snapshot); the settling holds programs
 // a release would drop. Any other event (a release, a lost-events notice,
@@ -25,8 +26,9 @@ import (
 //
 // So a Kernel given to Run must be safe for concurrent use, as
 // loader.Kernel is: ReadAllPrograms (or ProgramIDs and ReadPrograms or
-// ReadProgram) and Holders run concurrently with the reads of events
-// (ReadProgram, ReadProcess, ReadProgramMetadata, CgroupPath). An event
+// ReadProgram), Holders and ReadAttachments run concurrently with the
+// reads of events (ReadProgram, ReadProcess, ReadProgramMetadata,
+// CgroupPath). An event
 // that needs such a read may still wait for the kernel itself
 // (loader.Kernel serializes its single reads with each chunk of a holders
 // scan, about a millisecond, not with the whole scan). A lost-events

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/bpfstats/tracker/internal/loader"
@@ -102,5 +103,38 @@ func TestReadMapsYieldsInEveryPass(t *testing.T) {
 	}
 	if len(tr.maps) != n {
 		t.Fatalf("%d maps known, want %d", len(tr.maps), n)
+	}
+}
+
+// stallingLinkKernel is a linkKernel whose first walk of the links stops
+// until the test releases it.
+type stallingLinkKernel struct {
+	*linkKernel
+	reading, resume chan struct{}
+	stalled         bool
+}
+
+func (k *stallingLinkKernel) ReadAttachments(fn func(progID uint32, attach string)) error {
+	if !k.stalled {
+		k.stalled = true
+		close(k.reading)
+		<-k.resume
+	}
+	return k.linkKernel.ReadAttachments(fn)
+}
+
+// An event is applied, and published, while a sweep walks the links (a
+// node with thousands of links takes milliseconds): it does not wait for
+// the walk.
+func TestRunAppliesEventsDuringLinkWalk(t *testing.T) {
+	lk := &linkKernel{fakeKernel: newFakeKernel(), links: []attachment{{1, "xdp:lo"}}}
+	lk.progs[1] = progStats(1, 10, 1)
+	const late = 2
+	lk.progs[late] = progStats(late, 10, 1)
+	k := &stallingLinkKernel{linkKernel: lk, reading: make(chan struct{}), resume: make(chan struct{})}
+	tr := New(k, Options{Node: "n1", Source: "test"})
+	snap := loadDuringStall(t, tr, k.reading, k.resume, late, 1)
+	if r := programRow(t, snap, 1); !slices.Equal(r.Attach, []string{"xdp:lo"}) {
+		t.Fatalf("program 1 attached to %q after the walk, want xdp:lo", r.Attach)
 	}
 }
