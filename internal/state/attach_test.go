@@ -85,13 +85,17 @@ func TestSweepAttachUnknown(t *testing.T) {
 		{"failed", errors.New("EPERM"), true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			k := &linkKernel{fakeKernel: newFakeKernel(), err: c.err, links: []attachment{{1, "raw_tp:sys_enter"}}}
+			k := &linkKernel{fakeKernel: newFakeKernel(), links: []attachment{{1, "raw_tp:sys_enter"}}}
 			k.progs[1] = loader.ProgramInfo{ID: 1, Name: "p", Tag: tag(1), LoadTime: 1}
 			tr, _ := newTracker(t, k.fakeKernel)
 			tr.kernel = k
 			if _, _, err := tr.Resync(); err != nil {
 				t.Fatal(err)
 			}
+			// A walk that worked, in storage the next snapshot reuses: its
+			// unchanged row must not keep the old Attach.
+			tr.Recycle(sweep(t, tr))
+			k.err = c.err
 			snap, err := tr.Sweep()
 			if gotErr := err != nil && strings.Contains(err.Error(), "reading attach points"); gotErr != c.wantErr {
 				t.Errorf("Sweep error %v, want an attach error: %v", err, c.wantErr)

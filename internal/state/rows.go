@@ -63,8 +63,12 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 			// across programs and changes with any field. Copying its
 			// 464 bytes again is most of a steady sweep's memory traffic.
 			snap.Programs = snap.Programs[:n+1]
+			// The columns a snapshot fills after its rows (readAttach,
+			// namePods; see Snapshot.RowVersion) start over as in a copy.
+			r := &snap.Programs[n]
+			r.Attach = row.Attach
 			if t.opts.Pods != nil {
-				snap.Programs[n].Placement = row.Placement // namePods names it again
+				r.Placement = row.Placement
 			}
 		} else {
 			snap.Programs = append(snap.Programs, *row)
