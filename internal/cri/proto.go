@@ -165,16 +165,7 @@ func decodePodSandboxStatus(msg []byte) (sandbox, error) {
 // decodeVersion returns runtime_name (2) and runtime_version (3) of a
 // VersionResponse.
 func decodeVersion(msg []byte) (name, version string, err error) {
-	err = walkFields(msg, func(num int, v []byte) error {
-		switch num {
-		case 2:
-			name = string(v)
-		case 3:
-			version = string(v)
-		}
-		return nil
-	})
-	if err != nil {
+	if name, version, err = stringPair(msg, 2, 3); err != nil {
 		return "", "", fmt.Errorf("decoding VersionResponse: %w", err)
 	}
 	return name, version, nil
@@ -183,16 +174,7 @@ func decodeVersion(msg []byte) (name, version string, err error) {
 // decodeMapEntry adds one map<string, string> entry (key 1, value 2) to
 // *m, allocated on first use.
 func decodeMapEntry(entry []byte, m *map[string]string) error {
-	var k, v string
-	err := walkFields(entry, func(num int, b []byte) error {
-		switch num {
-		case 1:
-			k = string(b)
-		case 2:
-			v = string(b)
-		}
-		return nil
-	})
+	k, v, err := stringPair(entry, 1, 2)
 	if err != nil {
 		return err
 	}
@@ -201,4 +183,18 @@ func decodeMapEntry(entry []byte, m *map[string]string) error {
 	}
 	(*m)[k] = v
 	return nil
+}
+
+// stringPair returns the string fields a and b of msg ("" when absent).
+func stringPair(msg []byte, a, b int) (va, vb string, err error) {
+	err = walkFields(msg, func(num int, v []byte) error {
+		switch num {
+		case a:
+			va = string(v)
+		case b:
+			vb = string(v)
+		}
+		return nil
+	})
+	return va, vb, err
 }
