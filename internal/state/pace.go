@@ -15,25 +15,23 @@ import (
 // programs (or maps). So do the settling of owners after a holders scan
 // and the building of the snapshot's rows, which at thousands of
 // programs take milliseconds, but only to loads of programs the inventory
-// does not hold (see yieldLoads):
-// a snapshot is one point in time, and such a load changes nothing it
-// sums (the program joins the next snapshot); the settling holds programs
-// a release would drop. Any other event (a release, a lost-events notice,
-// a load of a program the inventory holds) is held back until that phase
-// ends, with the events that must follow it (the same program's; all,
-// after a lost-events notice). Sweep, outside Run, reads on the calling
-// goroutine.
+// does not hold (see yieldLoads): a snapshot is one point in time, and
+// such a load changes nothing it sums (the program joins the next
+// snapshot); the settling holds programs a release would drop. Any other
+// event (a release, a lost-events notice, a load of a program the
+// inventory holds) is held back until that phase ends, with the events
+// that must follow it (the same program's; all, after a lost-events
+// notice). Sweep, outside Run, reads on the calling goroutine.
 //
 // So a Kernel given to Run must be safe for concurrent use, as
 // loader.Kernel is: ReadAllPrograms (or ProgramIDs and ReadPrograms or
 // ReadProgram), Holders and ReadAttachments run concurrently with the
 // reads of events (ReadProgram, ReadProcess, ReadProgramMetadata,
-// CgroupPath). An event
-// that needs such a read may still wait for the kernel itself
-// (loader.Kernel serializes its single reads with each chunk of a holders
-// scan, about a millisecond, not with the whole scan). A lost-events
-// resync (which lists programs, as the program read does) waits until the
-// read phase is over.
+// CgroupPath). An event that needs such a read may still wait for the
+// kernel itself (loader.Kernel serializes its single reads with each
+// chunk of a holders scan, about a millisecond, not with the whole
+// scan). A lost-events resync (which lists programs, as the program read
+// does) waits until the read phase is over.
 
 // readFunc receives one program read; info is valid during the call only.
 type readFunc = func(id uint32, info *loader.ProgramInfo, err error)
