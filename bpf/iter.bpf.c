@@ -6,7 +6,8 @@
  * BPF iterators behind the tracker's sweeps (internal/loader/iter.go).
  *
  * One read of an iterator fd replaces three bpf(2) calls per program
- * (dump_progs) or a walk of every /proc/<pid>/fd (dump_prog_fds). They
+ * (dump_progs) or map (dump_maps), or a walk of every /proc/<pid>/fd
+ * (dump_prog_fds). They
  * live apart from tracker.bpf.c: iterators load on kernels that refuse
  * trampoline programs.
  */
@@ -43,6 +44,20 @@ struct iter_prog_record {
 } __attribute__((packed));
 
 #define ITER_PROG_HEADER_SIZE 68
+
+/*
+ * One map, as bpf_map_info reports it up to its name. Keep in sync with
+ * iterMapRecordSize and walkIterMaps in iter_maps.go.
+ */
+struct iter_map_record {
+	__u32 id;
+	__u32 type;
+	__u32 key_size;
+	__u32 value_size;
+	__u32 max_entries;
+	__u32 map_flags;
+	char name[16];
+};
 
 /* One fd on a program. Keep in sync with parseIterHolders in iter.go. */
 struct iter_fd_record {
@@ -271,6 +286,32 @@ int dump_prog_fds(struct bpf_iter__task_file *ctx)
 		.tgid = task->tgid,
 		.prog_id = prog->aux->id,
 	};
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	return 0;
+}
+
+/*
+ * Every map's shape and name: one read lists what BPF_MAP_GET_NEXT_ID,
+ * BPF_MAP_GET_FD_BY_ID and BPF_OBJ_GET_INFO_BY_FD tell of each map.
+ */
+SEC("iter/bpf_map")
+int dump_maps(struct bpf_iter__bpf_map *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct bpf_map *map = ctx->map;
+
+	if (!map)
+		return 0;
+	struct iter_map_record rec = {
+		.id = map->id,
+		.type = map->map_type,
+		.key_size = map->key_size,
+		.value_size = map->value_size,
+		.max_entries = map->max_entries,
+		.map_flags = map->map_flags,
+	};
+	*(__u64 *)&rec.name[0] = *(const __u64 *)&map->name[0];
+	*(__u64 *)&rec.name[8] = *(const __u64 *)&map->name[8];
 	bpf_seq_write(seq, &rec, sizeof(rec));
 	return 0;
 }

@@ -184,6 +184,9 @@ func openKernel(log zerolog.Logger, opts loader.KernelOptions) (*loader.Kernel, 
 	if holderIter != nil {
 		log.WithLevel(level).Err(holderIter).Msg("task_file iterator unavailable, scanning /proc for holders")
 	}
+	if err := kernel.MapIterator(); err != nil {
+		log.WithLevel(level).Err(err).Msg("map iterator unavailable, reading maps with bpf(2)")
+	}
 	return kernel, nil
 }
 

@@ -150,11 +150,21 @@ type iterators struct {
 	progs, progStats   *bpfIter
 	files              *bpfIter
 	progsErr, filesErr error
+	// maps lists every map (ReadMaps); nil when it did not load
+	// (mapsErr says why), and the maps are read with bpf(2) alone.
+	maps    *bpfIter
+	mapsErr error
+	// ahead is a OneSweep Kernel's early read of every map, which uses
+	// maps: close waits for it.
+	ahead *mapsAhead
 }
 
 func (its *iterators) close() error {
-	err := errors.Join(its.progs.close(), its.progStats.close(), its.files.close())
-	its.progs, its.progStats, its.files = nil, nil, nil
+	if its.ahead != nil {
+		<-its.ahead.done
+	}
+	err := errors.Join(its.progs.close(), its.progStats.close(), its.files.close(), its.maps.close())
+	its.progs, its.progStats, its.files, its.maps = nil, nil, nil, nil
 	return err
 }
 
@@ -169,14 +179,18 @@ var errIteratorsOff = errors.New("iterators turned off")
 // sweep (see bpfIter.kept). All are loaded before any is checked, so that
 // every check lists all of them.
 func loadIterators(withFiles, oneSweep bool) *iterators {
-	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff}
+	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff, mapsErr: errIteratorsOff}
 	spec, err := loadIter()
 	if err != nil {
 		err = fmt.Errorf("loading iterator object: %w", err)
-		its.progsErr, its.filesErr = err, err
+		its.progsErr, its.filesErr, its.mapsErr = err, err, err
 		return its
 	}
 	opts := iterLoadOptions()
+	its.maps, its.mapsErr = loadMapIter(spec, opts, oneSweep)
+	if oneSweep {
+		its.ahead = startMapsAhead(its.maps)
+	}
 	its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts, !oneSweep)
 	if withFiles {
 		its.files, its.filesErr = loadFileIter(spec, opts)
@@ -266,10 +280,8 @@ func (k *Kernel) loadedIteratorsLocked() *iterators {
 			want, k.walkedIDs = oneSweepWantsIterators()
 		}
 		if want {
-			if k.opts.OneSweep {
-				k.mapsAhead = startMapsAhead()
-			}
 			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
+			k.mapsAhead = k.iters.ahead
 		} else {
 			k.iters = &iterators{progsErr: ErrFewPrograms, filesErr: ErrFewPrograms}
 			k.startHoldersAhead()

@@ -32,6 +32,7 @@ type iterIterProgRecord struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	iterMapProgScratch     = "prog_scratch"
+	iterProgDumpMaps       = "dump_maps"
 	iterProgDumpProgFds    = "dump_prog_fds"
 	iterProgDumpProgStats  = "dump_prog_stats"
 	iterProgDumpProgs      = "dump_progs"
@@ -85,6 +86,7 @@ type iterSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type iterProgramSpecs struct {
+	DumpMaps      *ebpf.ProgramSpec `ebpf:"dump_maps"`
 	DumpProgFds   *ebpf.ProgramSpec `ebpf:"dump_prog_fds"`
 	DumpProgStats *ebpf.ProgramSpec `ebpf:"dump_prog_stats"`
 	DumpProgs     *ebpf.ProgramSpec `ebpf:"dump_progs"`
@@ -154,6 +156,7 @@ type iterVariables struct {
 //
 // It can be passed to loadIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type iterPrograms struct {
+	DumpMaps      *ebpf.Program `ebpf:"dump_maps"`
 	DumpProgFds   *ebpf.Program `ebpf:"dump_prog_fds"`
 	DumpProgStats *ebpf.Program `ebpf:"dump_prog_stats"`
 	DumpProgs     *ebpf.Program `ebpf:"dump_progs"`
@@ -161,6 +164,7 @@ type iterPrograms struct {
 
 func (p *iterPrograms) Close() error {
 	return _IterClose(
+		p.DumpMaps,
 		p.DumpProgFds,
 		p.DumpProgStats,
 		p.DumpProgs,

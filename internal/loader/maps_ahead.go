@@ -7,9 +7,9 @@ import (
 )
 
 // mapsAhead is the read of every map of the system that a OneSweep Kernel
-// starts when it loads its iterators, so that the map reads of its one
-// sweep overlap the iterators' load and the program reads instead of
-// following them: a map's IDs are known only once its programs are read,
+// starts when it loads its iterators (right after the map iterator), so
+// that the map reads of its one sweep overlap the iterators' load and the
+// program reads instead of following them: a map's IDs are known only once its programs are read,
 // but with thousands of maps their reads are most of a one-shot's time,
 // and the iterators' load mostly keeps one CPU busy. (Without the
 // iterators, few programs, the /proc walk of the holders already overlaps
@@ -24,17 +24,22 @@ type mapsAhead struct {
 	infos map[uint32]*MapInfo
 }
 
-// startMapsAhead starts the read of every map (a BPF_MAP_GET_NEXT_ID walk,
-// then ReadMaps' worker pool) on a goroutine of its own.
-func startMapsAhead() *mapsAhead {
+// startMapsAhead starts the read of every map on a goroutine of its own:
+// the maps listed by one run of the map iterator it (see ReadMaps), or,
+// when it is nil or fails, by a BPF_MAP_GET_NEXT_ID walk, then read by
+// ReadMaps' worker pool. The caller keeps it open until the read is done.
+func startMapsAhead(it *bpfIter) *mapsAhead {
 	a := &mapsAhead{done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
-		ids, err := walkIDs(unix.BPF_MAP_GET_NEXT_ID, "map", nil)
-		if err != nil {
-			return // ReadMaps reads every map itself
+		ids, known, listed := listAllMaps(it)
+		if ids == nil {
+			var err error
+			if ids, err = walkIDs(unix.BPF_MAP_GET_NEXT_ID, "map", nil); err != nil {
+				return // ReadMaps reads every map itself
+			}
 		}
-		infos, errs := readMaps(ids)
+		infos, errs := readMaps(ids, known, listed)
 		a.infos = make(map[uint32]*MapInfo, len(ids))
 		for i, id := range ids {
 			if errs[i] == nil {
@@ -63,4 +68,28 @@ func (a *mapsAhead) take(ids []uint32) []*MapInfo {
 		}
 	}
 	return out
+}
+
+// listAllMaps returns every map the iterator it lists, with what it says
+// of each, or nils when it is nil or fails.
+func listAllMaps(it *bpfIter) ([]uint32, []sysMapInfo, []bool) {
+	if it == nil {
+		return nil, nil, nil
+	}
+	data, err := it.read(nil)
+	if err != nil {
+		return nil, nil, nil
+	}
+	n := len(data) / iterMapRecordSize
+	ids := make([]uint32, 0, n)
+	known := make([]sysMapInfo, 0, n)
+	walkIterMaps(data, func(mi *sysMapInfo) {
+		ids = append(ids, mi.ID)
+		known = append(known, *mi)
+	})
+	listed := make([]bool, len(ids))
+	for i := range listed {
+		listed[i] = true
+	}
+	return ids, known, listed
 }

@@ -51,7 +51,7 @@ func TestMapsAheadServesReadMaps(t *testing.T) {
 	t.Cleanup(func() { k.Close() })
 	early := newMixedMaps(t, 2*mapsPerWorker)
 	k.mu.Lock()
-	k.mapsAhead = startMapsAhead()
+	k.mapsAhead = startMapsAhead(nil)
 	k.mu.Unlock()
 	late := newTestMap(t, &ebpf.MapSpec{Name: "tk_ahead_late", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 2})
 

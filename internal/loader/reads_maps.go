@@ -23,9 +23,11 @@ type mapReader struct {
 	// fdinfoDir is an fd of /proc/self/fdinfo, or AT_FDCWD when it could
 	// not be opened; path is relative to it.
 	fdinfoDir int
-	info      sysMapInfo
-	path      []byte
-	fdinfo    []byte
+	// shapes is shared by the workers of one readMaps.
+	shapes *memlockByShape
+	info   sysMapInfo
+	path   []byte
+	fdinfo []byte
 }
 
 // procSelfFdinfo is the directory of this process's fdinfo files.
@@ -46,13 +48,19 @@ func openFdinfoDir() (int, func()) {
 
 // ReadMaps reads every map of ids as ReadMap does and calls fn once per ID,
 // in the order of ids, with its info or an error (wrapping os.ErrNotExist
-// when the map is gone). info is only valid during the call. The reads run
-// on a small pool of goroutines (at most 4), each opening, reading and
-// closing one map at a time; fn runs on the caller's goroutine, after all
-// reads are done. The values are ReadMap's: memlock is the fdinfo line.
-// A OneSweep Kernel takes each map's values, once, from the read of every
-// map it started when it loaded its iterators (see startMapsAhead), and
-// reads the others now. Requires Linux 4.13.
+// when the map is gone). info is only valid during the call; fn runs on
+// the caller's goroutine, after all reads are done. The values are
+// ReadMap's: memlock is the fdinfo line, read once per shape for the maps
+// whose shape fixes it (see shapeFixed).
+//
+// When ids are sorted and many (mapIterMin), one run of the map iterator
+// lists what bpf(2) would say of each map, and only the fdinfo of one map
+// per shape, and of the maps whose memlock varies, is read. The other
+// reads run on a small pool of goroutines (at most 4), each opening,
+// reading and closing one map at a time. A OneSweep Kernel without the
+// map iterator takes each map's values, once, from the read of every map
+// it started when it loaded its iterators (see startMapsAhead), and reads
+// the others now. Requires Linux 4.13; the iterator, 5.8.
 func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err error)) {
 	k.mu.Lock()
 	early := k.mapsAhead
@@ -67,7 +75,8 @@ func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err er
 			}
 		}
 	}
-	infos, errs := readMaps(live)
+	known, listed, _ := k.listMaps(live)
+	infos, errs := readMaps(live, known, listed)
 	j := 0
 	for i, id := range ids {
 		if ahead != nil && ahead[i] != nil {
@@ -81,7 +90,11 @@ func (k *Kernel) ReadMaps(ids []uint32, fn func(id uint32, info *MapInfo, err er
 
 // readMaps reads every map of ids as ReadMap does, on a pool of at most
 // mapWorkersMax goroutines, and returns the infos and errors by index.
-func readMaps(ids []uint32) ([]MapInfo, []error) {
+// known, when not nil, holds by index what the map iterator listed of the
+// maps where listed is true: their memlock is taken from another map of
+// their shape where that fixes it. The others, and those not listed (a
+// map created after the iterator's run, or gone), are read with bpf(2).
+func readMaps(ids []uint32, known []sysMapInfo, listed []bool) ([]MapInfo, []error) {
 	infos := make([]MapInfo, len(ids))
 	errs := make([]error, len(ids))
 	if len(ids) == 0 {
@@ -89,11 +102,21 @@ func readMaps(ids []uint32) ([]MapInfo, []error) {
 	}
 	dir, closeDir := openFdinfoDir()
 	defer closeDir()
+	shapes := new(memlockByShape)
+	one := func(r *mapReader, i int) {
+		if listed != nil && listed[i] {
+			if memlock, ok := shapes.get(&known[i]); ok {
+				fillMapInfo(&infos[i], &known[i], memlock)
+				return
+			}
+		}
+		errs[i] = r.read(ids[i], &infos[i])
+	}
 	workers := min(mapWorkersMax, (len(ids)+mapsPerWorker-1)/mapsPerWorker)
 	if workers <= 1 {
-		r := newMapReader(dir)
-		for i, id := range ids {
-			errs[i] = r.read(id, &infos[i])
+		r := newMapReader(dir, shapes)
+		for i := range ids {
+			one(r, i)
 		}
 		return infos, errs
 	}
@@ -102,11 +125,11 @@ func readMaps(ids []uint32) ([]MapInfo, []error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := newMapReader(dir)
+			r := newMapReader(dir, shapes)
 			// Interleaved shares: maps of one program, often
 			// adjacent IDs, spread over the workers.
 			for i := w; i < len(ids); i += workers {
-				errs[i] = r.read(ids[i], &infos[i])
+				one(r, i)
 			}
 		}()
 	}
@@ -115,12 +138,13 @@ func readMaps(ids []uint32) ([]MapInfo, []error) {
 }
 
 // newMapReader returns a worker's reader of fdinfo files under dir (see
-// openFdinfoDir).
-func newMapReader(dir int) *mapReader {
-	return &mapReader{fdinfoDir: dir, path: make([]byte, 0, 64), fdinfo: make([]byte, 4096)}
+// openFdinfoDir), sharing shapes with the other workers.
+func newMapReader(dir int, shapes *memlockByShape) *mapReader {
+	return &mapReader{fdinfoDir: dir, shapes: shapes, path: make([]byte, 0, 64), fdinfo: make([]byte, 4096)}
 }
 
-// read is readMapInto with the worker's own buffers.
+// read is readMapInto with the worker's own buffers, taking the memlock
+// of a map whose shape fixes it from a map of that shape read before.
 func (r *mapReader) read(id uint32, info *MapInfo) error {
 	fd, err := bpfFDByID(unix.BPF_MAP_GET_FD_BY_ID, id)
 	if err != nil {
@@ -130,6 +154,10 @@ func (r *mapReader) read(id uint32, info *MapInfo) error {
 	r.info = sysMapInfo{}
 	if err := bpfObjInfo(fd, unsafe.Pointer(&r.info), unsafe.Sizeof(r.info)); err != nil {
 		return fmt.Errorf("reading info of map %d: %w", id, err)
+	}
+	if memlock, ok := r.shapes.get(&r.info); ok {
+		fillMapInfo(info, &r.info, memlock)
+		return nil
 	}
 	r.path = r.path[:0]
 	if r.fdinfoDir == unix.AT_FDCWD {
@@ -145,6 +173,7 @@ func (r *mapReader) read(id uint32, info *MapInfo) error {
 	if !ok {
 		return fmt.Errorf("reading memlock of map %d: no %q line in fdinfo %s", id, "memlock:", r.path[:len(r.path)-1])
 	}
+	r.shapes.put(&r.info, memlock)
 	fillMapInfo(info, &r.info, memlock)
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/bpfstats/tracker/internal/loader"
 )
 
@@ -112,9 +114,19 @@ func TestMapsReadOnChange(t *testing.T) {
 	reads("a growing map bound", 1, 350)
 	k.maps[9] = loader.MapInfo{ID: 9, Memlock: 80, Flags: bpfFNoPrealloc}
 	reads("the growing map reread", 1, 380)
+	// A devmap counts its devices (Linux 6.4+) without the flag.
+	k.maps[10] = loader.MapInfo{ID: 10, Type: uint32(ebpf.DevMap), Memlock: 20}
+	p.MapIDs = []uint32{7, 8, 9, 10}
+	k.progs[1] = p
+	reads("a devmap bound", 2, 400)
+	k.maps[10] = loader.MapInfo{ID: 10, Type: uint32(ebpf.DevMap), Memlock: 30}
+	reads("both growing maps reread", 2, 410)
 	delete(k.progs, 1)
 	reads("the program released", 0, 0)
 	if len(tr.maps) != 0 {
 		t.Errorf("maps of a released program kept: %v", slices.Collect(maps.Keys(tr.maps)))
 	}
 }
+
+// bpfFNoPrealloc is BPF_F_NO_PREALLOC.
+const bpfFNoPrealloc = 1

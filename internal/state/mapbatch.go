@@ -23,7 +23,7 @@ const mapBatchMin = 32
 
 // batchReadMaps reads, in one batch, the maps mapInfo would read one by one
 // this sweep: those of the inventory's programs that are new, and known
-// maps without preallocation, whose memlock changes. It marks them used,
+// maps whose memlock changes (MemlockGrows). It marks them used,
 // so that mapInfo finds them done. It runs after the used marks are
 // cleared.
 func (t *Tracker) batchReadMaps() {
@@ -33,7 +33,7 @@ func (t *Tracker) batchReadMaps() {
 	}
 	due := func(id uint32) bool {
 		m, ok := t.maps[id]
-		return !ok || (!m.used && m.info.Flags&bpfFNoPrealloc != 0)
+		return !ok || (!m.used && m.info.MemlockGrows())
 	}
 	// One pass, yielding as readMaps does; the slice is reused.
 	ids, n := t.mapBatch[:0], 0

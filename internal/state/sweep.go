@@ -152,7 +152,7 @@ func (t *Tracker) readMaps() {
 		switch {
 		case !m.used:
 			delete(t.maps, id)
-		case m.info.Flags&bpfFNoPrealloc != 0:
+		case m.info.MemlockGrows():
 			t.growingMaps++
 		}
 	}
@@ -331,13 +331,9 @@ func (t *Tracker) logAudit(cfg RunConfig) {
 		Msg("sweep audit repaired the inventory: events missed or not applied yet")
 }
 
-// bpfFNoPrealloc is BPF_F_NO_PREALLOC: such maps allocate elements as they
-// are inserted, so their memlock (Linux 6.4+) grows and shrinks.
-const bpfFNoPrealloc = 1
-
 func (t *Tracker) mapInfo(id uint32) *mapEntry {
 	if m, ok := t.maps[id]; ok {
-		if !m.used && m.info.Flags&bpfFNoPrealloc != 0 {
+		if !m.used && m.info.MemlockGrows() {
 			// Once per sweep: the rest of what a map is never changes.
 			if info, err := t.kernel.ReadMap(id); err == nil && info.Memlock != m.info.Memlock {
 				m.info.Memlock = info.Memlock

@@ -132,8 +132,8 @@ type Tracker struct {
 	// rowVer numbers the changes of program rows (see program.rowVer).
 	rowVer uint64
 	// mapsStale is set when a program came, went or changed its maps
-	// since the last readMaps; growingMaps counts the maps without
-	// preallocation (their memlock is read every sweep); mapScratch
+	// since the last readMaps; growingMaps counts the maps whose memlock
+	// grows (MapInfo.MemlockGrows: read every sweep); mapScratch
 	// serves merge, mapBatch batchReadMaps.
 	mapsStale   bool
 	growingMaps int

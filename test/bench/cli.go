@@ -177,7 +177,7 @@ func measureStatsPhases() ([]phase, error) {
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	phases = append(phases,
 		phase{"first sweep: ReadPrograms (iterator with map IDs)", ms(tk.programs)},
-		phase{fmt.Sprintf("first sweep: %d maps read (bpf(2) + fdinfo; ReadMaps on 4 workers)", tk.nMaps), ms(tk.maps)},
+		phase{fmt.Sprintf("first sweep: %d maps read (ReadMaps: %s)", tk.nMaps, mapReadHow(k)), ms(tk.maps)},
 		phase{"first sweep: Holders (task_file iterator)", ms(tk.holders)},
 		phase{fmt.Sprintf("first sweep: ReadProcess × %d", tk.nProcs), ms(tk.procs)},
 		phase{"first sweep: the rest (internal/state)", sweep - ms(tk.programs+tk.maps+tk.holders+tk.procs)},
@@ -187,4 +187,12 @@ func measureStatsPhases() ([]phase, error) {
 	}
 	lap("encode the rows as JSON (publish.WriteRowsJSON, as stats -o json)")
 	return phases, nil
+}
+
+// mapReadHow says how ReadMaps reads many maps on k.
+func mapReadHow(k *loader.Kernel) string {
+	if k.MapIterator() != nil {
+		return "bpf(2) + fdinfo once per shape, on 4 workers"
+	}
+	return "map iterator + fdinfo once per shape"
 }
