@@ -33,8 +33,8 @@ func (r *report) daemonSection(b *strings.Builder) {
 	p("subscriber, idle programs. The `compact rows` row is the first setup with `--compact-rows` (full\n")
 	p("program rows only when they change or every 30 intervals: see docs/nats.md), which needs\n")
 	p("consumers that know the `rows` field, and so is not the default. `of which file`: the part of\n")
-	p("the RSS at the end that is file-backed (RssFile: the pages of the tracker binary and libc that it\n")
-	p("touched), the rest being its heap and stacks.\n\n")
+	p("the RSS at the end that is file-backed (RssFile: the pages of the tracker binary that it touched;\n")
+	p("it is static, with no libc), the rest being its heap and stacks.\n\n")
 	p("| N | setup | CPU, %% of a core | start-up CPU | peak RSS (VmHWM) | RSS at end | of which file | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
