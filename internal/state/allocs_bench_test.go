@@ -66,3 +66,20 @@ func BenchmarkSweepAllocs(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFirstSweep is a one-shot's work in internal/state: a new
+// Tracker's Resync and first Sweep of n programs (fake kernel), the
+// inventory, maps and rows all built from nothing.
+func BenchmarkFirstSweep(b *testing.B) {
+	for _, n := range allocsSizes {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			k := batchFakeKernel{benchFake(n)}
+			b.ReportAllocs()
+			for b.Loop() {
+				primedTracker(b, k)
+			}
+			ops := float64(b.N) * float64(n)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/ops, "ns/prog")
+		})
+	}
+}

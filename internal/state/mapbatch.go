@@ -64,6 +64,9 @@ func (t *Tracker) batchReadMaps() {
 			reads = append(reads, mapRead{id, *info, err})
 		})
 	})
+	if len(t.maps) == 0 {
+		t.maps = make(map[uint32]*mapEntry, len(reads)) // sized once, as in Resync
+	}
 	for i := range reads {
 		id, info, err := reads[i].id, &reads[i].info, reads[i].err
 		m, known := t.maps[id]

@@ -32,6 +32,12 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 		return 0, 0, fmt.Errorf("resync: %w", err)
 	}
 	clear(t.seen)
+	if len(t.programs) == 0 {
+		// The first listing (a one-shot, a daemon's start): sized once
+		// rather than grown and rehashed through every power of two.
+		t.programs = make(map[uint32]*program, len(ids))
+		t.seen = make(map[uint32]struct{}, len(ids))
+	}
 	for _, id := range ids {
 		t.seen[id] = struct{}{}
 		if _, ok := t.programs[id]; !ok && t.goneMatch(id, [8]byte{}) == nil {
