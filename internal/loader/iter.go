@@ -176,8 +176,11 @@ var errIteratorsOff = errors.New("iterators turned off")
 // Holders must read a /proc other than the host's. oneSweep is
 // KernelOptions.OneSweep: the iterator without map IDs is not loaded, and
 // the others keep the output of their checks for the reads of the one
-// sweep (see bpfIter.kept). All are loaded before any is checked, so that
-// every check lists all of them.
+// sweep (see bpfIter.kept). All are loaded before any program or file is
+// checked, so that every check lists all of them. The loads share the
+// kernel BTF (decoded once, first) and run at the same time, as do the
+// checks: most of a load is the kernel's verifier, which then keeps every
+// CPU busy rather than one.
 func loadIterators(withFiles, oneSweep bool) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff, mapsErr: errIteratorsOff}
 	spec, err := loadIter()
@@ -187,32 +190,44 @@ func loadIterators(withFiles, oneSweep bool) *iterators {
 		return its
 	}
 	opts := iterLoadOptions()
-	its.maps, its.mapsErr = loadMapIter(spec, opts, oneSweep)
-	if oneSweep {
-		its.ahead = startMapsAhead(its.maps)
-	}
-	its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts, !oneSweep)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		its.maps, its.mapsErr = loadMapIter(spec, opts, oneSweep)
+		if oneSweep {
+			its.ahead = startMapsAhead(its.maps)
+		}
+	})
+	wg.Go(func() { its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts, !oneSweep) })
 	if withFiles {
-		its.files, its.filesErr = loadFileIter(spec, opts)
+		wg.Go(func() { its.files, its.filesErr = loadFileIter(spec, opts) })
 	} else {
 		its.filesErr = errors.New("proc root is not /proc")
 	}
-	if its.progsErr == nil {
-		if err := checkProgIters(its.progs, its.progStats, oneSweep); err != nil {
-			its.progs, its.progStats, its.progsErr = nil, nil, err
+	wg.Wait()
+	var filesData []byte
+	wg.Go(func() {
+		if its.progsErr == nil {
+			if err := checkProgIters(its.progs, its.progStats, oneSweep); err != nil {
+				its.progs, its.progStats, its.progsErr = nil, nil, err
+			}
 		}
-	}
-	if its.files != nil {
+	})
+	wg.Go(func() {
+		if its.files == nil {
+			return
+		}
 		data, err := checkFileIter(its.files)
-		switch {
-		case err != nil:
+		if err != nil {
 			its.files.close()
 			its.files, its.filesErr = nil, fmt.Errorf("iter/task_file self-check: %w", err)
-		case oneSweep && its.progsErr == nil:
-			// Not when the program iterators were closed meanwhile:
-			// the output would list them.
-			its.files.kept = data
 		}
+		filesData = data
+	})
+	wg.Wait()
+	// Not when the program iterators were closed meanwhile: the output
+	// would list them.
+	if its.files != nil && oneSweep && its.progsErr == nil {
+		its.files.kept = filesData
 	}
 	return its
 }
