@@ -80,13 +80,15 @@ const oneShotMemoryLimit = 1 << 30
 // oneShotGC turns garbage collection off up to oneShotMemoryLimit, unless
 // GOGC or GOMEMLIMIT say otherwise: a one-shot exits right after its one
 // answer, so collecting what it allocated on the way only adds to its time
-// (the collector was a fifth of its CPU at 5000 programs).
-func oneShotGC() {
+// (the collector was a fifth of its CPU at 5000 programs). It reports
+// whether it did.
+func oneShotGC() bool {
 	if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
-		return
+		return false
 	}
 	debug.SetMemoryLimit(oneShotMemoryLimit)
 	debug.SetGCPercent(-1)
+	return true
 }
 
 func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -117,7 +119,9 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	open := func() (*pipeline, error) { return openPipeline(&c, log, true) }
 	if *count == 1 {
 		open = func() (*pipeline, error) { return openOneShot(&c, log) }
-		oneShotGC()
+		if oneShotGC() {
+			oneShotHugeHeap()
+		}
 	}
 	p, err := open()
 	if err != nil {
