@@ -64,13 +64,16 @@ func (k mapBatchKernel) ReadMaps(ids []uint32, fn func(uint32, *loader.MapInfo, 
 	}
 }
 
-// yieldCounter is the inline pacer, counting its yields.
+// yieldCounter is the inline pacer, counting its yields and its yields
+// to loads.
 type yieldCounter struct {
 	inline
-	yields int
+	yields, loads int
 }
 
 func (c *yieldCounter) yield() { c.yields++ }
+
+func (c *yieldCounter) yieldLoads() { c.loads++ }
 
 // Reading the maps of thousands of programs yields to events every
 // yieldEvery programs or maps in each of its passes, not only while it

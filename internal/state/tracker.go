@@ -129,6 +129,8 @@ type Tracker struct {
 	// rowGen numbers the changes of program rows' lists (see rowSum).
 	rowGen      uint64
 	commScratch []string
+	// idBits is the bitmap of distinctIDs, for the sums' lists.
+	idBits []uint64
 	// rowVer numbers the changes of program rows (see program.rowVer).
 	rowVer uint64
 	// mapsStale is set when a program came, went or changed its maps
