@@ -15,10 +15,11 @@ const pauseEvery = 4096
 // map IDs, which the kernel hands out in sequence: when the IDs span at
 // most 64 times their number, a bitmap kept in *scratch does it in linear
 // time, in passes that call pause every pauseEvery IDs or words, so that
-// a snapshot being built lets events in (see pace.go). Other inputs are
-// sorted, without pauses.
+// a snapshot being built lets events in (see pace.go). Other inputs, and
+// fewer IDs than a pass pauses after (which a sort handles in a small
+// fraction of a millisecond), are sorted, without pauses.
 func distinctIDs(ids []uint32, scratch *[]uint64, pause func()) []uint32 {
-	if len(ids) < 64 {
+	if len(ids) < pauseEvery {
 		slices.Sort(ids)
 		return slices.Compact(ids)
 	}

@@ -63,9 +63,9 @@ func TestDistinctIDs(t *testing.T) {
 		{"few", 40, 7, 100},
 		{"dense", 3 * pauseEvery, 1000, 2 * pauseEvery},
 		{"dense with repeats", 3 * pauseEvery, 1, pauseEvery / 4},
-		{"from zero", 500, 0, 600},
-		{"to the top", 500, math.MaxUint32 - 599, 600},
-		{"sparse", 500, 1, math.MaxUint32 - 1},
+		{"from zero", 2 * pauseEvery, 0, 3 * pauseEvery},
+		{"to the top", 2 * pauseEvery, math.MaxUint32 - (3*pauseEvery - 1), 3 * pauseEvery},
+		{"sparse", 2 * pauseEvery, 1, math.MaxUint32 - 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
