@@ -29,6 +29,7 @@ type daemonFlags struct {
 	metricsAddr string
 	metricsAll  bool
 	compactRows bool
+	maxMessage  int
 	pprofAddr   string
 	check       bool
 }
@@ -46,6 +47,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonFlags, error) {
 	fs.StringVar(&d.metricsAddr, "metrics-addr", publish.DefaultMetricsAddr, "address serving /metrics; empty disables")
 	fs.BoolVar(&d.metricsAll, "metrics-all", false, "export one metrics series per program too, not only per gadget")
 	fs.BoolVar(&d.compactRows, "compact-rows", false, "send a gadget's full program rows only when they change or every 30 intervals, compact rows between (docs/nats.md)")
+	fs.IntVar(&d.maxMessage, "max-message-bytes", publish.DefaultMaxMessageBytes, "split a message's program rows into parts of at most this many bytes (or the server's max_payload if smaller; docs/nats.md)")
 	fs.StringVar(&d.pprofAddr, "pprof-addr", "", "address serving net/http/pprof at /debug/pprof/ (host empty: 127.0.0.1); empty disables")
 	fs.BoolVar(&d.check, "check", false, "validate the configuration and the kernel's capabilities, print a report, exit")
 	fs.Usage = usageFunc(fs, "run [flags]", true)
@@ -70,6 +72,9 @@ func (d *daemonFlags) validate() error {
 			return usagef("--nats-listen %.100q: %v", d.natsListen, err)
 		}
 	}
+	if d.maxMessage < minMessageBytes || d.maxMessage > maxMessageBytes {
+		return usagef("--max-message-bytes %d: want %d to %d", d.maxMessage, minMessageBytes, maxMessageBytes)
+	}
 	if d.metricsAddr != "" {
 		if err := validateListen(d.metricsAddr); err != nil {
 			return usagef("--metrics-addr %.100q (empty disables): %v", d.metricsAddr, err)
@@ -82,6 +87,14 @@ func (d *daemonFlags) validate() error {
 	}
 	return nil
 }
+
+// The bounds of --max-message-bytes: below 4 KiB nearly every program row
+// would be a message of its own; above 1 GiB it is past any server's
+// max_payload, which bounds it anyway.
+const (
+	minMessageBytes = 4 << 10
+	maxMessageBytes = 1 << 30
+)
 
 // validateListen checks a listen address: host:port, the host empty (all
 // addresses), an IP or a host name, the port a number in 0-65535.
@@ -224,6 +237,8 @@ func (o *outputs) openNetwork(d *daemonFlags, log zerolog.Logger) error {
 		Interval:      d.common.interval,
 		KV:            d.nats.kv,
 		CompactRows:   d.compactRows,
+		// Also what nats.go's write buffer and the encoder's grow to.
+		MaxMessageBytes: d.maxMessage,
 	})
 	if err != nil {
 		return err

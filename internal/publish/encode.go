@@ -13,6 +13,11 @@ import (
 // own: a stock nats-server's max_payload.
 const defaultMaxPayload = 1 << 20
 
+// DefaultMaxMessageBytes is NATSOptions.MaxMessageBytes's default: a
+// quarter of a stock nats-server's max_payload, a few parts an interval
+// at thousands of programs.
+const DefaultMaxMessageBytes = 256 << 10
+
 // EncodeBuffers are the buffers an interval is encoded into. A sink has
 // its own; sinks publishing from one goroutine (the simulator's nodes)
 // may share one through NATSOptions.Buffers, so that K nodes do not hold
@@ -29,15 +34,18 @@ type EncodeBuffers struct {
 }
 
 // intervalEncoder encodes the messages of one interval into the sink's
-// buffers, splitting program rows into parts of at most limit bytes: at
+// buffers, splitting program rows into parts of at most target bytes (a
+// row larger than that alone gets a part of up to limit bytes): at
 // thousands of programs the _unowned message alone is megabytes, and
 // growing fresh buffers each interval dominated the publish.
 // nats.Conn.Publish copies the bytes; the key-value writes copy them.
 type intervalEncoder struct {
-	s     *NATSSink
-	b     *EncodeBuffers
-	limit int
-	msgs  []outMsg
+	s *NATSSink
+	b *EncodeBuffers
+	// limit is the server's max_payload, which no message exceeds;
+	// target, at most limit, the size parts are packed to.
+	limit, target int
+	msgs          []outMsg
 	// ext is what the item being encoded referred to, nil if it wrote to
 	// the row buffer.
 	ext []byte
@@ -49,13 +57,20 @@ type intervalEncoder struct {
 }
 
 // newIntervalEncoder empties the sink's buffers; messages will be at most
-// limit bytes. The caller holds s.mu and s.bufs.mu.
+// limit bytes, parts packed to NATSOptions.MaxMessageBytes. The caller
+// holds s.mu and s.bufs.mu.
 func (s *NATSSink) newIntervalEncoder(n int, limit int64) *intervalEncoder {
 	s.bufs.enc.Reset()
 	if limit <= 0 {
 		limit = defaultMaxPayload
 	}
-	return &intervalEncoder{s: s, b: s.bufs, limit: int(min(limit, 1<<30)), msgs: make([]outMsg, 0, n)}
+	e := &intervalEncoder{s: s, b: s.bufs, limit: int(min(limit, 1<<30)), msgs: make([]outMsg, 0, n)}
+	want := s.opts.MaxMessageBytes
+	if want <= 0 {
+		want = DefaultMaxMessageBytes
+	}
+	e.target = min(e.limit, want)
+	return e
 }
 
 // add encodes v, a message without program rows, for the subject token
@@ -122,15 +137,15 @@ func (e *intervalEncoder) addArray(tok string, h *Header, msg any, key string, n
 	if err != nil {
 		return fmt.Errorf("encoding %s message: %w", tok, err)
 	}
-	room := e.limit - len(env)
-	if room < 0 {
+	room, most := e.target-len(env), e.limit-len(env)
+	if most < 0 {
 		e.dropped++
 		return fmt.Errorf("%s message of %d bytes without its %s exceeds the server's max_payload of %d", tok, len(env), key, e.limit)
 	}
 	if err := e.encodeItems(n, item); err != nil {
 		return fmt.Errorf("encoding %s %s: %w", tok, key, err)
 	}
-	parts := e.packRows(room)
+	parts := e.packRows(max(room, 0), most)
 	h.Parts = len(parts)
 	for i, p := range parts {
 		h.Part = i + 1
@@ -209,11 +224,12 @@ type rowRange struct{ first, end int }
 
 // packRows splits the encoded rows into consecutive parts of at most room
 // bytes (rows and the commas between them), at least one part. A row
-// longer than room is dropped and counted.
-func (e *intervalEncoder) packRows(room int) []rowRange {
+// longer than room is a part by itself; one longer than most (room's
+// bound from the server's max_payload) is dropped and counted.
+func (e *intervalEncoder) packRows(room, most int) []rowRange {
 	kept := e.b.elems[:0]
 	for _, el := range e.b.elems {
-		if len(el) > room {
+		if len(el) > most {
 			e.dropped++
 			continue
 		}

@@ -73,7 +73,9 @@ type partMsg struct {
 
 // interval is what a subscriber received of one seq, by subject.
 type interval struct {
-	parts   map[string][]partMsg
+	parts map[string][]partMsg
+	// sizes are the parts' sizes in bytes.
+	sizes   map[string][]int
 	node    *NodeMessage
 	summary []SummaryMessage
 }
@@ -95,7 +97,7 @@ func collectIntervals(t *testing.T, sub *testutil.Subscription, node string, las
 		}
 		iv := got[h.Seq]
 		if iv == nil {
-			iv = &interval{parts: map[string][]partMsg{}}
+			iv = &interval{parts: map[string][]partMsg{}, sizes: map[string][]int{}}
 			got[h.Seq] = iv
 		}
 		switch h.Type {
@@ -111,6 +113,7 @@ func collectIntervals(t *testing.T, sub *testutil.Subscription, node string, las
 			continue
 		}
 		iv.parts[m.Subject] = append(iv.parts[m.Subject], testutil.Decode[partMsg](t, m))
+		iv.sizes[m.Subject] = append(iv.sizes[m.Subject], len(m.Data))
 	}
 }
 
@@ -143,30 +146,38 @@ func wantIDs(snap *state.Snapshot) map[string][]uint32 {
 // TestNATSPartsFitMaxPayload publishes a 5000-program gadget and 5000
 // unowned programs for three intervals, to a stock nats-server (1 MiB
 // max_payload), the embedded server (8 MiB) and a server with a 64 KiB
-// max_payload, and checks that every program arrives in every interval.
+// max_payload, and checks that every program arrives in every interval,
+// in parts of at most DefaultMaxMessageBytes (or max_payload when
+// smaller) packed to more than half of that; with MaxMessageBytes past
+// max_payload, parts are packed to max_payload.
 func TestNATSPartsFitMaxPayload(t *testing.T) {
+	embedded := func(t *testing.T) string {
+		es, err := StartEmbedded(EmbeddedOptions{Listen: "127.0.0.1:0", Logger: testutil.NewLogWatch(t).Logger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(es.Shutdown)
+		return es.ClientURL()
+	}
 	for _, c := range []struct {
 		name  string
 		start func(t *testing.T) string
 		limit int
+		// maxMessage is NATSOptions.MaxMessageBytes, bound the size of
+		// the largest part.
+		maxMessage, bound int
 	}{
-		{"standalone", func(t *testing.T) string { return testutil.StartStandaloneNATS(t).URL }, 1 << 20},
-		{"embedded", func(t *testing.T) string {
-			es, err := StartEmbedded(EmbeddedOptions{Listen: "127.0.0.1:0", Logger: testutil.NewLogWatch(t).Logger()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(es.Shutdown)
-			return es.ClientURL()
-		}, 8 << 20},
+		{"standalone", func(t *testing.T) string { return testutil.StartStandaloneNATS(t).URL }, 1 << 20, 0, DefaultMaxMessageBytes},
+		{"embedded", embedded, 8 << 20, 0, DefaultMaxMessageBytes},
+		{"embedded, max_payload parts", embedded, 8 << 20, 1 << 30, 8 << 20},
 		{"64KiB", func(t *testing.T) string {
 			return testutil.StartNATS(t, &server.Options{MaxPayload: 64 << 10}).ClientURL()
-		}, 64 << 10},
+		}, 64 << 10, 0, 64 << 10},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			url := c.start(t)
 			sub := testutil.Subscribe(t, url, "bpfstats.>")
-			sink := newTestSink(t, url, "big", testutil.NewLogWatch(t).Logger(), nil)
+			sink := newTestSink(t, url, "big", testutil.NewLogWatch(t).Logger(), func(o *NATSOptions) { o.MaxMessageBytes = c.maxMessage })
 			if got := sink.conn.Load().nc.MaxPayload(); got != int64(c.limit) {
 				t.Fatalf("server max_payload %d, want %d", got, c.limit)
 			}
@@ -177,7 +188,7 @@ func TestNATSPartsFitMaxPayload(t *testing.T) {
 					t.Fatalf("interval %d: %v", i+1, err)
 				}
 			}
-			got := collectIntervals(t, sub, "big", 3, c.limit)
+			got := collectIntervals(t, sub, "big", 3, c.bound)
 			want := wantIDs(snap)
 			for seq := uint64(1); seq <= 3; seq++ {
 				iv := got[seq]
@@ -192,6 +203,14 @@ func TestNATSPartsFitMaxPayload(t *testing.T) {
 				if tot := iv.parts["bpfstats.big.g1"][0].Totals; tot.ProgramCount != 5000 {
 					t.Errorf("interval %d: gadget totals %+v", seq, tot)
 				}
+				for _, subject := range []string{"bpfstats.big.g1", "bpfstats.big._unowned"} {
+					sizes := iv.sizes[subject]
+					for i, n := range sizes[:len(sizes)-1] {
+						if n <= c.bound/2 {
+							t.Errorf("interval %d: %s part %d of %d has %d bytes: not packed to %d", seq, subject, i+1, len(sizes), n, c.bound)
+						}
+					}
+				}
 				t.Logf("interval %d: gadget in %d parts, unowned in %d", seq,
 					len(iv.parts["bpfstats.big.g1"]), len(iv.parts["bpfstats.big._unowned"]))
 			}
@@ -202,15 +221,21 @@ func TestNATSPartsFitMaxPayload(t *testing.T) {
 	}
 }
 
-// TestNATSOversizedRow drops the one row that cannot fit a message and
-// keeps every other.
-func TestNATSOversizedRow(t *testing.T) {
+// hugeRowSnapshot is a 50-program gadget whose eighth row has 2000 holder
+// PIDs (about 14 KB), and an offline sink to encode it.
+func hugeRowSnapshot() (*state.Snapshot, *state.Row, *NATSSink) {
 	snap := bigSnapshot("node_a", []string{"g1"}, 50, 0, testTime)
 	huge := &snap.Programs[7]
 	for i := range 2000 {
 		huge.PIDs = append(huge.PIDs, uint32(100000+i))
 	}
-	sink := offlineSink("node_a", 1, "i")
+	return snap, huge, offlineSink("node_a", 1, "i")
+}
+
+// TestNATSOversizedRow drops the one row that cannot fit a message and
+// keeps every other.
+func TestNATSOversizedRow(t *testing.T) {
+	snap, huge, sink := hugeRowSnapshot()
 	const limit = 4096
 	msgs, err := sink.encodeInterval(snap, limit, false, nil)
 	if err == nil || !strings.Contains(err.Error(), "1 program rows or messages left out") {
@@ -241,6 +266,37 @@ func TestNATSOversizedRow(t *testing.T) {
 	want := slices.DeleteFunc(wantIDs(snap)["g1"], func(id uint32) bool { return id == huge.ProgID })
 	if len(parts) < 2 || !slices.Equal(ids, want) {
 		t.Errorf("%d parts with %v, want all but %d", len(parts), ids, huge.ProgID)
+	}
+}
+
+// TestNATSRowLargerThanPart sends a row too large for a part of
+// MaxMessageBytes, but within max_payload, in a part of its own, and
+// packs every other part to MaxMessageBytes.
+func TestNATSRowLargerThanPart(t *testing.T) {
+	snap, huge, sink := hugeRowSnapshot()
+	const part, limit = 4096, 64 << 10
+	sink.opts.MaxMessageBytes = part
+	msgs, err := sink.encodeInterval(snap, limit, false, nil)
+	if err != nil || sink.PublishErrors() != 0 {
+		t.Fatalf("error %v, %d publish errors; want none", err, sink.PublishErrors())
+	}
+	var parts []partMsg
+	for _, m := range msgs {
+		if m.subject != sink.Subject("g1") {
+			continue
+		}
+		var p partMsg
+		if err := json.Unmarshal(m.data, &p); err != nil {
+			t.Fatalf("%v: %s", err, m.data)
+		}
+		parts = append(parts, p)
+		alone := len(p.Programs) == 1 && p.Programs[0].ProgID == huge.ProgID
+		if len(m.data) > limit || (len(m.data) > part) != alone {
+			t.Errorf("part %d: %d bytes with %d programs (the large row alone: %v)", len(parts), len(m.data), len(p.Programs), alone)
+		}
+	}
+	if ids := checkParts(t, "g1", parts, "i"); !slices.Equal(ids, wantIDs(snap)["g1"]) {
+		t.Errorf("%d parts with %v, want every program in order", len(parts), ids)
 	}
 }
 

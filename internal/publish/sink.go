@@ -58,6 +58,14 @@ type NATSOptions struct {
 	// _unowned messages: for nodes only fleet consumers follow (the
 	// simulator's largest fleets).
 	SummaryOnly bool
+	// MaxMessageBytes is the size a message's program rows (a summary's
+	// gadgets) are split at: each part is at most the smaller of this and
+	// the server's max_payload, but for a row too large for it alone,
+	// which gets a part of its own of up to max_payload. Smaller parts
+	// keep the tracker's and nats.go's buffers small (each grows to the
+	// largest message), most of all against the embedded server's 8 MiB
+	// max_payload. Default DefaultMaxMessageBytes.
+	MaxMessageBytes int
 
 	// KV also keeps the latest full message of every gadget and
 	// _unowned, and the latest summary, in the JetStream key-value bucket
@@ -177,6 +185,9 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 	}
 	if opts.CPUs <= 0 {
 		opts.CPUs = runtime.NumCPU()
+	}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	if opts.FullEvery <= 0 {
 		opts.FullEvery = DefaultFullEvery
