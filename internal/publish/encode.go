@@ -28,6 +28,9 @@ type EncodeBuffers struct {
 	// row the encoded array elements (program rows) of one message that
 	// are not kept elsewhere.
 	enc, row bytes.Buffer
+	// code is where a program row is encoded before it is kept (see
+	// keepCode).
+	code []byte
 	// elems are the array elements of the message being encoded: in
 	// row, or kept elsewhere (see intervalEncoder.refer).
 	elems [][]byte

@@ -83,11 +83,12 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 		}
 		// The hand-written encoder: encoding/json's bytes, several times
 		// cheaper (see AppendRowJSON).
-		data, err := AppendRowJSON(c.data[:0], &one[0], "")
+		data, err := AppendRowJSON(e.b.code[:0], &one[0], "")
+		e.b.code = data[:0]
 		if err != nil {
 			return fmt.Errorf("encoding program %d: %w", r.ProgID, err)
 		}
-		c.data = data
+		c.data = keepCode(c.data, data)
 		c.version, c.attach, c.podName, c.podNamespace = ver, r.Attach, r.PodName, r.PodNamespace
 		c.seq = s.seq
 		s.rowCodesUsed++
@@ -111,13 +112,33 @@ func (s *NATSSink) compactRow(e *intervalEncoder, c *rowCode, r *state.Row, ver 
 		e.refer(c.compact)
 		return nil
 	}
-	data, err := appendCompactRowJSON(c.compact[:0], r)
+	data, err := appendCompactRowJSON(e.b.code[:0], r)
+	e.b.code = data[:0]
 	if err != nil {
 		return fmt.Errorf("encoding program %d: %w", r.ProgID, err)
 	}
-	c.compact, c.compactVersion = data, ver
+	c.compact, c.compactVersion = keepCode(c.compact, data), ver
 	e.refer(c.compact)
 	return nil
+}
+
+// codeSlack is the least room a kept encoding gets beyond its length: a
+// row's numbers grow a digit now and then, and its next encoding should
+// still fit. The allocation's size class usually adds more.
+const codeSlack = 8
+
+// keepCode copies data, a new encoding, into dst, the row's kept one, and
+// returns it: in place when it fits and dst is not more than twice as
+// large, else in a new slice of the size class that holds
+// len(data)+codeSlack. Encodings are made in a scratch buffer and copied
+// because append grows a slice to up to twice what it holds: kept
+// encodings grown in place held up to three quarters of their length
+// spare, and their growth left garbage each time.
+func keepCode(dst, data []byte) []byte {
+	if cap(dst) < len(data) || cap(dst) > 2*len(data)+codeSlack {
+		dst = slices.Grow([]byte(nil), len(data)+codeSlack)
+	}
+	return append(dst[:0], data...)
 }
 
 // forgetRowCodes drops the encodings this interval did not use (programs

@@ -101,9 +101,19 @@ func testRowEncodingsReused(t *testing.T, compact bool) {
 
 // checkKeptEncodings checks each kept encoding, made by the hand-written
 // encoders, against encoding/json's of the same row (named after the
-// sink's node, labels cleaned) or CompactRow.
+// sink's node, labels cleaned) or CompactRow, and that they hold little
+// spare room: thousands are kept.
 func checkKeptEncodings(t *testing.T, s *NATSSink, snap *state.Snapshot) {
 	t.Helper()
+	var size, room int
+	for _, c := range s.rowCodes {
+		size += len(c.data) + len(c.compact)
+		room += cap(c.data) + cap(c.compact)
+	}
+	// Size classes are at most 1/8 apart up to 32 KiB.
+	if n := len(s.rowCodes); room > size+size/8+2*n*codeSlack {
+		t.Errorf("%d kept encodings of %d bytes take %d bytes: more than the size class and %d spare each", n, size, room, codeSlack)
+	}
 	for k := range snap.Programs {
 		r := snap.Programs[k]
 		c := s.rowCodes[r.ProgID]
