@@ -5,8 +5,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bpfstats/tracker/internal/publish"
 	"github.com/bpfstats/tracker/internal/state"
@@ -108,6 +110,8 @@ func TestTopReadsKeyValueFirst(t *testing.T) {
 	natsAddr := testutil.FreeAddr(t)
 	startDaemon(t, "kvgadget", "--nats-listen", natsAddr, "--kv", "--node", "kvnode",
 		"--metrics-addr", "", "--interval", "1h", "--print")
+	// The daemon prints before its asynchronous key-value writes land.
+	waitKVGadget(t, "nats://"+natsAddr, "kvnode")
 	// The interval is an hour: only the bucket can fill top's first print.
 	var out testgadget.SyncBuffer
 	err := run(t.Context(), []string{"top", "--nats-url", "nats://" + natsAddr, "--kv", "--node", "kvnode", "--count", "1",
@@ -117,5 +121,44 @@ func TestTopReadsKeyValueFirst(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"gadgetName":"kvgadget"`) || !strings.Contains(out.String(), `"nodeName":"kvnode"`) {
 		t.Fatalf("top --kv first print lacks the gadget: %s", out.String())
+	}
+}
+
+// waitKVGadget waits until the tracker's bucket at url holds the summary
+// and a gadget's message of node.
+func waitKVGadget(t *testing.T, url, node string) {
+	t.Helper()
+	nc, err := publish.ConnectNATS(publish.ConnOptions{URLs: url, Name: "bpfstats-kv-test", FailFast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), publish.DefaultKVBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.Watch(t.Context(), node+".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop() //nolint:errcheck // a watcher of a test
+	summary, gadget := false, false
+	timeout := time.After(testutil.Wait)
+	for !summary || !gadget {
+		select {
+		case e := <-w.Updates():
+			if e == nil {
+				continue // the existing keys were delivered
+			}
+			tok := strings.TrimPrefix(e.Key(), node+".")
+			summary = summary || tok == publish.TokenSummary
+			gadget = gadget || !strings.HasPrefix(tok, "_")
+		case <-timeout:
+			t.Fatalf("bucket lacks %s's summary (%v) or a gadget (%v) after %v", node, summary, gadget, testutil.Wait)
+		}
 	}
 }
