@@ -122,11 +122,11 @@ func (t *Tracker) load(ev loader.ProgramEvent) {
 		return
 	}
 	if p, ok := t.programs[ev.ProgramID]; ok {
-		if tagsMatch(ev.Tag, p.tag) {
+		if tagsMatch(ev.Tag, p.info.Tag) {
 			// A sweep or resync found it before the event arrived: learn
 			// what the event adds, and publish the load now.
-			if p.tag == ([8]byte{}) {
-				p.tag = ev.Tag
+			if p.info.Tag == ([8]byte{}) {
+				p.info.Tag = ev.Tag
 			}
 			if p.loader == nil {
 				t.attribute(p, ev)
@@ -137,21 +137,21 @@ func (t *Tracker) load(ev loader.ProgramEvent) {
 		// Same ID, other program: the release was missed and the ID reused.
 		t.drop(p, nil)
 	}
-	p := &program{id: ev.ProgramID, tag: ev.Tag, name: ev.Name, progType: ev.Type}
-	if p.name == "" || p.progType == 0 || p.tag == ([8]byte{}) {
+	p := &program{id: ev.ProgramID, info: loader.ProgramInfo{Tag: ev.Tag, Name: ev.Name, Type: ev.Type}}
+	if p.info.Name == "" || p.info.Type == 0 || p.info.Tag == ([8]byte{}) {
 		// The event does not say it all: one read names the program for
 		// the event's consumers, and tells whether it is still there. Its
 		// stats wait for the sweep.
 		info, err := t.kernel.ReadProgram(p.id)
 		switch {
-		case err == nil && tagsMatch(p.tag, info.Tag):
-			p.name, p.progType = info.Name, info.Type
+		case err == nil && tagsMatch(p.info.Tag, info.Tag):
+			p.info.Name, p.info.Type = info.Name, info.Type
 			if info.Tag != ([8]byte{}) {
-				p.tag = info.Tag
+				p.info.Tag = info.Tag
 			}
 		case err == nil || errors.Is(err, os.ErrNotExist):
 			// Gone, its ID free or already another program's.
-			t.loadGone(ev, t.noteGone(p.id, p.tag, p.name, p.progType))
+			t.loadGone(ev, t.noteGone(p.id, p.info.Tag, p.info.Name, p.info.Type))
 			return
 		}
 	}
@@ -168,15 +168,15 @@ func (t *Tracker) loadGone(ev loader.ProgramEvent, g *goneProgram) {
 	}
 	g.loadSeen = true
 	t.counters.LoadsGone++
-	p := &program{id: ev.ProgramID, tag: ev.Tag, name: ev.Name, progType: ev.Type}
-	if p.tag == ([8]byte{}) {
-		p.tag = g.tag
+	p := &program{id: ev.ProgramID, info: loader.ProgramInfo{Tag: ev.Tag, Name: ev.Name, Type: ev.Type}}
+	if p.info.Tag == ([8]byte{}) {
+		p.info.Tag = g.tag
 	}
-	if p.name == "" {
-		p.name = g.name
+	if p.info.Name == "" {
+		p.info.Name = g.name
 	}
-	if p.progType == 0 {
-		p.progType = g.progType
+	if p.info.Type == 0 {
+		p.info.Type = g.progType
 	}
 	var gadget *gadget
 	if proc, ok := t.eventProcess(ev); ok {
@@ -206,7 +206,7 @@ func (t *Tracker) announce(p *program, ev loader.ProgramEvent) {
 }
 
 func (t *Tracker) release(ev loader.ProgramEvent) {
-	if p, ok := t.programs[ev.ProgramID]; ok && tagsMatch(ev.Tag, p.tag) {
+	if p, ok := t.programs[ev.ProgramID]; ok && tagsMatch(ev.Tag, p.info.Tag) {
 		t.drop(p, &ev)
 		return
 	}
@@ -227,15 +227,15 @@ func (t *Tracker) release(ev loader.ProgramEvent) {
 // its load was published, and notes it gone so that late events about it
 // pair up.
 func (t *Tracker) drop(p *program, ev *loader.ProgramEvent) {
-	g := t.noteGone(p.id, p.tag, p.name, p.progType)
+	g := t.noteGone(p.id, p.info.Tag, p.info.Name, p.info.Type)
 	g.loadSeen = p.announced
 	if ev != nil {
 		g.releaseSeen, g.releaseTime = true, ev.KernelTime
-		if p.name == "" {
-			p.name = ev.Name
+		if p.info.Name == "" {
+			p.info.Name = ev.Name
 		}
-		if p.progType == 0 {
-			p.progType = ev.Type
+		if p.info.Type == 0 {
+			p.info.Type = ev.Type
 		}
 	}
 	if p.announced {
@@ -252,9 +252,9 @@ func (t *Tracker) event(kind string, p *program, kernelTime uint64) *Event {
 	out := &Event{
 		Kind:       kind,
 		ProgID:     p.id,
-		ProgName:   p.name,
-		ProgType:   progTypeName(p.progType),
-		Tag:        hex.EncodeToString(p.tag[:]),
+		ProgName:   p.info.Name,
+		ProgType:   progTypeName(p.info.Type),
+		Tag:        hex.EncodeToString(p.info.Tag[:]),
 		Loader:     p.loader,
 		KernelTime: kernelTime,
 		Time:       t.opts.now(),

@@ -20,7 +20,8 @@ func (t *Tracker) labelsOf(p *program) *programLabels {
 	if p.labels == nil {
 		p.labels = t.objectLabels(p)
 		if p.labels.key() == "" {
-			p.labels.id, p.labels.name, p.labels.image = p.registration.id, p.registration.name, p.registration.image
+			reg := p.registered()
+			p.labels.id, p.labels.name, p.labels.image = reg.id, reg.name, reg.image
 		}
 	}
 	return p.labels
@@ -35,7 +36,7 @@ func (t *Tracker) objectLabels(p *program) *programLabels {
 	md, err := r.ReadProgramMetadata(p.id)
 	l := &programLabels{final: err != nil || md.Rodata || p.read}
 	// A tag that differs: the ID is another program's now; p is gone.
-	if err == nil && tagsMatch(p.tag, md.Tag) {
+	if err == nil && tagsMatch(p.info.Tag, md.Tag) {
 		l.id, l.name, l.image = md.Vars[metaID], md.Vars[metaName], md.Vars[metaImage]
 	}
 	return l
@@ -107,18 +108,29 @@ func (t *Tracker) ownsGadget(proc *loader.Process) bool {
 
 // place sets where p's loader ran, once: from the load event's cgroup ID
 // when the kernel resolves it (the fentry source), else from the
-// process's cgroup (nil proc: unknown yet).
+// process's cgroup (nil proc: unknown yet). It is set in p's row, which
+// is the only copy (a Placement is 128 bytes, for thousands of
+// programs), and marks the row's head for refreshing.
 func (t *Tracker) place(p *program, cgroupID uint64, proc *loader.Process) {
-	if p.where.Cgroup != "" {
+	if p.row.Cgroup != "" {
 		return
 	}
 	if r, ok := t.kernel.(CgroupResolver); ok && cgroupID != 0 {
 		if path, err := r.CgroupPath(cgroupID); err == nil {
-			p.where = placementOf(path)
+			p.setPlacement(placementOf(path))
 			return
 		}
 	}
 	if proc != nil {
-		p.where = placementOf(proc.Cgroup)
+		// A process without a cgroup path leaves it empty: asked again.
+		p.setPlacement(placementOf(proc.Cgroup))
+	}
+}
+
+// setPlacement sets p's placement, marking it placed only when it
+// changed: a row refreshed every sweep would be encoded every interval.
+func (p *program) setPlacement(pl Placement) {
+	if pl != p.row.Placement {
+		p.row.Placement, p.placed = pl, true
 	}
 }

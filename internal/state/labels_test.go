@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/bpfstats/tracker/internal/loader"
@@ -185,6 +186,46 @@ func TestProgramLabelsBoundAfterLoad(t *testing.T) {
 	// A program without .rodata is read once; the sweep's map IDs tell.
 	if n := k.metaReads[4]; n > 1 {
 		t.Errorf("program 4: %d metadata reads, want at most 1", n)
+	}
+}
+
+// A program a sweep found without a holder has no placement; its load
+// event, applied after, places it: the next snapshot's row has the
+// event's cgroup and a new row and slow version, so that publishers
+// encode it again.
+func TestPlacementAfterRow(t *testing.T) {
+	k := newLabelKernel()
+	k.progs[5] = loader.ProgramInfo{ID: 5, Name: "p5", Tag: tag(5), LoadTime: 1}
+	k.cgroups[77] = "/system.slice/late.service"
+	// Program 6's holder has no cgroup path (cgroup v1, or unreadable).
+	k.procs[11] = loader.Process{PID: 11, StartTime: 600, Comm: "v1", Exe: "/usr/bin/v1"}
+	k.progs[6] = loader.ProgramInfo{ID: 6, Name: "p6", Tag: tag(6), LoadTime: 1}
+	k.holders[6] = []uint32{11}
+	tr := New(k, Options{Node: "n1", Source: "test"})
+	before := sweep(t, tr)
+	if r := programRow(t, before, 5); r.Placement != (Placement{}) {
+		t.Fatalf("unplaced program 5: placement %+v", r.Placement)
+	}
+	ev := load(5, 42) // a process gone by now: the cgroup ID alone places it
+	ev.CgroupID = 77
+	tr.apply(ev)
+	after := sweep(t, tr)
+	if r := programRow(t, after, 5); r.Cgroup != k.cgroups[77] || r.Unit != "late.service" {
+		t.Errorf("program 5 after its event: placement %+v, want %s", r.Placement, k.cgroups[77])
+	}
+	i := slices.IndexFunc(after.Programs, func(r Row) bool { return r.ProgID == 5 })
+	j := slices.IndexFunc(before.Programs, func(r Row) bool { return r.ProgID == 5 })
+	if after.RowVersion(i) == before.RowVersion(j) || after.SlowVersion(i) == before.SlowVersion(j) {
+		t.Errorf("program 5 placed: row version %d -> %d, slow %d -> %d; want both new",
+			before.RowVersion(j), after.RowVersion(i), before.SlowVersion(j), after.SlowVersion(i))
+	}
+	// Nothing changed: no program's row has a new version, not even one
+	// whose holder has no cgroup path (its placement stays empty).
+	again := sweep(t, tr)
+	for i, r := range again.Programs {
+		if again.RowVersion(i) != after.RowVersion(i) {
+			t.Errorf("program %d: row version %d -> %d without a change", r.ProgID, after.RowVersion(i), again.RowVersion(i))
+		}
 	}
 }
 

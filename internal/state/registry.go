@@ -21,6 +21,14 @@ type Registry interface {
 // registration is the labels a registration gives a program; zero for none.
 type registration struct{ id, name, image string }
 
+// registered is p's registration, zero for none.
+func (p *program) registered() registration {
+	if p.registration == nil {
+		return registration{}
+	}
+	return *p.registration
+}
+
 // regKey names one registration: a program ID and the tag of the program
 // registered under it.
 type regKey struct {
@@ -75,8 +83,11 @@ func (t *Tracker) applyRegistry() error {
 		if !p.read {
 			continue // no tag yet: the next sweep
 		}
-		if want := t.reg.entries[regKey{p.id, p.tag}]; want != p.registration {
-			p.registration = want
+		if want := t.reg.entries[regKey{p.id, p.info.Tag}]; want != p.registered() {
+			p.registration = nil
+			if want != (registration{}) {
+				p.registration = &want
+			}
 			t.regroup(p)
 			// settleOwners gives it its gadget: it must run this sweep.
 			t.holdersStale = true
@@ -87,7 +98,7 @@ func (t *Tracker) applyRegistry() error {
 	}
 	gone := t.reg.gone[:0]
 	for k := range t.reg.entries {
-		if p, ok := t.programs[k.id]; ok && (!p.read || p.tag == k.tag) {
+		if p, ok := t.programs[k.id]; ok && (!p.read || p.info.Tag == k.tag) {
 			continue
 		}
 		gone = append(gone, loader.Registration{ProgID: k.id, Tag: k.tag})

@@ -160,9 +160,6 @@ func frozen[T any](v []T) []T {
 // compared before it is written, so that telling what changed needs no
 // copy of the row.
 func (t *Tracker) programRow(p *program) *Row {
-	if p.tagHex == "" || p.tagOf != p.tag {
-		p.tagHex, p.tagOf = hex.EncodeToString(p.tag[:]), p.tag
-	}
 	r := &p.row
 	tot := Totals{
 		Runtime:         p.info.RunTime,
@@ -231,17 +228,23 @@ func (t *Tracker) refreshHead(p *program, r *Row) bool {
 	if g := p.gadget; g != nil {
 		gid, gname, gimage = g.info.ID, g.info.Name, g.info.Image
 	}
-	typ := progTypeName(p.progType)
-	if p.rowOK && r.NodeName == t.opts.Node && r.ProgID == p.id && r.ProgName == p.name && r.ProgType == typ &&
-		r.Loader == p.loader && r.Tag == p.tagHex && r.GadgetID == gid && r.GadgetName == gname &&
-		r.GadgetImage == gimage && r.Placement == p.where {
+	typ := progTypeName(p.info.Type)
+	// Compared without allocating; a new string only when it changed.
+	var tag [2 * len(p.info.Tag)]byte
+	hex.Encode(tag[:], p.info.Tag[:])
+	// r.Placement is set by place alone, which marks it placed.
+	placed := p.placed
+	p.placed = false
+	if p.rowOK && !placed && r.NodeName == t.opts.Node && r.ProgID == p.id && r.ProgName == p.info.Name &&
+		r.ProgType == typ && r.Loader == p.loader && r.Tag == string(tag[:]) && r.GadgetID == gid &&
+		r.GadgetName == gname && r.GadgetImage == gimage {
 		return false
 	}
-	r.NodeName, r.ProgID, r.ProgName, r.ProgType = t.opts.Node, p.id, p.name, typ
-	r.Loader, r.Tag = p.loader, p.tagHex
-	// Where the loader ran; where the owner runs when no load event named
-	// the loader.
-	r.Placement = p.where
+	r.NodeName, r.ProgID, r.ProgName, r.ProgType = t.opts.Node, p.id, p.info.Name, typ
+	r.Loader = p.loader
+	if r.Tag != string(tag[:]) {
+		r.Tag = string(tag[:])
+	}
 	r.GadgetID, r.GadgetName, r.GadgetImage = gid, gname, gimage
 	return true
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"unsafe"
 
 	"github.com/bpfstats/tracker/internal/loader"
 )
@@ -114,5 +115,15 @@ func TestSumListsYieldsToLoads(t *testing.T) {
 	wantPIDs := (n-1)/50 + 1
 	if len(s.pids) != wantPIDs || s.pids[0] != 1000 {
 		t.Fatalf("%d distinct PIDs %v..., want %d from 1000", len(s.pids), head(s.pids), wantPIDs)
+	}
+}
+
+// A program's record is kept for each of thousands of programs: it stays
+// within the 768-byte size class (it took 1024 until the placement, tag,
+// name and type were kept once, in its row and its stats read). A field
+// that grows it past the class costs 256 more bytes per program.
+func TestProgramSize(t *testing.T) {
+	if n := unsafe.Sizeof(program{}); n > 768 {
+		t.Errorf("program is %d bytes, over the 768-byte size class", n)
 	}
 }

@@ -260,7 +260,7 @@ func (t *Tracker) audited(p *program, ok bool, id uint32, info *loader.ProgramIn
 			return nil // listed, unreadable: the next sweep tries again
 		}
 		return fmt.Errorf("reading program %d: %w", id, err)
-	case ok && tagsMatch(p.tag, info.Tag) && (!p.read || p.loadTime == info.LoadTime):
+	case ok && tagsMatch(p.info.Tag, info.Tag) && (!p.read || p.info.LoadTime == info.LoadTime):
 		t.merge(p, *info, now)
 		return nil
 	case ok:
@@ -297,10 +297,6 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 		p.runtimeD, p.runcntD, p.cpu, p.interval = 0, 0, 0, 0
 	}
 	p.read = true
-	p.loadTime = info.LoadTime
-	p.tag = info.Tag
-	p.name = info.Name
-	p.progType = info.Type
 	// Keep the map ID slice: the kernel reader may reuse its buffer.
 	sorted := append(t.mapScratch[:0], info.MapIDs...)
 	slices.Sort(sorted)

@@ -190,33 +190,33 @@ func (l *programLabels) key() string {
 }
 
 type program struct {
-	id  uint32
-	tag [8]byte
+	id uint32
 	// dropped is set when p leaves the inventory (see sortedPrograms).
-	dropped  bool
-	loadTime uint64 // 0 until the first read
-	name     string
-	progType uint32
+	dropped bool
 
 	gadget *gadget // nil: unowned
 	// loader is the process that loaded the program, when an event said so.
 	loader *ProcessRef
 	// labels are read once (see labelsOf); nil until then.
 	labels *programLabels
-	// registration is what the registry says about p (see registry.go).
-	registration registration
-	// where is the loader's placement (the owner's when no event named
-	// the loader); where.Cgroup is "" until known.
-	where Placement
+	// registration is what the registry says about p (see registry.go),
+	// nil for nothing (most programs: a pointer saves 40 bytes each).
+	registration *registration
 	// resolved is true once ownership was decided from an event or a holder.
 	resolved bool
 	// announced is true once its load was published: its release will be.
 	announced bool
+	read      bool // at least one successful stats read
+	hasDelta  bool
+	// placed is set when row.Placement, the loader's placement (the
+	// owner's when no event named the loader), was set since row was
+	// last refreshed: it is kept in the row alone (see place).
+	placed bool
 
-	read     bool // at least one successful stats read
+	// info is the last stats read; before the first, its Tag, Name and
+	// Type are what events said (LoadTime is 0 until the first read).
 	info     loader.ProgramInfo
 	readAt   time.Time
-	hasDelta bool
 	runtimeD uint64
 	runcntD  uint64
 	cpu      float64
@@ -224,14 +224,12 @@ type program struct {
 	// without a delta.
 	interval time.Duration
 	pids     []uint32
-	// tagHex caches the hex form of tagOf.
-	tagHex string
-	tagOf  [8]byte
 	// share is what p's holder counts of it (see retire.go).
 	share share
 	// row is p's row of the last snapshot, refreshed by the next (see
 	// rows.go); rowOK once built. rowGadget is the gadget it was built
-	// for, rowGen the generation of its lists.
+	// for, rowGen the generation of its lists. Its Placement is p's own
+	// (see place).
 	row       Row
 	rowOK     bool
 	rowGadget *gadget
