@@ -189,19 +189,13 @@ func (l *programLabels) key() string {
 	return ""
 }
 
+// program is what the tracker keeps of one program. Thousands are kept:
+// its fields are ordered so that it packs (flags together), and it stays
+// within a size class (see TestProgramSize).
 type program struct {
 	id uint32
 	// dropped is set when p leaves the inventory (see sortedPrograms).
 	dropped bool
-
-	gadget *gadget // nil: unowned
-	// loader is the process that loaded the program, when an event said so.
-	loader *ProcessRef
-	// labels are read once (see labelsOf); nil until then.
-	labels *programLabels
-	// registration is what the registry says about p (see registry.go),
-	// nil for nothing (most programs: a pointer saves 40 bytes each).
-	registration *registration
 	// resolved is true once ownership was decided from an event or a holder.
 	resolved bool
 	// announced is true once its load was published: its release will be.
@@ -212,6 +206,17 @@ type program struct {
 	// owner's when no event named the loader), was set since row was
 	// last refreshed: it is kept in the row alone (see place).
 	placed bool
+	// rowOK is set once row was built (see row).
+	rowOK bool
+
+	gadget *gadget // nil: unowned
+	// loader is the process that loaded the program, when an event said so.
+	loader *ProcessRef
+	// labels are read once (see labelsOf); nil until then.
+	labels *programLabels
+	// registration is what the registry says about p (see registry.go),
+	// nil for nothing (most programs: a pointer saves 40 bytes each).
+	registration *registration
 
 	// info is the last stats read; before the first, its Tag, Name and
 	// Type are what events said (LoadTime is 0 until the first read).
@@ -227,11 +232,9 @@ type program struct {
 	// share is what p's holder counts of it (see retire.go).
 	share share
 	// row is p's row of the last snapshot, refreshed by the next (see
-	// rows.go); rowOK once built. rowGadget is the gadget it was built
-	// for, rowGen the generation of its lists. Its Placement is p's own
-	// (see place).
+	// rows.go). rowGadget is the gadget it was built for, rowGen the
+	// generation of its lists. Its Placement is p's own (see place).
 	row       Row
-	rowOK     bool
 	rowGadget *gadget
 	rowGen    uint64
 	// rowVer is the Tracker's rowVer when row last changed in any field:
