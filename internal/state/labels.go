@@ -16,25 +16,33 @@ const rodataSuffix = ".rodata"
 // relabel; after that read, the map IDs tell without a syscall. A program
 // whose object has no labels takes those of its registration, if any
 // (registry.go): object labels win over a registration.
+//
+// The many programs without labels share one record (Tracker.noLabels):
+// labels are never written once set.
 func (t *Tracker) labelsOf(p *program) *programLabels {
 	if p.labels == nil {
-		p.labels = t.objectLabels(p)
-		if p.labels.key() == "" {
+		l := t.objectLabels(p)
+		if l.key() == "" {
 			reg := p.registered()
-			p.labels.id, p.labels.name, p.labels.image = reg.id, reg.name, reg.image
+			l.id, l.name, l.image = reg.id, reg.name, reg.image
+		}
+		if l == t.noLabels {
+			p.labels = &t.noLabels
+		} else {
+			p.labels = &l
 		}
 	}
 	return p.labels
 }
 
 // objectLabels reads the labels in p's object (its .rodata).
-func (t *Tracker) objectLabels(p *program) *programLabels {
+func (t *Tracker) objectLabels(p *program) programLabels {
 	r, ok := t.kernel.(MetadataReader)
 	if !ok || (p.read && !t.usesRodata(p)) {
-		return &programLabels{final: true}
+		return programLabels{final: true}
 	}
 	md, err := r.ReadProgramMetadata(p.id)
-	l := &programLabels{final: err != nil || md.Rodata || p.read}
+	l := programLabels{final: err != nil || md.Rodata || p.read}
 	// A tag that differs: the ID is another program's now; p is gone.
 	if err == nil && tagsMatch(p.info.Tag, md.Tag) {
 		l.id, l.name, l.image = md.Vars[metaID], md.Vars[metaName], md.Vars[metaImage]

@@ -89,6 +89,28 @@ func TestRegistrationsLabelAndAreCollected(t *testing.T) {
 	}
 }
 
+// Programs without labels share one record, which a registration never
+// writes to: the registered program gets its own.
+func TestUnlabelledProgramsShareLabels(t *testing.T) {
+	_, reg, tr := registryFixture(t)
+	reg.regs = []loader.Registration{{ProgID: 1, Tag: tag(1), Gadget: register.Gadget{ID: "g1"}}}
+	snap := sweep(t, tr)
+	if l := tr.programs[1].labels; l == &tr.noLabels || l.id != "g1" {
+		t.Errorf("registered program 1: labels %+v (shared: %v)", l, l == &tr.noLabels)
+	}
+	for _, id := range []uint32{2, 3} {
+		if tr.programs[id].labels != &tr.noLabels {
+			t.Errorf("program %d: labels %+v, not the shared record", id, tr.programs[id].labels)
+		}
+		if r := programRow(t, snap, id); r.GadgetID == "g1" {
+			t.Errorf("program %d took program 1's registration", id)
+		}
+	}
+	if tr.noLabels != (programLabels{final: true}) {
+		t.Errorf("shared labels written: %+v", tr.noLabels)
+	}
+}
+
 // A program no process holds (pinned) gets a gadget of its own from its
 // registration, and loses it when the registration goes.
 func TestRegistrationOfPinnedProgram(t *testing.T) {

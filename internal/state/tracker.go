@@ -75,6 +75,9 @@ type Tracker struct {
 	programs map[uint32]*program
 	gadgets  map[gadgetKey]*gadget
 	maps     map[uint32]*mapEntry
+	// noLabels are the labels of every program without any, final: one
+	// shared record, never written (see labelsOf).
+	noLabels programLabels
 	// processes caches what was read of a process instance, keyed by PID
 	// and checked against its start time.
 	processes map[uint32]*loader.Process
@@ -281,6 +284,7 @@ func New(k Kernel, opts Options) *Tracker {
 		processes: make(map[uint32]*loader.Process),
 		seen:      make(map[uint32]struct{}),
 		gone:      make(map[uint32]*goneProgram),
+		noLabels:  programLabels{final: true},
 	}
 }
 
