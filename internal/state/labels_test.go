@@ -1,6 +1,7 @@
 package state
 
 import (
+	"encoding/hex"
 	"fmt"
 	"os"
 	"slices"
@@ -226,6 +227,22 @@ func TestPlacementAfterRow(t *testing.T) {
 		if again.RowVersion(i) != after.RowVersion(i) {
 			t.Errorf("program %d: row version %d -> %d without a change", r.ProgID, after.RowVersion(i), again.RowVersion(i))
 		}
+	}
+}
+
+// A row built before its program's tag was known (an event without one,
+// the read not yet done) shows the tag once it is, with a new version.
+func TestRowTagLearnt(t *testing.T) {
+	tr := New(newFakeKernel(), Options{Node: "n1"})
+	p := &program{id: 1, info: loader.ProgramInfo{Name: "p1", Type: 2}}
+	r := tr.programRow(p)
+	ver := p.slowVer
+	if r.Tag != "0000000000000000" {
+		t.Fatalf("row without a tag: Tag %q", r.Tag)
+	}
+	p.info.Tag = tag(1)
+	if r := tr.programRow(p); r.Tag != hex.EncodeToString(p.info.Tag[:]) || p.slowVer == ver {
+		t.Errorf("tag learnt: row Tag %q, slow version %d -> %d; want %x and a new version", r.Tag, ver, p.slowVer, p.info.Tag)
 	}
 }
 

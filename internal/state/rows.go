@@ -166,7 +166,7 @@ func (t *Tracker) programRow(p *program) *Row {
 		Runcount:        p.info.RunCount,
 		RuntimeDelta:    p.runtimeD,
 		RuncountDelta:   p.runcntD,
-		CPUPercent:      p.cpu,
+		CPUPercent:      p.cpuPercent(),
 		RecursionMisses: p.info.RecursionMisses,
 		MapMemory:       r.MapMemory,
 		MapCount:        len(p.info.MapIDs),
@@ -229,21 +229,18 @@ func (t *Tracker) refreshHead(p *program, r *Row) bool {
 		gid, gname, gimage = g.info.ID, g.info.Name, g.info.Image
 	}
 	typ := progTypeName(p.info.Type)
-	// Compared without allocating; a new string only when it changed.
-	var tag [2 * len(p.info.Tag)]byte
-	hex.Encode(tag[:], p.info.Tag[:])
 	// r.Placement is set by place alone, which marks it placed.
 	placed := p.placed
 	p.placed = false
 	if p.rowOK && !placed && r.NodeName == t.opts.Node && r.ProgID == p.id && r.ProgName == p.info.Name &&
-		r.ProgType == typ && r.Loader == p.loader && r.Tag == string(tag[:]) && r.GadgetID == gid &&
+		r.ProgType == typ && r.Loader == p.loader && p.rowTag == p.info.Tag && r.GadgetID == gid &&
 		r.GadgetName == gname && r.GadgetImage == gimage {
 		return false
 	}
 	r.NodeName, r.ProgID, r.ProgName, r.ProgType = t.opts.Node, p.id, p.info.Name, typ
 	r.Loader = p.loader
-	if r.Tag != string(tag[:]) {
-		r.Tag = string(tag[:])
+	if !p.rowOK || p.rowTag != p.info.Tag {
+		r.Tag, p.rowTag = hex.EncodeToString(p.info.Tag[:]), p.info.Tag
 	}
 	r.GadgetID, r.GadgetName, r.GadgetImage = gid, gname, gimage
 	return true

@@ -280,6 +280,14 @@ func (t *Tracker) audited(p *program, ok bool, id uint32, info *loader.ProgramIn
 	return nil
 }
 
+// cpuPercent is the share of one CPU p ran between its last two reads.
+func (p *program) cpuPercent() float64 {
+	if p.interval <= 0 {
+		return 0
+	}
+	return float64(p.runtimeD) / float64(p.interval.Nanoseconds()) * 100
+}
+
 // merge folds one stats read into p. Deltas are taken against the previous
 // read of the same program over the real time between the two reads.
 func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
@@ -287,14 +295,10 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 		p.hasDelta = true
 		p.runtimeD = info.RunTime - p.info.RunTime
 		p.runcntD = info.RunCount - p.info.RunCount
-		p.cpu, p.interval = 0, 0
-		if dt := now.Sub(p.readAt); dt > 0 {
-			p.cpu = float64(p.runtimeD) / float64(dt.Nanoseconds()) * 100
-			p.interval = dt
-		}
+		p.interval = max(now.Sub(p.readAt), 0)
 	} else {
 		p.hasDelta = false
-		p.runtimeD, p.runcntD, p.cpu, p.interval = 0, 0, 0, 0
+		p.runtimeD, p.runcntD, p.interval = 0, 0, 0
 	}
 	p.read = true
 	// Keep the map ID slice: the kernel reader may reuse its buffer.

@@ -227,7 +227,6 @@ type program struct {
 	readAt   time.Time
 	runtimeD uint64
 	runcntD  uint64
-	cpu      float64
 	// interval is the time between the two reads the deltas span; 0
 	// without a delta.
 	interval time.Duration
@@ -237,7 +236,9 @@ type program struct {
 	// row is p's row of the last snapshot, refreshed by the next (see
 	// rows.go). rowGadget is the gadget it was built for, rowGen the
 	// generation of its lists. Its Placement is p's own (see place).
-	row       Row
+	row Row
+	// rowTag is the tag row.Tag was encoded from.
+	rowTag    [8]byte
 	rowGadget *gadget
 	rowGen    uint64
 	// rowVer is the Tracker's rowVer when row last changed in any field:
