@@ -15,7 +15,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
-	"github.com/cilium/ebpf/rlimit"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -131,7 +131,7 @@ func openFentry(opts SourceOptions, cfg fentryConfig) (_ *fentrySource, err erro
 	}
 
 	// Before Linux 5.11, BPF memory is charged to RLIMIT_MEMLOCK; a no-op after.
-	if err := rlimit.RemoveMemlock(); err != nil {
+	if err := raiseMemlock(); err != nil {
 		return nil, fmt.Errorf("removing memlock rlimit: %w", err)
 	}
 
