@@ -320,6 +320,12 @@ func (w *procWalker) scanProcess(procFd int, pidName []byte, pid uint32, holders
 		it := direntIter{buf: w.fdDents[:n]}
 		for name, ok := it.next(); ok; name, ok = it.next() {
 			l, err := readlinkat(fdDir, &name[0], w.link)
+			if err == unix.EACCES {
+				// Refused by the ptrace access check, which is the
+				// process's, not the fd's: every other fd would be too
+				// (a sandbox's init refused 262 readlinks here).
+				return
+			}
 			if err != nil || string(w.link[:l]) != bpfProgLink {
 				continue
 			}
