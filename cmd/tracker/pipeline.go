@@ -196,8 +196,8 @@ func openKernel(log zerolog.Logger, opts loader.KernelOptions) (*loader.Kernel, 
 // fd (run time and count are cumulative: the sweep reads what the kernel
 // counted while stats were on, and turning them on for the microseconds
 // of one read adds nothing to that).
-func openOneShot(c *commonFlags, log zerolog.Logger) (*pipeline, error) {
-	kernel, err := openKernel(log, loader.KernelOptions{OneSweep: true})
+func openOneShot(c *commonFlags, log zerolog.Logger, beforeIterators func()) (*pipeline, error) {
+	kernel, err := openKernel(log, loader.KernelOptions{OneSweep: true, BeforeIterators: beforeIterators})
 	if err != nil {
 		return nil, err
 	}

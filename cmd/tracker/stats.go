@@ -118,10 +118,14 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// measurement (100 ms).
 	open := func() (*pipeline, error) { return openPipeline(&c, log, true) }
 	if *count == 1 {
-		open = func() (*pipeline, error) { return openOneShot(&c, log) }
+		// Huge pages pay off for the megabytes a read through the
+		// iterators allocates, not for a few programs read through
+		// bpf(2): there the forced collection would be most of the cost.
+		var beforeIterators func()
 		if oneShotGC() {
-			oneShotHugeHeap()
+			beforeIterators = func() { oneShotHugeHeap() }
 		}
+		open = func() (*pipeline, error) { return openOneShot(&c, log, beforeIterators) }
 	}
 	p, err := open()
 	if err != nil {

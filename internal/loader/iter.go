@@ -295,6 +295,9 @@ func (k *Kernel) loadedIteratorsLocked() *iterators {
 			want, k.walkedIDs = oneSweepWantsIterators()
 		}
 		if want {
+			if k.opts.OneSweep && k.opts.BeforeIterators != nil {
+				k.opts.BeforeIterators()
+			}
 			k.iters = loadIterators(k.procRoot == "/proc", k.opts.OneSweep)
 			k.mapsAhead = k.iters.ahead
 		} else {

@@ -141,18 +141,26 @@ func TestOneSweepChoice(t *testing.T) {
 		t.Fatalf("openFiles() = %d, %v", n, ok)
 	}
 	progs := iterFixture(t, 2)
-	k, err := NewKernelWithOptions(KernelOptions{OneSweep: true})
+	before := 0
+	k, err := NewKernelWithOptions(KernelOptions{OneSweep: true, BeforeIterators: func() { before++ }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { k.Close() })
 	perr, herr := k.Iterators()
+	k.Iterators()
 	if want, _ := oneSweepWantsIterators(); want {
 		testutil.SkipIfUnsupported(t, perr, "iter/bpf_prog")
 		if k.mapsAhead == nil {
 			t.Error("iterators loaded without the early read of the maps")
 		}
+		if before != 1 {
+			t.Errorf("BeforeIterators called %d times for iterators loaded, want once", before)
+		}
 		return
+	}
+	if before != 0 {
+		t.Errorf("few programs: BeforeIterators called %d times, want never", before)
 	}
 	if k.mapsAhead != nil {
 		t.Error("few programs: the maps are read early, which only slows the /proc walk down")
@@ -172,5 +180,42 @@ func TestOneSweepChoice(t *testing.T) {
 	}
 	if _, ok := k.takeWalkedIDs(); ok {
 		t.Error("walked IDs still kept after ProgramIDs")
+	}
+}
+
+// With many open files a OneSweep Kernel loads its iterators, and calls
+// BeforeIterators once, before it does.
+func TestOneSweepBeforeIterators(t *testing.T) {
+	testutil.RequireRoot(t)
+	n, ok := openFiles()
+	if !ok {
+		t.Fatal("open file count unreadable")
+	}
+	// Each open makes a file (a dup would not count).
+	for range max(oneSweepIterMinFiles-n+100, 0) {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatalf("opening %d files to pass the bound of %d: %v (RLIMIT_NOFILE?)", oneSweepIterMinFiles-n+100, oneSweepIterMinFiles, err)
+		}
+		t.Cleanup(func() { f.Close() })
+	}
+	calls, loadedBefore := 0, false
+	var k *Kernel
+	k, err := NewKernelWithOptions(KernelOptions{OneSweep: true, BeforeIterators: func() {
+		calls++
+		loadedBefore = k.iters != nil // k's lock is held: this goroutine's
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	perr, _ := k.Iterators()
+	k.Iterators()
+	if calls != 1 || loadedBefore {
+		t.Errorf("BeforeIterators called %d times (iterators already loaded: %v), want once, before", calls, loadedBefore)
+	}
+	testutil.SkipIfUnsupported(t, perr, "iter/bpf_prog")
+	if errors.Is(perr, ErrFewPrograms) {
+		t.Errorf("%d open files: Iterators() = %v", oneSweepIterMinFiles+100, perr)
 	}
 }

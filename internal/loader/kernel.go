@@ -105,6 +105,12 @@ type KernelOptions struct {
 	// are, every map of the system is read while they load, and ReadMaps
 	// hands out those values (see startMapsAhead).
 	OneSweep bool
+	// BeforeIterators, when set, is called once before a OneSweep Kernel
+	// loads its iterators (with k's lock held), and not when few programs
+	// make it read through bpf(2) and /proc instead: a one-shot readies
+	// its heap there for the megabytes that loading (the kernel BTF) and
+	// reading thousands of programs allocate.
+	BeforeIterators func()
 }
 
 // NewKernel returns a Kernel reading /proc at procRoot ("" means /proc).
