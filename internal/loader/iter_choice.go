@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -94,9 +95,9 @@ func (k *Kernel) startHoldersAhead() {
 	k.holdersAhead = ahead
 	self := uint32(os.Getpid())
 	go func() {
-		w := newProcWalker()
-		holders := make(map[uint32][]uint32)
-		err := w.holders("/proc", holders, self)
+		// On every CPU, up to 4: the walk, not the reads, is the
+		// one-shot's longest chain.
+		holders, err := holdersParallel("/proc", min(runtime.GOMAXPROCS(0), 4), self)
 		ahead <- holdersResult{holders, err}
 	}()
 }

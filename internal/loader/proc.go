@@ -303,42 +303,9 @@ func (w *procWalker) holdersOf(procRoot string, pid uint32, holders map[uint32][
 // scanProcess adds pid to holders for each BPF program it has an fd to.
 // pidName is the /proc directory name of pid.
 func (w *procWalker) scanProcess(procFd int, pidName []byte, pid uint32, holders map[uint32][]uint32) {
-	w.path = appendPathZ(w.path[:0], pidName, []byte("/fd"))
-	fdDir, err := openat(procFd, w.path, unix.O_RDONLY|unix.O_DIRECTORY)
-	if err != nil {
-		return // gone, a zombie leader, or no access
-	}
-	defer unix.Close(fdDir)
-	for {
-		n, err := unix.Getdents(fdDir, w.fdDents)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil || n == 0 {
-			return
-		}
-		it := direntIter{buf: w.fdDents[:n]}
-		for name, ok := it.next(); ok; name, ok = it.next() {
-			l, err := readlinkat(fdDir, &name[0], w.link)
-			if err == unix.EACCES {
-				// Refused by the ptrace access check, which is the
-				// process's, not the fd's: every other fd would be too
-				// (a sandbox's init refused 262 readlinks here).
-				return
-			}
-			if err != nil || string(w.link[:l]) != bpfProgLink {
-				continue
-			}
-			id, ok := w.fdinfoProgID(procFd, pidName, name)
-			if !ok {
-				continue
-			}
-			pids := holders[id]
-			if len(pids) > 0 && pids[len(pids)-1] == pid {
-				continue // another fd of the same process
-			}
-			holders[id] = append(pids, pid)
-		}
+	p := &walkProc{pid: pid, name: pidName}
+	for _, c := range w.listFds(procFd, p) {
+		w.scanChunk(procFd, c, holders)
 	}
 }
 
