@@ -106,10 +106,10 @@ type KernelOptions struct {
 	// hands out those values (see startMapsAhead).
 	OneSweep bool
 	// BeforeIterators, when set, is called once before a OneSweep Kernel
-	// loads its iterators (with k's lock held), and not when few programs
-	// make it read through bpf(2) and /proc instead: a one-shot readies
-	// its heap there for the megabytes that loading (the kernel BTF) and
-	// reading thousands of programs allocate.
+	// loads its iterators (with the Kernel's lock held), and not when few
+	// programs make it read through bpf(2) and /proc instead: a one-shot
+	// readies its heap there for the megabytes that loading (the kernel
+	// BTF) and reading thousands of programs allocate.
 	BeforeIterators func()
 }
 
