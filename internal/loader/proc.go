@@ -266,24 +266,35 @@ func (w *procWalker) holders(procRoot string, holders map[uint32][]uint32, skip 
 		return fmt.Errorf("opening %s: %w", procRoot, err)
 	}
 	defer unix.Close(procFd)
+	err = eachPID(procFd, w.procDents, skip, func(name []byte, pid uint32) {
+		w.scanProcess(procFd, name, pid, holders)
+	})
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", procRoot, err)
+	}
+	return nil
+}
+
+// eachPID calls fn for each process directory of procFd, an open /proc,
+// but skip's (0: none), reading the directory into dents. name is valid
+// only during the call.
+func eachPID(procFd int, dents []byte, skip uint32, fn func(name []byte, pid uint32)) error {
 	for {
-		n, err := unix.Getdents(procFd, w.procDents)
+		n, err := unix.Getdents(procFd, dents)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("reading %s: %w", procRoot, err)
+			return err
 		}
 		if n == 0 {
 			return nil
 		}
-		it := direntIter{buf: w.procDents[:n]}
+		it := direntIter{buf: dents[:n]}
 		for name, ok := it.next(); ok; name, ok = it.next() {
-			pid, ok := parsePID(name)
-			if !ok || pid == skip {
-				continue
+			if pid, ok := parsePID(name); ok && pid != skip {
+				fn(name, pid)
 			}
-			w.scanProcess(procFd, name, pid, holders)
 		}
 	}
 }

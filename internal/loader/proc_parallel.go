@@ -27,24 +27,11 @@ func holdersParallel(procRoot string, workers int, skip uint32) (map[uint32][]ui
 	defer unix.Close(procFd)
 	q := &walkQueue{procFd: procFd}
 	q.cond.L = &q.mu
-	dents := make([]byte, 32<<10)
-	for {
-		n, err := unix.Getdents(procFd, dents)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", procRoot, err)
-		}
-		if n == 0 {
-			break
-		}
-		it := direntIter{buf: dents[:n]}
-		for name, ok := it.next(); ok; name, ok = it.next() {
-			if pid, ok := parsePID(name); ok && pid != skip {
-				q.procs = append(q.procs, &walkProc{pid: pid, name: slices.Clone(name)})
-			}
-		}
+	err = eachPID(procFd, make([]byte, 32<<10), skip, func(name []byte, pid uint32) {
+		q.procs = append(q.procs, &walkProc{pid: pid, name: slices.Clone(name)})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", procRoot, err)
 	}
 	parts := make([]map[uint32][]uint32, max(workers, 1))
 	var wg sync.WaitGroup
