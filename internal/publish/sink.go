@@ -186,9 +186,6 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 	if opts.CPUs <= 0 {
 		opts.CPUs = runtime.NumCPU()
 	}
-	if opts.MaxMessageBytes <= 0 {
-		opts.MaxMessageBytes = DefaultMaxMessageBytes
-	}
 	if opts.FullEvery <= 0 {
 		opts.FullEvery = DefaultFullEvery
 	}
