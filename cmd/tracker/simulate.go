@@ -187,8 +187,8 @@ func newSimNode(i, k int, shape simShape, sink *publish.NATSSink) *simNode {
 		},
 	}
 	progID := uint32(1)
-	prog := func(g *state.Gadget, name, progType string) state.Row {
-		r := state.Row{
+	prog := func(g *state.Gadget, name, progType string) *state.Row {
+		r := &state.Row{
 			ProgID: progID, ProgName: name, ProgType: progType,
 			Totals: state.Totals{MapMemory: 2 * 4096, MapCount: 2},
 			PIDs:   []uint32{}, Comms: []string{}, MapIDs: []uint32{2 * progID, 2*progID + 1},
@@ -244,7 +244,7 @@ func (n *simNode) advance(iv int, at time.Time, interval time.Duration) {
 	}
 	snap.Unowned.Totals = state.Totals{}
 	for p := range snap.Programs {
-		r := &snap.Programs[p]
+		r := snap.Programs[p]
 		r.RuntimeDelta, r.RuncountDelta = 0, 0
 		if iv > 0 {
 			r.RuntimeDelta, r.RuncountDelta = n.rates[p], n.rates[p]/1000

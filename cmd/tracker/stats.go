@@ -30,11 +30,15 @@ func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) er
 	if err != nil {
 		return nil, usageError{err}
 	}
-	rows := func(s *state.Snapshot) []state.Row {
+	rows := func(s *state.Snapshot) []*state.Row {
 		if all {
 			return s.Programs
 		}
-		return s.Gadgets
+		gadgets := make([]*state.Row, len(s.Gadgets))
+		for i := range s.Gadgets {
+			gadgets[i] = &s.Gadgets[i]
+		}
+		return gadgets
 	}
 	switch o.output {
 	case "table":

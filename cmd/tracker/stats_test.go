@@ -53,7 +53,7 @@ func goldenSnapshot() *state.Snapshot {
 		Time:       time.Date(2025, 11, 26, 6, 0, 0, 0, time.UTC),
 		Elapsed:    time.Second,
 		Source:     "perf",
-		Programs:   []state.Row{unowned, p1, p2},
+		Programs:   []*state.Row{&unowned, &p1, &p2},
 		Gadgets:    []state.Row{g},
 		GadgetInfo: map[string]state.Gadget{gadget.ID: gadget},
 	}
@@ -91,13 +91,14 @@ func TestStatsTableEscapesHostileNames(t *testing.T) {
 	hostile := "\x1b]0;owned\x07\x1b[2J\r\n\xff\u202e" + strings.Repeat("n", 300)
 	snap := goldenSnapshot()
 	snap.Node = "node\x1b[1m"
-	for _, rows := range [][]state.Row{snap.Programs, snap.Gadgets} {
-		for i := range rows {
-			r := &rows[i]
-			r.GadgetName, r.GadgetImage, r.ProgName, r.ProgType, r.Tag = hostile, hostile, hostile, hostile, hostile
-			r.Comms = []string{hostile}
-			r.Loader = &state.ProcessRef{Comm: hostile, Exe: hostile}
-		}
+	named := append([]*state.Row(nil), snap.Programs...)
+	for i := range snap.Gadgets {
+		named = append(named, &snap.Gadgets[i])
+	}
+	for _, r := range named {
+		r.GadgetName, r.GadgetImage, r.ProgName, r.ProgType, r.Tag = hostile, hostile, hostile, hostile, hostile
+		r.Comms = []string{hostile}
+		r.Loader = &state.ProcessRef{Comm: hostile, Exe: hostile}
 	}
 	for _, all := range []bool{false, true} {
 		var out bytes.Buffer

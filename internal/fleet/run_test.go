@@ -41,7 +41,7 @@ func nodeSnapshot(node string, at time.Time) *state.Snapshot {
 	g.ProgramCount = 1
 	return &state.Snapshot{
 		Time: at, Elapsed: time.Second, Source: "perf",
-		Programs:   []state.Row{prog},
+		Programs:   []*state.Row{&prog},
 		Gadgets:    []state.Row{g},
 		Unowned:    state.Row{NodeName: node, PIDs: []uint32{}, Comms: []string{}},
 		GadgetInfo: map[string]state.Gadget{gadget.ID: gadget},

@@ -109,9 +109,9 @@ func (f *Fleet) Render(w io.Writer, opts Options) error {
 		return err
 	}
 	writeStatsLine(w, now, stats, consumer)
-	table := make([]state.Row, len(rows))
-	for i, r := range rows {
-		table[i] = r.Row
+	table := make([]*state.Row, len(rows))
+	for i := range rows {
+		table[i] = &rows[i].Row
 	}
 	if err := publish.WriteTable(w, cols, table); err != nil {
 		return err

@@ -84,7 +84,7 @@ func slowFingerprint(id GadgetIdentity, owner state.ProcessRef, rows messageRows
 	_ = enc.Encode(owner)
 	var b []byte
 	for _, k := range rows.idx {
-		r := &rows.snap.Programs[k]
+		r := rows.snap.Programs[k]
 		if v := rows.snap.SlowVersion(int(k)); v != 0 {
 			b = binary.LittleEndian.AppendUint64(b[:0], v)
 			b = appendHashed(b, r.PodName)

@@ -17,7 +17,7 @@ import (
 // encoder: an append-style encoder into one buffer, about ten times
 // cheaper than encoding/json's reflection at thousands of rows (a test
 // compares the two on every field and on hostile strings).
-func WriteRowsJSON(w io.Writer, rows []state.Row, source string) error {
+func WriteRowsJSON(w io.Writer, rows []*state.Row, source string) error {
 	// About 600 bytes per row with its pids and maps.
 	buf := make([]byte, 0, 64+len(rows)*640)
 	buf = append(buf, '[')
@@ -26,7 +26,7 @@ func WriteRowsJSON(w io.Writer, rows []state.Row, source string) error {
 			buf = append(buf, ',')
 		}
 		var err error
-		if buf, err = AppendRowJSON(buf, &rows[i], source); err != nil {
+		if buf, err = AppendRowJSON(buf, rows[i], source); err != nil {
 			return fmt.Errorf("encoding rows: %w", err)
 		}
 	}

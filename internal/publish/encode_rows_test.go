@@ -36,7 +36,11 @@ func stdlibRowsJSON(t *testing.T, rows []state.Row, source string) []byte {
 func checkRowsJSON(t *testing.T, rows []state.Row, source string) {
 	t.Helper()
 	var got bytes.Buffer
-	if err := WriteRowsJSON(&got, rows, source); err != nil {
+	ptrs := make([]*state.Row, len(rows))
+	for i := range rows {
+		ptrs[i] = &rows[i]
+	}
+	if err := WriteRowsJSON(&got, ptrs, source); err != nil {
 		t.Fatal(err)
 	}
 	if want := stdlibRowsJSON(t, rows, source); !bytes.Equal(got.Bytes(), want) {
@@ -139,7 +143,7 @@ func TestWriteRowsJSONFloats(t *testing.T) {
 
 func TestWriteRowsJSONRejectsNaN(t *testing.T) {
 	for _, f := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
-		rows := []state.Row{{Cost: state.Cost{NsPerRunDelta: f}}}
+		rows := []*state.Row{{Cost: state.Cost{NsPerRunDelta: f}}}
 		var out bytes.Buffer
 		if err := WriteRowsJSON(&out, rows, ""); err == nil {
 			t.Errorf("%v: no error", f)
@@ -166,10 +170,14 @@ func BenchmarkWriteRowsJSON(b *testing.B) {
 			Cost: state.Cost{NsPerRun: 27032.1, CPUPercentNorm: 0.006},
 		}
 	}
+	ptrs := make([]*state.Row, len(rows))
+	for i := range rows {
+		ptrs[i] = &rows[i]
+	}
 	b.Run("append", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if err := WriteRowsJSON(io.Discard, rows, "none"); err != nil {
+			if err := WriteRowsJSON(io.Discard, ptrs, "none"); err != nil {
 				b.Fatal(err)
 			}
 		}

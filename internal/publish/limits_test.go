@@ -48,7 +48,7 @@ func bigSnapshot(node string, ids []string, perGadget, unowned int, at time.Time
 			PIDs: []uint32{owner.PID}, Comms: []string{"loader"}, Loader: &owner}
 		for range perGadget {
 			r := row(g, &owner)
-			snap.Programs = append(snap.Programs, r)
+			snap.Programs = append(snap.Programs, &r)
 			grow.Totals.Add(r.Totals)
 			grow.ProgramCount++
 		}
@@ -56,7 +56,7 @@ func bigSnapshot(node string, ids []string, perGadget, unowned int, at time.Time
 	}
 	for range unowned {
 		r := row(state.Gadget{}, nil)
-		snap.Programs = append(snap.Programs, r)
+		snap.Programs = append(snap.Programs, &r)
 		snap.Unowned.Totals.Add(r.Totals)
 		snap.Unowned.ProgramCount++
 	}
@@ -225,7 +225,7 @@ func TestNATSPartsFitMaxPayload(t *testing.T) {
 // PIDs (about 14 KB), and an offline sink to encode it.
 func hugeRowSnapshot() (*state.Snapshot, *state.Row, *NATSSink) {
 	snap := bigSnapshot("node_a", []string{"g1"}, 50, 0, testTime)
-	huge := &snap.Programs[7]
+	huge := snap.Programs[7]
 	for i := range 2000 {
 		huge.PIDs = append(huge.PIDs, uint32(100000+i))
 	}

@@ -178,7 +178,7 @@ func (m *Metrics) Publish(snap *state.Snapshot) error {
 	}
 	if m.opts.All {
 		for i := range snap.Programs {
-			row := &snap.Programs[i]
+			row := snap.Programs[i]
 			labels := []string{row.GadgetImage, row.GadgetName, row.ProgName, strconv.FormatUint(uint64(row.ProgID), 10)}
 			st.series = append(st.series, newRowSeries(row, labels, true))
 		}

@@ -70,7 +70,7 @@ func metricsSnapshot() *state.Snapshot {
 			{GadgetID: "ffffffffff0", GadgetName: `say "hi"\`, GadgetImage: "line1\nline2",
 				Totals: state.Totals{Runtime: 1, Runcount: 1, MapMemory: 1, MapCount: 1}},
 		},
-		Programs: []state.Row{
+		Programs: []*state.Row{
 			{ProgID: 2, ProgName: "hid_tail_call", Totals: state.Totals{Runtime: 0, Runcount: 0, MapMemory: 8512, MapCount: 1}},
 			{ProgID: 198, ProgName: "", Totals: state.Totals{MapMemory: 48672, MapCount: 1}},
 			{ProgID: 743, GadgetID: "a624bdbf27f", GadgetName: "mytraceexec", GadgetImage: "trace_exec:latest",

@@ -67,7 +67,7 @@ func testSnapshot(node, gadgetID string, at time.Time) *state.Snapshot {
 		Time:     at,
 		Elapsed:  time.Second,
 		Source:   "perf",
-		Programs: []state.Row{unowned, p1, p2},
+		Programs: []*state.Row{&unowned, &p1, &p2},
 		Gadgets:  []state.Row{g},
 		Unowned: state.Row{NodeName: node, Totals: state.Totals{MapMemory: 8512, MapCount: 1, ProgramCount: 1},
 			PIDs: []uint32{}, Comms: []string{}, MapIDs: []uint32{1}},
@@ -257,7 +257,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 			RuntimeDelta: 1494405 + 3309752, RuncountDelta: 8316 + 8300,
 			CPUPercent: 1, MapMemory: 1615904, MapCount: 2, ProgramCount: 2,
 		},
-		Programs: snap.Programs[1:],
+		Programs: rowValues(snap.Programs[1:]),
 	}
 	wantG.Type = TypeGadget
 	if !reflect.DeepEqual(gotG, wantG) {
@@ -270,7 +270,7 @@ func TestEmbeddedNATSSinkMessages(t *testing.T) {
 	wantU := UnownedMessage{
 		Header:   hdr,
 		Totals:   MessageTotals{MapMemory: 8512, MapCount: 1, ProgramCount: 1},
-		Programs: snap.Programs[:1],
+		Programs: rowValues(snap.Programs[:1]),
 	}
 	wantU.Type = TypeUnowned
 	if !reflect.DeepEqual(gotU, wantU) {
@@ -617,4 +617,13 @@ func openKVBucket(t *testing.T, url string) jetstream.KeyValue {
 		t.Fatal(err)
 	}
 	return kv
+}
+
+// rowValues copies the rows rows points to.
+func rowValues(rows []*state.Row) []state.Row {
+	v := make([]state.Row, len(rows))
+	for i, r := range rows {
+		v[i] = *r
+	}
+	return v
 }

@@ -44,7 +44,7 @@ type messageRows struct {
 
 // cleanCopy is row i of m named after node, with clean labels.
 func (m messageRows) cleanCopy(i int, node string) state.Row {
-	r := m.snap.Programs[m.idx[i]]
+	r := *m.snap.Programs[m.idx[i]]
 	r.NodeName = node
 	cleanRow(&r)
 	return r
@@ -59,7 +59,7 @@ func (s *NATSSink) rowEncoder(e *intervalEncoder, m messageRows, compact bool) i
 	encodeOne := rowItems(one[:], compact)
 	return func(enc *json.Encoder, i int) error {
 		k := int(m.idx[i])
-		r := &m.snap.Programs[k]
+		r := m.snap.Programs[k]
 		ver := m.snap.RowVersion(k)
 		if ver == 0 {
 			one[0] = m.cleanCopy(i, s.node)

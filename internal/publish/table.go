@@ -100,7 +100,7 @@ func SelectColumns(extra []string) ([]Column, error) {
 // aligned right as in the seed's output. Every cell goes through
 // TableCell: names a program owner or a NATS publisher chose cannot put
 // terminal escapes on the screen or widen the table past MaxCellRunes.
-func WriteTable(w io.Writer, cols []Column, rows []state.Row) error {
+func WriteTable(w io.Writer, cols []Column, rows []*state.Row) error {
 	cells := make([][]string, len(rows)+1)
 	width := make([]int, len(cols))
 	cells[0] = make([]string, len(cols))
@@ -111,7 +111,7 @@ func WriteTable(w io.Writer, cols []Column, rows []state.Row) error {
 	for i := range rows {
 		cells[i+1] = make([]string, len(cols))
 		for j, c := range cols {
-			v := TableCell(c.value(&rows[i]))
+			v := TableCell(c.value(rows[i]))
 			cells[i+1][j] = v
 			width[j] = max(width[j], utf8.RuneCountInString(v))
 		}

@@ -53,7 +53,7 @@ func TestWriteTableHostileNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	if err := WriteTable(&out, cols, []state.Row{row, plain}); err != nil {
+	if err := WriteTable(&out, cols, []*state.Row{&row, &plain}); err != nil {
 		t.Fatal(err)
 	}
 	text := out.String()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/bpfstats/tracker/internal/loader"
 )
@@ -36,14 +37,27 @@ type attachment struct {
 	attach string
 }
 
-// readAttach fills the Attach of snap's program rows from one walk of the
-// kernel's links, and adds the walk's time to snap.SweepDuration. Rows
-// stay without Attach (unknown) when the kernel is no AttachReader, cannot
-// list links, or the walk failed; the failure is returned.
-func (t *Tracker) readAttach(snap *Snapshot) error {
+// linkWalk is one walk of the kernel's links, sorted by program, which
+// hands out the Attach of each program in ID order (see snapshot). A nil
+// linkWalk (no AttachReader, links not listable, a failed walk) leaves
+// every Attach unknown.
+type linkWalk struct {
+	links []attachment
+	// arena holds the descriptions of links in order: of returns a part.
+	arena []string
+	// next is the first link of a program after the last one asked for.
+	next int
+	// noLink is every unattached row's Attach, shared.
+	noLink []string
+}
+
+// walkLinks walks the kernel's links, and adds the walk's time to
+// *took. It returns nil when the kernel is no AttachReader, cannot list
+// links, or the walk failed; the failure is returned.
+func (t *Tracker) walkLinks(took *time.Duration) (*linkWalk, error) {
 	ar, ok := t.kernel.(AttachReader)
-	if !ok || len(snap.Programs) == 0 {
-		return nil
+	if !ok || len(t.programs) == 0 {
+		return nil, nil
 	}
 	start := t.opts.now()
 	var links []attachment
@@ -57,38 +71,50 @@ func (t *Tracker) readAttach(snap *Snapshot) error {
 			}
 		})
 	})
-	snap.SweepDuration += t.opts.now().Sub(start)
+	*took += t.opts.now().Sub(start)
 	switch {
 	case errors.Is(err, errors.ErrUnsupported):
-		return nil
+		return nil, nil
 	case err != nil:
-		return fmt.Errorf("reading attach points: %w", err)
+		return nil, fmt.Errorf("reading attach points: %w", err)
 	}
 	slices.SortFunc(links, func(a, b attachment) int {
 		return cmp.Or(cmp.Compare(a.progID, b.progID), cmp.Compare(a.attach, b.attach))
 	})
-	// One array for every row's Attach, cut like rowArenas.
 	arena := make([]string, len(links))
 	for i, l := range links {
 		arena[i] = l.attach
 	}
-	noLink := []string{NoLink}
-	i := 0
-	for r := range snap.Programs {
-		row := &snap.Programs[r]
-		for i < len(links) && links[i].progID < row.ProgID {
-			i++
-		}
-		j := i
-		for j < len(links) && links[j].progID == row.ProgID {
-			j++
-		}
-		if j == i {
-			row.Attach = noLink[:1:1]
-			continue
-		}
-		row.Attach = arena[i:j:j]
-		i = j
+	return &linkWalk{links: links, arena: arena, noLink: t.noLink}, nil
+}
+
+// of returns the Attach of program id: where its links attach it, or
+// [NoLink]; nil when w is nil. Programs are asked for in ID order. The
+// result is a part of the walk's arena, to read: a row keeps it through
+// keep.
+func (w *linkWalk) of(id uint32) []string {
+	if w == nil {
+		return nil
 	}
-	return nil
+	for w.next < len(w.links) && w.links[w.next].progID < id {
+		w.next++
+	}
+	i := w.next
+	for w.next < len(w.links) && w.links[w.next].progID == id {
+		w.next++
+	}
+	if i == w.next {
+		return w.noLink
+	}
+	return w.arena[i:w.next:w.next]
+}
+
+// keep returns attach, a result of of, for a row to keep: the shared
+// [NoLink] as it is, a program's links copied out of the arena, which a
+// later sweep's rows would otherwise keep alive whole.
+func (w *linkWalk) keep(attach []string) []string {
+	if w == nil || sameSlice(attach, w.noLink) {
+		return attach
+	}
+	return frozen(attach)
 }

@@ -277,6 +277,9 @@ func (t *Tracker) remove(p *program) {
 
 // insert adds p to the inventory.
 func (t *Tracker) insert(p *program) {
+	if p.row == nil {
+		p.row = new(Row)
+	}
 	t.programs[p.id] = p
 	t.orderAdded = append(t.orderAdded, p)
 	t.inventoryChanged()

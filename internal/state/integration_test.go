@@ -153,7 +153,7 @@ func TestSweepsSeeRisingStats(t *testing.T) {
 	find := func(s *state.Snapshot) (state.Row, bool) {
 		for _, r := range s.Programs {
 			if r.ProgID == uint32(id) {
-				return r, true
+				return *r, true
 			}
 		}
 		return state.Row{}, false

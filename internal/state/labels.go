@@ -118,7 +118,8 @@ func (t *Tracker) ownsGadget(proc *loader.Process) bool {
 // when the kernel resolves it (the fentry source), else from the
 // process's cgroup (nil proc: unknown yet). It is set in p's row, which
 // is the only copy (a Placement is 128 bytes, for thousands of
-// programs), and marks the row's head for refreshing.
+// programs), and marks the row's head for refreshing. p must be in the
+// inventory (it has a row).
 func (t *Tracker) place(p *program, cgroupID uint64, proc *loader.Process) {
 	if p.row.Cgroup != "" {
 		return
@@ -137,8 +138,13 @@ func (t *Tracker) place(p *program, cgroupID uint64, proc *loader.Process) {
 
 // setPlacement sets p's placement, marking it placed only when it
 // changed: a row refreshed every sweep would be encoded every interval.
+// The pod's name and namespace, which the row keeps from the resolver
+// (see namePods), are not part of what changed; a new placement starts
+// without them.
 func (p *program) setPlacement(pl Placement) {
-	if pl != p.row.Placement {
-		p.row.Placement, p.placed = pl, true
+	cur := p.row.Placement
+	cur.PodName, cur.PodNamespace = "", ""
+	if pl != cur {
+		p.ownRow().Placement, p.placed = pl, true
 	}
 }

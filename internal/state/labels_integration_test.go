@@ -114,10 +114,10 @@ func TestLabelledGadgetsInOneProcess(t *testing.T) {
 	}
 }
 
-func findRow(rows []state.Row, id uint32) (state.Row, bool) {
+func findRow(rows []*state.Row, id uint32) (state.Row, bool) {
 	for _, r := range rows {
 		if r.ProgID == id {
-			return r, true
+			return *r, true
 		}
 	}
 	return state.Row{}, false

@@ -214,8 +214,8 @@ func TestPlacementAfterRow(t *testing.T) {
 	if r := programRow(t, after, 5); r.Cgroup != k.cgroups[77] || r.Unit != "late.service" {
 		t.Errorf("program 5 after its event: placement %+v, want %s", r.Placement, k.cgroups[77])
 	}
-	i := slices.IndexFunc(after.Programs, func(r Row) bool { return r.ProgID == 5 })
-	j := slices.IndexFunc(before.Programs, func(r Row) bool { return r.ProgID == 5 })
+	i := slices.IndexFunc(after.Programs, func(r *Row) bool { return r.ProgID == 5 })
+	j := slices.IndexFunc(before.Programs, func(r *Row) bool { return r.ProgID == 5 })
 	if after.RowVersion(i) == before.RowVersion(j) || after.SlowVersion(i) == before.SlowVersion(j) {
 		t.Errorf("program 5 placed: row version %d -> %d, slow %d -> %d; want both new",
 			before.RowVersion(j), after.RowVersion(i), before.SlowVersion(j), after.SlowVersion(i))
@@ -234,7 +234,7 @@ func TestPlacementAfterRow(t *testing.T) {
 // the read not yet done) shows the tag once it is, with a new version.
 func TestRowTagLearnt(t *testing.T) {
 	tr := New(newFakeKernel(), Options{Node: "n1"})
-	p := &program{id: 1, info: loader.ProgramInfo{Name: "p1", Type: 2}}
+	p := &program{id: 1, info: loader.ProgramInfo{Name: "p1", Type: 2}, row: new(Row)}
 	r := tr.programRow(p)
 	ver := p.slowVer
 	if r.Tag != "0000000000000000" {

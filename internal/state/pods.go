@@ -18,14 +18,12 @@ type PodResolver interface {
 	Pod(containerID string) (cri.Pod, bool)
 }
 
-// namePods fills PodName and PodNamespace of every placement of snap
-// that has a container ID the resolver knows.
+// namePods fills PodName and PodNamespace of every gadget placement of
+// snap that has a container ID the resolver knows. The program rows were
+// named as they were built (see snapshot).
 func (t *Tracker) namePods(snap *Snapshot) {
 	if t.opts.Pods == nil {
 		return
-	}
-	for i := range snap.Programs {
-		t.namePod(&snap.Programs[i].Placement)
 	}
 	for i := range snap.Gadgets {
 		t.namePod(&snap.Gadgets[i].Placement)

@@ -80,7 +80,7 @@ func TestRegistrationsLabelAndAreCollected(t *testing.T) {
 	if _, err := tr.Sweep(); err == nil {
 		t.Error("a failed registry read is not reported")
 	}
-	if r := programRow(t, tr.snapshot(tr.opts.now()), 2); r.GadgetName != "two" || len(reg.regs) != 2 {
+	if r := programRow(t, tr.snapshot(tr.opts.now(), nil), 2); r.GadgetName != "two" || len(reg.regs) != 2 {
 		t.Errorf("after a failed read: program 2 in %q, registrations %+v; want them kept", r.GadgetName, reg.regs)
 	}
 	reg.err = nil

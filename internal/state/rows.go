@@ -8,19 +8,32 @@ import (
 	"time"
 )
 
-// Rows are reused from snapshot to snapshot. A program keeps its Row in
-// program.row: each sweep refreshes its numbers in place and copies it
-// into the snapshot, and replaces (never writes into) its slices when
-// they change: the map IDs, PIDs and comms of a row are shared, read
-// only, by every snapshot since they last changed. A gadget (and the
-// unowned row) keeps its distinct maps, PIDs and comms the same way, and
-// recomputes them only when one of its programs' lists changed, a program
-// joined or left it, or the holders were scanned. So a sweep of programs
-// whose maps and holders did not change allocates the snapshot's two row
-// slices and nothing per program.
+// Rows are shared from snapshot to snapshot. A program keeps its Row in
+// program.row, and a snapshot points to it: from then on the row is read
+// only, and a sweep that changes any of its fields first replaces it by a
+// copy (ownRow). Its slices are replaced, never written into, when they
+// change: the map IDs, PIDs and comms of a row are shared, read only, by
+// every row since they last changed. A gadget (and the unowned row) keeps
+// its distinct maps, PIDs and comms the same way, and recomputes them only
+// when one of its programs' lists changed, a program joined or left it,
+// or the holders were scanned. So a sweep of programs that did not change
+// allocates the snapshot's two slices and nothing per program, and the
+// rows of a steady inventory exist once, not once in the Tracker and once
+// in the snapshot a publisher reads.
 
-// snapshot builds the rows of the current inventory.
-func (t *Tracker) snapshot(now time.Time) *Snapshot {
+// ownRow returns p's row for writing: when a snapshot holds it, a copy,
+// which is p's row from then on.
+func (p *program) ownRow() *Row {
+	if p.rowShared {
+		r := *p.row
+		p.row, p.rowShared = &r, false
+	}
+	return p.row
+}
+
+// snapshot builds the rows of the current inventory; links are the
+// sweep's walk of the kernel's BPF links, which fill the Attach columns.
+func (t *Tracker) snapshot(now time.Time, links *linkWalk) *Snapshot {
 	order := t.sortedPrograms()
 	snap := &Snapshot{
 		Node:       t.opts.Node,
@@ -30,15 +43,10 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		GadgetInfo: make(map[string]Gadget, len(t.gadgets)),
 		versions:   t.spare.versions,
 	}
-	kept := t.spare.kept
 	t.spare = snapshotStorage{}
 	if cap(snap.Programs) < len(order) || cap(snap.versions) < 2*len(order) {
-		snap.Programs, snap.versions = make([]Row, 0, len(order)), make([]uint64, 0, 2*len(order))
-		kept = 0
+		snap.Programs, snap.versions = make([]*Row, 0, len(order)), make([]uint64, 0, 2*len(order))
 	}
-	// The versions the recycled rows were built with; versions is
-	// written behind the reads.
-	was := snap.versions[:2*kept]
 	t.summed = t.summed[:0]
 	t.unownedSum.reset()
 	// Programs listed by a snapshot or an event but never read (gone
@@ -58,25 +66,28 @@ func (t *Tracker) snapshot(now time.Time) *Snapshot {
 		}
 		sum.add(p, liveShare(p))
 		p.share.reported = statsOf(p)
-		if n := len(snap.Programs); n < kept && was[2*n] == p.rowVer {
-			// The recycled row is this row, unchanged: rowVer is unique
-			// across programs and changes with any field. Copying its
-			// 464 bytes again is most of a steady sweep's memory traffic.
-			snap.Programs = snap.Programs[:n+1]
-			// The columns a snapshot fills after its rows (readAttach,
-			// namePods; see Snapshot.RowVersion) start over as in a copy.
-			r := &snap.Programs[n]
-			r.Attach = row.Attach
-			if t.opts.Pods != nil {
-				r.Placement = row.Placement
-			}
-		} else {
-			snap.Programs = append(snap.Programs, *row)
+		// The columns that do not change the row's versions (see
+		// Snapshot.RowVersion).
+		if attach := links.of(p.id); !slices.Equal(row.Attach, attach) || (row.Attach == nil) != (attach == nil) {
+			row = p.ownRow()
+			row.Attach = links.keep(attach)
 		}
+		if t.opts.Pods != nil {
+			pl := row.Placement
+			pl.PodName, pl.PodNamespace = "", ""
+			t.namePod(&pl)
+			if pl != row.Placement {
+				row = p.ownRow()
+				row.Placement = pl
+			}
+		}
+		snap.Programs = append(snap.Programs, row)
+		p.rowShared = true
 		snap.versions = append(snap.versions, p.rowVer, p.slowVer)
 	}
 
-	// Recycled storage may hold rows of a larger inventory after them.
+	// Recycled storage may point to rows of a larger inventory after
+	// them: they would be kept alive.
 	clear(snap.Programs[len(snap.Programs):cap(snap.Programs)])
 	snap.Gadgets = make([]Row, 0, len(t.summed))
 	for _, g := range t.summed {
@@ -156,11 +167,11 @@ func frozen[T any](v []T) []T {
 }
 
 // programRow refreshes and returns the row of program p, its gadget's
-// columns included. The returned row is p's own: copy it. Each field is
-// compared before it is written, so that telling what changed needs no
-// copy of the row.
+// columns included: p's row, replaced by a changed copy when a snapshot
+// holds it and a field changed. Each field is compared before it is
+// written, so that telling what changed needs no copy of the row.
 func (t *Tracker) programRow(p *program) *Row {
-	r := &p.row
+	r := p.row
 	tot := Totals{
 		Runtime:         p.info.RunTime,
 		Runcount:        p.info.RunCount,
@@ -174,14 +185,17 @@ func (t *Tracker) programRow(p *program) *Row {
 	// numbers: Totals or Cost changed; slow: any other field.
 	numbers := !p.rowOK || tot != r.Totals
 	if numbers {
+		r = p.ownRow()
 		r.Totals = tot
 		// Without runs in the interval the cost columns do not depend on
 		// its length; with runs, Runcount changed.
 		t.fillCost(r, p.interval)
 	}
-	slow := t.refreshHead(p, r)
+	slow := t.refreshHead(p)
+	r = p.row
 	lists := !p.rowOK || p.rowGadget != p.gadget
 	if !p.rowOK || !slices.Equal(r.MapIDs, p.info.MapIDs) {
+		r = p.ownRow()
 		r.MapIDs, lists, slow = frozen(p.info.MapIDs), true, true
 	}
 	if lists || t.memlockChanged {
@@ -192,15 +206,18 @@ func (t *Tracker) programRow(p *program) *Row {
 			}
 		}
 		if mem != r.MapMemory {
+			r = p.ownRow()
 			r.MapMemory, numbers = mem, true
 		}
 	}
 	pidsChanged := !p.rowOK || !slices.Equal(r.PIDs, p.pids)
 	if pidsChanged {
+		r = p.ownRow()
 		r.PIDs, lists, slow = frozen(p.pids), true, true
 	}
 	if pidsChanged || t.holdersScanned {
 		if comms := t.sharedComms(r.Comms, r.PIDs); !sameSlice(comms, r.Comms) {
+			r = p.ownRow()
 			r.Comms, slow = comms, true
 		}
 	}
@@ -220,10 +237,11 @@ func (t *Tracker) programRow(p *program) *Row {
 	return r
 }
 
-// refreshHead sets the identity columns of p's row r (node, program,
+// refreshHead sets the identity columns of p's row (node, program,
 // loader, placement, gadget) and reports whether any changed (always on
 // p's first row).
-func (t *Tracker) refreshHead(p *program, r *Row) bool {
+func (t *Tracker) refreshHead(p *program) bool {
+	r := p.row
 	gid, gname, gimage := "", "", ""
 	if g := p.gadget; g != nil {
 		gid, gname, gimage = g.info.ID, g.info.Name, g.info.Image
@@ -237,6 +255,7 @@ func (t *Tracker) refreshHead(p *program, r *Row) bool {
 		r.GadgetName == gname && r.GadgetImage == gimage {
 		return false
 	}
+	r = p.ownRow()
 	r.NodeName, r.ProgID, r.ProgName, r.ProgType = t.opts.Node, p.id, p.info.Name, typ
 	r.Loader = p.loader
 	if !p.rowOK || p.rowTag != p.info.Tag {

@@ -294,7 +294,7 @@ func TestRunRecyclesSnapshotStorage(t *testing.T) {
 	_, wait := startRun(t, tr, RunConfig{
 		Source: src, Interval: time.Millisecond, Count: 4, RecycleSnapshots: true,
 		OnSnapshot: func(s *Snapshot) {
-			storage = append(storage, &s.Programs[:1][0])
+			storage = append(storage, s.Programs[:1][0])
 			for i, r := range s.Programs {
 				if r.ProgID != uint32(i+1) || r.ProgName != fmt.Sprintf("p%d", i+1) {
 					bad = append(bad, fmt.Sprintf("snapshot %d row %d: %d %q", len(storage), i, r.ProgID, r.ProgName))

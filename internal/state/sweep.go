@@ -55,8 +55,8 @@ func (t *Tracker) Resync() (added, removed int, err error) {
 	return added, removed, nil
 }
 
-// Recycle hands the storage of snap's program rows to the next Sweep,
-// which then builds its snapshot without allocating them again, as Run
+// Recycle hands the storage of snap's list of program rows to the next
+// Sweep, which then builds its snapshot without allocating it again, as Run
 // does with RunConfig.RecycleSnapshots: for a caller of Sweep that is done
 // with snap. snap must not be used after. Not for use while Run runs.
 func (t *Tracker) Recycle(snap *Snapshot) {
@@ -108,11 +108,13 @@ func (t *Tracker) sweep(pace pacer) (*Snapshot, error) {
 	}
 	pace.yield()
 	end := t.opts.now()
-	snap := t.snapshot(end)
-	snap.SweepDuration = end.Sub(start)
-	if err := t.readAttach(snap); err != nil {
+	took := end.Sub(start)
+	links, err := t.walkLinks(&took)
+	if err != nil {
 		errs = append(errs, err)
 	}
+	snap := t.snapshot(end, links)
+	snap.SweepDuration = took
 	if !t.lastSweep.IsZero() {
 		snap.Elapsed = end.Sub(t.lastSweep)
 	}

@@ -78,6 +78,9 @@ type Tracker struct {
 	// noLabels are the labels of every program without any, final: one
 	// shared record, never written (see labelsOf).
 	noLabels programLabels
+	// noLink is the Attach of every row no link attaches, [NoLink]: one
+	// shared slice, never written.
+	noLink []string
 	// processes caches what was read of a process instance, keyed by PID
 	// and checked against its start time.
 	processes map[uint32]*loader.Process
@@ -211,6 +214,9 @@ type program struct {
 	placed bool
 	// rowOK is set once row was built (see row).
 	rowOK bool
+	// rowShared is set once row is in a snapshot: it is read only from
+	// then on, and replaced by a copy before any change (see ownRow).
+	rowShared bool
 
 	gadget *gadget // nil: unowned
 	// loader is the process that loaded the program, when an event said so.
@@ -234,9 +240,10 @@ type program struct {
 	// share is what p's holder counts of it (see retire.go).
 	share share
 	// row is p's row of the last snapshot, refreshed by the next (see
-	// rows.go). rowGadget is the gadget it was built for, rowGen the
-	// generation of its lists. Its Placement is p's own (see place).
-	row Row
+	// rows.go); never nil once p is in the inventory. rowGadget is the
+	// gadget it was built for, rowGen the generation of its lists. Its
+	// Placement is p's own (see place).
+	row *Row
 	// rowTag is the tag row.Tag was encoded from.
 	rowTag    [8]byte
 	rowGadget *gadget
@@ -286,6 +293,7 @@ func New(k Kernel, opts Options) *Tracker {
 		seen:      make(map[uint32]struct{}),
 		gone:      make(map[uint32]*goneProgram),
 		noLabels:  programLabels{final: true},
+		noLink:    []string{NoLink},
 	}
 }
 

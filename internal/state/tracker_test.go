@@ -100,7 +100,7 @@ func programRow(t *testing.T, snap *Snapshot, id uint32) Row {
 	t.Helper()
 	for _, r := range snap.Programs {
 		if r.ProgID == id {
-			return r
+			return *r
 		}
 	}
 	t.Fatalf("program %d not in snapshot %+v", id, snap.Programs)

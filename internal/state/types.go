@@ -213,7 +213,12 @@ type Snapshot struct {
 	// Source is the event source in use.
 	Source string
 	// Programs has one row per program, owned or not, sorted by ProgID.
-	Programs []Row
+	// The rows are shared, read only, with the Tracker and with later
+	// snapshots in which they did not change: never write to one (copy
+	// it). A Tracker replaces a program's row when it changes instead of
+	// writing into it, so a sweep of programs that did not change copies
+	// no row.
+	Programs []*Row
 	// Gadgets has one row per gadget, sorted by name then ID.
 	Gadgets []Row
 	// Unowned sums the programs without a gadget like a gadget row:

@@ -35,13 +35,18 @@ type Frame struct {
 	Status string
 }
 
-// FrameFromSnapshot is the Frame of one local sweep.
+// FrameFromSnapshot is the Frame of one local sweep. Its program rows
+// are copies: the model sorts and keeps them.
 func FrameFromSnapshot(s *state.Snapshot, interval time.Duration, cpus int) Frame {
 	unowned := s.Unowned
+	programs := make([]state.Row, len(s.Programs))
+	for i, r := range s.Programs {
+		programs[i] = *r
+	}
 	f := Frame{
 		Time: s.Time, Nodes: []string{s.Node}, Source: "local/" + s.Source,
 		Interval: interval, CPUs: cpus,
-		Gadgets: s.Gadgets, Programs: s.Programs,
+		Gadgets: s.Gadgets, Programs: programs,
 	}
 	if unowned.ProgramCount > 0 {
 		f.Unowned = &unowned
