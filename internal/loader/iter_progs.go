@@ -73,35 +73,6 @@ func setPossibleCPUs(spec *ebpf.CollectionSpec) error {
 	return nil
 }
 
-// walkIterProgs calls fn with each record of an iter/bpf_prog output.
-func walkIterProgs(data []byte, withMaps bool, fn func(rec []byte)) error {
-	for len(data) > 0 {
-		rec, rest, err := nextIterProg(data, withMaps)
-		if err != nil {
-			return err
-		}
-		fn(rec)
-		data = rest
-	}
-	return nil
-}
-
-// nextIterProg splits the first record off a non-empty iter/bpf_prog
-// output; withMaps says whether its records carry map IDs.
-func nextIterProg(data []byte, withMaps bool) (rec, rest []byte, err error) {
-	size := iterStatsRecordSize
-	if withMaps {
-		if len(data) < iterProgHeaderSize {
-			return nil, nil, fmt.Errorf("iterator output: %d trailing bytes", len(data))
-		}
-		size = iterProgHeaderSize + 4*int(min(iterRecMaps(data), iterMaxMapIDs))
-	}
-	if len(data) < size {
-		return nil, nil, fmt.Errorf("iterator output: record of %d bytes, %d left", size, len(data))
-	}
-	return data[:size], data[size:], nil
-}
-
 // iterRecMaps returns how many maps the program of a record uses (0 for
 // a nil record).
 func iterRecMaps(rec []byte) uint32 {
@@ -310,20 +281,10 @@ func (k *Kernel) readAllProgramsSyscall(ids []uint32, fn func(id uint32, info *P
 // when all is set, and rebuilds the map ID cache. An error means the
 // output was not read to its end.
 func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, all bool, fn func(uint32, *ProgramInfo, error)) error {
-	data, err := it.read(k.progBuf)
-	k.progBuf = data[:0]
-	if err != nil {
-		return err
-	}
 	next := &k.knownNext
 	next.reset()
-	defer func() { k.known, k.knownNext = k.knownNext, k.known }()
 	info := &k.batchInfo
-	for rest := data; len(rest) > 0; {
-		var rec []byte
-		if rec, rest, err = nextIterProg(rest, true); err != nil {
-			return err
-		}
+	buf, started, err := it.readRecords(k.progBuf, k.progPart, iterProgSize, func(rec []byte) error {
 		id := binary.NativeEndian.Uint32(rec)
 		complete := iterRecMaps(rec) <= iterMaxMapIDs
 		// A OneSweep Kernel has no next sweep to keep the map IDs for.
@@ -331,17 +292,24 @@ func (k *Kernel) readProgramsFull(it *bpfIter, set *idSet, all bool, fn func(uin
 			next.add(id, iterRecLoadTime(rec), iterRecIdentity(rec, &k.names), iterRecMapIDs(rec, &k.scratchIDs))
 		}
 		if !set.take(id) && !all {
-			continue
+			return nil
 		}
 		if !complete {
 			err := k.readProgramInto(id, info)
 			fn(id, info, err)
-			continue
+			return nil
 		}
 		parseIterProg(rec, info, &k.names)
 		fn(id, info, nil)
+		return nil
+	})
+	k.progBuf = buf[:0]
+	if err == nil || started {
+		// The cache of what was read, up to a cut if any: the programs
+		// past it are read again, and cached, by a later sweep.
+		k.known, k.knownNext = k.knownNext, k.known
 	}
-	return nil
+	return err
 }
 
 // iterRecMapIDs decodes the map IDs of a record into *buf.
@@ -358,22 +326,13 @@ func iterRecMapIDs(rec []byte, buf *[]uint32) []uint32 {
 // from the cache; programs the cache does not know are read afterwards.
 // all is as for readProgramsFull.
 func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn func(uint32, *ProgramInfo, error)) error {
-	data, err := its.progStats.read(k.progBuf)
-	k.progBuf = data[:0]
-	if err != nil {
-		return err
-	}
 	// The cache is kept in place: the programs still listed, with the
 	// same tag and map count, move down over those gone (w <= j).
 	known := &k.known
 	pending := k.pending[:0]
 	info := &k.batchInfo
 	j, w, liveMaps := 0, 0, 0
-	for rest := data; len(rest) > 0; {
-		var rec []byte
-		if rec, rest, err = nextIterProg(rest, false); err != nil {
-			break
-		}
+	buf, started, err := its.progStats.readRecords(k.progBuf, k.progPart, iterStatsSize, func(rec []byte) error {
 		id := binary.NativeEndian.Uint32(rec)
 		for j < len(known.progs) && known.progs[j].id < id {
 			j++
@@ -388,16 +347,21 @@ func (k *Kernel) readProgramsCached(its *iterators, set *idSet, all bool, fn fun
 			}
 		}
 		if !set.take(id) && !all {
-			continue
+			return nil
 		}
 		if kp == nil {
 			pending = append(pending, id)
-			continue
+			return nil
 		}
 		parseIterStats(rec, info)
 		info.Type, info.Tag, info.Name, info.LoadTime = kp.typ, kp.tag, kp.name, kp.loadTime
 		info.MapIDs = append(info.MapIDs[:0], known.ids(kp)...)
 		fn(id, info, nil)
+		return nil
+	})
+	k.progBuf = buf[:0]
+	if err != nil && !started {
+		return err // nothing read: the cache stays as it was
 	}
 	known.progs = known.progs[:w]
 	k.compactKnown(liveMaps)
@@ -464,18 +428,14 @@ func (k *Kernel) appendProgramIDsIter(dst []uint32) ([]uint32, bool) {
 	if it == nil {
 		return dst, false
 	}
-	data, err := it.read(k.progBuf)
-	k.progBuf = data[:0]
-	if err != nil {
-		return dst, false
-	}
 	n := len(dst)
-	for rest := data; len(rest) > 0; {
-		var rec []byte
-		if rec, rest, err = nextIterProg(rest, withMaps); err != nil {
-			return dst[:n], false
-		}
+	buf, _, err := it.readRecords(k.progBuf, k.progPart, iterRecordSize(withMaps), func(rec []byte) error {
 		dst = append(dst, binary.NativeEndian.Uint32(rec))
+		return nil
+	})
+	k.progBuf = buf[:0]
+	if err != nil {
+		return dst[:n], false
 	}
 	return dst, true
 }

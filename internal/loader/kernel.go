@@ -60,8 +60,12 @@ type Kernel struct {
 	// iterator path of appendProgramIDs. It is separate from mu because
 	// ReadPrograms holds it across its calls of fn, and fn may do single
 	// reads (each taking mu); lock order is batchMu, then mu.
-	batchMu    sync.Mutex
+	batchMu sync.Mutex
+	// progBuf is the part the bpf_prog iterators' output goes through
+	// (see readRecords), of progPart bytes (0: iterPart; tests make it
+	// small to cut records across reads).
 	progBuf    []byte
+	progPart   int
 	batchInfo  ProgramInfo
 	wanted     idSet
 	pendingSet idSet
