@@ -86,7 +86,6 @@ func BenchmarkIntervalMessages(b *testing.B) {
 				if _, err := s.encodeInterval(snap, defaultMaxPayload, false, nil); err != nil {
 					b.Fatal(err)
 				}
-				s.forgetRowCodes()
 			}
 			publishOnce()
 			b.ReportAllocs()
@@ -106,7 +105,6 @@ func BenchmarkIntervalMessages(b *testing.B) {
 				if _, err := s.encodeInterval(snap, defaultMaxPayload, false, nil); err != nil {
 					b.Fatal(err)
 				}
-				s.forgetRowCodes()
 				b.StopTimer()
 				runtime.ReadMemStats(&after)
 				encode += int64(after.Mallocs - before.Mallocs)

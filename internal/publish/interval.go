@@ -35,6 +35,8 @@ func (s *NATSSink) encodeInterval(snap *state.Snapshot, limit int64, resync bool
 	if !s.opts.SummaryOnly {
 		byGadget, unowned = s.programsByGadget(snap)
 		unownedCount = len(unowned)
+		s.codes.align(snap)
+		defer s.codes.keep(snap, s.seq)
 	}
 	// As of the interval's start, whenever the node message goes out.
 	pub := s.Stats()

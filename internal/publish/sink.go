@@ -155,10 +155,8 @@ type NATSSink struct {
 	// tokens are the gadgets (and _unowned, _summary) being tracked.
 	tokens map[string]*tokenState
 	bufs   *EncodeBuffers
-	// rowCodes are the programs' kept row encodings, by program ID, and
-	// rowCodesUsed how many this interval used (see rowcache.go).
-	rowCodes     map[uint32]*rowCode
-	rowCodesUsed int
+	// codes are the programs' kept row encodings (see rowcache.go).
+	codes rowCodes
 
 	closeOnce sync.Once
 }
@@ -215,7 +213,6 @@ func NewNATSSink(opts NATSOptions) (*NATSSink, error) {
 		log:      opts.Conn.Logger,
 		done:     make(chan struct{}),
 		tokens:   make(map[string]*tokenState),
-		rowCodes: make(map[uint32]*rowCode),
 		kvFailed: make(map[string]struct{}),
 		bufs:     opts.Buffers,
 	}
@@ -368,7 +365,6 @@ func (s *NATSSink) Publish(snap *state.Snapshot) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	s.forgetRowCodes()
 	for i := range msgs {
 		publish(&msgs[i])
 	}
