@@ -12,10 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/bpfstats/tracker/internal/state"
 )
 
@@ -74,11 +70,12 @@ type MetricsOptions struct {
 // sweep, and counters carry the kernel's cumulative values rather than sums
 // of deltas. Publish and Handler may be used concurrently.
 type Metrics struct {
-	opts     MetricsOptions
-	registry *prometheus.Registry
-	sweeps   prometheus.Histogram
+	opts MetricsOptions
+	// inFlight bounds the scrapes served at once.
+	inFlight chan struct{}
 
 	mu     sync.Mutex
+	sweeps sweepHistogram
 	latest *metricsState // nil until the first Publish
 	// counters keeps the seed's gadget-level counters monotonic per label
 	// set, across the gadget instances that share it; only Publish uses it.
@@ -105,33 +102,49 @@ type rowSeries struct {
 	runtime   float64
 }
 
-// NewMetrics returns a Metrics with its own registry; serve it with Handler.
-func NewMetrics(opts MetricsOptions) (*Metrics, error) {
-	m := &Metrics{
-		opts:     opts,
-		registry: prometheus.NewRegistry(),
-		sweeps: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "tracker_sweep_duration_seconds",
-			Help: "Time one stats sweep spent reading the kernel.",
-			// Sweeps take about 2 µs per program (see the kernel notes):
-			// 1 ms for a few hundred programs, seconds only when
-			// something is wrong.
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}),
-	}
-	cs := []prometheus.Collector{m.sweeps, newMetricsCollector(m)}
-	if !opts.OmitRuntimeMetrics {
-		cs = append(cs,
-			collectors.NewGoCollector(),
-			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		)
-	}
-	for _, c := range cs {
-		if err := m.registry.Register(c); err != nil {
-			return nil, fmt.Errorf("registering metrics collector: %w", err)
+// sweepBuckets are the upper bounds of tracker_sweep_duration_seconds.
+// Sweeps take about 2 µs per program (see the kernel notes): 1 ms for a
+// few hundred programs, seconds only when something is wrong.
+var sweepBuckets = [...]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// sweepHistogram counts sweep durations in sweepBuckets.
+type sweepHistogram struct {
+	counts [len(sweepBuckets)]uint64 // per bucket, not cumulative
+	sum    float64
+	count  uint64
+}
+
+// observe counts one duration of v seconds.
+func (h *sweepHistogram) observe(v float64) {
+	for i, bound := range sweepBuckets {
+		if v <= bound {
+			h.counts[i]++
+			break
 		}
 	}
-	return m, nil
+	h.sum += v
+	h.count++
+}
+
+// family is the histogram's metric family.
+func (h *sweepHistogram) family() expoFamily {
+	m := expoMetric{bounds: sweepBuckets[:], counts: make([]float64, len(sweepBuckets)), sum: h.sum, count: h.count}
+	var cum uint64
+	for i, n := range h.counts {
+		cum += n
+		m.counts[i] = float64(cum)
+	}
+	return expoFamily{name: "tracker_sweep_duration_seconds", help: "Time one stats sweep spent reading the kernel.",
+		typ: typeHistogram, metrics: []expoMetric{m}}
+}
+
+// maxScrapesInFlight bounds the scrapes served at once: scrapes are
+// cheap, and more than a few at once is a misconfiguration.
+const maxScrapesInFlight = 4
+
+// NewMetrics returns a Metrics; serve it with Handler.
+func NewMetrics(opts MetricsOptions) (*Metrics, error) {
+	return &Metrics{opts: opts, inFlight: make(chan struct{}, maxScrapesInFlight)}, nil
 }
 
 // Publish replaces the exported snapshot with snap. It keeps no reference
@@ -186,25 +199,39 @@ func (m *Metrics) Publish(snap *state.Snapshot) error {
 
 	m.mu.Lock()
 	m.latest = st
+	m.sweeps.observe(snap.SweepDuration.Seconds())
 	m.mu.Unlock()
-	m.sweeps.Observe(snap.SweepDuration.Seconds())
 	return nil
 }
 
-// Handler serves the metrics in the Prometheus text format. Mount it
-// anywhere; ListenMetrics mounts it at MetricsPath.
+// Handler serves the metrics in the Prometheus text format (version
+// 0.0.4, gzipped when the scraper accepts it). Mount it anywhere;
+// ListenMetrics mounts it at MetricsPath.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{
-		ErrorHandling: promhttp.ContinueOnError,
-		// Scrapes are cheap; more than a few at once is a misconfiguration.
-		MaxRequestsInFlight: 4,
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case m.inFlight <- struct{}{}:
+			defer func() { <-m.inFlight }()
+		default:
+			http.Error(w, fmt.Sprintf("Limit of concurrent requests reached (%d), try again later.", maxScrapesInFlight),
+				http.StatusServiceUnavailable)
+			return
+		}
+		serveExposition(w, r, writeExposition(nil, m.families()))
 	})
 }
 
-func (m *Metrics) snapshot() *metricsState {
+// families are the metric families of a scrape.
+func (m *Metrics) families() []expoFamily {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.latest
+	st, sweeps := m.latest, m.sweeps.family()
+	m.mu.Unlock()
+	fams := append(trackerFamilies(m.opts, st), sweeps)
+	if !m.opts.OmitRuntimeMetrics {
+		fams = append(fams, goFamilies()...)
+		fams = append(fams, processFamilies()...)
+	}
+	return fams
 }
 
 // gadgetMember names a gadget instance among those sharing a label set:
@@ -256,114 +283,79 @@ func seriesKey(labels []string) string {
 	return string(b)
 }
 
-// metricsCollector emits everything derived from the latest snapshot.
-type metricsCollector struct {
-	m *Metrics
-
-	mapCount, mapMemory, runcount, runtime *prometheus.Desc
-
-	events, eventsLost, resyncs, sweeps  *prometheus.Desc
-	repairs, loadsGone, attribRejected   *prometheus.Desc
-	eventsDropped, snapshotsDropped      *prometheus.Desc
-	registrationsRemoved                 *prometheus.Desc
-	programs, gadgets, lastSweep, source *prometheus.Desc
-	natsConnected, natsErrors, buildInfo *prometheus.Desc
-}
-
-func newMetricsCollector(m *Metrics) *metricsCollector {
-	seed := []string{labelGadgetImage, labelGadgetName, labelProgName}
-	if m.opts.All {
-		seed = append(seed, labelProgID)
+// trackerFamilies are the seed's series and the tracker's own health, from
+// st (nil before the first Publish). Names, types and help text of the
+// seed's series follow its columns.
+func trackerFamilies(opts MetricsOptions, st *metricsState) []expoFamily {
+	build := expoFamily{name: "tracker_build_info", help: "The tracker's version and the Go version it was built with.", typ: typeGauge}
+	build.add(1, "version", opts.Version, "goversion", runtime.Version())
+	fams := []expoFamily{build}
+	if nats := opts.NATS; nats != nil {
+		fams = append(fams,
+			gauge("tracker_nats_connected", "Whether the NATS connection is up (1) or not (0).", boolFloat(nats.Connected())),
+			counter("tracker_nats_publish_errors_total", "NATS publishes that failed.", float64(nats.PublishErrors())))
 	}
-	scope := prometheus.Labels{labelOTelScope: otelScopeName}
-	return &metricsCollector{
-		m: m,
-		// Names, types and help text follow the seed's columns.
-		mapCount:  prometheus.NewDesc("mapCount", "Number of maps used by the eBPF program or Gadget", seed, scope),
-		mapMemory: prometheus.NewDesc("mapMemory", "Memory used by maps in bytes", seed, scope),
-		runcount:  prometheus.NewDesc("runcount_total", "Number of times the eBPF program or Gadget has run", seed, scope),
-		runtime:   prometheus.NewDesc("runtime_total", "Time that the eBPF program or Gadget has run in nanoseconds", seed, scope),
-
-		events:     prometheus.NewDesc("tracker_events_total", "Program events applied to the inventory, by kind (load, release).", []string{"kind"}, nil),
-		eventsLost: prometheus.NewDesc("tracker_events_lost_total", "Program events the event source reported as lost.", nil, nil),
-		resyncs:    prometheus.NewDesc("tracker_resyncs_total", "Full inventory resyncs from the kernel's program IDs.", nil, nil),
-		sweeps:     prometheus.NewDesc("tracker_sweeps_total", "Stats sweeps completed.", nil, nil),
-		repairs: prometheus.NewDesc("tracker_inventory_repairs_total",
-			"Programs a sweep's audit found missing from the inventory (kind=added: a load event was lost or late) or still in it though gone from the kernel (kind=removed).", []string{"kind"}, nil),
-		loadsGone: prometheus.NewDesc("tracker_loads_gone_total",
-			"Load events of programs already released when applied: published with their release, never inserted.", nil, nil),
-		attribRejected: prometheus.NewDesc("tracker_attributions_rejected_total",
-			"Load events whose PID named a process started after the event (a reused PID): not attributed.", nil, nil),
-		eventsDropped: prometheus.NewDesc("tracker_events_dropped_total",
-			"Applied events not handed to the publishers because their queue was full (a slow NATS server); the inventory has them.", nil, nil),
-		registrationsRemoved: prometheus.NewDesc("tracker_registrations_removed_total",
-			"Entries of the registry map (docs/registration.md) removed because their program is gone.", nil, nil),
-		snapshotsDropped: prometheus.NewDesc("tracker_snapshots_dropped_total",
-			"Interval snapshots replaced by a newer one before a slow publisher took them.", nil, nil),
-		programs:      prometheus.NewDesc("tracker_programs", "eBPF programs in the inventory, owned or not.", nil, nil),
-		gadgets:       prometheus.NewDesc("tracker_gadgets", "Gadgets in the inventory.", nil, nil),
-		lastSweep:     prometheus.NewDesc("tracker_last_sweep_timestamp_seconds", "Unix time of the latest sweep.", nil, nil),
-		source:        prometheus.NewDesc("tracker_event_source_info", "The event source in use (fentry, perf or poll).", []string{"source"}, nil),
-		natsConnected: prometheus.NewDesc("tracker_nats_connected", "Whether the NATS connection is up (1) or not (0).", nil, nil),
-		natsErrors:    prometheus.NewDesc("tracker_nats_publish_errors_total", "NATS publishes that failed.", nil, nil),
-		buildInfo:     prometheus.NewDesc("tracker_build_info", "The tracker's version and the Go version it was built with.", []string{"version", "goversion"}, nil),
-	}
-}
-
-// Describe implements prometheus.Collector.
-func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{
-		c.mapCount, c.mapMemory, c.runcount, c.runtime,
-		c.events, c.eventsLost, c.resyncs, c.sweeps,
-		c.repairs, c.loadsGone, c.attribRejected, c.eventsDropped, c.snapshotsDropped, c.registrationsRemoved,
-		c.programs, c.gadgets, c.lastSweep, c.source,
-		c.natsConnected, c.natsErrors, c.buildInfo,
-	} {
-		ch <- d
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.m.opts.Version, runtime.Version())
-	if nats := c.m.opts.NATS; nats != nil {
-		ch <- prometheus.MustNewConstMetric(c.natsConnected, prometheus.GaugeValue, boolFloat(nats.Connected()))
-		ch <- prometheus.MustNewConstMetric(c.natsErrors, prometheus.CounterValue, float64(nats.PublishErrors()))
-	}
-
-	st := c.m.snapshot()
 	if st == nil {
-		return
+		return fams
 	}
-	for i := range st.series {
-		s := &st.series[i]
-		ch <- prometheus.MustNewConstMetric(c.mapCount, prometheus.GaugeValue, s.mapCount, s.labels...)
-		ch <- prometheus.MustNewConstMetric(c.mapMemory, prometheus.GaugeValue, s.mapMemory, s.labels...)
-		ch <- prometheus.MustNewConstMetric(c.runcount, prometheus.CounterValue, s.runcount, s.labels...)
-		ch <- prometheus.MustNewConstMetric(c.runtime, prometheus.CounterValue, s.runtime, s.labels...)
-	}
-
+	fams = append(fams, seriesFamilies(st.series)...)
 	ctr := &st.counters
-	ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(ctr.EventsLoad), "load")
-	ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(ctr.EventsRelease), "release")
-	ch <- prometheus.MustNewConstMetric(c.eventsLost, prometheus.CounterValue, float64(ctr.EventsLost))
-	ch <- prometheus.MustNewConstMetric(c.resyncs, prometheus.CounterValue, float64(ctr.Resyncs))
-	ch <- prometheus.MustNewConstMetric(c.sweeps, prometheus.CounterValue, float64(ctr.Sweeps))
-	ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(ctr.RepairsAdded), "added")
-	ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(ctr.RepairsRemoved), "removed")
-	ch <- prometheus.MustNewConstMetric(c.loadsGone, prometheus.CounterValue, float64(ctr.LoadsGone))
-	ch <- prometheus.MustNewConstMetric(c.attribRejected, prometheus.CounterValue, float64(ctr.AttributionsRejected))
-	ch <- prometheus.MustNewConstMetric(c.eventsDropped, prometheus.CounterValue, float64(ctr.EventsDropped))
-	ch <- prometheus.MustNewConstMetric(c.snapshotsDropped, prometheus.CounterValue, float64(ctr.SnapshotsDropped))
-	ch <- prometheus.MustNewConstMetric(c.registrationsRemoved, prometheus.CounterValue, float64(ctr.RegistrationsRemoved))
-	ch <- prometheus.MustNewConstMetric(c.programs, prometheus.GaugeValue, float64(st.programs))
-	ch <- prometheus.MustNewConstMetric(c.gadgets, prometheus.GaugeValue, float64(st.gadgets))
+	events := expoFamily{name: "tracker_events_total", help: "Program events applied to the inventory, by kind (load, release).", typ: typeCounter}
+	events.add(float64(ctr.EventsLoad), "kind", "load")
+	events.add(float64(ctr.EventsRelease), "kind", "release")
+	repairs := expoFamily{name: "tracker_inventory_repairs_total", typ: typeCounter,
+		help: "Programs a sweep's audit found missing from the inventory (kind=added: a load event was lost or late) or still in it though gone from the kernel (kind=removed)."}
+	repairs.add(float64(ctr.RepairsAdded), "kind", "added")
+	repairs.add(float64(ctr.RepairsRemoved), "kind", "removed")
+	fams = append(fams, events, repairs,
+		counter("tracker_events_lost_total", "Program events the event source reported as lost.", float64(ctr.EventsLost)),
+		counter("tracker_resyncs_total", "Full inventory resyncs from the kernel's program IDs.", float64(ctr.Resyncs)),
+		counter("tracker_sweeps_total", "Stats sweeps completed.", float64(ctr.Sweeps)),
+		counter("tracker_loads_gone_total", "Load events of programs already released when applied: published with their release, never inserted.", float64(ctr.LoadsGone)),
+		counter("tracker_attributions_rejected_total", "Load events whose PID named a process started after the event (a reused PID): not attributed.", float64(ctr.AttributionsRejected)),
+		counter("tracker_events_dropped_total", "Applied events not handed to the publishers because their queue was full (a slow NATS server); the inventory has them.", float64(ctr.EventsDropped)),
+		counter("tracker_snapshots_dropped_total", "Interval snapshots replaced by a newer one before a slow publisher took them.", float64(ctr.SnapshotsDropped)),
+		counter("tracker_registrations_removed_total", "Entries of the registry map (docs/registration.md) removed because their program is gone.", float64(ctr.RegistrationsRemoved)),
+		gauge("tracker_programs", "eBPF programs in the inventory, owned or not.", float64(st.programs)),
+		gauge("tracker_gadgets", "Gadgets in the inventory.", float64(st.gadgets)))
 	if !st.time.IsZero() {
-		ch <- prometheus.MustNewConstMetric(c.lastSweep, prometheus.GaugeValue, float64(st.time.UnixNano())/1e9)
+		fams = append(fams, gauge("tracker_last_sweep_timestamp_seconds", "Unix time of the latest sweep.", float64(st.time.UnixNano())/1e9))
 	}
 	if st.source != "" {
-		ch <- prometheus.MustNewConstMetric(c.source, prometheus.GaugeValue, 1, st.source)
+		source := expoFamily{name: "tracker_event_source_info", help: "The event source in use (fentry, perf or poll).", typ: typeGauge}
+		source.add(1, "source", st.source)
+		fams = append(fams, source)
 	}
+	return fams
+}
+
+// seriesFamilies are the seed's four series, one metric per label set of
+// series.
+func seriesFamilies(series []rowSeries) []expoFamily {
+	names := []string{labelGadgetImage, labelGadgetName, labelProgName, labelProgID}
+	fams := []expoFamily{
+		{name: "mapCount", help: "Number of maps used by the eBPF program or Gadget", typ: typeGauge},
+		{name: "mapMemory", help: "Memory used by maps in bytes", typ: typeGauge},
+		{name: "runcount_total", help: "Number of times the eBPF program or Gadget has run", typ: typeCounter},
+		{name: "runtime_total", help: "Time that the eBPF program or Gadget has run in nanoseconds", typ: typeCounter},
+	}
+	for i := range fams {
+		fams[i].metrics = make([]expoMetric, 0, len(series))
+	}
+	for i := range series {
+		s := &series[i]
+		// The label values in the order of names; progID in All mode
+		// only (see newRowSeries).
+		pairs := make([]string, 0, 2*len(names)+2)
+		for k, v := range s.labels {
+			pairs = append(pairs, names[k], v)
+		}
+		pairs = append(pairs, labelOTelScope, otelScopeName)
+		for k, v := range []float64{s.mapCount, s.mapMemory, s.runcount, s.runtime} {
+			fams[k].add(v, pairs...)
+		}
+	}
+	return fams
 }
 
 func boolFloat(b bool) float64 {
