@@ -119,7 +119,7 @@ func TestSumListsYieldsToLoads(t *testing.T) {
 }
 
 // A program's record and its row are kept for each of thousands of
-// programs: the record stays within the 320-byte size class, the row
+// programs: the record stays within the 288-byte size class, the row
 // within 480 (objects of 512 bytes or less carry no malloc header). The
 // two took 1024 bytes, plus a 464-byte copy of the row in the snapshot,
 // until the row was shared with the snapshot (and 1024 alone before the
@@ -129,7 +129,7 @@ func TestProgramSize(t *testing.T) {
 	for _, c := range []struct {
 		name        string
 		size, class uintptr
-	}{{"program", unsafe.Sizeof(program{}), 320}, {"Row", unsafe.Sizeof(Row{}), 480}} {
+	}{{"program", unsafe.Sizeof(program{}), 288}, {"Row", unsafe.Sizeof(Row{}), 480}} {
 		if c.size > c.class {
 			t.Errorf("%s is %d bytes, over the %d-byte size class", c.name, c.size, c.class)
 		}

@@ -297,7 +297,7 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 		p.hasDelta = true
 		p.runtimeD = info.RunTime - p.info.RunTime
 		p.runcntD = info.RunCount - p.info.RunCount
-		p.interval = max(now.Sub(p.readAt), 0)
+		p.interval = max(now.Sub(t.epoch)-p.readAt, 0)
 	} else {
 		p.hasDelta = false
 		p.runtimeD, p.runcntD, p.interval = 0, 0, 0
@@ -314,7 +314,7 @@ func (t *Tracker) merge(p *program, info loader.ProgramInfo, now time.Time) {
 	mapIDs := append(p.info.MapIDs[:0], sorted...)
 	p.info = info
 	p.info.MapIDs = mapIDs
-	p.readAt = now
+	p.readAt = now.Sub(t.epoch)
 }
 
 // auditWarnMin is how many repairs in one sweep make a warning: fewer are

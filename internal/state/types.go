@@ -236,8 +236,8 @@ type Snapshot struct {
 }
 
 // RowVersion returns a number that changes whenever Programs[i] changes,
-// except its Attach and pod name columns, which namePods and readAttach
-// fill per snapshot: two snapshots of one Tracker whose program rows have
+// except its Attach and pod name columns, which each snapshot takes from
+// the sweep's walk of the links and from the pod resolver: two snapshots of one Tracker whose program rows have
 // the same nonzero version have equal rows apart from those columns. 0
 // means unknown (a snapshot not built by a Tracker): the row may differ
 // from any other. A publisher uses it to reuse a row's encoding.
