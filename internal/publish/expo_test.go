@@ -176,7 +176,7 @@ func TestAppendFloat(t *testing.T) {
 // A duration equal to a bucket's bound counts in that bucket (le is "less
 // than or equal"), one past the last bound in +Inf alone.
 func TestSweepHistogramBounds(t *testing.T) {
-	var h sweepHistogram
+	h := newSweepHistogram()
 	h.observe(0.001)
 	h.observe(0.0011)
 	h.observe(11)

@@ -95,28 +95,32 @@ type metricsState struct {
 
 // rowSeries is one label set of the four seed series.
 type rowSeries struct {
-	labels    []string // in the order of seriesLabels
+	labels    []string // gadgetImage, gadgetName, progName and, in All mode, progID
 	mapCount  float64
 	mapMemory float64
 	runcount  float64
 	runtime   float64
 }
 
-// sweepBuckets are the upper bounds of tracker_sweep_duration_seconds.
-// Sweeps take about 2 µs per program (see the kernel notes): 1 ms for a
-// few hundred programs, seconds only when something is wrong.
-var sweepBuckets = [...]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
-
-// sweepHistogram counts sweep durations in sweepBuckets.
+// sweepHistogram counts sweep durations for tracker_sweep_duration_seconds.
 type sweepHistogram struct {
-	counts [len(sweepBuckets)]uint64 // per bucket, not cumulative
+	bounds []float64 // the buckets' upper bounds
+	counts []uint64  // per bucket, not cumulative
 	sum    float64
 	count  uint64
 }
 
+// newSweepHistogram returns an empty sweepHistogram. Sweeps take about
+// 2 µs per program (see the kernel notes): 1 ms for a few hundred
+// programs, seconds only when something is wrong.
+func newSweepHistogram() sweepHistogram {
+	bounds := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	return sweepHistogram{bounds: bounds, counts: make([]uint64, len(bounds))}
+}
+
 // observe counts one duration of v seconds.
 func (h *sweepHistogram) observe(v float64) {
-	for i, bound := range sweepBuckets {
+	for i, bound := range h.bounds {
 		if v <= bound {
 			h.counts[i]++
 			break
@@ -128,7 +132,7 @@ func (h *sweepHistogram) observe(v float64) {
 
 // family is the histogram's metric family.
 func (h *sweepHistogram) family() expoFamily {
-	m := expoMetric{bounds: sweepBuckets[:], counts: make([]float64, len(sweepBuckets)), sum: h.sum, count: h.count}
+	m := expoMetric{bounds: h.bounds, counts: make([]float64, len(h.bounds)), sum: h.sum, count: h.count}
 	var cum uint64
 	for i, n := range h.counts {
 		cum += n
@@ -144,7 +148,7 @@ const maxScrapesInFlight = 4
 
 // NewMetrics returns a Metrics; serve it with Handler.
 func NewMetrics(opts MetricsOptions) (*Metrics, error) {
-	return &Metrics{opts: opts, inFlight: make(chan struct{}, maxScrapesInFlight)}, nil
+	return &Metrics{opts: opts, inFlight: make(chan struct{}, maxScrapesInFlight), sweeps: newSweepHistogram()}, nil
 }
 
 // Publish replaces the exported snapshot with snap. It keeps no reference
