@@ -142,9 +142,7 @@ func (t *Tracker) place(p *program, cgroupID uint64, proc *loader.Process) {
 // (see namePods), are not part of what changed; a new placement starts
 // without them.
 func (p *program) setPlacement(pl Placement) {
-	cur := p.row.Placement
-	cur.PodName, cur.PodNamespace = "", ""
-	if pl != cur {
+	if pl != p.row.Placement.unnamed() {
 		p.ownRow().Placement, p.placed = pl, true
 	}
 }

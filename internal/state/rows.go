@@ -73,8 +73,7 @@ func (t *Tracker) snapshot(now time.Time, links *linkWalk) *Snapshot {
 			row.Attach = links.keep(attach)
 		}
 		if t.opts.Pods != nil {
-			pl := row.Placement
-			pl.PodName, pl.PodNamespace = "", ""
+			pl := row.Placement.unnamed()
 			t.namePod(&pl)
 			if pl != row.Placement {
 				row = p.ownRow()

@@ -99,6 +99,13 @@ type Placement struct {
 	PodNamespace string `json:"podNamespace,omitempty"`
 }
 
+// unnamed is pl without the pod's name and namespace, which come from
+// the pod resolver, not from the cgroup path.
+func (pl Placement) unnamed() Placement {
+	pl.PodName, pl.PodNamespace = "", ""
+	return pl
+}
+
 // placementOf derives the Placement of a cgroup path.
 func placementOf(cgroup string) Placement {
 	if cgroup == "" {
@@ -237,8 +244,9 @@ type Snapshot struct {
 
 // RowVersion returns a number that changes whenever Programs[i] changes,
 // except its Attach and pod name columns, which each snapshot takes from
-// the sweep's walk of the links and from the pod resolver: two snapshots of one Tracker whose program rows have
-// the same nonzero version have equal rows apart from those columns. 0
+// the sweep's walk of the links and from the pod resolver: two snapshots
+// of one Tracker whose program rows have the same nonzero version have
+// equal rows apart from those columns. 0
 // means unknown (a snapshot not built by a Tracker): the row may differ
 // from any other. A publisher uses it to reuse a row's encoding.
 func (s *Snapshot) RowVersion(i int) uint64 {
