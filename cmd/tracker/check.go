@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/bpfstats/tracker/internal/loader"
 	"github.com/bpfstats/tracker/internal/publish"
+	"github.com/bpfstats/tracker/internal/timerslack"
 )
 
 // checkReport prints the lines of "run --check" and remembers a failure.
@@ -47,6 +49,7 @@ func (r *checkReport) warn(what string, err error) {
 func runCheck(out io.Writer, d *daemonFlags) error {
 	r := &checkReport{out: out}
 	checkKernel(r, d)
+	checkTimerSlack(r, d.timerSlack)
 	r.line("subject", publish.ValidateSubjectPrefix(d.nats.prefix), d.nats.prefix+".<node>.<gadget>")
 	checkNATS(r, d)
 	if d.metricsAddr == "" {
@@ -106,6 +109,20 @@ func checkKernel(r *checkReport, d *daemonFlags) {
 		}
 		r.line("--source", err, want)
 	}
+}
+
+// checkTimerSlack says whether "run" can give every thread its timer
+// slack. Without, it runs on, with more wakes of the Go runtime: a warning.
+func checkTimerSlack(r *checkReport, slack time.Duration) {
+	if slack == 0 {
+		r.line("timer slack", nil, "kept as inherited (--timer-slack 0)")
+		return
+	}
+	if err := timerslack.Settable(slack); err != nil {
+		r.warn("timer slack", fmt.Errorf("%w: only the tracker's first thread gets it, the Go runtime wakes more often (systemd: TimerSlackNSec=)", err))
+		return
+	}
+	r.line("timer slack", nil, slack.String()+" on every thread")
 }
 
 // checkNATS checks the credential and TLS files, then the embedded

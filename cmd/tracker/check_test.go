@@ -83,6 +83,8 @@ func TestRunCheckFailsWhereRunWould(t *testing.T) {
 		want string
 	}{
 		{nil, 0, "check passed"},
+		{nil, 0, "timer slack    ok   1ms on every thread"},
+		{[]string{"--timer-slack", "0"}, 0, "timer slack    ok   kept as inherited"},
 		{[]string{"--metrics-addr", taken.Addr().String()}, 1, "metrics        FAIL"},
 		// daemonTestArgs' own --nats-listen comes first: this one wins.
 		{[]string{"--nats-listen", taken.Addr().String()}, 1, "nats           FAIL"},
@@ -119,6 +121,9 @@ func TestRunCheckInChildPIDNamespace(t *testing.T) {
 		want    string
 	}{
 		{nil, "pid namespace  ok   the host's"},
+		// Without CAP_SYS_NICE the slack reaches only the tracker's own
+		// thread: a warning, not a failure.
+		{[]string{setpriv(t), "--bounding-set=-sys_nice", "--inh-caps=-sys_nice"}, "timer slack    warn timer slack 1ms: setting another thread's timer slack needs CAP_SYS_NICE"},
 		{[]string{unshare, "--pid", "--fork", "--mount-proc"}, "pid namespace  warn running in a child PID namespace"},
 	} {
 		argv := append(append(tc.wrapper, os.Args[0]), "run", "--check", "--nats-listen", testutil.FreeAddr(t), "--metrics-addr", "")
@@ -132,4 +137,13 @@ func TestRunCheckInChildPIDNamespace(t *testing.T) {
 			t.Errorf("%v: report lacks %q:\n%s", argv, tc.want, out)
 		}
 	}
+}
+
+// setpriv returns the path of setpriv (util-linux).
+func setpriv(t *testing.T) string {
+	path, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatalf("setpriv (util-linux) is needed: %v", err)
+	}
+	return path
 }

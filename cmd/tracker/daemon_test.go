@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -250,5 +251,31 @@ func TestDaemonGadgetCountersSurviveAnInstance(t *testing.T) {
 	if grew := stayAfter - stayBefore; gAfter-gBefore < grew {
 		t.Fatalf("gadget runcount_total went from %v to %v while the live instance ran %v more (the ended one had %v): counts were lost",
 			gBefore, gAfter, grew, leaveBefore)
+	}
+}
+
+// The daemon gives every one of its threads its timer slack, the Go
+// runtime's monitor thread included (internal/timerslack).
+func TestDaemonTimerSlack(t *testing.T) {
+	cmd, _ := startDaemon(t, "GADGETID", daemonTestArgs(t, "--print", "--interval", "100ms")...)
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) < 2 {
+		t.Fatalf("%d threads, want the main one and the runtime's", len(entries))
+	}
+	for _, e := range entries {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(data)); got != strconv.Itoa(int(defaultTimerSlack)) {
+			t.Errorf("thread %d: timer slack %s ns, want %d", tid, got, defaultTimerSlack)
+		}
 	}
 }

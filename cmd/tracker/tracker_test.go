@@ -416,6 +416,8 @@ func TestBadInput(t *testing.T) {
 		{[]string{"run", "--max-message-bytes", "-1"}, "--max-message-bytes -1: want"},
 		{[]string{"run", "--max-message-bytes", "1073741825"}, "--max-message-bytes 1073741825: want"},
 		{[]string{"run", "--max-message-bytes", "1MiB"}, `invalid value "1MiB" for flag -max-message-bytes`},
+		{[]string{"run", "--timer-slack", "11ms"}, "--timer-slack 11ms: want 0 (keep the inherited slack) to 10ms"},
+		{[]string{"run", "--timer-slack", "-1ms"}, "--timer-slack -1ms: want"},
 		{[]string{"run", "--subject-prefix", "a.>"}, "--subject-prefix"},
 		{[]string{"run", "--subject-prefix", "a..b"}, "--subject-prefix"},
 		{[]string{"run", "--subject-prefix", "a\nb"}, "--subject-prefix"},

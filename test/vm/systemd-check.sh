@@ -44,6 +44,14 @@ if [ -n "$pid" ] && [ "$pid" != 0 ]; then
 	else
 		bad "tracker pid $pid: uid $uid, CapEff $capeff, NoNewPrivs $nnp; want 0, 000000c000280004, 1"
 	fi
+	# TimerSlackNSec=1ms: every thread has it, the Go runtime's monitor
+	# thread included, although the unit grants no CAP_SYS_NICE.
+	slacks=$(for t in /proc/"$pid"/task/*; do cat "/proc/${t##*/}/timerslack_ns"; done | sort -u | tr '\n' ' ')
+	if [ "$slacks" = "1000000 " ]; then
+		ok "tracker pid $pid: every thread's timer slack is 1000000 ns"
+	else
+		bad "tracker pid $pid: thread timer slacks '$slacks'; want 1000000 only"
+	fi
 else
 	bad "no main PID"
 fi

@@ -9,7 +9,8 @@
 # /etc/default/bpfstats-tracker). A check service then asserts, from
 # outside the unit's sandbox, that:
 #   - the unit reached "active" (Type=notify: READY=1 after the first sweep)
-#     and runs as uid 0 with exactly its five capabilities;
+#     and runs as uid 0 with exactly its five capabilities, and every
+#     thread has the timer slack of TimerSlackNSec=1ms;
 #   - the tracker created its registry /sys/fs/bpf/bpfstats/registry
 #     (directory 0700, map 0600, root's), which ProtectSystem=strict would
 #     leave read-only without ReadWritePaths=-/sys/fs/bpf;
