@@ -19,9 +19,10 @@ import (
 
 // daemonSetup is how one "tracker run" is measured.
 type daemonSetup struct {
-	natsServer  string // nats-server binary; "" for the tracker's embedded server
-	activeEvery int    // every activeEvery-th program runs each interval; 0: none
-	compactRows bool   // tracker run --compact-rows
+	natsServer  string   // nats-server binary; "" for the tracker's embedded server
+	activeEvery int      // every activeEvery-th program runs each interval; 0: none
+	variant     string   // names a setup that differs from users' by flags; "" for theirs
+	flags       []string // the variant's flags to tracker run
 	interval    time.Duration
 	warmup      time.Duration // after the first message (or the start, embedded)
 	window      time.Duration
@@ -32,6 +33,7 @@ type daemonUsage struct {
 	n              int
 	setup          daemonSetup
 	cpuPercent     float64 // user+sys over wall time, % of one CPU, steady state
+	switches       float64 // context switches of all its threads per second
 	startupCPU     float64 // CPU seconds used until the window
 	maxRSSMiB      float64 // VmHWM
 	rssMiB         float64 // VmRSS at the end
@@ -57,9 +59,7 @@ func measureDaemon(tracker string, n int, h helperGroup, setup daemonSetup) daem
 		defer h.do("idle", "idle")
 	}
 	args := []string{"run", "--metrics-addr", "", "--interval", setup.interval.String(), "--log-level", "warn"}
-	if setup.compactRows {
-		args = append(args, "--compact-rows")
-	}
+	args = append(args, setup.flags...)
 	var sub *subscriber
 	natsPID := 0
 	if setup.natsServer != "" {
@@ -146,6 +146,10 @@ func (d *daemon) measure(u *daemonUsage, sub *subscriber, natsPID int) error {
 	if err != nil {
 		return err
 	}
+	s0, err := threadSwitches(pid)
+	if err != nil {
+		return err
+	}
 	var n0 uint64
 	var m0, b0 int64
 	if sub != nil {
@@ -162,7 +166,12 @@ func (d *daemon) measure(u *daemonUsage, sub *subscriber, natsPID int) error {
 	if err != nil {
 		return err
 	}
+	s1, err := threadSwitches(pid)
+	if err != nil {
+		return err
+	}
 	wall := time.Since(start).Seconds()
+	u.switches = float64(s1-s0) / wall
 	intervals := wall / u.setup.interval.Seconds()
 	if sub != nil {
 		m1, b1 := sub.counts()
@@ -248,6 +257,35 @@ func cpuTicks(pid int) (uint64, error) {
 		return 0, err
 	}
 	return ut + st, nil
+}
+
+// threadSwitches returns the context switches, voluntary and not, of
+// pid's threads: how often they went to sleep (or were put off a CPU) and
+// had to be woken again. A thread that exited takes its count with it.
+func threadSwitches(pid int) (uint64, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, t := range tasks {
+		data, err := os.ReadFile(dir + "/" + t.Name() + "/status")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			key, value, ok := strings.Cut(line, ":")
+			if ok && (key == "voluntary_ctxt_switches" || key == "nonvoluntary_ctxt_switches") {
+				v, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("%s/%s/status: %s: %w", dir, t.Name(), key, err)
+				}
+				n += v
+			}
+		}
+	}
+	return n, nil
 }
 
 // memory returns VmHWM, VmRSS and RssFile of pid in MiB.

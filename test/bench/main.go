@@ -225,6 +225,17 @@ func measureCommands(c *config, res *sizeResult) error {
 	return err
 }
 
+// daemonVariants are the setups measured at the target N besides the
+// users': each with flags that are not the default, to show what they
+// change in the same run.
+var daemonVariants = []struct {
+	name  string
+	flags []string
+}{
+	{"compact rows", []string{"--compact-rows"}},
+	{"timer slack inherited (50 µs)", []string{"--timer-slack", "0"}},
+}
+
 // measureDaemons runs tracker run as users do (standalone nats-server, a
 // subscriber, a share of programs running) and, at the target N, as the
 // first benchmarks did (embedded server, no subscriber, idle programs).
@@ -235,10 +246,12 @@ func measureDaemons(c *config, res *sizeResult, h helperGroup) {
 		logf("N=%d: tracker run, standalone nats-server, subscriber, every %dth program running, %v", res.n, c.activeEvery, c.window)
 		res.daemons = append(res.daemons, measureDaemon(c.tracker, res.n, h, setup))
 		if res.n == c.targetN {
-			compact := setup
-			compact.compactRows = true
-			logf("N=%d: the same with --compact-rows", res.n)
-			res.daemons = append(res.daemons, measureDaemon(c.tracker, res.n, h, compact))
+			for _, v := range daemonVariants {
+				variant := setup
+				variant.variant, variant.flags = v.name, v.flags
+				logf("N=%d: the same with %s", res.n, strings.Join(v.flags, " "))
+				res.daemons = append(res.daemons, measureDaemon(c.tracker, res.n, h, variant))
+			}
 		}
 	}
 	if c.embedded && res.n == c.targetN {

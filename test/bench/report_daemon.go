@@ -13,7 +13,7 @@ func (r *report) userDaemons() []daemonUsage {
 	var ds []daemonUsage
 	for _, s := range r.results {
 		for _, d := range s.daemons {
-			if d.setup.natsServer != "" && !d.setup.compactRows {
+			if d.setup.natsServer != "" && d.setup.variant == "" {
 				ds = append(ds, d)
 			}
 		}
@@ -32,20 +32,24 @@ func (r *report) daemonSection(b *strings.Builder) {
 	p("the subscriber received. The `embedded` row is the earlier setup: embedded NATS server, no\n")
 	p("subscriber, idle programs. The `compact rows` row is the first setup with `--compact-rows` (full\n")
 	p("program rows only when they change or every 30 intervals: see docs/nats.md), which needs\n")
-	p("consumers that know the `rows` field, and so is not the default. `of which file`: the part of\n")
+	p("consumers that know the `rows` field, and so is not the default. The `timer slack inherited` row is\n")
+	p("the first setup with `--timer-slack 0`: the kernel's default slack of 50 µs instead of the tracker's\n")
+	p("1 ms (see internal/timerslack), under which the Go runtime's monitor thread wakes far more often;\n")
+	p("`switches / s` counts how often all the tracker's threads went off a CPU (voluntary and not).\n")
+	p("`of which file`: the part of\n")
 	p("the RSS at the end that is file-backed (RssFile: the pages of the tracker binary that it touched;\n")
 	p("it is static, with no libc), the rest being its heap and stacks.\n\n")
-	p("| N | setup | CPU, %% of a core | start-up CPU | peak RSS (VmHWM) | RSS at end | of which file | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| N | setup | CPU, %% of a core | switches / s | start-up CPU | peak RSS (VmHWM) | RSS at end | of which file | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
 		for _, d := range s.daemons {
 			setup := d.setupName()
 			if d.err != nil {
-				p("| %d | %s | error: %v | | | | | | | | | |\n", d.n, setup, d.err)
+				p("| %d | %s | error: %v | | | | | | | | | | |\n", d.n, setup, d.err)
 				continue
 			}
-			p("| %d | %s | %.2f %% | %.2f s | %.1f MiB | %.1f MiB | %.1f MiB | %.0f | %s | %.2f %% | %d | %d |\n", d.n, setup,
-				d.cpuPercent, d.startupCPU, d.maxRSSMiB, d.rssMiB, d.rssFileMiB, d.msgs, bytesText(d.bytes), d.natsCPUPercent,
+			p("| %d | %s | %.2f %% | %.0f | %.2f s | %.1f MiB | %.1f MiB | %.1f MiB | %.0f | %s | %.2f %% | %d | %d |\n", d.n, setup,
+				d.cpuPercent, d.switches, d.startupCPU, d.maxRSSMiB, d.rssMiB, d.rssFileMiB, d.msgs, bytesText(d.bytes), d.natsCPUPercent,
 				d.logLines, d.publishErrs)
 		}
 	}
@@ -133,8 +137,8 @@ func (d daemonUsage) setupName() string {
 	if d.setup.natsServer == "" {
 		return "embedded, idle"
 	}
-	if d.setup.compactRows {
-		return "standalone, subscriber, active, compact rows"
+	if d.setup.variant != "" {
+		return "standalone, subscriber, active, " + d.setup.variant
 	}
 	return "standalone, subscriber, active"
 }

@@ -53,6 +53,9 @@ func (r *report) targets(b *strings.Builder) {
 				"(the floor of any read of every program's stats) takes %.1f ms = %.2f %%; the daemon also published %s "+
 				"per interval (section 4).",
 				full, full/10, floor, floor/10, bytesText(d.bytes)))
+			if v := variantsText(s, d); v != "" {
+				why = append(why, "CPU in the same run (section 4): "+v+".")
+			}
 		}
 		if d.maxRSSMiB > targetRSSMiB {
 			why = append(why, fmt.Sprintf("RSS: at the end of the run %.1f MiB, of which %.1f MiB file-backed (the pages of the "+
@@ -149,10 +152,25 @@ func (r *report) cliTargets(b *strings.Builder, s *sizeResult) []string {
 	return why
 }
 
+// variantsText compares the CPU and thread switches of the variants
+// measured at s.n with the users' setup d.
+func variantsText(s *sizeResult, d *daemonUsage) string {
+	parts := []string{fmt.Sprintf("as users run it %.2f %% with %.0f thread switches a second", d.cpuPercent, d.switches)}
+	for _, v := range s.daemons {
+		if v.setup.variant != "" && v.setup.natsServer != "" && v.err == nil {
+			parts = append(parts, fmt.Sprintf("with `%s` %.2f %% and %.0f", strings.Join(v.setup.flags, " "), v.cpuPercent, v.switches))
+		}
+	}
+	if len(parts) == 1 {
+		return ""
+	}
+	return strings.Join(parts, "; ")
+}
+
 // userDaemon returns the tracker run measured as users run it at s.n.
 func userDaemon(s *sizeResult) *daemonUsage {
 	for i := range s.daemons {
-		if s.daemons[i].setup.natsServer != "" && !s.daemons[i].setup.compactRows {
+		if s.daemons[i].setup.natsServer != "" && s.daemons[i].setup.variant == "" {
 			return &s.daemons[i]
 		}
 	}
