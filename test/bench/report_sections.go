@@ -67,7 +67,9 @@ func (r *report) freshSection(b *strings.Builder) {
 	p("The fentry source cannot load on this host (trampolines fail with EPERM under lockdown): it is\n")
 	p("measured only in a VM (`make vmtest`). `wake p99`: during the same run, how late a goroutine of\n")
 	p("the harness that sleeps 1 ms at a time woke up (p99): the scheduling delay that each goroutine\n")
-	p("hop of the event path (perf reader, loop, OnEvent) can meet as well.\n\n")
+	p("hop of the event path (perf reader, loop, OnEvent) can meet as well. The harness keeps the kernel's\n")
+	p("default timer slack (50 µs), not `tracker run`'s 1 ms (`--timer-slack`), so that `wake p99` stays a\n")
+	p("measure of scheduling delay; paired runs with the daemon's slack: docs/systemd.md#timer-slack.\n\n")
 	p("| N | source | load p50 | load p99 | release p50 | release p99 | load p99 at OnEvent | release p99 at OnEvent | seen | load call | wake p99 |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
 		for _, f := range s.fresh {
