@@ -97,10 +97,12 @@ func (d *daemonFlags) validate() error {
 // defaultTimerSlack is the daemon's timer slack. The Go runtime's monitor
 // thread sleeps 20 µs at a time while the daemon works; with the kernel's
 // default slack of 50 µs it woke 80 to 110 times a second at 5000
-// programs, a quarter of the daemon's CPU in a VM, and about 20 times with
-// 1 ms (internal/timerslack). The daemon's own timers are a second apart:
-// a millisecond late is nothing to them, and its events wake it through
-// file descriptors, which no slack delays.
+// programs, about a sixth of the daemon's CPU in a VM, and about 20 times
+// with 1 ms (internal/timerslack). The daemon's own timers are a second
+// apart: a millisecond late is nothing to them. Its events wake it through
+// file descriptors, which no slack delays; what the slack can delay is the
+// monitor taking a P back from a blocked system call, which the event
+// reader avoids (docs/systemd.md#timer-slack has the freshness it measured).
 const defaultTimerSlack = time.Millisecond
 
 // maxTimerSlack bounds --timer-slack to a tenth of the shortest interval.

@@ -7,8 +7,8 @@
 // goroutine running or in a system call), then twice as long each time;
 // with the default slack of 50 µs each of those sleeps ends a few tens of
 // microseconds later. On the 2-vCPU virtual machine of docs/benchmarks.md
-// that was 80 to 110 wakes a second, a quarter of a daemon's CPU that works
-// about 10 ms every second; with a slack of 1 ms, about 20.
+// that was 80 to 110 wakes a second, about a sixth of the CPU of a daemon
+// that works about 10 ms every second; with a slack of 1 ms, about 20.
 package timerslack
 
 import (
