@@ -225,15 +225,20 @@ func measureCommands(c *config, res *sizeResult) error {
 	return err
 }
 
-// daemonVariants are the setups measured at the target N besides the
-// users': each with flags that are not the default, to show what they
-// change in the same run.
-var daemonVariants = []struct {
+// daemonVariant is a setup measured at the target N besides the users':
+// flags that are not the default, to show what they change in the same
+// run.
+type daemonVariant struct {
 	name  string
 	flags []string
-}{
-	{"compact rows", []string{"--compact-rows"}},
-	{"timer slack inherited (50 µs)", []string{"--timer-slack", "0"}},
+}
+
+// daemonVariants returns the variants measured at the target N.
+func daemonVariants() []daemonVariant {
+	return []daemonVariant{
+		{"compact rows", []string{"--compact-rows"}},
+		{"timer slack inherited (50 µs)", []string{"--timer-slack", "0"}},
+	}
 }
 
 // measureDaemons runs tracker run as users do (standalone nats-server, a
@@ -246,7 +251,7 @@ func measureDaemons(c *config, res *sizeResult, h helperGroup) {
 		logf("N=%d: tracker run, standalone nats-server, subscriber, every %dth program running, %v", res.n, c.activeEvery, c.window)
 		res.daemons = append(res.daemons, measureDaemon(c.tracker, res.n, h, setup))
 		if res.n == c.targetN {
-			for _, v := range daemonVariants {
+			for _, v := range daemonVariants() {
 				variant := setup
 				variant.variant, variant.flags = v.name, v.flags
 				logf("N=%d: the same with %s", res.n, strings.Join(v.flags, " "))
