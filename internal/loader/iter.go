@@ -100,10 +100,9 @@ func (it *bpfIter) readChunks(buf []byte, limit int, mu sync.Locker) ([]byte, er
 	if it.kept != nil {
 		return it.kept, nil
 	}
-	attr := sysIterCreateAttr{LinkFD: uint32(it.link.FD())}
-	fd, err := bpfSyscall(unix.BPF_ITER_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	fd, err := it.open()
 	if err != nil {
-		return buf[:0], fmt.Errorf("creating iterator: %w", err)
+		return buf[:0], err
 	}
 	defer unix.Close(fd)
 	grow := max(8*os.Getpagesize(), limit)
@@ -133,6 +132,17 @@ func (it *bpfIter) readChunks(buf []byte, limit int, mu sync.Locker) ([]byte, er
 			mu.Lock()
 		}
 	}
+}
+
+// open starts a run of the iterator: read(2) on the fd returned reads its
+// output, which the caller closes.
+func (it *bpfIter) open() (int, error) {
+	attr := sysIterCreateAttr{LinkFD: uint32(it.link.FD())}
+	fd, err := bpfSyscall(unix.BPF_ITER_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if err != nil {
+		return -1, fmt.Errorf("creating iterator: %w", err)
+	}
+	return fd, nil
 }
 
 func (it *bpfIter) close() error {

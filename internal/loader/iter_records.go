@@ -3,7 +3,6 @@ package loader
 import (
 	"fmt"
 	"slices"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,10 +31,9 @@ func (it *bpfIter) readRecords(buf []byte, part int, size func(data []byte) int,
 		}
 		return buf, n > 0, err
 	}
-	attr := sysIterCreateAttr{LinkFD: uint32(it.link.FD())}
-	fd, err := bpfSyscall(unix.BPF_ITER_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	fd, err := it.open()
 	if err != nil {
-		return buf, false, fmt.Errorf("creating iterator: %w", err)
+		return buf, false, err
 	}
 	defer unix.Close(fd)
 	if part <= 0 {
