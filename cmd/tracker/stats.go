@@ -24,8 +24,10 @@ func (o *outputFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.fields, "fields", "", "extra columns, comma-separated (see the list below)")
 }
 
-// printer returns a function printing the rows of one snapshot.
+// printer returns a function printing the rows of one snapshot. The rows
+// go in one write, which a pipe is grown to hold (see fitPipe).
 func (o *outputFlags) printer(out io.Writer, all bool) (func(*state.Snapshot) error, error) {
+	out = fitPipe(out)
 	cols, err := publish.SelectColumns(strings.Split(o.fields, ","))
 	if err != nil {
 		return nil, usageError{err}
