@@ -274,7 +274,10 @@ in the same boot for comparison.
 **The guest is emulated** (qemu TCG, one host thread for ${VMTEST_SMP:-2} vCPUs, \`-cpu qemu64\`,
 $qemu, host CPU: $cpu): every figure is many times slower than on hardware. Compare sources
 and kernels with each other, not with docs/benchmarks.md. Nothing here is a pass/fail threshold:
-the test asserts only that every load and release was delivered by the source and published.
+the test asserts only that every load and release was published, and delivered by the source
+unless the source reported lost records or, for the perf source before Linux 6.0 (no lost counter;
+on 5.10 it was seen to miss two or three of 300 releases without reporting a loss), a sweep
+published it; the test's log counts those.
 
 A tracker (state.Tracker.Run, stats enabled) in the test process; ${FRESH_SETUP:-no run}.
 Load: from the start of the BPF_PROG_LOAD call to the tracker's OnEvent for that ID; release: from
