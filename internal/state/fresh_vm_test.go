@@ -98,7 +98,8 @@ type vmFreshness struct {
 	// a sweep published (the event was lost): not in releases.
 	auditFirst int
 	// undelivered counts loads and releases the source never delivered:
-	// records the kernel refused, reported as lost.
+	// records it reported lost or (perf before Linux 6.0, see waitAll)
+	// missed without a report.
 	undelivered int
 }
 
@@ -307,9 +308,10 @@ func (r *freshRecorder) onEvent(ev *state.Event) {
 // it did not deliver may have been one of them: then being published (by
 // a sweep) is enough. So it is for the perf source on a kernel without
 // its lost counter (before Linux 6.0): on 5.10 under TCG with a busy host
-// it has, about one run in five, never delivered two or three of the 300
-// releases and reported no loss; a sweep published them. That is counted
-// and logged (measureVMFreshness), and noted on issue 12, not hidden.
+// it has, in 3 of about 40 runs, never delivered two or three of the 300
+// releases and reported no loss; a sweep published them. Those are
+// counted and logged (measureVMFreshness), not hidden; the cause is not
+// known yet.
 func (r *freshRecorder) waitAll(t *testing.T, kind string, ids []uint32) {
 	t.Helper()
 	timeout := time.After(freshTimeout)
