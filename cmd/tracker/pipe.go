@@ -18,9 +18,9 @@ const maxPipeBytes = 16 << 20
 // pipeWriter writes to a pipe whose buffer it first grows to hold the
 // whole of each write (up to maxPipeBytes). A one-shot writes its answer
 // in one write of megabytes; into a pipe of the default 64 KiB that write
-// waits for the reader to wake up and drain it once per 64 KiB, about 50
-// times at 5000 programs (a tenth of the one-shot's wall time, measured
-// under a Go reader). With room for all of it, the write returns at once
+// waits for the reader to wake up and drain it once per 64 KiB, about 40
+// times at 5000 programs (about a tenth of the one-shot's wall time,
+// measured under a Go reader). With room for all of it, the write returns at once
 // and the tracker exits while the reader drains the pipe at its pace.
 type pipeWriter struct {
 	f *os.File
