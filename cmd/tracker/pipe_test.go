@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // capSysResource is CAP_SYS_RESOURCE's bit.
@@ -24,29 +26,6 @@ func testPipe(t *testing.T) (r, w *os.File) {
 	}
 	t.Cleanup(func() { r.Close(); w.Close() })
 	return r, w
-}
-
-// hasCapability reports whether the calling thread has capability bit in
-// its effective set.
-func hasCapability(bit uint) (bool, error) {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false, err
-	}
-	return data[bit/32].Effective&(1<<(bit%32)) != 0, nil
-}
-
-// dropCapability removes bit from the calling thread's effective set; the
-// caller has locked the thread and never unlocks it.
-func dropCapability(bit uint) error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return err
-	}
-	data[bit/32].Effective &^= 1 << (bit % 32)
-	return unix.Capset(&hdr, &data[0])
 }
 
 func TestFitPipeLeavesOtherWritersAlone(t *testing.T) {
@@ -136,12 +115,12 @@ func TestFitPipeAboveMaxSize(t *testing.T) {
 			}
 			var res result
 			if drop {
-				if res.err = dropCapability(capSysResource); res.err != nil {
+				if res.err = testutil.DropCapability(capSysResource); res.err != nil {
 					done <- res
 					return
 				}
 			}
-			if res.capable, res.err = hasCapability(capSysResource); res.err != nil {
+			if res.capable, res.err = testutil.HasCapability(capSysResource); res.err != nil {
 				done <- res
 				return
 			}

@@ -12,7 +12,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfstats/tracker/internal/loader"
 	"github.com/bpfstats/tracker/internal/state"
@@ -373,12 +372,8 @@ func nearestRank(xs []float64, p float64) float64 {
 // of refused records (PERF_FORMAT_LOST, Linux 6.0), which the perf source
 // reports exactly; before, it infers losses.
 func perfLostCounter() bool {
-	var uts unix.Utsname
-	if err := unix.Uname(&uts); err != nil {
-		return false
-	}
 	var major int
-	if _, err := fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.", &major); err != nil {
+	if _, err := fmt.Sscanf(loader.KernelRelease(), "%d.", &major); err != nil {
 		return false
 	}
 	return major >= 6

@@ -172,14 +172,7 @@ func TestSetWithoutCapSysNice(t *testing.T) {
 		// Never unlocked: the thread, with its capability dropped, exits
 		// with this goroutine.
 		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			errs <- [2]error{err, err}
-			return
-		}
-		data[0].Effective &^= 1 << capSysNice
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
+		if err := testutil.DropCapability(capSysNice); err != nil {
 			errs <- [2]error{err, err}
 			return
 		}
