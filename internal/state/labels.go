@@ -13,7 +13,8 @@ const rodataSuffix = ".rodata"
 // labelsOf returns p's program labels, reading them the first time (one
 // read per program: its ID and tag never change its labels). A read that
 // found no .rodata map before the first sweep read p is repeated once by
-// relabel; after that read, the map IDs tell without a syscall. A program
+// relabel; after that read, the map IDs tell without a syscall, once
+// the tracker knows each of those maps (see knowsNoRodata). A program
 // whose object has no labels takes those of its registration, if any
 // (registry.go): object labels win over a registration.
 //
@@ -38,7 +39,7 @@ func (t *Tracker) labelsOf(p *program) *programLabels {
 // objectLabels reads the labels in p's object (its .rodata).
 func (t *Tracker) objectLabels(p *program) programLabels {
 	r, ok := t.kernel.(MetadataReader)
-	if !ok || (p.read && !t.usesRodata(p)) {
+	if !ok || (p.read && t.knowsNoRodata(p)) {
 		return programLabels{final: true}
 	}
 	md, err := r.ReadProgramMetadata(p.id)
@@ -50,15 +51,19 @@ func (t *Tracker) objectLabels(p *program) programLabels {
 	return l
 }
 
-// usesRodata reports whether one of the maps p used at its last read is
-// a .rodata map.
-func (t *Tracker) usesRodata(p *program) bool {
+// knowsNoRodata reports whether the tracker knows every map p used at its
+// last read, and none of them is a .rodata map. A map it does not know
+// yet may be one: an event applied between a sweep's program read and
+// its map read (Run applies events at the sweep's yields) finds a program
+// read with a new .rodata map that only the map read will name.
+func (t *Tracker) knowsNoRodata(p *program) bool {
 	for _, id := range p.info.MapIDs {
-		if m, ok := t.maps[id]; ok && strings.HasSuffix(m.info.Name, rodataSuffix) {
-			return true
+		m, ok := t.maps[id]
+		if !ok || strings.HasSuffix(m.info.Name, rodataSuffix) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // relabel reads again the labels of a program read when it had no

@@ -278,3 +278,36 @@ func TestPlacementFromEventCgroup(t *testing.T) {
 		t.Errorf("unowned row placement %+v, want none", snap.Unowned.Placement)
 	}
 }
+
+// A labelled program's load event applied during a sweep, after the
+// sweep's program read listed it and before its map read (Run applies
+// events at the sweep's yields): its .rodata map is not known yet, so
+// the labels are read from the kernel, not taken as none.
+func TestProgramLabelsEventBeforeMapRead(t *testing.T) {
+	k := newLabelKernel()
+	daemon(k)
+	late := k.progs[3]
+	delete(k.progs, 3)
+	tr := New(k, Options{Node: "n1", Source: "test"})
+	for id := uint32(1); id <= 2; id++ {
+		tr.apply(load(id, 10))
+	}
+	sweep(t, tr)
+	k.progs[3] = late
+	applied := false
+	snap, err := tr.sweep(yielding(func() {
+		if !applied {
+			applied = true
+			tr.apply(load(3, 10))
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := programRow(t, snap, 3); r.GadgetID != "gadget-b" {
+		t.Errorf("program 3 in gadget %q, want gadget-b", r.GadgetID)
+	}
+	if r := programRow(t, sweep(t, tr), 3); r.GadgetID != "gadget-b" {
+		t.Errorf("program 3 in gadget %q after the next sweep, want gadget-b", r.GadgetID)
+	}
+}
