@@ -216,9 +216,13 @@ func (s *perfSource) Read() (ProgramEvent, error) {
 			s.nextScan = now.Add(s.cfg.scanPeriod)
 			scanErr = s.scanCPUs()
 		}
-		if s.readRings(); len(s.queue) > 0 || scanErr != nil {
+		s.readRings()
+		if scanErr != nil {
 			// The caller resyncs on the error; what was read stays queued.
 			return ProgramEvent{}, scanErr
+		}
+		if len(s.queue) > 0 {
+			continue // the first of them, at the top
 		}
 		// The rings are drained, so any record written from here on wakes
 		// us; the timeout brings the next CPU scan.

@@ -73,6 +73,11 @@ func srcPump(tb testing.TB, src Source) <-chan ProgramEvent {
 				readErr <- err
 				return
 			}
+			if ev.Kind == 0 {
+				// Every Read without an error is a load, a release or a
+				// loss: an empty one costs its caller a wake-up.
+				tb.Errorf("%s source: Read returned an event of no kind: %+v", src.Name(), ev)
+			}
 			select {
 			case events <- ev:
 			case <-done:
