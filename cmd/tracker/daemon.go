@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -151,6 +152,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	log := newLogger(stderr, d.common.logLevel)
 	tuneGC()
+	sampleHeap(d.pprofAddr != "")
 	setTimerSlack(d.timerSlack, log)
 	print, err := d.output.printer(stdout, d.common.all)
 	if err != nil {
@@ -200,6 +202,19 @@ const daemonGCPercent = 25
 func tuneGC() {
 	if _, ok := os.LookupEnv("GOGC"); !ok {
 		debug.SetGCPercent(daemonGCPercent)
+	}
+}
+
+// sampleHeap turns the runtime's heap profiling off unless pprof is
+// served (or GODEBUG sets memprofilerate). By default the runtime records
+// one allocation per 512 KiB with its stack, in a bucket table of its own
+// that only a heap profile reads: at 5000 programs the daemon's anonymous
+// RSS measured 0.1 to 1.0 MiB lower without it (three interleaved pairs,
+// 0.4 MiB on average). The samples taken before this call (package
+// initialisation, flag parsing) are few.
+func sampleHeap(served bool) {
+	if !served && !strings.Contains(os.Getenv("GODEBUG"), "memprofilerate=") {
+		runtime.MemProfileRate = 0
 	}
 }
 

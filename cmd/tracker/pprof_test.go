@@ -4,17 +4,25 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/bpfstats/tracker/internal/testutil"
 )
 
-// A running daemon serves its profiles on --pprof-addr.
+// A running daemon serves its profiles on --pprof-addr, heap samples
+// included (see sampleHeap): the legacy header gives twice the sampling
+// rate, "@ heap/0" when it is off.
 func TestDaemonServesPprof(t *testing.T) {
 	addr := testutil.FreeAddr(t)
 	startDaemon(t, "GADGETID", daemonTestArgs(t, "--pprof-addr", addr, "--interval", "1h", "--print")...)
-	for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1"} {
+	for path, want := range map[string]string{
+		"/debug/pprof/":                  "goroutine",
+		"/debug/pprof/goroutine?debug=1": "goroutine",
+		"/debug/pprof/heap?debug=1":      "@ heap/1048576",
+	} {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
 			t.Fatal(err)
@@ -24,9 +32,25 @@ func TestDaemonServesPprof(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine") {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
 			t.Fatalf("GET %s: %s, body %.300q", path, resp.Status, body)
 		}
+	}
+}
+
+// Without pprof the daemon's heap is not sampled; with it, or with a rate
+// GODEBUG set, the rate stays.
+func TestSampleHeap(t *testing.T) {
+	if strings.Contains(os.Getenv("GODEBUG"), "memprofilerate=") {
+		t.Skip("GODEBUG sets memprofilerate: sampleHeap keeps it")
+	}
+	rate := runtime.MemProfileRate
+	t.Cleanup(func() { runtime.MemProfileRate = rate })
+	if sampleHeap(true); runtime.MemProfileRate != rate {
+		t.Errorf("pprof served: MemProfileRate %d, want %d", runtime.MemProfileRate, rate)
+	}
+	if sampleHeap(false); runtime.MemProfileRate != 0 {
+		t.Errorf("pprof not served: MemProfileRate %d, want 0", runtime.MemProfileRate)
 	}
 }
 
