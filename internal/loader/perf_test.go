@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfstats/tracker/internal/testgadget"
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 // srcDeadline bounds every wait for an event; generous, since other tests
@@ -398,16 +399,8 @@ func TestPerfSourceUnprivileged(t *testing.T) {
 		// No UnlockOSThread: the thread with the dropped capabilities
 		// exits with this goroutine instead of serving others.
 		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			result <- fmt.Errorf("capget: %w", err)
-			return
-		}
-		data[unix.CAP_PERFMON/32].Effective &^= 1 << (unix.CAP_PERFMON % 32)
-		data[unix.CAP_SYS_ADMIN/32].Effective &^= 1 << (unix.CAP_SYS_ADMIN % 32)
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			result <- fmt.Errorf("capset: %w", err)
+		if err := testutil.DropCapability(unix.CAP_PERFMON, unix.CAP_SYS_ADMIN); err != nil {
+			result <- fmt.Errorf("dropping CAP_PERFMON and CAP_SYS_ADMIN: %w", err)
 			return
 		}
 		src, err := newPerfSource(SourceOptions{})

@@ -12,16 +12,18 @@ func HasCapability(bit uint) (bool, error) {
 	return data[bit/32].Effective&(1<<(bit%32)) != 0, nil
 }
 
-// DropCapability removes capability bit from the calling thread's
+// DropCapability removes capability bits from the calling thread's
 // effective set; capabilities are per thread, so the caller locks its
 // goroutine to the thread (runtime.LockOSThread) and never unlocks it,
 // letting the thread exit with the goroutine.
-func DropCapability(bit uint) error {
+func DropCapability(bits ...uint) error {
 	var data [2]unix.CapUserData
 	if err := capget(&data); err != nil {
 		return err
 	}
-	data[bit/32].Effective &^= 1 << (bit % 32)
+	for _, bit := range bits {
+		data[bit/32].Effective &^= 1 << (bit % 32)
+	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	return unix.Capset(&hdr, &data[0])
 }
