@@ -167,6 +167,9 @@ type iterators struct {
 	// ahead is a OneSweep Kernel's early read of every map, which uses
 	// maps: close waits for it.
 	ahead *mapsAhead
+	// rawErr is why the iterators were loaded through cilium/ebpf rather
+	// than rawLoad (nil when all went through rawLoad).
+	rawErr error
 }
 
 func (its *iterators) close() error {
@@ -187,9 +190,9 @@ var errIteratorsOff = errors.New("iterators turned off")
 // KernelOptions.OneSweep: the iterator without map IDs is not loaded, and
 // the others keep the output of their checks for the reads of the one
 // sweep (see bpfIter.kept). All are loaded before any program or file is
-// checked, so that every check lists all of them. The loads share the
-// kernel BTF (decoded once, first) and run at the same time, as do the
-// checks: most of a load is the kernel's verifier, which then keeps every
+// checked, so that every check lists all of them. The loads share what
+// they need of the kernel BTF (scanned once, first: see iterLoader) and
+// run at the same time, as do the checks: most of a load is the kernel's verifier, which then keeps every
 // CPU busy rather than one.
 func loadIterators(withFiles, oneSweep bool) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff, mapsErr: errIteratorsOff}
@@ -199,21 +202,22 @@ func loadIterators(withFiles, oneSweep bool) *iterators {
 		its.progsErr, its.filesErr, its.mapsErr = err, err, err
 		return its
 	}
-	opts := iterLoadOptions()
+	ld := newIterLoader(spec, vmlinuxBTFPath)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		its.maps, its.mapsErr = loadMapIter(spec, opts, oneSweep)
+		its.maps, its.mapsErr = loadMapIter(spec, ld, oneSweep)
 		if oneSweep {
 			its.ahead = startMapsAhead(its.maps)
 		}
 	})
-	wg.Go(func() { its.progs, its.progStats, its.progsErr = loadProgIters(spec, opts, !oneSweep) })
+	wg.Go(func() { its.progs, its.progStats, its.progsErr = loadProgIters(spec, ld, !oneSweep) })
 	if withFiles {
-		wg.Go(func() { its.files, its.filesErr = loadFileIter(spec, opts) })
+		wg.Go(func() { its.files, its.filesErr = loadFileIter(spec, ld) })
 	} else {
 		its.filesErr = errors.New("proc root is not /proc")
 	}
 	wg.Wait()
+	its.rawErr = ld.rawError()
 	var filesData []byte
 	wg.Go(func() {
 		if its.progsErr == nil {
@@ -245,14 +249,12 @@ func loadIterators(withFiles, oneSweep bool) *iterators {
 // loadFileIter loads and attaches iter/task_file (checkFileIter checks
 // it). Requires Linux 5.8
 // (task_file iterators) and 6.2 (bpf_rdonly_cast).
-func loadFileIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) (*bpfIter, error) {
-	var objs struct {
-		Prog *ebpf.Program `ebpf:"dump_prog_fds"`
-	}
-	if err := spec.Copy().LoadAndAssign(&objs, opts); err != nil {
+func loadFileIter(spec *ebpf.CollectionSpec, ld *iterLoader) (*bpfIter, error) {
+	progs, err := ld.load(spec.Copy(), "dump_prog_fds")
+	if err != nil {
 		return nil, fmt.Errorf("loading iter/task_file: %w", err)
 	}
-	it, err := attachIter(objs.Prog)
+	it, err := attachIter(progs[0])
 	if err != nil {
 		return nil, fmt.Errorf("iter/task_file: %w", err)
 	}

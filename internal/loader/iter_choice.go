@@ -18,12 +18,14 @@ var ErrFewPrograms = errors.New("few programs and open files: bpf(2) and /proc r
 
 // Above either bound, one sweep through the iterators costs less than
 // through bpf(2) (three syscalls per program) and /proc (a readlink per
-// open file of every process), loading included; measured on 2 vCPUs:
-// 1000 programs and 3300 open files read 25 % faster without the
-// iterators, 5000 and 13000 35 % faster with them.
+// open file of every process), loading included. Loading them (rawLoad)
+// costs about 11 ms more than not; measured whole one-shots on 2 vCPUs,
+// median wall times: 300 programs and 1100 open files 18 ms without the
+// iterators, 23 ms with; 600 and 1800 even (22 ms); 1000 and 2800 34 ms
+// without, 25 ms with.
 const (
-	oneSweepIterMinPrograms = 1500
-	oneSweepIterMinFiles    = 10000
+	oneSweepIterMinPrograms = 800
+	oneSweepIterMinFiles    = 2500
 )
 
 // oneSweepWantsIterators reports whether one sweep is cheaper through the

@@ -21,14 +21,12 @@ const mapIterMin = 64
 // loadMapIter loads and attaches iter/bpf_map and checks it; with keep,
 // the iterator keeps the output of its check for the reads to come (see
 // bpfIter.kept). Requires Linux 5.8.
-func loadMapIter(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, keep bool) (*bpfIter, error) {
-	var objs struct {
-		Prog *ebpf.Program `ebpf:"dump_maps"`
-	}
-	if err := spec.Copy().LoadAndAssign(&objs, opts); err != nil {
+func loadMapIter(spec *ebpf.CollectionSpec, ld *iterLoader, keep bool) (*bpfIter, error) {
+	progs, err := ld.load(spec.Copy(), "dump_maps")
+	if err != nil {
 		return nil, fmt.Errorf("loading iter/bpf_map: %w", err)
 	}
-	it, err := attachIter(objs.Prog)
+	it, err := attachIter(progs[0])
 	if err != nil {
 		return nil, fmt.Errorf("iter/bpf_map: %w", err)
 	}

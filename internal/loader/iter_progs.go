@@ -15,35 +15,28 @@ import (
 // nil otherwise). checkProgIters checks them. Requires Linux 5.8
 // (bpf_prog iterators), 5.19 (bpf_map_lookup_percpu_elem) and 6.2
 // (bpf_rdonly_cast).
-func loadProgIters(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, withStats bool) (full, stats *bpfIter, err error) {
+func loadProgIters(spec *ebpf.CollectionSpec, ld *iterLoader, withStats bool) (full, stats *bpfIter, err error) {
 	spec = spec.Copy()
 	if err := setPossibleCPUs(spec); err != nil {
 		return nil, nil, err
 	}
-	var objs struct {
-		Full *ebpf.Program `ebpf:"dump_progs"`
-	}
-	var statsObjs struct {
-		Full  *ebpf.Program `ebpf:"dump_progs"`
-		Stats *ebpf.Program `ebpf:"dump_prog_stats"`
-	}
+	names := []string{"dump_progs"}
 	if withStats {
-		err = spec.LoadAndAssign(&statsObjs, opts)
-		objs.Full = statsObjs.Full
-	} else {
-		err = spec.LoadAndAssign(&objs, opts)
+		// Loaded together: they share cpu_offsets (.bss).
+		names = append(names, "dump_prog_stats")
 	}
+	progs, err := ld.load(spec, names...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("loading iter/bpf_prog: %w", err)
 	}
-	if full, err = attachIter(objs.Full); err != nil {
-		if statsObjs.Stats != nil {
-			statsObjs.Stats.Close()
+	if full, err = attachIter(progs[0]); err != nil {
+		if withStats {
+			progs[1].Close()
 		}
 		return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
 	}
 	if withStats {
-		if stats, err = attachIter(statsObjs.Stats); err != nil {
+		if stats, err = attachIter(progs[1]); err != nil {
 			full.close()
 			return nil, nil, fmt.Errorf("iter/bpf_prog: %w", err)
 		}

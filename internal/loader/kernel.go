@@ -112,8 +112,8 @@ type KernelOptions struct {
 	// BeforeIterators, when set, is called once before a OneSweep Kernel
 	// loads its iterators (with the Kernel's lock held), and not when few
 	// programs make it read through bpf(2) and /proc instead: a one-shot
-	// readies its heap there for the megabytes that loading (the kernel
-	// BTF) and reading thousands of programs allocate.
+	// readies its heap there for the megabytes that reading thousands of
+	// programs allocates.
 	BeforeIterators func()
 }
 

@@ -51,6 +51,14 @@ func TestReadsStructLayout(t *testing.T) {
 		{"id attr next_id", unsafe.Offsetof(sysIDAttr{}.NextID), 4},
 		{"sizeof id attr", unsafe.Sizeof(sysIDAttr{}), 12},
 		{"sizeof info attr", unsafe.Sizeof(sysInfoAttr{}), 16},
+		{"prog load attr insns", unsafe.Offsetof(sysProgLoadAttr{}.Insns), 8},
+		{"prog load attr license", unsafe.Offsetof(sysProgLoadAttr{}.License), 16},
+		{"prog load attr log_buf", unsafe.Offsetof(sysProgLoadAttr{}.LogBuf), 32},
+		{"prog load attr prog_name", unsafe.Offsetof(sysProgLoadAttr{}.ProgName), 48},
+		{"prog load attr expected_attach_type", unsafe.Offsetof(sysProgLoadAttr{}.ExpectedAttachType), 68},
+		{"prog load attr attach_btf_id", unsafe.Offsetof(sysProgLoadAttr{}.AttachBTFID), 108},
+		{"prog load attr attach_btf_obj_fd", unsafe.Offsetof(sysProgLoadAttr{}.AttachBTFObjFd), 112},
+		{"sizeof prog load attr", unsafe.Sizeof(sysProgLoadAttr{}), 120},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: offset %d, want %d", c.name, c.got, c.want)

@@ -161,7 +161,7 @@ func measureStatsPhases() ([]phase, error) {
 	defer src.Close()
 	lap("open the event source (auto: fentry tried, then " + src.Name() + ")")
 	k.Iterators()
-	lap("load and check the iterators (kernel BTF decoded here)")
+	lap("load and check the iterators")
 	tk := &timedKernel{Kernel: k}
 	tr := state.New(tk, state.Options{Node: "bench", Source: src.Name()})
 	if _, _, err := tr.Resync(); err != nil {

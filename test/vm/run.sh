@@ -29,7 +29,8 @@
 # dpkg, debian-archive-keyring; and go.
 #
 # Environment:
-#   VMTEST_RUN      -test.run pattern inside the VM (default ^TestVM)
+#   VMTEST_RUN      -test.run pattern inside the VM (default ^TestVM and
+#                   the iterators' own load, ^TestIterRawLoad)
 #   VMTEST_TIMEOUT  seconds per boot before qemu is killed (default 180)
 #   VMTEST_SMP      guest CPUs (default 2: cross-CPU load and release)
 #   VMTEST_REPORT   also write the Markdown report there (make vmtest-docs:
@@ -43,7 +44,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=$ROOT/.cache/vm
 LOGS=$CACHE/logs
 BUILD=$CACHE/build
-RUN_PATTERN=${VMTEST_RUN:-^TestVM}
+RUN_PATTERN=${VMTEST_RUN:-^TestVM|^TestIterRawLoad}
 # The inventory's integration tests, run on the forced fentry source.
 STATE_PATTERN=${VMTEST_STATE_RUN:-^TestInventoryMatchesKernelAfterBurst\$|^TestSweepsSeeRisingStats\$|^TestAuditRepairsLostEvents\$|^TestLoadsAndReleasesPairAcrossCPUs\$}
 # The freshness measurement (TestVMFreshness), on fentry and perf.

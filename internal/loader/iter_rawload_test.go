@@ -1,0 +1,197 @@
+package loader
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"io/fs"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/bpfstats/tracker/internal/testutil"
+)
+
+// testKernelBTF is a small "vmlinux": struct outer embeds struct inner and
+// points to struct far, and func target exists. Its IDs are returned by
+// name.
+func testKernelBTF(t *testing.T) ([]byte, map[string]btf.TypeID) {
+	t.Helper()
+	u32 := &btf.Int{Name: "u32", Size: 4}
+	far := &btf.Struct{Name: "far", Size: 4, Members: []btf.Member{{Name: "z", Type: u32}}}
+	inner := &btf.Struct{Name: "inner", Size: 8, Members: []btf.Member{
+		{Name: "a", Type: u32}, {Name: "b", Type: u32, Offset: 32},
+	}}
+	outer := &btf.Struct{Name: "outer", Size: 24, Members: []btf.Member{
+		{Name: "pad", Type: u32},
+		{Name: "in", Type: inner, Offset: 32},
+		{Name: "far", Type: &btf.Pointer{Target: far}, Offset: 128},
+	}}
+	fn := &btf.Func{Name: "target", Type: &btf.FuncProto{Return: u32}, Linkage: btf.GlobalFunc}
+	var b btf.Builder
+	ids := make(map[string]btf.TypeID)
+	for _, typ := range []btf.Type{far, u32, fn, outer, inner} {
+		id, err := b.Add(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[typ.TypeName()] = id
+	}
+	raw, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw, ids
+}
+
+func TestKernelTypesOf(t *testing.T) {
+	raw, ids := testKernelBTF(t)
+	kt, err := kernelTypesOf(raw, map[string]bool{"outer": true, "missing": true}, map[string]bool{"target": true, "absent": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := kt.funcs; len(got) != 1 || got["target"] != ids["target"] {
+		t.Errorf("funcs %v, want target at %d only", got, ids["target"])
+	}
+	var outer *btf.Struct
+	if err := kt.spec.TypeByName("outer", &outer); err != nil {
+		t.Fatal(err)
+	}
+	// Offsets are the kernel's, and what outer embeds comes along.
+	in := outer.Members[1]
+	inner, ok := in.Type.(*btf.Struct)
+	if in.Offset != 32 || !ok || inner.Name != "inner" || inner.Members[1].Offset != 32 {
+		t.Errorf("outer.in = %+v", in)
+	}
+	// What it points to does not: a pointer to void.
+	if p, ok := outer.Members[2].Type.(*btf.Pointer); !ok || !isVoid(p.Target) {
+		t.Errorf("outer.far = %v, want a pointer to void", outer.Members[2].Type)
+	}
+	var far *btf.Struct
+	if err := kt.spec.TypeByName("far", &far); !errors.Is(err, btf.ErrNotFound) {
+		t.Errorf("far is in the spec (%v)", err)
+	}
+	// Type IDs map back to the kernel's.
+	for _, name := range []string{"outer", "inner"} {
+		typ, err := kt.spec.AnyTypeByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := kt.spec.TypeID(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := kt.kernelID[id-1]; got != ids[name] {
+			t.Errorf("%s: kernel ID %d, want %d", name, got, ids[name])
+		}
+	}
+}
+
+func isVoid(t btf.Type) bool {
+	_, ok := t.(*btf.Void)
+	return ok
+}
+
+func TestKernelTypesOfMalformed(t *testing.T) {
+	raw, _ := testKernelBTF(t)
+	for name, data := range map[string][]byte{
+		"empty":     nil,
+		"truncated": raw[:len(raw)/2],
+		"magic":     append([]byte{0, 0}, raw[2:]...),
+	} {
+		if _, err := kernelTypesOf(data, map[string]bool{"outer": true}, nil); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+// iterObjectSpec returns the iterator object's spec with its CPUs set.
+func iterObjectSpec(t *testing.T) *ebpf.CollectionSpec {
+	t.Helper()
+	spec, err := loadIter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := setPossibleCPUs(spec); err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}
+
+// runIter loads name with ld, attaches it and returns one run's output.
+func runIter(t *testing.T, ld *iterLoader, spec *ebpf.CollectionSpec, name string) []byte {
+	t.Helper()
+	progs, err := ld.load(spec, name)
+	if err != nil {
+		testutil.SkipIfUnsupported(t, err, name)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { progs[0].Close() })
+	l, err := link.AttachIter(link.IterOptions{Program: progs[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	r, err := l.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	out, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestIterRawLoadMatchesCilium loads the map iterator both ways and
+// compares one run of each: the same records, unless something created or
+// freed a map between the two runs (then they run again). The raw load
+// must be what ran.
+func TestIterRawLoadMatchesCilium(t *testing.T) {
+	testutil.RequireRoot(t)
+	spec := iterObjectSpec(t)
+	raw := newIterLoader(spec, vmlinuxBTFPath)
+	if err := raw.rawError(); errors.Is(err, fs.ErrNotExist) {
+		t.Skipf("kernel without BTF: %v", err)
+	} else if err != nil {
+		t.Fatalf("scanning the kernel BTF: %v", err)
+	}
+	viaCilium := newIterLoader(spec, "/nonexistent/vmlinux")
+	if viaCilium.rawError() == nil {
+		t.Fatal("scanning a missing BTF file did not fail")
+	}
+	// A map of our own, so that there is one to list.
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tk_raw_check", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	var a, b []byte
+	for range 3 {
+		if a, b = runIter(t, raw, spec, "dump_maps"), runIter(t, viaCilium, spec, "dump_maps"); bytes.Equal(a, b) {
+			break
+		}
+	}
+	if !bytes.Equal(a, b) || len(a) == 0 {
+		t.Errorf("map iterator: raw load gives %d bytes, cilium/ebpf %d, and they differ", len(a), len(b))
+	}
+	if err := raw.rawError(); err != nil {
+		t.Errorf("raw load failed, cilium/ebpf loaded it: %v", err)
+	}
+}
+
+// TestIterRawLoadEveryIterator loads every iterator of the object through
+// the raw path and checks that Kernel's self-checks pass with it.
+func TestIterRawLoadEveryIterator(t *testing.T) {
+	iter, _ := iterKernels(t)
+	its := iter.loadedIterators()
+	if its.rawErr != nil {
+		t.Errorf("iterators loaded through cilium/ebpf: %v", its.rawErr)
+	}
+	if its.maps == nil || its.progStats == nil {
+		t.Errorf("map iterator %v, stats iterator %v", its.mapsErr, its.progStats)
+	}
+}
