@@ -125,11 +125,58 @@ type rawBTF struct {
 	types, strs []byte
 	// offs[id] is the offset of type id's record in types (id 0 is void).
 	offs []uint32
+	// named are the structs, unions and functions with a name asked for
+	// (see btfNames), in ID order.
+	named []uint32
+}
+
+// btfNames are the struct (and union) and function names a scan looks
+// for, with a set of their first two bytes that turns most other names
+// away without hashing them.
+type btfNames struct {
+	structs, funcs map[string]bool
+	prefix         [1 << 16 / 64]uint64
+}
+
+func newBTFNames(structs, funcs map[string]bool) *btfNames {
+	n := &btfNames{structs: structs, funcs: funcs}
+	for _, set := range []map[string]bool{structs, funcs} {
+		for name := range set {
+			var p [2]byte
+			copy(p[:], name)
+			key := uint32(p[0]) | uint32(p[1])<<8
+			n.prefix[key/64] |= 1 << (key % 64)
+		}
+	}
+	return n
+}
+
+// wanted reports whether the type record rec names something asked for.
+// The kind comes first: it is in the record, the name in another section.
+func (n *btfNames) wanted(r *rawBTF, rec []byte) bool {
+	le := binary.LittleEndian
+	set := n.funcs
+	switch le.Uint32(rec[4:]) >> 24 & 0x1f {
+	case btfKindStruct, btfKindUnion:
+		set = n.structs
+	case btfKindFunc:
+	default:
+		return false
+	}
+	off := le.Uint32(rec)
+	if off == 0 || uint64(off)+1 >= uint64(len(r.strs)) {
+		return false
+	}
+	// The section ends with a NUL: the byte after the first exists.
+	key := uint32(r.strs[off]) | uint32(r.strs[off+1])<<8
+	return n.prefix[key/64]&(1<<(key%64)) != 0 && set[string(r.name(off))]
 }
 
 var errBadBTF = errors.New("malformed BTF")
 
-func parseRawBTF(data []byte) (*rawBTF, error) {
+// parseRawBTF indexes the type records of data and finds those names
+// asks for.
+func parseRawBTF(data []byte, names *btfNames) (*rawBTF, error) {
 	le := binary.LittleEndian
 	if len(data) < 24 || le.Uint16(data) != 0xeb9f {
 		return nil, fmt.Errorf("%w: no little-endian BTF header", errBadBTF)
@@ -156,6 +203,9 @@ func parseRawBTF(data []byte) (*rawBTF, error) {
 			return nil, fmt.Errorf("%w: truncated type record", errBadBTF)
 		}
 		r.offs = append(r.offs, off)
+		if names.wanted(r, r.types[off:]) {
+			r.named = append(r.named, uint32(len(r.offs)-1))
+		}
 		off += size
 	}
 	return r, nil
@@ -197,31 +247,21 @@ func embedded(rec []byte, kind, vlen uint32, fn func(uint32)) {
 
 // kernelTypesOf is scanKernelTypes on BTF already in memory.
 func kernelTypesOf(data []byte, structs, funcs map[string]bool) (*kernelTypes, error) {
-	r, err := parseRawBTF(data)
+	r, err := parseRawBTF(data, newBTFNames(structs, funcs))
 	if err != nil {
 		return nil, err
 	}
-	le := binary.LittleEndian
 	kt := &kernelTypes{funcs: make(map[string]btf.TypeID, len(funcs))}
 	keep := make([]bool, len(r.offs))
 	var todo []uint32
-	for id := uint32(1); id < uint32(len(r.offs)); id++ {
-		rec := r.types[r.offs[id]:]
-		nameOff := le.Uint32(rec)
-		if nameOff == 0 {
+	for _, id := range r.named {
+		rec, kind, _ := r.record(id)
+		if kind == btfKindFunc {
+			kt.funcs[string(r.name(binary.LittleEndian.Uint32(rec)))] = btf.TypeID(id)
 			continue
 		}
-		switch le.Uint32(rec[4:]) >> 24 & 0x1f {
-		case btfKindStruct, btfKindUnion:
-			if structs[string(r.name(nameOff))] {
-				keep[id] = true
-				todo = append(todo, id)
-			}
-		case btfKindFunc:
-			if n := r.name(nameOff); funcs[string(n)] {
-				kt.funcs[string(n)] = btf.TypeID(id)
-			}
-		}
+		keep[id] = true
+		todo = append(todo, id)
 	}
 	for len(todo) > 0 {
 		id := todo[len(todo)-1]

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 	"sync"
 	"unsafe"
@@ -33,6 +32,10 @@ type iterLoader struct {
 // spec relocate against, attach to and call.
 func newIterLoader(spec *ebpf.CollectionSpec, btfPath string) *iterLoader {
 	ld := &iterLoader{ciliumOpts: sync.OnceValue(iterLoadOptions)}
+	if spec.Types == nil {
+		ld.rawErr = errors.New("iterator object without BTF")
+		return ld
+	}
 	structs := make(map[string]bool)
 	for typ := range spec.Types.All() {
 		switch typ.(type) {
@@ -291,30 +294,33 @@ func withVariables(spec *ebpf.CollectionSpec, ms *ebpf.MapSpec) (*ebpf.MapSpec, 
 
 // sysProgLoadAttr is the union bpf_attr member used by BPF_PROG_LOAD, up
 // to attach_btf_obj_fd (Linux 5.11). Keep in sync with
-// include/uapi/linux/bpf.h; reads_test.go checks the offsets.
+// include/uapi/linux/bpf.h; reads_test.go checks the offsets. The
+// __aligned_u64 pointers are unsafe.Pointer (8 bytes on 64-bit
+// platforms, the only ones the tracker builds for), so that what they
+// point to stays alive, and right if a stack moves, until the call.
 type sysProgLoadAttr struct {
-	ProgType           uint32   // 0
-	InsnCnt            uint32   // 4
-	Insns              uint64   // 8
-	License            uint64   // 16
-	LogLevel           uint32   // 24
-	LogSize            uint32   // 28
-	LogBuf             uint64   // 32
-	KernVersion        uint32   // 40
-	ProgFlags          uint32   // 44
-	ProgName           [16]byte // 48
-	ProgIfindex        uint32   // 64
-	ExpectedAttachType uint32   // 68
-	ProgBTFFd          uint32   // 72
-	FuncInfoRecSize    uint32   // 76
-	FuncInfo           uint64   // 80
-	FuncInfoCnt        uint32   // 88
-	LineInfoRecSize    uint32   // 92
-	LineInfo           uint64   // 96
-	LineInfoCnt        uint32   // 104
-	AttachBTFID        uint32   // 108
-	AttachBTFObjFd     uint32   // 112
-	_                  uint32   // 116
+	ProgType           uint32         // 0
+	InsnCnt            uint32         // 4
+	Insns              unsafe.Pointer // 8
+	License            unsafe.Pointer // 16
+	LogLevel           uint32         // 24
+	LogSize            uint32         // 28
+	LogBuf             unsafe.Pointer // 32
+	KernVersion        uint32         // 40
+	ProgFlags          uint32         // 44
+	ProgName           [16]byte       // 48
+	ProgIfindex        uint32         // 64
+	ExpectedAttachType uint32         // 68
+	ProgBTFFd          uint32         // 72
+	FuncInfoRecSize    uint32         // 76
+	FuncInfo           uint64         // 80
+	FuncInfoCnt        uint32         // 88
+	LineInfoRecSize    uint32         // 92
+	LineInfo           uint64         // 96
+	LineInfoCnt        uint32         // 104
+	AttachBTFID        uint32         // 108
+	AttachBTFObjFd     uint32         // 112
+	_                  uint32         // 116
 }
 
 // progLoadIter loads insns as ps, an iterator attached to the kernel
@@ -325,8 +331,8 @@ func progLoadIter(insns []byte, ps *ebpf.ProgramSpec, target uint32) (int, error
 	attr := &sysProgLoadAttr{
 		ProgType:           uint32(unix.BPF_PROG_TYPE_TRACING),
 		InsnCnt:            uint32(len(insns) / asm.InstructionSize),
-		Insns:              uint64(uintptr(unsafe.Pointer(&insns[0]))),
-		License:            uint64(uintptr(unsafe.Pointer(&license[0]))),
+		Insns:              unsafe.Pointer(&insns[0]),
+		License:            unsafe.Pointer(&license[0]),
 		ProgFlags:          ps.Flags,
 		ExpectedAttachType: uint32(unix.BPF_TRACE_ITER),
 		AttachBTFID:        target,
@@ -334,18 +340,13 @@ func progLoadIter(insns []byte, ps *ebpf.ProgramSpec, target uint32) (int, error
 	copy(attr.ProgName[:len(attr.ProgName)-1], ps.Name)
 	fd, err := bpfSyscall(unix.BPF_PROG_LOAD, unsafe.Pointer(attr), unsafe.Sizeof(*attr))
 	if err == nil {
-		runtime.KeepAlive(insns)
-		runtime.KeepAlive(license)
 		return fd, nil
 	}
 	log := make([]byte, 1<<20)
-	attr.LogLevel, attr.LogSize, attr.LogBuf = 1, uint32(len(log)), uint64(uintptr(unsafe.Pointer(&log[0])))
+	attr.LogLevel, attr.LogSize, attr.LogBuf = 1, uint32(len(log)), unsafe.Pointer(&log[0])
 	if fd, lerr := bpfSyscall(unix.BPF_PROG_LOAD, unsafe.Pointer(attr), unsafe.Sizeof(*attr)); lerr == nil {
 		unix.Close(fd) // loads with the log on, not without: give the first error
 	}
-	runtime.KeepAlive(insns)
-	runtime.KeepAlive(license)
-	runtime.KeepAlive(log)
 	if i := bytes.IndexByte(log, 0); i >= 0 {
 		log = log[:i]
 	}
