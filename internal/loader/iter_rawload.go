@@ -19,9 +19,9 @@ import (
 // (which decodes the kernel's BTF). Safe for concurrent use.
 type iterLoader struct {
 	kernel *kernelTypes
+	mu     sync.Mutex
 	// rawErr is why rawLoad is not used (scanning failed), or the last
 	// error it returned; nil while every load went through it.
-	mu     sync.Mutex
 	rawErr error
 	// ciliumOpts, built on first use: decoding the kernel BTF is what
 	// rawLoad spares.
