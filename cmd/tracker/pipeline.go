@@ -187,6 +187,9 @@ func openKernel(log zerolog.Logger, opts loader.KernelOptions) (*loader.Kernel, 
 	if err := kernel.MapIterator(); err != nil {
 		log.WithLevel(level).Err(err).Msg("map iterator unavailable, reading maps with bpf(2)")
 	}
+	if err := kernel.IteratorLoadFallback(); err != nil {
+		log.Debug().Err(err).Msg("iterators loaded by cilium/ebpf from the decoded kernel BTF, not by the tracker's own BTF scan")
+	}
 	return kernel, nil
 }
 

@@ -320,6 +320,18 @@ func (k *Kernel) loadedIteratorsLocked() *iterators {
 	return k.iters
 }
 
+// IteratorLoadFallback reports why the iterators that loaded went through
+// cilium/ebpf's decoding of the whole kernel BTF (about 20 ms more) rather
+// than the tracker's own scan of it, or nil when they did not (or none
+// loaded). It loads them when not done yet.
+func (k *Kernel) IteratorLoadFallback() error {
+	its := k.loadedIterators()
+	if its == nil || its.progs == nil && its.files == nil && its.maps == nil {
+		return nil
+	}
+	return its.rawErr
+}
+
 // Iterators loads the BPF iterators when not done yet and reports, for
 // the program stats reads (ReadPrograms) and for Holders, nil when the
 // iterator is in use or why the bpf(2) and /proc fallback is used

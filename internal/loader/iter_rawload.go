@@ -347,9 +347,21 @@ func progLoadIter(insns []byte, ps *ebpf.ProgramSpec, target uint32) (int, error
 	if fd, lerr := bpfSyscall(unix.BPF_PROG_LOAD, unsafe.Pointer(attr), unsafe.Sizeof(*attr)); lerr == nil {
 		unix.Close(fd) // loads with the log on, not without: give the first error
 	}
+	return -1, fmt.Errorf("%w (verifier: %s)", err, verifierReason(log))
+}
+
+// verifierReason returns the line of a verifier log that says why it
+// refused: the last one before its closing statistics.
+func verifierReason(log []byte) string {
 	if i := bytes.IndexByte(log, 0); i >= 0 {
 		log = log[:i]
 	}
 	lines := strings.Split(strings.TrimSpace(string(log)), "\n")
-	return -1, fmt.Errorf("%w (verifier: %s)", err, lines[len(lines)-1])
+	for i := len(lines) - 1; i >= 0; i-- {
+		line := strings.TrimSpace(lines[i])
+		if line != "" && !strings.HasPrefix(line, "processed ") && !strings.HasPrefix(line, "verification time") && !strings.HasPrefix(line, "stack depth") {
+			return line
+		}
+	}
+	return "no log"
 }

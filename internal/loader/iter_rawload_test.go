@@ -188,10 +188,22 @@ func TestIterRawLoadMatchesCilium(t *testing.T) {
 func TestIterRawLoadEveryIterator(t *testing.T) {
 	iter, _ := iterKernels(t)
 	its := iter.loadedIterators()
-	if its.rawErr != nil {
-		t.Errorf("iterators loaded through cilium/ebpf: %v", its.rawErr)
+	if err := iter.IteratorLoadFallback(); err != nil {
+		t.Errorf("iterators loaded through cilium/ebpf: %v", err)
 	}
 	if its.maps == nil || its.progStats == nil {
 		t.Errorf("map iterator %v, stats iterator %v", its.mapsErr, its.progStats)
+	}
+}
+
+func TestVerifierReason(t *testing.T) {
+	for log, want := range map[string]string{
+		"0: (b7) r0 = 0\nR1 invalid mem access 'scalar'\nprocessed 31 insns (limit 1000000) max_states_per_insn 0\n\x00garbage": "R1 invalid mem access 'scalar'",
+		"unknown func bpf_x#212\nverification time 12 usec\nstack depth 0\n":                                                    "unknown func bpf_x#212",
+		"\x00": "no log",
+	} {
+		if got := verifierReason([]byte(log)); got != want {
+			t.Errorf("verifierReason(%q) = %q, want %q", log, got, want)
+		}
 	}
 }
