@@ -192,8 +192,8 @@ var errIteratorsOff = errors.New("iterators turned off")
 // sweep (see bpfIter.kept). All are loaded before any program or file is
 // checked, so that every check lists all of them. The loads share what
 // they need of the kernel BTF (scanned once, first: see iterLoader) and
-// run at the same time, as do the checks: most of a load is the kernel's verifier, which then keeps every
-// CPU busy rather than one.
+// run at the same time, as do the checks: most of a load is the kernel's
+// verifier, which then keeps every CPU busy rather than one.
 func loadIterators(withFiles, oneSweep bool) *iterators {
 	its := &iterators{progsErr: errIteratorsOff, filesErr: errIteratorsOff, mapsErr: errIteratorsOff}
 	spec, err := loadIter()

@@ -3,13 +3,11 @@ package loader
 import (
 	"bytes"
 	"errors"
-	"io"
 	"io/fs"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfstats/tracker/internal/testutil"
 )
@@ -128,18 +126,12 @@ func runIter(t *testing.T, ld *iterLoader, spec *ebpf.CollectionSpec, name strin
 		testutil.SkipIfUnsupported(t, err, name)
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { progs[0].Close() })
-	l, err := link.AttachIter(link.IterOptions{Program: progs[0]})
+	it, err := attachIter(progs[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	r, err := l.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	out, err := io.ReadAll(r)
+	t.Cleanup(func() { it.close() })
+	out, err := it.read(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
