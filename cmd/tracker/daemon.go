@@ -34,6 +34,7 @@ type daemonFlags struct {
 	maxMessage  int
 	pprofAddr   string
 	timerSlack  time.Duration
+	startPages  bool
 	check       bool
 }
 
@@ -53,6 +54,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (*daemonFlags, error) {
 	fs.IntVar(&d.maxMessage, "max-message-bytes", publish.DefaultMaxMessageBytes, "split a message's program rows into parts of at most this many bytes (or the server's max_payload if smaller; docs/nats.md)")
 	fs.StringVar(&d.pprofAddr, "pprof-addr", "", "address serving net/http/pprof at /debug/pprof/ (host empty: 127.0.0.1); empty disables")
 	fs.DurationVar(&d.timerSlack, "timer-slack", defaultTimerSlack, "how late the kernel may wake the daemon's threads from their timers (prctl PR_SET_TIMERSLACK, all threads); 0 keeps what it inherited")
+	fs.BoolVar(&d.startPages, "release-start-pages", true, "after loading and after the first interval, unmap the pages of the tracker binary touched so far (madvise MADV_DONTNEED on its read-only mappings): those used again come back from the page cache")
 	fs.BoolVar(&d.check, "check", false, "validate the configuration and the kernel's capabilities, print a report, exit")
 	fs.Usage = usageFunc(fs, "run [flags]", true)
 	if err := parseFlags(fs, args); err != nil {
@@ -171,11 +173,17 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		// Last, so that a printed table means the interval was published.
 		out.sinks = append(out.sinks, sinkFunc(print))
 	}
+	if d.startPages {
+		out.sinks = append(out.sinks, startPagesSink(log))
+	}
 	p, err := openPipeline(&d.common, log, true)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
+	if d.startPages {
+		releaseStartPages(log, "loading")
+	}
 	err = p.run(ctx, out.runConfig(d.common.interval))
 	notify(log, sdnotify.Stopping)
 	if err != nil {

@@ -279,3 +279,39 @@ func TestDaemonTimerSlack(t *testing.T) {
 		}
 	}
 }
+
+// After loading and after its first interval the daemon unmaps the
+// binary's start-up pages (internal/exepages): its file-backed RSS drops.
+func TestDaemonReleasesStartPages(t *testing.T) {
+	cmd, log := startDaemon(t, "GADGETID", daemonTestArgs(t, "--print", "--interval", "1h", "--log-level", "debug")...)
+	var fields map[string]any
+	var seen []any
+	for next := 0; fields["after"] != "first interval"; {
+		fields, next = log.WaitMessage(t, next, "released the binary's start-up pages")
+		seen = append(seen, fields["after"])
+	}
+	if len(seen) != 2 || seen[0] != "loading" {
+		t.Errorf("releases after %v, want loading, then the first interval", seen)
+	}
+	before, _ := fields["rss_file_bytes_before"].(float64)
+	after, _ := fields["rss_file_bytes_after"].(float64)
+	mapped, _ := fields["mapped_bytes"].(float64)
+	if mapped <= 0 || before <= 0 || after < 0 || after >= before {
+		t.Fatalf("log line %v: want mapped bytes, and a file-backed RSS lower after than before", fields)
+	}
+	// The same, seen from outside the process an hour before its next
+	// interval.
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(data), "RssFile:")
+	kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0]), " kB"))
+	if err != nil {
+		t.Fatalf("RssFile in /proc/%d/status: %v", cmd.Process.Pid, err)
+	}
+	if float64(kb<<10) >= before {
+		t.Errorf("RssFile %d KiB, want less than the %.0f KiB before the release", kb, before/1024)
+	}
+	t.Logf("RssFile %.0f KiB before the release, %.0f KiB after, %d KiB now", before/1024, after/1024, kb)
+}
