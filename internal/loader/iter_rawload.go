@@ -71,6 +71,13 @@ func (ld *iterLoader) load(spec *ebpf.CollectionSpec, names ...string) ([]*ebpf.
 		if err == nil {
 			return progs, nil
 		}
+		// The scan read all of vmlinux's BTF, where the kernel's own
+		// kfuncs and iterator targets are (the only ones these programs
+		// use): cilium/ebpf would fail the same way, after decoding it.
+		// The other iterators still load raw.
+		if lacks := (*kernelLacksError)(nil); errors.As(err, &lacks) {
+			return nil, err
+		}
 		ld.mu.Lock()
 		ld.rawErr = err
 		ld.mu.Unlock()
@@ -123,6 +130,17 @@ func onlyPrograms(spec *ebpf.CollectionSpec, names []string) *ebpf.CollectionSpe
 	return &cpy
 }
 
+// kernelLacksError says that the kernel's BTF has no function a program
+// needs: a kfunc it calls or its iterator's target. It wraps
+// ebpf.ErrNotSupported.
+type kernelLacksError struct{ what string }
+
+func (e *kernelLacksError) Error() string {
+	return "no " + e.what + " in the kernel BTF: not supported"
+}
+
+func (e *kernelLacksError) Unwrap() error { return ebpf.ErrNotSupported }
+
 // rawLoad loads the named iterator programs of spec with BPF_PROG_LOAD
 // itself: CO-RE relocations resolved by cilium/ebpf against kt.spec, type
 // IDs mapped back to the kernel's, kfunc calls and attach targets from
@@ -157,7 +175,7 @@ func rawLoad(kt *kernelTypes, spec *ebpf.CollectionSpec, names ...string) (_ []*
 		}
 		target, ok := kt.funcs["bpf_iter_"+ps.AttachTo]
 		if !ok {
-			return nil, fmt.Errorf("program %s: no bpf_iter_%s in the kernel BTF: %w", name, ps.AttachTo, ebpf.ErrNotSupported)
+			return nil, fmt.Errorf("program %s: %w", name, &kernelLacksError{"bpf_iter_" + ps.AttachTo})
 		}
 		fd, err := progLoadIter(insns, ps, uint32(target))
 		if err != nil {
@@ -225,7 +243,7 @@ func rawInstructions(kt *kernelTypes, spec *ebpf.CollectionSpec, ps *ebpf.Progra
 		case ins.IsKfuncCall():
 			id, ok := kt.funcs[ins.Reference()]
 			if !ok {
-				return nil, fmt.Errorf("kfunc %s not in the kernel BTF: %w", ins.Reference(), ebpf.ErrNotSupported)
+				return nil, &kernelLacksError{"kfunc " + ins.Reference()}
 			}
 			ins.Constant, ins.Offset = int64(id), 0 // 0: vmlinux
 		}

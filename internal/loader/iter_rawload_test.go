@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io/fs"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -138,19 +139,27 @@ func runIter(t *testing.T, ld *iterLoader, spec *ebpf.CollectionSpec, name strin
 	return out
 }
 
+// rawIterLoader scans the kernel BTF for the iterator object, whose spec
+// it returns too; it skips the test on a kernel without BTF.
+func rawIterLoader(t *testing.T) (*iterLoader, *ebpf.CollectionSpec) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	spec := iterObjectSpec(t)
+	ld := newIterLoader(spec, vmlinuxBTFPath)
+	if err := ld.rawError(); errors.Is(err, fs.ErrNotExist) {
+		t.Skipf("kernel without BTF: %v", err)
+	} else if err != nil {
+		t.Fatalf("scanning the kernel BTF: %v", err)
+	}
+	return ld, spec
+}
+
 // TestIterRawLoadMatchesCilium loads the map iterator both ways and
 // compares one run of each: the same records, unless something created or
 // freed a map between the two runs (then they run again). The raw load
 // must be what ran.
 func TestIterRawLoadMatchesCilium(t *testing.T) {
-	testutil.RequireRoot(t)
-	spec := iterObjectSpec(t)
-	raw := newIterLoader(spec, vmlinuxBTFPath)
-	if err := raw.rawError(); errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("kernel without BTF: %v", err)
-	} else if err != nil {
-		t.Fatalf("scanning the kernel BTF: %v", err)
-	}
+	raw, spec := rawIterLoader(t)
 	viaCilium := newIterLoader(spec, "/nonexistent/vmlinux")
 	if viaCilium.rawError() == nil {
 		t.Fatal("scanning a missing BTF file did not fail")
@@ -176,15 +185,28 @@ func TestIterRawLoadMatchesCilium(t *testing.T) {
 }
 
 // TestIterRawLoadEveryIterator loads every iterator of the object through
-// the raw path and checks that Kernel's self-checks pass with it.
+// the raw path and checks that Kernel's self-checks pass with it. On a
+// kernel without bpf_rdonly_cast (before 6.2) the map iterator must still
+// load raw, and the others fail without going through cilium/ebpf.
 func TestIterRawLoadEveryIterator(t *testing.T) {
-	iter, _ := iterKernels(t)
-	its := iter.loadedIterators()
-	if err := iter.IteratorLoadFallback(); err != nil {
+	testutil.RequireRoot(t)
+	k, err := NewKernel("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	its := k.loadedIterators()
+	if err := k.IteratorLoadFallback(); err != nil {
 		t.Errorf("iterators loaded through cilium/ebpf: %v", err)
 	}
-	if its.maps == nil || its.progStats == nil {
-		t.Errorf("map iterator %v, stats iterator %v", its.mapsErr, its.progStats)
+	if its.maps == nil {
+		testutil.SkipIfUnsupported(t, its.mapsErr, "iter/bpf_map")
+	}
+	progs, holders := k.Iterators()
+	testutil.SkipIfUnsupported(t, progs, "iter/bpf_prog")
+	testutil.SkipIfUnsupported(t, holders, "iter/task_file")
+	if its.progStats == nil {
+		t.Errorf("stats iterator: %v", its.progsErr)
 	}
 }
 
@@ -197,5 +219,46 @@ func TestVerifierReason(t *testing.T) {
 		if got := verifierReason([]byte(log)); got != want {
 			t.Errorf("verifierReason(%q) = %q, want %q", log, got, want)
 		}
+	}
+}
+
+// TestIterRawLoadKernelLacks: a program calling a kfunc that the kernel's
+// BTF lacks, or attaching to an iterator it lacks, fails with the reason
+// and without going through cilium/ebpf (which would decode the kernel BTF
+// only to fail the same way); the other iterators still load raw.
+func TestIterRawLoadKernelLacks(t *testing.T) {
+	ld, spec := rawIterLoader(t)
+	ld.ciliumOpts = func() *ebpf.CollectionOptions {
+		t.Error("the load fell back to cilium/ebpf")
+		return &ebpf.CollectionOptions{}
+	}
+	delete(ld.kernel.funcs, "bpf_rdonly_cast")
+	for name, want := range map[string]string{
+		"dump_prog_stats": "no kfunc bpf_rdonly_cast in the kernel BTF",
+		"dump_prog_fds":   "no kfunc bpf_rdonly_cast in the kernel BTF",
+	} {
+		progs, err := ld.load(spec.Copy(), name)
+		if err == nil {
+			for _, p := range progs {
+				p.Close()
+			}
+			t.Fatalf("%s loaded without its kfunc", name)
+		}
+		if lacks := (*kernelLacksError)(nil); !errors.As(err, &lacks) || !errors.Is(err, ebpf.ErrNotSupported) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q wrapping ebpf.ErrNotSupported", name, err, want)
+		}
+	}
+	if err := ld.rawError(); err != nil {
+		t.Errorf("a kernel lacking a kfunc turned the raw load off: %v", err)
+	}
+	// The map iterator needs no kfunc: still raw (cilium/ebpf would fail
+	// the test).
+	runIter(t, ld, spec.Copy(), "dump_maps")
+
+	// An iterator target the kernel lacks.
+	delete(ld.kernel.funcs, "bpf_iter_bpf_map")
+	_, err := ld.load(spec.Copy(), "dump_maps")
+	if lacks := (*kernelLacksError)(nil); !errors.As(err, &lacks) || !strings.Contains(err.Error(), "no bpf_iter_bpf_map in the kernel BTF") {
+		t.Errorf("dump_maps without its target: got %v", err)
 	}
 }
