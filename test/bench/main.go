@@ -238,6 +238,7 @@ func daemonVariants() []daemonVariant {
 	return []daemonVariant{
 		{"compact rows", []string{"--compact-rows"}},
 		{"timer slack inherited (50 µs)", []string{"--timer-slack", "0"}},
+		{"start-up pages kept", []string{"--release-start-pages=false"}},
 	}
 }
 

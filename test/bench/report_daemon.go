@@ -38,7 +38,9 @@ func (r *report) daemonSection(b *strings.Builder) {
 	p("`switches / s` counts how often all the tracker's threads went off a CPU (voluntary and not).\n")
 	p("`of which file`: the part of\n")
 	p("the RSS at the end that is file-backed (RssFile: the pages of the tracker binary that it touched;\n")
-	p("it is static, with no libc), the rest being its heap and stacks.\n\n")
+	p("it is static, with no libc), the rest being its heap and stacks. `tracker run` unmaps the pages it\n")
+	p("touched after loading and again after its first interval (`--release-start-pages`); the\n")
+	p("`start-up pages kept` row is the first setup without that.\n\n")
 	p("| N | setup | CPU, %% of a core | switches / s | start-up CPU | peak RSS (VmHWM) | RSS at end | of which file | msgs / interval | bytes / interval | nats-server CPU | log lines | of which failed publishes |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {

@@ -59,7 +59,7 @@ func (r *report) targets(b *strings.Builder) {
 		}
 		if d.maxRSSMiB > targetRSSMiB {
 			why = append(why, fmt.Sprintf("RSS: at the end of the run %.1f MiB, of which %.1f MiB file-backed (the pages of the "+
-				"tracker binary it touched) and %.1f MiB its heap and stacks (section 4).",
+				"tracker binary it touched since its first interval) and %.1f MiB its heap and stacks (section 4).",
 				d.rssMiB, d.rssFileMiB, d.rssMiB-d.rssFileMiB))
 		}
 		if d.publishErrs > 0 {
