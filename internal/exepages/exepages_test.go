@@ -1,13 +1,23 @@
 package exepages
 
 import (
+	"debug/elf"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfstats/tracker/internal/testutil"
 )
 
 const smapsSample = `00400000-00e5a000 r-xp 00000000 fe:00 9977903                            /opt/bpf stats/tracker
@@ -208,5 +218,131 @@ func TestRelease(t *testing.T) {
 		if m.Perms[1] != 'w' && m.Anonymous == 0 && m.Start <= uint64(uintptr(p)) && uint64(uintptr(p)) < m.End {
 			t.Errorf("mapping %+v holds the written page but no private copy", m)
 		}
+	}
+}
+
+// probed is where TestReleaseKeepsUprobe's uprobe fires.
+//
+//go:noinline
+func probed() int { return counter }
+
+// uprobeChildEnv tells the copy of the test binary that it is the child of
+// TestReleaseKeepsUprobe.
+const uprobeChildEnv = "EXEPAGES_UPROBE_CHILD"
+
+// A uprobe is a breakpoint in the private copy of a page of code: Release
+// must keep it, and the probe fire after it as before. The probe goes into
+// a copy of the test binary run as a child, so that no other test of this
+// process finds a private copy in its code.
+func TestReleaseKeepsUprobe(t *testing.T) {
+	if os.Getenv(uprobeChildEnv) != "" {
+		uprobeChild(t)
+		return
+	}
+	testutil.RequireRoot(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(filepath.Dir(exe), fmt.Sprintf("exepages-uprobe-%d.test", os.Getpid()))
+	if err := os.WriteFile(cp, data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(cp) })
+	cmd := exec.Command(cp, "-test.run=^TestReleaseKeepsUprobe$", "-test.v")
+	cmd.Env = append(os.Environ(), uprobeChildEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if lineWith(string(out), "--- SKIP") != "" {
+		t.Skipf("child skipped:\n%s", out)
+	}
+	if err != nil || !strings.Contains(string(out), "--- PASS") {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	t.Logf("child:\n%s", out)
+}
+
+// lineWith returns the first line of s that contains sub, or "".
+func lineWith(s, sub string) string {
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, sub) {
+			return line
+		}
+	}
+	return ""
+}
+
+// fileOffset returns the offset in this executable's file of the code at
+// address pc.
+func fileOffset(t *testing.T, pc uintptr) uint64 {
+	t.Helper()
+	f, err := elf.Open(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_X != 0 && p.Vaddr <= uint64(pc) && uint64(pc) < p.Vaddr+p.Filesz {
+			return uint64(pc) - p.Vaddr + p.Off
+		}
+	}
+	t.Fatalf("no executable segment holds %#x", pc)
+	return 0
+}
+
+// uprobeChild counts the calls of probed with a uprobe, releases, and
+// expects the count to go on.
+func uprobeChild(t *testing.T) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.Kprobe,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "exit"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
+			asm.Return(),
+		},
+	})
+	testutil.SkipIfUnsupported(t, err, "kprobe program")
+	t.Cleanup(func() { prog.Close() })
+	ex, err := link.OpenExecutable(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// By file offset: go test strips the symbol table.
+	l, err := ex.Uprobe("probed", prog, &link.UprobeOptions{Address: fileOffset(t, reflect.ValueOf(probed).Pointer())})
+	testutil.SkipIfUnsupported(t, err, "uprobe")
+	t.Cleanup(func() { l.Close() })
+	count := func() uint64 {
+		var n uint64
+		if err := m.Lookup(uint32(0), &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	probed()
+	if n := count(); n != 1 {
+		t.Fatalf("the uprobe fired %d times for one call", n)
+	}
+	if _, err := Release(); err != nil {
+		t.Fatal(err)
+	}
+	probed()
+	if n := count(); n != 2 {
+		t.Errorf("after Release the uprobe fired %d times for two calls: its breakpoint was dropped", n)
 	}
 }
