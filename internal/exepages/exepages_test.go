@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfstats/tracker/internal/testgadget"
 	"github.com/bpfstats/tracker/internal/testutil"
 )
 
@@ -296,11 +297,7 @@ func fileOffset(t *testing.T, pc uintptr) uint64 {
 // uprobeChild counts the calls of probed with a uprobe, releases, and
 // expects the count to go on.
 func uprobeChild(t *testing.T) {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
+	m := testgadget.NewMap(t, "exepages_calls", 1)
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:    ebpf.Kprobe,
 		License: "GPL",

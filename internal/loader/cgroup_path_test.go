@@ -62,11 +62,7 @@ func TestCgroupPath(t *testing.T) {
 		t.Fatalf("cgroup handle of type %#x size %d, want %#x size 8", handle.Type(), handle.Size(), fileidKernfs)
 	}
 	id := binary.NativeEndian.Uint64(handle.Bytes())
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	for range 2 { // the second from the cache
 		got, err := k.CgroupPath(id)
 		if err != nil || got != rel {
@@ -90,11 +86,7 @@ func TestReadProcessCgroup(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	testutil.JoinCgroup(t, mount, rel, cmd.Process.Pid)
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	p, err := k.ReadProcess(uint32(cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)

@@ -28,11 +28,7 @@ func TestVMReadMapsThroughIterator(t *testing.T) {
 }
 
 func testReadMapsThroughIterator(t *testing.T) {
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	testutil.SkipIfUnsupported(t, k.MapIterator(), "iter/bpf_map")
 	ids := newMixedMaps(t, mapIterMin+3*mapsPerWorker)
 	for variant := range uint32(2) {

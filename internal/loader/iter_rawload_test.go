@@ -190,11 +190,7 @@ func TestIterRawLoadMatchesCilium(t *testing.T) {
 // load raw, and the others fail without going through cilium/ebpf.
 func TestIterRawLoadEveryIterator(t *testing.T) {
 	testutil.RequireRoot(t)
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	its := k.loadedIterators()
 	if err := k.IteratorLoadFallback(); err != nil {
 		t.Errorf("iterators loaded through cilium/ebpf: %v", err)

@@ -23,15 +23,11 @@ import (
 func iterKernels(t *testing.T) (iter, syscalls *Kernel) {
 	t.Helper()
 	testutil.RequireRoot(t)
-	iter, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { iter.Close() })
+	iter = newKernel(t)
 	progs, holders := iter.Iterators()
 	testutil.SkipIfUnsupported(t, progs, "iter/bpf_prog")
 	testutil.SkipIfUnsupported(t, holders, "iter/task_file")
-	syscalls, err = NewKernelWithOptions(KernelOptions{NoIterators: true})
+	syscalls, err := NewKernelWithOptions(KernelOptions{NoIterators: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,6 +36,17 @@ func iterKernels(t *testing.T) (iter, syscalls *Kernel) {
 		t.Fatalf("NoIterators kernel reports %v / %v", p, h)
 	}
 	return iter, syscalls
+}
+
+// newKernel opens a Kernel on the host's /proc, closed when the test ends.
+func newKernel(tb testing.TB) *Kernel {
+	tb.Helper()
+	k, err := NewKernel("")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { k.Close() })
+	return k
 }
 
 // iterFixture loads n socket filters using 0 to 3 maps each.

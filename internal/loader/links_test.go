@@ -99,11 +99,7 @@ func attachments(t *testing.T, k *Kernel) map[uint32][]string {
 
 func TestReadAttachments(t *testing.T) {
 	testutil.RequireRoot(t)
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	progsIter, _ := k.Iterators()
 	testutil.SkipIfUnsupported(t, progsIter, "iter/bpf_prog")
 	iterProgs := k.loadedIterators()

@@ -54,11 +54,7 @@ func shapeSpecs(variant uint32) []*ebpf.MapSpec {
 // both variants, puts 1, 2 and 3 elements into the hash maps without
 // preallocation, and checks ReadMaps against ReadMap for all of them.
 func checkMemlockByShape(t *testing.T) {
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	var ids []uint32
 	var growing []uint32
 	for copy := range 3 {
@@ -128,11 +124,7 @@ func checkMemlockByShape(t *testing.T) {
 // memlock stays, are not.
 func TestMemlockGrows(t *testing.T) {
 	testutil.RequireRoot(t)
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	for _, c := range []struct {
 		spec       *ebpf.MapSpec
 		key, value any

@@ -38,11 +38,7 @@ func TestMetadataStructLayout(t *testing.T) {
 // own labels, as bpftool shows them.
 func TestReadProgramMetadata(t *testing.T) {
 	testutil.RequireRoot(t)
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	want := []testgadget.ProgramLabels{
 		{ID: "id-open-1", Name: "mytraceopen", Image: "ghcr.io/example/trace_open:latest"},
 		{ID: "id-exec-2", Name: "mytraceexec", Image: "trace_exec:latest"},
@@ -111,11 +107,7 @@ func bpftoolMetadata(t *testing.T, id uint32) map[string]string {
 // programs of one object after the first).
 func BenchmarkReadProgramMetadata(b *testing.B) {
 	testutil.RequireRoot(b)
-	k, err := NewKernel("")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { k.Close() })
+	k := newKernel(b)
 	const n = 1000
 	ids := make([]uint32, n)
 	for i := range ids {

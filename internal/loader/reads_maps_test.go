@@ -15,11 +15,7 @@ import (
 // to bpftool's bytes_memlock; a gone map is os.ErrNotExist, in its place.
 func TestReadMapsMatchesReadMapAndBpftool(t *testing.T) {
 	testutil.RequireRoot(t)
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	// Enough maps for several workers, of two kinds, and one ID of a map
 	// that is gone.
 	ids := newMixedMaps(t, 3*mapsPerWorker)

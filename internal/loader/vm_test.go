@@ -293,11 +293,7 @@ func TestVMFentryLoaderIdentity(t *testing.T) {
 	if want := truncate(filepath.Base(os.Args[0]), 15); ev.Comm != want {
 		t.Errorf("Comm = %q, want %q (the test binary)", ev.Comm, want)
 	}
-	k, err := NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
+	k := newKernel(t)
 	self, err := k.ReadProcess(uint32(os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
