@@ -15,13 +15,15 @@ import (
 )
 
 // iterLoader loads the iterator programs: by rawLoad, against the kernel
-// types scanKernelTypes found, or, when that fails, through cilium/ebpf
-// (which decodes the kernel's BTF). Safe for concurrent use.
+// types scanKernelTypes found, or, when that fails for another reason than
+// the kernel lacking what a program needs, through cilium/ebpf (which
+// decodes the kernel's BTF). Safe for concurrent use.
 type iterLoader struct {
 	kernel *kernelTypes
 	mu     sync.Mutex
 	// rawErr is why rawLoad is not used (scanning failed), or the last
-	// error it returned; nil while every load went through it.
+	// error it returned that sent a load to cilium/ebpf; nil while none
+	// did (a kernelLacksError does not).
 	rawErr error
 	// ciliumOpts, built on first use: decoding the kernel BTF is what
 	// rawLoad spares.
@@ -94,8 +96,8 @@ func (ld *iterLoader) load(spec *ebpf.CollectionSpec, names ...string) ([]*ebpf.
 	return progs, nil
 }
 
-// rawError reports why the last load did not go through rawLoad (nil when
-// every one did).
+// rawError reports why the last load that went through cilium/ebpf did
+// not go through rawLoad (nil when none did).
 func (ld *iterLoader) rawError() error {
 	ld.mu.Lock()
 	defer ld.mu.Unlock()
